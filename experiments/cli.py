@@ -1,0 +1,162 @@
+"""``omni``: the one command line of omnichannel-ml."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from experiments import bench, pipelines
+from experiments.synthetic import FORMATS, GeneratorConfig, generate
+from features.identity import DemoSaltWarning, IdentityConfig
+from features.ingest import ContractError
+
+app = typer.Typer(
+    help="omnichannel-ml: unified customer histories -> recommendations, forecasts, placement.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (speed, memory, accuracy); print figures for the README.")
+app.add_typer(bench_app, name="bench")
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A user mistake reported as one sentence with exit code 2."""
+
+
+def main() -> None:
+    """Entry point: user errors are one sentence on stderr (exit 2), never a traceback."""
+    try:
+        app()
+    except (ContractError, UsageError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("OMNI_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+            "(set OMNI_DEBUG=1 for the traceback and report it).",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+
+
+def _identity_config() -> IdentityConfig:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DemoSaltWarning)
+        config = IdentityConfig.from_env()
+    for warning in caught:
+        err.print(f"[bold yellow]WARNING:[/] {warning.message}", highlight=False)
+    return config
+
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Directory with one file per table.")]
+
+
+@app.command("validate")
+def validate_cmd(
+    data: DataOpt,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Quarantine dir (default DATA/_quarantine).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check every table against the data contract; quarantine bad rows with a reason."""
+    tables = pipelines.validate(data, out_dir)
+    summary = pipelines.validation_summary(tables)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    table = Table("table", "rows", "accepted", "quarantined", "top reasons")
+    for name, s in summary["tables"].items():
+        reasons = "; ".join(f"{r} ({n})" for r, n in s["reasons"].items())
+        table.add_row(name, str(s["rows"]), str(s["accepted"]), str(s["quarantined"]), reasons)
+    out.print(table)
+    quarantine = out_dir or data / pipelines.QUARANTINE_DIR
+    if any(s["quarantined"] for s in summary["tables"].values()):
+        out.print(f"Quarantined rows written to {quarantine}/")
+
+
+@app.command("unify")
+def unify_cmd(
+    data: DataOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where unified tables are written.")],
+) -> None:
+    """Resolve identities across channels; write pseudonymous events and customers."""
+    result = pipelines.unify(data, _identity_config())
+    paths = pipelines.write_unified(result, out_dir)
+    report = pipelines.identity_report(result)
+    out.print(
+        f"{len(result.unified)} events, {report['keys']} keys -> {report['customers']} customers; "
+        f"{report['anonymous_events']} anonymous events; "
+        f"{len(report['ignored_links'])} links not followed "
+        f"({report['components_split']} oversized components split)."
+    )
+    for name, path in paths.items():
+        out.print(f"  {name}: {path}")
+
+
+@app.command("generate")
+def generate_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the data set to.")],
+    customers: int = 1000,
+    items: int = 200,
+    stores: int = 5,
+    days: int = 270,
+    seed: int = 0,
+    fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "csv",
+    bad_fraction: float = 0.001,
+) -> None:
+    """Generate a synthetic omnichannel retailer (deterministic for a seed)."""
+    config = GeneratorConfig(
+        customers=customers, items=items, stores=stores, days=days, seed=seed, format=fmt,
+        bad_fraction=bad_fraction,
+    )  # fmt: skip
+    with _progress() as progress:
+        task = progress.add_task("simulating days", total=days)
+        rows = generate(config, out_dir, lambda n: progress.advance(task, n))
+    out.print(", ".join(f"{name}: {n} rows" for name, n in rows.items()) + f" -> {out_dir}")
+
+
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    events: Annotated[
+        int, typer.Option(help="Approximate number of events to generate.")
+    ] = 1_000_000,
+    data: Annotated[
+        Path | None, typer.Option(help="Use this data set instead of generating.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format")] = "parquet",
+    cache: Annotated[Path, typer.Option(help="Where generated bench data sets are kept.")] = Path(
+        ".omni/bench"
+    ),
+) -> None:
+    """Time validate + unify; print events/s and peak RSS (targets: 500k events/s, 4 GB)."""
+    if data is None:
+        config = bench.ingest_config(events, fmt)
+        data = cache / f"ingest-{events}-{fmt}"
+        if not (data / "_truth" / "corrupted_rows.json").exists():
+            with _progress() as progress:
+                task = progress.add_task(f"generating ~{events:,} events", total=config.days)
+                generate(config, data, lambda n: progress.advance(task, n))
+    result = bench.run_ingest(data)
+    out.print_json(json.dumps(result))

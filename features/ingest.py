@@ -1,0 +1,543 @@
+"""Load contract tables from a data directory and route every bad row to quarantine.
+
+The invariant every function here keeps: ``rows = accepted + quarantined``. A bad row never stops a
+load and is never dropped silently; a missing required table or column is a :class:`ContractError`
+whose message is one sentence naming the file and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features.schema import (
+    EVENT_TYPES,
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    PRIMARY_TABLES,
+    STORE_KINDS,
+    SUFFIXES,
+    TABLES,
+    Kind,
+    TableSchema,
+)
+
+REASON = "reason"
+# For CSV rows whose field count is wrong: the line number where known, and the whole line.
+LINE = "line"
+RAW_TEXT = "raw_text"
+
+_TRUE = frozenset({"true", "1", "yes", "y", "t", "1.0"})
+_FALSE = frozenset({"false", "0", "no", "n", "f", "0.0"})
+# Big blocks let a single absurdly long line parse (and then be quarantined) instead of failing.
+_CSV_BLOCK_SIZE = 64 << 20
+
+
+class ContractError(ValueError):
+    """The data directory breaks the contract in a way no quarantine can fix (one sentence)."""
+
+
+@dataclass
+class LoadedTable:
+    """One table after validation.
+
+    Attributes:
+        name: table name.
+        source: the file it came from (or a label for in-memory data).
+        accepted: typed rows that passed every check, canonical columns first.
+        quarantined: the rejected rows as text, with ``reason`` (and ``line``/``raw_text``).
+    """
+
+    name: str
+    source: str
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def rows(self) -> int:
+        return len(self.accepted) + len(self.quarantined)
+
+    def reasons(self) -> dict[str, int]:
+        """Quarantine reasons with their counts, most frequent first."""
+        if self.quarantined.empty:
+            return {}
+        counts = self.quarantined[REASON].value_counts()
+        return {str(k): int(v) for k, v in counts.items()}
+
+
+def find_table_files(data_dir: Path) -> dict[str, Path]:
+    """Map table name to its file in ``data_dir`` (file stem = table name).
+
+    Raises:
+        ContractError: if the directory is missing, a table has two files, or neither of the
+            primary tables (events, sales) is present.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ContractError(f"Data directory {data_dir} does not exist.")
+    found: dict[str, Path] = {}
+    for name in TABLES:
+        candidates = [data_dir / f"{name}{suffix}" for suffix in SUFFIXES]
+        present = [p for p in candidates if p.is_file()]
+        if len(present) > 1:
+            names = " and ".join(p.name for p in present)
+            raise ContractError(f"Table {name} has two files in {data_dir} ({names}); keep one.")
+        if present:
+            found[name] = present[0]
+    if not any(name in found for name in PRIMARY_TABLES):
+        raise ContractError(
+            f"{data_dir} has no events or sales table "
+            "(expected events.csv, events.csv.gz, events.parquet or the same for sales)."
+        )
+    return found
+
+
+def load_dataset(data_dir: Path, tables: tuple[str, ...] | None = None) -> dict[str, LoadedTable]:
+    """Load and validate every contract table present in ``data_dir``."""
+    files = find_table_files(data_dir)
+    wanted = tables if tables is not None else tuple(files)
+    return {name: load_table(files[name], TABLES[name]) for name in wanted if name in files}
+
+
+def load_table(path: Path, schema: TableSchema) -> LoadedTable:
+    """Read one file and validate it against ``schema``."""
+    raw, malformed, undecodable = read_raw(path)
+    holder = [raw]
+    del raw  # validation owns the raw table from here, so it can free it column by column
+    accepted, quarantined = _validate(holder, schema, source=path.name, initial_reasons=undecodable)
+    if not malformed.empty:
+        quarantined = pd.concat([quarantined, malformed], ignore_index=True)
+    return LoadedTable(schema.name, str(path), accepted, quarantined)
+
+
+def read_raw(path: Path) -> tuple[pa.Table, pd.DataFrame, np.ndarray]:
+    """Read a CSV, CSV.gz or Parquet file without interpreting values.
+
+    Returns:
+        The rows (CSV values as text, Parquet in its own types); the CSV lines whose field count
+        is wrong, as quarantine rows; and, per row, a reason when a value was not valid UTF-8,
+        else None (the value is kept with the bad bytes replaced, so the quarantine shows it).
+    """
+    path = Path(path)
+    if path.name.endswith(".parquet"):
+        try:
+            # Batch by batch: reading the whole file at once peaks at twice the table's size.
+            parquet = pq.ParquetFile(path)
+            batches = list(parquet.iter_batches(batch_size=1 << 20))
+            table = pa.Table.from_batches(batches, schema=parquet.schema_arrow)
+        except (pa.ArrowException, OSError) as exc:
+            raise ContractError(f"{path.name} is not a readable Parquet file ({exc}).") from exc
+        return (
+            _large_strings(table),
+            _malformed_frame([]),
+            np.full(table.num_rows, None, dtype=object),
+        )
+    return _read_csv(path)
+
+
+def _large_strings(table: pa.Table) -> pa.Table:
+    """Strings as ``large_string``: pandas' own string storage, so no copy is made later."""
+    for i, column in enumerate(table.schema):
+        if pa.types.is_string(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.large_string()))
+    return table
+
+
+def _read_header(path: Path) -> list[str] | None:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            first = fh.readline()
+    except (OSError, EOFError) as exc:
+        raise ContractError(f"{path.name} cannot be read ({exc}).") from exc
+    text = first.decode("utf-8-sig", errors="replace").strip("\r\n")
+    if not text.strip():
+        return None
+    header = next(csv.reader(io.StringIO(text)))
+    names = [h.strip() for h in header]
+    for name in names:
+        if names.count(name) > 1:
+            raise ContractError(f"{path.name} has the column {name!r} twice in its header.")
+    return names
+
+
+def _read_csv(path: Path) -> tuple[pa.Table, pd.DataFrame, np.ndarray]:
+    header = _read_header(path)
+    if header is None:  # an empty file: a table with no rows and no columns
+        return pa.table({}), _malformed_frame([]), np.full(0, None, dtype=object)
+    malformed: list[tuple[int | None, str]] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        malformed.append((row.number, row.text))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                column_names=header, skip_rows=1, block_size=_CSV_BLOCK_SIZE
+            ),
+            parse_options=pacsv.ParseOptions(
+                invalid_row_handler=on_invalid_row, newlines_in_values=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                # Binary first: a value that is not UTF-8 must fail its row, not the file.
+                column_types={name: pa.binary() for name in header},
+                strings_can_be_null=True,
+                null_values=[""],
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        raise ContractError(f"{path.name} is not a readable CSV file ({exc}).") from exc
+    columns: dict[str, pa.ChunkedArray] = {}
+    undecodable = np.full(table.num_rows, None, dtype=object)
+    for name in header:
+        chunked = table.column(name)
+        try:
+            columns[name] = chunked.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            decoded: list[str | None] = []
+            for i, value in enumerate(chunked.to_pylist()):
+                try:
+                    decoded.append(None if value is None else value.decode("utf-8"))
+                except UnicodeDecodeError:
+                    decoded.append(value.decode("utf-8", errors="replace"))
+                    if undecodable[i] is None:
+                        undecodable[i] = f"{name} is not valid UTF-8"
+            columns[name] = pa.chunked_array([pa.array(decoded, type=pa.large_string())])
+    return pa.table(columns), _malformed_frame(malformed), undecodable
+
+
+def _malformed_frame(rows: list[tuple[int | None, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            REASON: ["wrong number of fields"] * len(rows),
+            LINE: pd.array([r[0] for r in rows], dtype="Int64"),
+            RAW_TEXT: [r[1] for r in rows],
+        }
+    )
+
+
+def validate_table(
+    raw: pd.DataFrame | pa.Table,
+    schema: TableSchema,
+    *,
+    source: str,
+    initial_reasons: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into typed accepted rows and quarantined rows with a reason.
+
+    Pure: ``raw`` is not modified. Each quarantined row carries the first reason found, checking
+    columns in contract order. Unknown extra columns are kept (as given) and not checked. The
+    checks run on Arrow arrays (vectorised, GIL-free); pandas is made once, at the end.
+
+    Args:
+        raw: the rows as read (text from CSV, or already typed from Parquet).
+        schema: the table's contract.
+        source: the file name, used in error messages.
+        initial_reasons: per row, a reason found while reading (e.g. invalid UTF-8), or None.
+
+    Returns:
+        ``(accepted, quarantined)``; ``len(accepted) + len(quarantined) == len(raw)``.
+
+    Raises:
+        ContractError: if a required column is missing.
+    """
+    table = raw if isinstance(raw, pa.Table) else pa.Table.from_pandas(raw, preserve_index=False)
+    return _validate([table], schema, source=source, initial_reasons=initial_reasons)
+
+
+def _validate(
+    holder: list[pa.Table],
+    schema: TableSchema,
+    *,
+    source: str,
+    initial_reasons: np.ndarray | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
+    table = holder.pop()
+    if table.num_columns == 0 and table.num_rows == 0:
+        table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})
+    for required in schema.required:
+        if required not in table.column_names:
+            raise ContractError(
+                f"{source} has no column {required!r}, which the {schema.name} table requires."
+            )
+    reasons = _Reasons(table.num_rows)
+    if initial_reasons is not None and len(initial_reasons) == table.num_rows:
+        reasons.note(pd.notna(initial_reasons), initial_reasons)
+
+    columns = [(name, c) for name in table.column_names if (c := schema.column(name)) is not None]
+    single_key = schema.unique[0] if len(schema.unique) == 1 else None
+
+    def check(
+        job: tuple[pa.ChunkedArray, str, Kind],
+    ) -> tuple[pa.ChunkedArray, Problems, np.ndarray | None]:
+        values, problems = _parse(*job)
+        # Hashing the key is the costliest step: do it here, beside the other columns.
+        return values, problems, _dictionary_codes(values) if job[1] == single_key else None
+
+    jobs = [(table.column(name), name, column.kind) for name, column in columns]
+    # Arrow compute releases the GIL: columns are checked side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        checked = list(pool.map(check, jobs))
+    del jobs
+    typed: dict[str, pa.ChunkedArray] = {}
+    key_codes = None
+    for (name, column), (values, problems, codes) in zip(columns, checked, strict=True):
+        if column.required:
+            invalid = np.logical_or.reduce([m for m, _ in problems]) if problems else False
+            reasons.note(_is_null(values) & ~invalid, f"missing {name}")
+        for mask, reason in problems:
+            reasons.note(mask, reason)
+        typed[name] = values
+        key_codes = codes if codes is not None else key_codes
+
+    if schema.unique and all(k in typed for k in schema.unique):
+        if key_codes is None:
+            key_codes = _row_codes([typed[k] for k in schema.unique])
+        reasons.note(_repeats(key_codes, ~reasons.flagged), f"duplicate {', '.join(schema.unique)}")
+
+    bad = reasons.flagged
+    quarantined = _to_pandas(table.filter(pa.array(bad))).astype("str")
+    quarantined[REASON] = reasons.text[bad]
+    accepted = _assemble(table, typed, schema)
+    del table, typed, checked
+    if bad.any():
+        # One column at a time: each unfiltered column is freed before the next is copied.
+        keep = pa.array(~bad)
+        for name in list(accepted):
+            accepted[name] = accepted[name].filter(keep)
+    return _to_pandas(pa.table(accepted)), quarantined
+
+
+Problems = list[tuple[np.ndarray, str]]
+
+
+def _is_null(values: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(values.is_null(nan_is_null=True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Boolean Arrow result as numpy, nulls as False."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _repeats(codes: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Eligible rows whose key code (-1 = missing key) occurred in an earlier eligible row."""
+    eligible = eligible & (codes >= 0)
+    counts = np.bincount(codes[eligible], minlength=int(codes.max()) + 1 if len(codes) else 0)
+    candidates = eligible & (counts[np.maximum(codes, 0)] > 1) if len(counts) else eligible
+    repeats = np.zeros(len(codes), dtype=bool)
+    repeats[candidates] = pd.Series(codes[candidates]).duplicated(keep="first").to_numpy()
+    return repeats
+
+
+def _row_codes(keys: list[pa.ChunkedArray]) -> np.ndarray:
+    """One code per distinct combination of the key columns; -1 where any of them is missing."""
+    frame = pd.DataFrame({str(i): key.to_pandas() for i, key in enumerate(keys)})
+    groups = frame.groupby(list(frame.columns), sort=False, dropna=True).ngroup()
+    return groups.fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _dictionary_codes(values: pa.ChunkedArray) -> np.ndarray:
+    """Codes into one shared dictionary of the column's distinct values; -1 for null."""
+    encoded = values.combine_chunks().dictionary_encode()
+    return np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(), dtype=np.int64)
+
+
+class _Reasons:
+    """The first reason found for each row (None while the row is still good)."""
+
+    def __init__(self, n: int) -> None:
+        self.text = np.full(n, None, dtype=object)
+        self.flagged = np.zeros(n, dtype=bool)
+
+    def note(self, mask: np.ndarray, reason: str | np.ndarray) -> None:
+        target = mask & ~self.flagged
+        if target.any():
+            self.text[target] = reason if isinstance(reason, str) else reason[target]
+            self.flagged |= target
+
+
+def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text with surrounding ASCII whitespace removed and empty strings as null.
+
+    Clean columns (the common case) are returned as they are, without a copy.
+    """
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = (
+            values.cast(pa.large_string())
+            if not pa.types.is_floating(values.type)
+            else _float_text(values)
+        )
+    trimmed = pc.ascii_trim_whitespace(values)
+    changed = pc.any(pc.not_equal(pc.binary_length(trimmed), pc.binary_length(values))).as_py()
+    empty = pc.any(pc.equal(trimmed, "")).as_py()
+    if changed:
+        values = trimmed
+    if empty:
+        values = pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
+    return values
+
+
+def _float_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Floats as text, without the '.0' a float id picks up (1.0 -> '1')."""
+    text = values.cast(pa.large_string())
+    return pc.replace_substring_regex(text, r"\.0$", "")
+
+
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedArray, Problems]:
+    """Check one column: typed values (invalid ones as null) and (mask, reason) per problem."""
+    if kind in (Kind.TIME, Kind.DATE):
+        return _parse_time(values, name, kind)
+    if kind in (Kind.NUMBER, Kind.NONNEGATIVE):
+        if (
+            pa.types.is_boolean(values.type)
+            or pa.types.is_integer(values.type)
+            or pa.types.is_floating(values.type)
+            or pa.types.is_decimal(values.type)
+        ):
+            parsed = values.cast(pa.float64())
+            given = ~_is_null(values)
+        else:
+            text = _as_text(values)
+            given = ~_is_null(text)
+            parsed = pc.if_else(
+                pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type)
+            ).cast(pa.float64())
+        number = _mask(pc.is_finite(parsed))
+        not_number = given & ~number
+        negative = (
+            given & number & _mask(pc.less(parsed, 0.0))
+            if kind is Kind.NONNEGATIVE
+            else np.zeros(len(given), bool)
+        )
+        invalid = not_number | negative
+        if invalid.any():
+            parsed = pc.if_else(pa.array(invalid), pa.scalar(None, pa.float64()), parsed)
+        return parsed, [
+            (not_number, f"{name} is not a finite number"),
+            (negative, f"{name} is negative"),
+        ]
+    if kind is Kind.BOOL:
+        if pa.types.is_boolean(values.type):
+            return values, []
+        text = pc.utf8_lower(_as_text(values))
+        true = pc.is_in(text, value_set=pa.array(sorted(_TRUE)))
+        false = pc.is_in(text, value_set=pa.array(sorted(_FALSE)))
+        bad = ~_is_null(text) & ~_mask(true) & ~_mask(false)
+        parsed = pc.if_else(pa.array(bad), pa.scalar(None, pa.bool_()), true)
+        parsed = pc.if_else(_is_null_array(text), pa.scalar(None, pa.bool_()), parsed)
+        return parsed, [(bad, f"{name} is not a boolean (true/false, 1/0)")]
+    text = _as_text(values)
+    if kind is Kind.EVENT_TYPE or kind is Kind.STORE_KIND:
+        allowed = pa.array(EVENT_TYPES if kind is Kind.EVENT_TYPE else STORE_KINDS)
+        present = ~_is_null(text)
+        if not (_mask(pc.is_in(text, value_set=allowed)) | ~present).all():
+            text = pc.utf8_lower(text)  # only copy what needs lowering
+        bad = present & ~_mask(pc.is_in(text, value_set=allowed))
+        if bad.any():
+            text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
+        return text, [(bad, f"{name} is not one of {', '.join(allowed.to_pylist())}")]
+    limit = MAX_ID_LENGTH if kind is Kind.ID else MAX_TEXT_LENGTH
+    bad = _mask(pc.greater(pc.binary_length(text), limit))
+    if bad.any():  # bytes over the limit: count characters before calling it too long
+        bad &= _mask(pc.greater(pc.utf8_length(text), limit))
+        text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
+    return text, [(bad, f"{name} is longer than {limit} characters")]
+
+
+def _is_null_array(values: pa.ChunkedArray) -> pa.Array:
+    return pa.array(_is_null(values))
+
+
+def _parse_time(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedArray, Problems]:
+    what = "timestamp" if kind is Kind.TIME else "date"
+    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        if getattr(values.type, "tz", None) is not None:
+            values = values.cast(pa.timestamp(values.type.unit, tz="UTC")).cast(
+                pa.timestamp(values.type.unit)
+            )
+        parsed = values.cast(pa.timestamp("us"))
+        bad = np.zeros(len(values), dtype=bool)
+    else:
+        text = _as_text(values).to_pandas()
+        times = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce").dt.tz_localize(
+            None
+        )
+        bad = (text.notna() & times.isna()).to_numpy()
+        parsed = pa.chunked_array(
+            [pa.array(times.astype("datetime64[us]"), type=pa.timestamp("us"))]
+        )
+    if kind is Kind.DATE:
+        parsed = pc.floor_temporal(parsed, unit="day")
+    return parsed, [(bad, f"{name} is not an ISO 8601 {what}")]
+
+
+def _assemble(
+    table: pa.Table, typed: dict[str, pa.ChunkedArray], schema: TableSchema
+) -> dict[str, pa.ChunkedArray | pa.Array]:
+    """Canonical column order: contract columns (missing optional ones added empty), x_*, extras."""
+    n = table.num_rows
+    out: dict[str, pa.ChunkedArray | pa.Array] = {}
+    for column in schema.columns:
+        out[column.name] = (
+            typed[column.name] if column.name in typed else pa.nulls(n, _ARROW_TYPE[column.kind])
+        )
+    for name in table.column_names:
+        if name not in out:
+            out[name] = typed.get(name, table.column(name))
+    if schema.name == "events":
+        # A missing quantity means one unit: the contract's default for an interaction.
+        out["quantity"] = pc.fill_null(out["quantity"], 1.0)
+    return out
+
+
+_ARROW_TYPE = {
+    Kind.TIME: pa.timestamp("us"),
+    Kind.DATE: pa.timestamp("us"),
+    Kind.NUMBER: pa.float64(),
+    Kind.NONNEGATIVE: pa.float64(),
+    Kind.BOOL: pa.bool_(),
+    Kind.ID: pa.large_string(),
+    Kind.TEXT: pa.large_string(),
+    Kind.EVENT_TYPE: pa.large_string(),
+    Kind.STORE_KIND: pa.large_string(),
+}
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow to pandas: strings as pandas ``str``, booleans as nullable ``boolean``."""
+    return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get, split_blocks=True)
+
+
+def write_quarantine(tables: dict[str, LoadedTable], out_dir: Path) -> list[Path]:
+    """Write each table's quarantined rows to ``out_dir/<table>.csv``; return the files written."""
+    out_dir = Path(out_dir)
+    written = []
+    for name, table in tables.items():
+        target = out_dir / f"{name}.csv"
+        if table.quarantined.empty:
+            target.unlink(missing_ok=True)
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table.quarantined.to_csv(target, index=False)
+        written.append(target)
+    return written

@@ -1,0 +1,128 @@
+"""The `omni` command as a user runs it: real processes, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+OMNI = [sys.executable, "-c", "from experiments.cli import main; main()"]
+
+
+def omni(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "OMNI_SALT": "cli-test-salt", "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [*OMNI, *args], capture_output=True, text=True, env=full_env, check=False, timeout=300
+    )
+
+
+@pytest.fixture
+def data(small_dataset: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(small_dataset, copy)
+    return copy
+
+
+def test_validate_json_counts_every_hand_appended_corrupt_line(data: Path) -> None:
+    """The issue's "Done when": appended corrupt lines are all quarantined; counts add up."""
+    events = data / "events.csv"
+    lines_before = len(events.read_text().splitlines()) - 1
+    first_id = pd.read_csv(events, nrows=1)["event_id"].iloc[0]
+    corrupt = [
+        "E900001,not-a-time,web,view,I000001,W-1,1,1.0,ONLINE",
+        "E900002,2024-03-01T10:00:00,web,teleport,I000001,W-1,1,1.0,ONLINE",
+        "E900003,2024-03-01T10:00:00,web,purchase,I000001,W-1,-4,1.0,ONLINE",
+        "E900004,2024-03-01T10:00:00,web,purchase,I000001,W-1,lots,1.0,ONLINE",
+        "E900005,2024-03-01T10:00:00,web,view,,W-1,1,1.0,ONLINE",
+        f"{first_id},2024-03-01T10:00:00,web,view,I000001,W-1,1,1.0,ONLINE",
+        "E900007,2024-03-01T10:00:00,web,view",
+        "E900008,2024-03-01T10:00:00,web,view,I000001,W-1,1,1.0,ONLINE,surplus",
+        "E900009,2024-03-01T10:00:00,web,view," + "Z" * 5000 + ",W-1,1,1.0,ONLINE",
+    ]
+    with events.open("ab") as fh:
+        fh.write(("\n".join(corrupt) + "\n").encode())
+        fh.write(b"E900010,2024-03-01T10:00:00,web,view,I\xe9\xff,W-1,1,1.0,ONLINE\n")
+    corrupted = json.loads((data / "_truth" / "corrupted_rows.json").read_text())
+
+    result = omni("validate", "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["tables"]["events"]
+    assert report["rows"] == lines_before + len(corrupt) + 1
+    assert report["quarantined"] == corrupted["events"] + len(corrupt) + 1
+    assert report["rows"] == report["accepted"] + report["quarantined"]
+    quarantine = pd.read_csv(data / "_quarantine" / "events.csv", dtype=str)
+    assert len(quarantine) == report["quarantined"] and quarantine["reason"].notna().all()
+    assert "wrong number of fields" in set(quarantine["reason"])
+
+
+def test_validate_table_output_and_custom_quarantine_dir(data: Path, tmp_path: Path) -> None:
+    result = omni("validate", "--data", str(data), "--out", str(tmp_path / "q"))
+    assert result.returncode == 0, result.stderr
+    assert "events" in result.stdout and "quarantined" in result.stdout
+    assert (tmp_path / "q" / "events.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: (d / "events.csv").write_text("event_time,channel\n2024-01-01,web\n"),
+         "events.csv has no column 'event_type', which the events table requires."),
+        (lambda d: None, "has no events or sales table"),
+    ],
+)  # fmt: skip
+def test_contract_errors_are_one_sentence_with_exit_2(tmp_path: Path, setup, message: str) -> None:
+    setup(tmp_path)
+    result = omni("validate", "--data", str(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unify_writes_pseudonymous_tables_only(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "unified"
+    result = omni("unify", "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "customers" in result.stdout
+    events = pd.read_parquet(out / "events.parquet")
+    customers = pd.read_parquet(out / "customers.parquet")
+    keys = pd.read_parquet(out / "customer_keys.parquet")
+    assert "customer_key" not in events.columns
+    raw_keys = set(pd.read_csv(data / "identities.csv", dtype=str)["customer_key"])
+    raw_links = set(pd.read_csv(data / "identities.csv", dtype=str)["link_value"])
+    for frame in (events, customers, keys):
+        text = frame.astype(str)
+        assert not text.isin(raw_keys | raw_links).any().any()
+    report = json.loads((out / "identity_report.json").read_text())
+    assert report["ignored_links"] and report["customers"] == customers.shape[0]
+    assert set(events["customer_id"].dropna()) <= set(customers["customer_id"])
+
+
+def test_unify_warns_loudly_about_the_demo_salt(data: Path, tmp_path: Path) -> None:
+    result = omni("unify", "--data", str(data), "--out", str(tmp_path / "u"), env={"OMNI_SALT": ""})
+    assert result.returncode == 0
+    assert "DEMO salt" in result.stderr
+
+
+def test_generate_is_deterministic_and_rejects_bad_options(tmp_path: Path) -> None:
+    args = ["--customers", "50", "--items", "20", "--stores", "2", "--days", "10", "--seed", "1"]
+    assert omni("generate", "--out", str(tmp_path / "a"), *args).returncode == 0
+    assert omni("generate", "--out", str(tmp_path / "b"), *args).returncode == 0
+    assert (tmp_path / "a" / "events.csv").read_bytes() == (tmp_path / "b" / "events.csv").read_bytes()
+    bad = omni("generate", "--out", str(tmp_path / "c"), "--format", "xlsx")
+    assert bad.returncode == 2 and "format must be one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_bench_ingest_prints_figures(tmp_path: Path) -> None:
+    result = omni("bench", "ingest", "--events", "20000", "--cache", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["events"] > 10_000 and figures["events_per_second"] > 0
+    assert figures["peak_rss_mb"] > 0
