@@ -442,9 +442,9 @@ def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedAr
         text = pc.utf8_lower(_as_text(values))
         true = pc.is_in(text, value_set=pa.array(sorted(_TRUE)))
         false = pc.is_in(text, value_set=pa.array(sorted(_FALSE)))
-        bad = ~_is_null(text) & ~_mask(true) & ~_mask(false)
-        parsed = pc.if_else(pa.array(bad), pa.scalar(None, pa.bool_()), true)
-        parsed = pc.if_else(_is_null_array(text), pa.scalar(None, pa.bool_()), parsed)
+        missing = _is_null(text)
+        bad = ~missing & ~_mask(true) & ~_mask(false)
+        parsed = pc.if_else(pa.array(bad | missing), pa.scalar(None, pa.bool_()), true)
         return parsed, [(bad, f"{name} is not a boolean (true/false, 1/0)")]
     text = _as_text(values)
     if kind is Kind.EVENT_TYPE or kind is Kind.STORE_KIND:
@@ -462,10 +462,6 @@ def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedAr
         bad &= _mask(pc.greater(pc.utf8_length(text), limit))
         text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
     return text, [(bad, f"{name} is longer than {limit} characters")]
-
-
-def _is_null_array(values: pa.ChunkedArray) -> pa.Array:
-    return pa.array(_is_null(values))
 
 
 def _parse_time(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedArray, Problems]:

@@ -114,7 +114,9 @@ def test_generate_is_deterministic_and_rejects_bad_options(tmp_path: Path) -> No
     args = ["--customers", "50", "--items", "20", "--stores", "2", "--days", "10", "--seed", "1"]
     assert omni("generate", "--out", str(tmp_path / "a"), *args).returncode == 0
     assert omni("generate", "--out", str(tmp_path / "b"), *args).returncode == 0
-    assert (tmp_path / "a" / "events.csv").read_bytes() == (tmp_path / "b" / "events.csv").read_bytes()
+    assert (tmp_path / "a" / "events.csv").read_bytes() == (
+        tmp_path / "b" / "events.csv"
+    ).read_bytes()
     bad = omni("generate", "--out", str(tmp_path / "c"), "--format", "xlsx")
     assert bad.returncode == 2 and "format must be one of" in bad.stderr
     assert "Traceback" not in bad.stderr

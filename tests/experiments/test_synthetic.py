@@ -32,7 +32,9 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path: Path) -> None:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     other = GeneratorConfig(customers=120, items=40, stores=2, days=30, seed=4)
     generate(other, tmp_path / "c")
-    assert (tmp_path / "a" / "events.csv").read_bytes() != (tmp_path / "c" / "events.csv").read_bytes()
+    assert (tmp_path / "a" / "events.csv").read_bytes() != (
+        tmp_path / "c" / "events.csv"
+    ).read_bytes()
 
 
 def test_every_corrupted_row_is_quarantined_and_nothing_else(small_dataset: Path) -> None:
@@ -65,7 +67,9 @@ def test_weekly_and_yearly_seasonality(small_dataset: Path) -> None:
 
 def test_promotions_lift_sales(tables: dict[str, pd.DataFrame]) -> None:
     sales = tables["sales"].assign(week=lambda s: s["date"].dt.to_period("W"))
-    weekly = sales.groupby(["item_id", "week"]).agg(units=("units", "sum"), promo=("on_promo", "max"))
+    weekly = sales.groupby(["item_id", "week"]).agg(
+        units=("units", "sum"), promo=("on_promo", "max")
+    )
     grid = pd.MultiIndex.from_product(weekly.index.levels, names=weekly.index.names)
     weekly = weekly.reindex(grid).fillna({"units": 0.0, "promo": False})
     per_item = weekly.groupby(["item_id", "promo"])["units"].mean().unstack()
@@ -84,7 +88,9 @@ def test_stock_outs_censor_sales(small_dataset: Path, tables: dict[str, pd.DataF
     assert demand["demand"].sum() >= tables["sales"]["units"].sum()
 
 
-def test_views_precede_online_purchases_and_click_and_collect(tables: dict[str, pd.DataFrame]) -> None:
+def test_views_precede_online_purchases_and_click_and_collect(
+    tables: dict[str, pd.DataFrame],
+) -> None:
     events = tables["events"]
     online = events[events["channel"].isin(["web", "app"]) & events["customer_key"].notna()]
     purchases = online[online["event_type"] == "purchase"]
