@@ -137,6 +137,51 @@ def generate_cmd(
     out.print(", ".join(f"{name}: {n} rows" for name, n in rows.items()) + f" -> {out_dir}")
 
 
+@bench_app.command("recommender")
+def bench_recommender_cmd(
+    dataset: Annotated[str, typer.Option(help="movielens-100k")] = "movielens-100k",
+    config: Annotated[Path | None, typer.Option(help="Candidates TOML.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the selected model's metrics.")
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Where downloaded data sets are kept.")] = Path(
+        ".omni/cache"
+    ),
+) -> None:
+    """The microsoft/recommenders protocol: every model side by side with the published table."""
+    if dataset != "movielens-100k":
+        raise UsageError(f"Unknown dataset {dataset!r}; this command knows movielens-100k.")
+    from experiments import recommender
+
+    result = recommender.benchmark_movielens(recommender.load_selection_config(config), cache)
+    table = Table(
+        "model", "MAP", "nDCG@10", "P@10", "R@10", "coverage", title="MovieLens-100k, k=10"
+    )
+    for row in result.rows:
+        name = row["model"] + (" [selected]" if row is result.selected else "")
+        table.add_row(
+            name,
+            *(f"{row[m]:.3f}" for m in ("map", "ndcg@10", "precision@10", "recall@10", "coverage")),
+        )
+    for name, values in recommender.PUBLISHED_MOVIELENS.items():
+        table.add_row(f"published: {name}", *(f"{v:.3f}" for v in values), "")
+    out.print(table)
+    selected = result.selected
+    metrics = {m: round(selected[m], 4) for m in ("ndcg@10", "map", "precision@10", "recall@10")}
+    if metrics_out:
+        metrics_out.write_text(
+            json.dumps(
+                {
+                    "model": selected["model"],
+                    "metrics": metrics,
+                    "seconds": round(result.seconds, 1),
+                }
+            )
+            + "\n"
+        )
+    out.print(f"selected on validation: {selected['model']}; {result.seconds:.0f} s")
+
+
 @bench_app.command("ingest")
 def bench_ingest_cmd(
     events: Annotated[

@@ -1,0 +1,293 @@
+"""One interface for every recommender, in scikit-learn style.
+
+``fit(interactions)`` builds all state (attributes ending in ``_``) and returns ``self``;
+``recommend`` and ``similar_items`` answer the same way for every model; ``save`` / ``load``
+persist without pickle (NumPy ``.npz`` with ``allow_pickle=False``, Parquet id maps, JSON params).
+
+A customer the model does not know, or one with no history, gets the popularity fallback — of
+their store or channel when given — flagged ``fallback=True``: never an error.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from features.interactions import Interactions
+
+RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
+SIMILAR_COLUMNS = ["item_id", "similar_item_id", "score", "rank"]
+_BATCH = 256
+
+
+class ModelFitError(RuntimeError):
+    """Training produced an unusable model (e.g. NaN factors)."""
+
+
+class UnknownItemError(KeyError):
+    """Item ids the model has never seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Recommender(BaseEstimator):
+    """Base class: subclasses implement ``_fit``, ``_scores`` and ``_item_vectors`` (or
+    ``_similar_scores``), plus ``_state`` / ``_set_state`` for persistence."""
+
+    registry: ClassVar[dict[str, type[Recommender]]] = {}
+    name: ClassVar[str] = "base"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Recommender.registry[cls.name] = cls
+
+    # -- training -------------------------------------------------------------------------------
+
+    def fit(self, interactions: Interactions) -> Self:
+        """Learn from a customers x items matrix; a refit replaces all state."""
+        matrix = interactions.matrix
+        if not sp.issparse(matrix) or matrix.shape[1] == 0:
+            raise ValueError(
+                "interactions must be a non-empty scipy.sparse customers x items matrix."
+            )
+        self.customer_ids_ = pd.Index(interactions.customer_ids, dtype="str")
+        self.item_ids_ = pd.Index(interactions.item_ids, dtype="str")
+        self.user_items_ = sp.csr_matrix(matrix, dtype=np.float32)
+        self.popularity_ = _popularity_table(interactions)
+        self._fit(self.user_items_)
+        return self
+
+    @abstractmethod
+    def _fit(self, user_items: sp.csr_matrix) -> None: ...
+
+    @abstractmethod
+    def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        """Dense scores (len(rows) x n_items) for these matrix rows, given their history rows."""
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def recommend(
+        self,
+        customer_ids: list[str] | pd.Index | np.ndarray,
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude: sp.csr_matrix | None = None,
+        allowed: np.ndarray | None = None,
+        store_id: str | None = None,
+        channel: str | None = None,
+    ) -> pd.DataFrame:
+        """Top ``n`` items per customer, best first.
+
+        Args:
+            customer_ids: who to recommend for (unknown ids get the popularity fallback).
+            n: list length (at most; fewer when rules leave fewer items).
+            exclude_seen: drop items in the customer's training history.
+            exclude: boolean (len(customer_ids) x n_items) matrix of further items to drop,
+                row-aligned with ``customer_ids`` (business rules).
+            allowed: boolean mask over items; False items are never recommended.
+            store_id, channel: the context, for the popularity fallback.
+
+        Returns:
+            Columns ``customer_id, item_id, score, rank, fallback``.
+        """
+        check_is_fitted(self, "user_items_")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, not {n}.")
+        ids = pd.Index(customer_ids, dtype="str")
+        rows = self.customer_ids_.get_indexer(ids)
+        known = sp.diags((rows >= 0).astype(np.float32))  # an unknown customer has no history
+        history = sp.csr_matrix(known @ self.user_items_[np.maximum(rows, 0)])
+        history.eliminate_zeros()
+        cold = np.asarray(history.getnnz(axis=1) == 0)
+        out = []
+        for start in range(0, len(ids), _BATCH):
+            batch = slice(start, start + _BATCH)
+            scores = np.zeros((len(ids[batch]), len(self.item_ids_)), dtype=np.float32)
+            warm = ~cold[batch]
+            if warm.any():
+                scores[warm] = self._scores(rows[batch][warm], history[batch][warm])
+            if cold[batch].any():
+                scores[cold[batch]] = self._fallback_scores(store_id, channel)
+            blocked = history[batch] if exclude_seen else None
+            if exclude is not None:
+                extra = sp.csr_matrix(exclude[batch], dtype=bool)
+                blocked = extra if blocked is None else (blocked.astype(bool) + extra)
+            out.append(_top_n(scores, n, blocked, allowed, ids[batch], self.item_ids_, cold[batch]))
+        if not out:
+            return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+        return pd.concat(out, ignore_index=True)
+
+    def similar_items(self, item_ids: list[str] | pd.Index, n: int = 10) -> pd.DataFrame:
+        """The ``n`` items most similar to each given item (never the item itself).
+
+        Raises:
+            UnknownItemError: naming the ids the model does not know.
+        """
+        check_is_fitted(self, "user_items_")
+        ids = pd.Index(item_ids, dtype="str")
+        columns = self.item_ids_.get_indexer(ids)
+        if (columns < 0).any():
+            unknown = ", ".join(map(str, ids[columns < 0][:5]))
+            raise UnknownItemError(f"Unknown item id(s): {unknown}.")
+        scores = self._similar_scores(columns)
+        scores[np.arange(len(columns)), columns] = -np.inf
+        top = _top_indices(scores, n)
+        frames = []
+        for i, item in enumerate(ids):
+            keep = top[i][np.isfinite(scores[i, top[i]])]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "item_id": item,
+                        "similar_item_id": self.item_ids_[keep],
+                        "score": scores[i, keep],
+                        "rank": np.arange(1, len(keep) + 1),
+                    }
+                )
+            )
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=SIMILAR_COLUMNS)
+        )
+
+    def _similar_scores(self, columns: np.ndarray) -> np.ndarray:
+        """Cosine similarity of item vectors (models with item vectors)."""
+        vectors = self._item_vectors()
+        norms = np.linalg.norm(vectors, axis=1)
+        norms[norms == 0] = 1.0
+        unit = vectors / norms[:, None]
+        return (unit[columns] @ unit.T).astype(np.float32)
+
+    def _item_vectors(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fallback_scores(self, store_id: str | None, channel: str | None) -> np.ndarray:
+        """Popularity in the most specific segment that has any: store, channel, global."""
+        for segment_type, segment in (("store", store_id), ("channel", channel), ("global", "all")):
+            if segment is None:
+                continue
+            table = self.popularity_
+            rows = table[(table["segment_type"] == segment_type) & (table["segment"] == segment)]
+            if len(rows):
+                scores = np.zeros(len(self.item_ids_), dtype=np.float32)
+                columns = self.item_ids_.get_indexer(rows["item_id"])
+                inside = columns >= 0
+                # Scale below any model score is unnecessary: fallback rows are flagged.
+                scores[columns[inside]] = rows["units"].to_numpy(dtype=np.float32)[inside]
+                return scores
+        return np.zeros(len(self.item_ids_), dtype=np.float32)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: Path | str) -> Path:
+        """Write the fitted model to directory ``path`` (created); no pickle anywhere."""
+        check_is_fitted(self, "user_items_")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "model.json").write_text(
+            json.dumps({"model": self.name, "params": self.get_params()}, indent=2, default=str)
+        )
+        pd.DataFrame({"customer_id": self.customer_ids_}).to_parquet(path / "customers.parquet")
+        pd.DataFrame({"item_id": self.item_ids_}).to_parquet(path / "items.parquet")
+        self.popularity_.to_parquet(path / "popularity.parquet")
+        ui = self.user_items_
+        arrays = {
+            "ui_data": ui.data,
+            "ui_indices": ui.indices,
+            "ui_indptr": ui.indptr,
+            "ui_shape": np.array(ui.shape),
+            **self._state(),
+        }
+        np.savez(path / "arrays.npz", allow_pickle=False, **arrays)
+        return path
+
+    @staticmethod
+    def load(path: Path | str) -> Recommender:
+        """Load a model written by :meth:`save`, whatever its class."""
+        path = Path(path)
+        meta = json.loads((path / "model.json").read_text())
+        cls = Recommender.registry.get(meta["model"])
+        if cls is None:
+            raise ValueError(f"{path / 'model.json'} names an unknown model {meta['model']!r}.")
+        model = cls(**meta["params"])
+        model.customer_ids_ = pd.Index(
+            pd.read_parquet(path / "customers.parquet")["customer_id"], dtype="str"
+        )
+        model.item_ids_ = pd.Index(pd.read_parquet(path / "items.parquet")["item_id"], dtype="str")
+        model.popularity_ = pd.read_parquet(path / "popularity.parquet")
+        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
+            state = {k: arrays[k] for k in arrays.files}
+        model.user_items_ = sp.csr_matrix(
+            (state.pop("ui_data"), state.pop("ui_indices"), state.pop("ui_indptr")),
+            shape=tuple(state.pop("ui_shape")),
+        )
+        model._set_state(state)
+        return model
+
+    @abstractmethod
+    def _state(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _set_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def _popularity_table(interactions: Interactions) -> pd.DataFrame:
+    if interactions.popularity is not None:
+        return interactions.popularity.reset_index(drop=True)
+    units = np.asarray((interactions.matrix > 0).sum(axis=0)).ravel()
+    return pd.DataFrame(
+        {
+            "segment_type": "global",
+            "segment": "all",
+            "item_id": pd.Index(interactions.item_ids, dtype="str"),
+            "units": units.astype(np.float64),
+        }
+    )
+
+
+def _top_indices(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the ``n`` largest scores per row, best first (ties: lower index)."""
+    n = min(n, scores.shape[1])
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _top_n(
+    scores: np.ndarray,
+    n: int,
+    blocked: sp.csr_matrix | None,
+    allowed: np.ndarray | None,
+    customer_ids: pd.Index,
+    item_ids: pd.Index,
+    fallback: np.ndarray,
+) -> pd.DataFrame:
+    if blocked is not None and blocked.nnz:
+        coo = blocked.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    top = _top_indices(scores, n)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    keep = np.isfinite(top_scores)
+    per_row = keep.sum(axis=1)
+    return pd.DataFrame(
+        {
+            "customer_id": np.repeat(customer_ids.to_numpy(), per_row),
+            "item_id": item_ids.to_numpy()[top[keep]],
+            "score": top_scores[keep],
+            "rank": np.concatenate([np.arange(1, k + 1) for k in per_row]) if len(per_row) else [],
+            "fallback": np.repeat(fallback, per_row),
+        }
+    )

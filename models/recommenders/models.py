@@ -1,0 +1,244 @@
+"""The recommenders: implicit ALS and BPR, item-kNN (BM25, cosine), EASE and popularity.
+
+Every class keeps scikit-learn's contract: ``__init__`` only stores hyper-parameters; ``fit``
+builds the state (names ending in ``_``). ``OPENBLAS_NUM_THREADS=1`` should be set around
+implicit (the CLI and the Makefile do).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from implicit.bpr import BayesianPersonalizedRanking
+from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+from implicit.recommender_base import ModelFitError as ImplicitFitError
+from implicit.utils import ParameterWarning
+
+from models.recommenders.base import ModelFitError, Recommender
+
+
+class _FactorModel(Recommender):
+    """Shared by ALS and BPR: scores are user factors . item factors."""
+
+    def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return self.user_factors_[rows] @ self.item_factors_.T
+
+    def _item_vectors(self) -> np.ndarray:
+        return self.item_factors_
+
+    def _train(
+        self,
+        model: AlternatingLeastSquares | BayesianPersonalizedRanking,
+        user_items: sp.csr_matrix,
+    ) -> None:
+        try:
+            model.fit(user_items, show_progress=False)
+        except ImplicitFitError as exc:
+            raise ModelFitError(
+                f"{type(self).__name__} produced non-finite factors ({exc})."
+            ) from exc
+        self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+        self._check_factors()
+
+    def _check_factors(self) -> None:
+        for name in ("user_factors_", "item_factors_"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ModelFitError(
+                    f"{type(self).__name__} produced non-finite {name.rstrip('_')}; "
+                    "lower the learning rate or raise the regularization."
+                )
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.user_factors_ = state["user_factors"]
+        self.item_factors_ = state["item_factors"]
+
+
+class ALSRecommender(_FactorModel):
+    """Implicit-feedback ALS (Hu, Koren, Volinsky): confidence = 1 + alpha x weight."""
+
+    name = "als"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 5.0,
+        iterations: int = 20,
+        random_state: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.random_state,
+            use_gpu=False,
+            calculate_training_loss=False,
+        )
+        self._train(model, user_items)
+
+
+class BPRRecommender(_FactorModel):
+    """Bayesian Personalised Ranking (single-threaded, so a seed gives the same model)."""
+
+    name = "bpr"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.05,
+        regularization: float = 0.01,
+        iterations: int = 100,
+        random_state: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.iterations = iterations
+        self.random_state = random_state
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        model = BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            random_state=self.random_state,
+            use_gpu=False,
+            num_threads=1,
+        )
+        self._train(model, user_items)
+
+
+class ItemKNNRecommender(Recommender):
+    """Item-item nearest neighbours on BM25-weighted or cosine similarity (implicit)."""
+
+    name = "item_knn"
+
+    def __init__(
+        self, similarity: str = "bm25", neighbours: int = 100, k1: float = 1.2, b: float = 0.75
+    ) -> None:
+        self.similarity = similarity
+        self.neighbours = neighbours
+        self.k1 = k1
+        self.b = b
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        if self.similarity == "bm25":
+            model = BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b)
+        elif self.similarity == "cosine":
+            model = CosineRecommender(K=self.neighbours)
+        else:
+            raise ValueError(f"similarity must be 'bm25' or 'cosine', not {self.similarity!r}.")
+        with warnings.catch_warnings():  # implicit's own bm25_weight hands it COO, then warns
+            warnings.simplefilter("ignore", category=ParameterWarning)
+            model.fit(user_items, show_progress=False)
+        self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
+
+    def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((user_items @ self.similarity_).todense())
+
+    def _similar_scores(self, columns: np.ndarray) -> np.ndarray:
+        scores = np.asarray(self.similarity_[columns].todense(), dtype=np.float32)
+        scores[scores == 0] = -np.inf  # not a neighbour at all
+        return scores
+
+    def _state(self) -> dict[str, np.ndarray]:
+        s = self.similarity_
+        return {
+            "sim_data": s.data,
+            "sim_indices": s.indices,
+            "sim_indptr": s.indptr,
+            "sim_shape": np.array(s.shape),
+        }
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.similarity_ = sp.csr_matrix(
+            (state["sim_data"], state["sim_indices"], state["sim_indptr"]),
+            shape=tuple(state["sim_shape"]),
+        )
+
+
+class EASERecommender(Recommender):
+    """EASE (Steck 2019): a closed-form item-item model, B = I - P / diag(P), P = (X'X + l2 I)^-1.
+
+    It needs a dense items x items inverse, so it refuses catalogues above ``max_items``.
+    """
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 20_000, binary: bool = True) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+        self.binary = binary
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        n_items = user_items.shape[1]
+        if n_items > self.max_items:
+            raise ValueError(
+                f"EASE needs a dense {n_items:,} x {n_items:,} inverse; the catalogue is above "
+                f"max_items={self.max_items:,}. Use another model or raise max_items."
+            )
+        x = self._input(user_items)
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.l2
+        precision = np.linalg.inv(gram)
+        weights = precision / (-np.diag(precision))
+        weights[np.diag_indices_from(weights)] = 0.0
+        self.weights_ = weights.astype(np.float32)
+        if not np.isfinite(self.weights_).all():
+            raise ModelFitError("EASE produced non-finite weights; raise l2.")
+
+    def _input(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        return sp.csr_matrix((user_items > 0).astype(np.float32)) if self.binary else user_items
+
+    def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(self._input(user_items) @ self.weights_)
+
+    def _item_vectors(self) -> np.ndarray:
+        return self.weights_.T
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights_}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.weights_ = state["weights"]
+
+
+class PopularityRecommender(Recommender):
+    """Most bought items: overall, or of the customer's store / channel when given."""
+
+    name = "popularity"
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        self.scores_ = self._fallback_scores(None, None)
+
+    def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.broadcast_to(self.scores_, (len(rows), len(self.scores_))).copy()
+
+    def _similar_scores(self, columns: np.ndarray) -> np.ndarray:
+        # Without co-occurrence, "similar" is "popular": the best any item can say.
+        return np.broadcast_to(self.scores_, (len(columns), len(self.scores_))).copy()
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"scores": self.scores_}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.scores_ = state["scores"]

@@ -1,0 +1,173 @@
+"""One contract suite, run against every recommender."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from features.interactions import Interactions
+from models.recommenders import (
+    ALSRecommender,
+    BPRRecommender,
+    EASERecommender,
+    ItemKNNRecommender,
+    ModelFitError,
+    PopularityRecommender,
+    Recommender,
+    UnknownItemError,
+)
+
+# Small, fast settings; every model must solve the checkerboard with them.
+PERSONALISED = {
+    "als": lambda: ALSRecommender(factors=8, regularization=1.0, alpha=10.0, iterations=30),
+    "bpr": lambda: BPRRecommender(factors=8, learning_rate=0.05, iterations=300),
+    "bm25": lambda: ItemKNNRecommender(similarity="bm25", neighbours=20),
+    "cosine": lambda: ItemKNNRecommender(similarity="cosine", neighbours=20),
+    "ease": lambda: EASERecommender(l2=1.0),
+}
+ALL = {**PERSONALISED, "popularity": PopularityRecommender}
+
+
+def checkerboard() -> Interactions:
+    """40 customers, 12 items in two tastes: customer u (first 20: items 0-5; last 20: items 6-11)
+    has every item of their taste but one, item u % 6 of it — the right first answer."""
+    rows, cols = [], []
+    for u in range(40):
+        half = 0 if u < 20 else 6
+        for i in range(6):
+            if i != u % 6:
+                rows.append(u)
+                cols.append(half + i)
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(40, 12))
+    return Interactions(
+        matrix,
+        pd.Index([f"c{u:02d}" for u in range(40)]),
+        pd.Index([f"i{i:02d}" for i in range(12)]),
+    )
+
+
+@pytest.fixture(params=sorted(ALL), scope="module")
+def fitted(request: pytest.FixtureRequest) -> tuple[str, Recommender]:
+    return request.param, ALL[request.param]().fit(checkerboard())
+
+
+def test_recommendations_have_the_right_shape_and_never_repeat_history(fitted) -> None:
+    _, model = fitted
+    data = checkerboard()
+    recs = model.recommend(list(data.customer_ids), n=3)
+    assert list(recs.columns) == ["customer_id", "item_id", "score", "rank", "fallback"]
+    assert (recs.groupby("customer_id").size() == 3).all()
+    assert recs.groupby("customer_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3]).all()
+    assert not recs["fallback"].any()
+    seen = {
+        (data.customer_ids[u], data.item_ids[i])
+        for u, i in zip(*data.matrix.nonzero(), strict=True)
+    }
+    assert not any(
+        (c, i) in seen for c, i in zip(recs["customer_id"], recs["item_id"], strict=True)
+    )
+    scores = recs.groupby("customer_id")["score"].apply(lambda s: bool((np.diff(s) <= 0).all()))
+    assert scores.all()
+
+
+def test_personalised_models_find_the_missing_item_of_their_taste(fitted) -> None:
+    name, model = fitted
+    if name == "popularity":
+        pytest.skip("popularity is not personalised (see the popularity test)")
+    data = checkerboard()
+    top = model.recommend(list(data.customer_ids), n=1).set_index("customer_id")["item_id"]
+    expected = {f"c{u:02d}": f"i{(0 if u < 20 else 6) + u % 6:02d}" for u in range(40)}
+    hits = np.mean([top[c] == item for c, item in expected.items()])
+    assert hits >= 0.95, f"{name}: {hits:.0%}"
+
+
+def test_popularity_recommends_the_most_bought_unseen_items() -> None:
+    data = checkerboard()
+    recs = PopularityRecommender().fit(data).recommend(["c00", "c39"], n=1)
+    counts = np.asarray(data.matrix.sum(axis=0)).ravel()
+    # c00 has seen items 1..5; the most bought of the rest (ties: lowest id) is item 6 or later.
+    unseen = [i for i in range(12) if data.matrix[0, i] == 0]
+    best = max(unseen, key=lambda i: (counts[i], -i))
+    assert recs.set_index("customer_id").loc["c00", "item_id"] == f"i{best:02d}"
+
+
+def test_unknown_and_history_less_customers_get_the_flagged_fallback(fitted) -> None:
+    _, model = fitted
+    recs = model.recommend(["nobody", "c00"], n=2)
+    assert recs.loc[recs["customer_id"] == "nobody", "fallback"].all()
+    assert len(recs[recs["customer_id"] == "nobody"]) == 2
+    assert not recs.loc[recs["customer_id"] == "c00", "fallback"].any()
+
+
+def test_similar_items_and_unknown_items(fitted) -> None:
+    name, model = fitted
+    similar = model.similar_items(["i00", "i07"], n=3)
+    assert list(similar.columns) == ["item_id", "similar_item_id", "score", "rank"]
+    assert (similar["item_id"] != similar["similar_item_id"]).all()
+    if name != "popularity":
+        first = similar.groupby("item_id")["similar_item_id"].first()
+        assert first["i00"] < "i06" <= first["i07"]  # neighbours come from the same taste
+    with pytest.raises(UnknownItemError, match="Unknown item id"):
+        model.similar_items(["i00", "nope"])
+
+
+def test_same_seed_same_model_and_save_load_round_trip(fitted, tmp_path: Path) -> None:
+    name, model = fitted
+    again = ALL[name]().fit(checkerboard())
+    ids = [*checkerboard().customer_ids, "nobody"]
+    expected = model.recommend(ids, n=4)
+    pd.testing.assert_frame_equal(expected, again.recommend(ids, n=4))
+    loaded = Recommender.load(model.save(tmp_path / name))
+    assert type(loaded) is type(model) and loaded.get_params() == model.get_params()
+    pd.testing.assert_frame_equal(expected, loaded.recommend(ids, n=4))
+    pd.testing.assert_frame_equal(
+        model.similar_items(["i03"], n=3), loaded.similar_items(["i03"], n=3)
+    )
+    assert not any(p.suffix in {".pkl", ".pickle"} for p in (tmp_path / name).iterdir())
+
+
+def test_refit_replaces_state(fitted) -> None:
+    name, _ = fitted
+    model = ALL[name]().fit(checkerboard())
+    small = Interactions(
+        sp.csr_matrix(np.eye(3, dtype=np.float32)),
+        pd.Index(["a", "b", "c"]),
+        pd.Index(["x", "y", "z"]),
+    )
+    model.fit(small)
+    assert list(model.item_ids_) == ["x", "y", "z"] and model.user_items_.shape == (3, 3)
+    assert set(model.recommend(["a"], n=5)["item_id"]) <= {"y", "z"}
+
+
+def test_allowed_mask_and_exclusions_are_respected(fitted) -> None:
+    _, model = fitted
+    allowed = np.array([i % 2 == 0 for i in range(12)])
+    exclude = sp.csr_matrix(np.eye(2, 12, k=6, dtype=bool))  # c00 excludes i06, c01 i07
+    recs = model.recommend(["c00", "c01"], n=12, allowed=allowed, exclude=exclude)
+    assert recs["item_id"].map(lambda i: int(i[1:]) % 2 == 0).all()
+    assert "i06" not in set(recs.loc[recs["customer_id"] == "c00", "item_id"])
+
+
+def test_not_fitted_and_bad_arguments() -> None:
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        EASERecommender().recommend(["c00"])
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        EASERecommender(l2=1.0).fit(checkerboard()).recommend(["c00"], n=0)
+    with pytest.raises(ValueError, match="similarity must be"):
+        ItemKNNRecommender(similarity="jaccard").fit(checkerboard())
+
+
+def test_ease_refuses_a_catalogue_above_its_limit() -> None:
+    with pytest.raises(ValueError, match="max_items=10"):
+        EASERecommender(max_items=10).fit(checkerboard())
+
+
+def test_diverging_training_raises_a_named_error() -> None:
+    with pytest.raises(ModelFitError, match="non-finite"):
+        BPRRecommender(factors=8, learning_rate=1e30, iterations=20).fit(checkerboard())
