@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/omni validate --data data_samples/retail --out .omni/demo/quarantine
 	$(BIN)/omni unify --data data_samples/retail --out .omni/demo/unified
+	$(BIN)/omni train recommender --data data_samples/retail
+	cd .omni/demo && ../../$(BIN)/omni train recommender --data ../../data_samples/retail
 
 test: install lint typecheck layers unit
 

@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks (speed, memory, accuracy); print figures for the README.")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(help="Train, log to MLflow, register; move the champion only if it wins.")
+app.add_typer(train_app, name="train")
 out = Console()
 err = Console(stderr=True)
 
@@ -135,6 +137,37 @@ def generate_cmd(
         task = progress.add_task("simulating days", total=days)
         rows = generate(config, out_dir, lambda n: progress.advance(task, n))
     out.print(", ".join(f"{name}: {n} rows" for name, n in rows.items()) + f" -> {out_dir}")
+
+
+@train_app.command("recommender")
+def train_recommender_cmd(
+    data: DataOpt,
+    config: Annotated[Path | None, typer.Option(help="Candidates TOML.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the selected model's metrics.")
+    ] = None,
+) -> None:
+    """Select a recommender on a time split, log every candidate, register the best."""
+    from experiments import training
+
+    _identity_config()  # warn about the demo salt before the long work
+    result = training.train_recommender(data, config)
+    metrics = {
+        m: round(result.selected.metrics[m], 4)
+        for m in ("ndcg@10", "map", "precision@10", "recall@10")
+    }
+    table = Table("metric", "value", title=f"selected: {result.selected.candidate.label}")
+    for name, value in result.selected.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    out.print(table)
+    out.print(result.message)
+    if metrics_out:
+        payload = {
+            "model": result.selected.candidate.label,
+            "metrics": metrics,
+            "seconds": round(result.seconds, 1),
+        }
+        metrics_out.write_text(json.dumps(payload) + "\n")
 
 
 @bench_app.command("recommender")

@@ -16,6 +16,7 @@ from implicit.bpr import BayesianPersonalizedRanking
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 from implicit.recommender_base import ModelFitError as ImplicitFitError
 from implicit.utils import ParameterWarning
+from threadpoolctl import threadpool_limits
 
 from models.recommenders.base import ModelFitError, Recommender
 
@@ -35,7 +36,9 @@ class _FactorModel(Recommender):
         user_items: sp.csr_matrix,
     ) -> None:
         try:
-            model.fit(user_items, show_progress=False)
+            # One BLAS thread: implicit parallelises itself, and nested threads slow ALS badly.
+            with threadpool_limits(limits=1, user_api="blas"):
+                model.fit(user_items, show_progress=False)
         except ImplicitFitError as exc:
             raise ModelFitError(
                 f"{type(self).__name__} produced non-finite factors ({exc})."

@@ -1,0 +1,182 @@
+"""Business rules, applied after scoring for every model.
+
+* an item the customer already bought is not offered again unless it is ``repurchasable``;
+* an item is offered only where it can be bought: at a store, that store's latest stock must be
+  positive; online (any other channel), any node with stock will do; without an inventory table,
+  or for a store the inventory never mentions, nothing is filtered;
+* optional category include / exclude lists;
+* an optional cap per category, for diversity.
+
+Forbidden items are masked before ranking, so a list can never contain one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from models.recommenders.base import Recommender
+
+STORE_CHANNEL = "store"
+
+
+@dataclass
+class BusinessRules:
+    """Rules over a fixed item index (the model's ``item_ids_``).
+
+    Attributes:
+        item_ids: the columns every mask refers to.
+        repurchasable: per item; unknown items count as not repurchasable.
+        category: per item (None when unknown).
+        stock: per store, a boolean in-stock mask; stores absent here are not filtered.
+        online_stock: in stock at any node, or None when there is no inventory.
+        bought_by: customer id -> column indices of items they bought.
+    """
+
+    item_ids: pd.Index
+    repurchasable: np.ndarray
+    category: np.ndarray
+    stock: dict[str, np.ndarray]
+    online_stock: np.ndarray | None
+    bought_by: dict[str, np.ndarray]
+
+    @classmethod
+    def from_tables(
+        cls,
+        item_ids: pd.Index,
+        *,
+        purchases: pd.DataFrame,
+        items: pd.DataFrame | None = None,
+        inventory: pd.DataFrame | None = None,
+    ) -> BusinessRules:
+        """Build the rules from contract tables.
+
+        Args:
+            item_ids: the model's items.
+            purchases: ``customer_id, item_id`` of every purchase (returns already netted or not:
+                a returned item may be offered again only if repurchasable, as any other).
+            items: the items table (``repurchasable``, ``category``), if any.
+            inventory: the inventory table (``date, store_id, item_id, on_hand``), if any.
+        """
+        item_ids = pd.Index(item_ids, dtype="str")
+        n = len(item_ids)
+        repurchasable = np.zeros(n, dtype=bool)
+        category = np.full(n, None, dtype=object)
+        if items is not None and len(items):
+            catalogue = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
+            if "repurchasable" in catalogue:
+                repurchasable = catalogue["repurchasable"].fillna(False).to_numpy(dtype=bool)
+            if "category" in catalogue:
+                category = (
+                    catalogue["category"]
+                    .astype("object")
+                    .where(catalogue["category"].notna(), None)
+                    .to_numpy()
+                )
+        stock: dict[str, np.ndarray] = {}
+        online_stock = None
+        if inventory is not None and len(inventory):
+            latest = inventory.sort_values("date").drop_duplicates(
+                ["store_id", "item_id"], keep="last"
+            )
+            latest = latest[latest["item_id"].isin(item_ids)]
+            columns = item_ids.get_indexer(pd.Index(latest["item_id"]))
+            in_stock = latest["on_hand"].to_numpy() > 0
+            online_stock = np.zeros(n, dtype=bool)
+            for store, rows in latest.groupby("store_id", observed=True).indices.items():
+                # An item the store never reported is assumed in stock there (no evidence).
+                mask = np.ones(n, dtype=bool)
+                mask[columns[rows]] = in_stock[rows]
+                stock[str(store)] = mask
+                online_stock[columns[rows][in_stock[rows]]] = True
+        bought = purchases[purchases["item_id"].isin(item_ids)]
+        bought_columns = item_ids.get_indexer(pd.Index(bought["item_id"]))
+        bought_by = {
+            str(customer): np.unique(bought_columns[rows])
+            for customer, rows in bought.groupby(
+                bought["customer_id"].astype("str")
+            ).indices.items()
+        }
+        return cls(item_ids, repurchasable, category, stock, online_stock, bought_by)
+
+    def allowed(
+        self,
+        *,
+        channel: str | None = None,
+        store_id: str | None = None,
+        include_categories: list[str] | None = None,
+        exclude_categories: list[str] | None = None,
+    ) -> np.ndarray:
+        """Items that may be offered in this context, whoever the customer is."""
+        mask = np.ones(len(self.item_ids), dtype=bool)
+        if channel == STORE_CHANNEL and store_id is not None:
+            mask &= self.stock.get(store_id, mask)
+        elif self.online_stock is not None:
+            mask &= self.online_stock
+        if include_categories:
+            mask &= np.isin(self.category, include_categories)
+        if exclude_categories:
+            mask &= ~np.isin(self.category, exclude_categories)
+        return mask
+
+    def exclusions(self, customer_ids: list[str] | pd.Index) -> sp.csr_matrix:
+        """Per customer (rows, in order), the items they bought that are not repurchasable."""
+        rows, cols = [], []
+        for row, customer in enumerate(pd.Index(customer_ids, dtype="str")):
+            bought = self.bought_by.get(customer)
+            if bought is not None:
+                once = bought[~self.repurchasable[bought]]
+                rows.append(np.full(len(once), row))
+                cols.append(once)
+        if not rows:
+            return sp.csr_matrix((len(customer_ids), len(self.item_ids)), dtype=bool)
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        return sp.csr_matrix(
+            (np.ones(len(r), bool), (r, c)), shape=(len(customer_ids), len(self.item_ids))
+        )
+
+    def cap_per_category(self, recommendations: pd.DataFrame, cap: int) -> pd.DataFrame:
+        """Keep at most ``cap`` items of one category per customer, re-ranking what is left."""
+        category = pd.Series(self.category, index=self.item_ids)
+        ranked = recommendations.sort_values(["customer_id", "rank"])
+        ranked = ranked.assign(_category=category.reindex(ranked["item_id"]).to_numpy())
+        # Items of an unknown category are each their own category.
+        unknown = ranked["_category"].isna()
+        ranked.loc[unknown, "_category"] = "\x00" + ranked.loc[unknown, "item_id"]
+        within = ranked.groupby(["customer_id", "_category"]).cumcount()
+        kept = ranked[within < cap].drop(columns="_category")
+        kept["rank"] = kept.groupby("customer_id").cumcount() + 1
+        return kept.reset_index(drop=True)
+
+
+def recommend_with_rules(
+    model: Recommender,
+    rules: BusinessRules,
+    customer_ids: list[str] | pd.Index,
+    n: int = 10,
+    *,
+    channel: str | None = None,
+    store_id: str | None = None,
+    include_categories: list[str] | None = None,
+    exclude_categories: list[str] | None = None,
+    per_category: int | None = None,
+) -> pd.DataFrame:
+    """Recommendations that obey every rule (fewer than ``n`` when the rules leave fewer)."""
+    allowed = rules.allowed(
+        channel=channel,
+        store_id=store_id,
+        include_categories=include_categories,
+        exclude_categories=exclude_categories,
+    )
+    exclude = rules.exclusions(customer_ids)
+    depth = n if per_category is None else min(len(rules.item_ids), n * 10)
+    recs = model.recommend(
+        customer_ids, n=depth, exclude_seen=False, exclude=exclude, allowed=allowed,
+        store_id=store_id, channel=channel,
+    )  # fmt: skip
+    if per_category is not None:
+        recs = rules.cap_per_category(recs, per_category)
+    return recs[recs["rank"] <= n].reset_index(drop=True)

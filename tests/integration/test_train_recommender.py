@@ -1,0 +1,81 @@
+"""Train -> MLflow (a real SQLite registry in a temporary directory) -> champion guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from experiments.training import CHAMPION, REGISTERED_NAME, train_recommender
+from models.recommenders import Recommender
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.integration
+
+GOOD = """
+[selection]
+metric = "ndcg@10"
+validation_days = 28
+[[candidates]]
+model = "ease"
+grid = { l2 = [100.0, 300.0] }
+"""
+WORSE = """
+[selection]
+metric = "ndcg@10"
+validation_days = 28
+[[candidates]]
+model = "popularity"
+"""
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mlflow")
+    patch = pytest.MonkeyPatch()
+    patch.chdir(root)  # MLflow's default artifact root is ./mlruns
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    patch.setenv("OMNI_SALT", "integration-salt")
+    patch.setenv("OPENBLAS_NUM_THREADS", "1")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    yield root
+    mlflow.set_tracking_uri(None)
+    patch.undo()
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(tracking: Path) -> None:
+    first = train_recommender(SAMPLE, write(tracking, "good.toml", GOOD))
+    assert first.promoted and first.champion_metric is None
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION)
+    assert str(champion.version) == first.version == "1"
+
+    runs = mlflow.search_runs(experiment_names=["recommender"])
+    assert len(runs) == 3  # two candidates and the registering run
+    assert {"metrics.ndcg_at_10", "metrics.map", "params.l2", "params.weight_purchase"} <= set(
+        runs.columns
+    )
+
+    second = train_recommender(SAMPLE, write(tracking, "worse.toml", WORSE))
+    assert not second.promoted and "stays" in second.message
+    assert second.champion_metric == pytest.approx(first.selected.metrics["ndcg@10"])
+    assert str(client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION).version) == "1"
+    assert second.version == "2"
+
+    # What serving will do: load the champion's files, without pickle, and recommend.
+    local = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_NAME}@{CHAMPION}")
+    model = Recommender.load(Path(local) / "artifacts" / "model")
+    recs = model.recommend(["unknown-customer"], n=5)
+    assert len(recs) == 5 and recs["fallback"].all()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}@{CHAMPION}")
+    predicted = pyfunc.predict(pd.DataFrame({"customer_id": list(model.customer_ids_[:3])}))
+    assert set(predicted["customer_id"]) == set(model.customer_ids_[:3])
