@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from implicit.cpu.topk import topk as implicit_topk
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -25,7 +26,8 @@ from features.interactions import Interactions
 
 RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
 SIMILAR_COLUMNS = ["item_id", "similar_item_id", "score", "rank"]
-_BATCH = 256
+_BATCH = 1024
+_FILTERED = -3.0e38  # implicit's top-k marks filtered items with -FLT_MAX
 
 
 class ModelFitError(RuntimeError):
@@ -109,23 +111,75 @@ class Recommender(BaseEstimator):
         history = sp.csr_matrix(known @ self.user_items_[np.maximum(rows, 0)])
         history.eliminate_zeros()
         cold = np.asarray(history.getnnz(axis=1) == 0)
-        out = []
+        k = min(n, len(self.item_ids_))
+        top = np.zeros((len(ids), k), dtype=np.int64)
+        top_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
         for start in range(0, len(ids), _BATCH):
             batch = slice(start, start + _BATCH)
-            scores = np.zeros((len(ids[batch]), len(self.item_ids_)), dtype=np.float32)
-            warm = ~cold[batch]
-            if warm.any():
-                scores[warm] = self._scores(rows[batch][warm], history[batch][warm])
-            if cold[batch].any():
-                scores[cold[batch]] = self._fallback_scores(store_id, channel)
             blocked = history[batch] if exclude_seen else None
             if exclude is not None:
                 extra = sp.csr_matrix(exclude[batch], dtype=bool)
-                blocked = extra if blocked is None else (blocked.astype(bool) + extra)
-            out.append(_top_n(scores, n, blocked, allowed, ids[batch], self.item_ids_, cold[batch]))
-        if not out:
-            return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
-        return pd.concat(out, ignore_index=True)
+                blocked = extra if blocked is None else sp.csr_matrix(blocked.astype(bool) + extra)
+            for group, group_rows in ((~cold[batch], None), (cold[batch], "fallback")):
+                if not group.any():
+                    continue
+                where = np.flatnonzero(group) + start
+                group_blocked = blocked[group] if blocked is not None else None
+                if group_rows is None:
+                    found, scores = self._rank(
+                        rows[where], history[where], k, group_blocked, allowed
+                    )
+                else:
+                    fallback = np.tile(self._fallback_scores(store_id, channel), (len(where), 1))
+                    found, scores = _rank_dense(fallback, k, group_blocked, allowed)
+                top[where], top_scores[where] = found, scores
+        keep = np.isfinite(top_scores) & (top_scores > _FILTERED)
+        per_row = keep.sum(axis=1)
+        return pd.DataFrame(
+            {
+                "customer_id": np.repeat(ids.to_numpy(), per_row),
+                "item_id": self.item_ids_.to_numpy()[top[keep]],
+                "score": top_scores[keep],
+                "rank": np.concatenate([np.arange(1, c + 1) for c in per_row]) if len(ids) else [],
+                "fallback": np.repeat(cold, per_row),
+            },
+            columns=RECOMMENDATION_COLUMNS,
+        )
+
+    def _rank(
+        self,
+        rows: np.ndarray,
+        history: sp.csr_matrix,
+        k: int,
+        blocked: sp.csr_matrix | None,
+        allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (item indices, scores) per row; blocked and disallowed items are left out.
+
+        Models whose scores are a dot product (see ``_query``) are ranked by implicit's
+        multi-threaded C++ top-k; the others score densely and partition in NumPy.
+        """
+        query = self._query(rows, history)
+        if query is None:
+            return _rank_dense(self._scores(rows, history), k, blocked, allowed)
+        vectors, items = query
+        filter_items = np.flatnonzero(~allowed).astype(np.int32) if allowed is not None else None
+        found, scores = implicit_topk(
+            items,
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            k,
+            filter_query_items=sp.csr_matrix(blocked, dtype=np.float32)
+            if blocked is not None
+            else None,
+            filter_items=filter_items if filter_items is not None and len(filter_items) else None,
+        )
+        return found.astype(np.int64), scores
+
+    def _query(
+        self, rows: np.ndarray, history: sp.csr_matrix
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(query vectors, item vectors) when scores are their dot product, else None."""
+        return None
 
     def similar_items(self, item_ids: list[str] | pd.Index, n: int = 10) -> pd.DataFrame:
         """The ``n`` items most similar to each given item (never the item itself).
@@ -264,30 +318,13 @@ def _top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _top_n(
-    scores: np.ndarray,
-    n: int,
-    blocked: sp.csr_matrix | None,
-    allowed: np.ndarray | None,
-    customer_ids: pd.Index,
-    item_ids: pd.Index,
-    fallback: np.ndarray,
-) -> pd.DataFrame:
+def _rank_dense(
+    scores: np.ndarray, k: int, blocked: sp.csr_matrix | None, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     if blocked is not None and blocked.nnz:
         coo = blocked.tocoo()
         scores[coo.row, coo.col] = -np.inf
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
-    top = _top_indices(scores, n)
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    keep = np.isfinite(top_scores)
-    per_row = keep.sum(axis=1)
-    return pd.DataFrame(
-        {
-            "customer_id": np.repeat(customer_ids.to_numpy(), per_row),
-            "item_id": item_ids.to_numpy()[top[keep]],
-            "score": top_scores[keep],
-            "rank": np.concatenate([np.arange(1, k + 1) for k in per_row]) if len(per_row) else [],
-            "fallback": np.repeat(fallback, per_row),
-        }
-    )
+    top = _top_indices(scores, k)
+    return top, np.take_along_axis(scores, top, axis=1)

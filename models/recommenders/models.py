@@ -30,6 +30,9 @@ class _FactorModel(Recommender):
     def _item_vectors(self) -> np.ndarray:
         return self.item_factors_
 
+    def _query(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        return self.user_factors_[rows], self.item_factors_
+
     def _train(
         self,
         model: AlternatingLeastSquares | BayesianPersonalizedRanking,
@@ -202,7 +205,8 @@ class EASERecommender(Recommender):
         precision = np.linalg.inv(gram)
         weights = precision / (-np.diag(precision))
         weights[np.diag_indices_from(weights)] = 0.0
-        self.weights_ = weights.astype(np.float32)
+        # Stored transposed (row j = how every item predicts item j): the layout top-k wants.
+        self.weights_ = np.ascontiguousarray(weights.T, dtype=np.float32)
         if not np.isfinite(self.weights_).all():
             raise ModelFitError("EASE produced non-finite weights; raise l2.")
 
@@ -210,10 +214,13 @@ class EASERecommender(Recommender):
         return sp.csr_matrix((user_items > 0).astype(np.float32)) if self.binary else user_items
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(self._input(user_items) @ self.weights_)
+        return np.asarray(self._input(user_items) @ self.weights_.T)
 
     def _item_vectors(self) -> np.ndarray:
-        return self.weights_.T
+        return self.weights_
+
+    def _query(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        return self._input(user_items).toarray(), self.weights_
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights_}
