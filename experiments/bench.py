@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from experiments.synthetic import GeneratorConfig
 
@@ -81,7 +82,7 @@ def _recommender_speed_worker(data: Path) -> dict:
     start = time.perf_counter()
     interactions = build_interactions(unified)
     timings["build_interactions_seconds"] = time.perf_counter() - start
-    params = {
+    params: dict[str, Any] = {
         "factors": 64,
         "regularization": 0.05,
         "alpha": 5.0,
