@@ -160,6 +160,7 @@ def train_recommender_cmd(
     for name, value in result.selected.metrics.items():
         table.add_row(name, f"{value:.4f}")
     out.print(table)
+    _print_skipped(result.skipped)
     out.print(result.message)
     if metrics_out:
         payload = {
@@ -172,7 +173,9 @@ def train_recommender_cmd(
 
 @bench_app.command("recommender")
 def bench_recommender_cmd(
-    dataset: Annotated[str, typer.Option(help="movielens-100k or synthetic")] = "movielens-100k",
+    dataset: Annotated[
+        str, typer.Option(help="movielens-100k, completejourney or synthetic")
+    ] = "movielens-100k",
     events: Annotated[
         int, typer.Option(help="synthetic: approximate number of events.")
     ] = 1_000_000,
@@ -181,8 +184,12 @@ def bench_recommender_cmd(
         Path | None, typer.Option(help="Write the selected model's metrics.")
     ] = None,
     cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
+    shared: Annotated[Path, typer.Option(help="The shared real data sets.")] = Path(
+        "../shared/data"
+    ),
 ) -> None:
-    """Accuracy against the published table (movielens-100k) or speed (synthetic)."""
+    """Accuracy (movielens-100k against the published table; completejourney against
+    popularity) or speed (synthetic)."""
     if dataset == "synthetic":
         generated = bench.recommender_config(events)
         data = cache / f"recommender-{events}"
@@ -192,20 +199,27 @@ def bench_recommender_cmd(
                 generate(generated, data, lambda n: progress.advance(task, n))
         out.print_json(json.dumps(bench.run_recommender_speed(data)))
         return
-    if dataset != "movielens-100k":
-        raise UsageError(f"Unknown dataset {dataset!r}; use movielens-100k or synthetic.")
     from experiments import recommender
 
-    result = recommender.benchmark_movielens(recommender.load_selection_config(config), cache)
-    table = Table(
-        "model", "MAP", "nDCG@10", "P@10", "R@10", "coverage", title="MovieLens-100k, k=10"
-    )
+    selection = recommender.load_selection_config(config)
+    if dataset == "movielens-100k":
+        result = recommender.benchmark_movielens(selection, cache)
+    elif dataset == "completejourney":
+        transactions = shared / "completejourney" / "transactions_sample.csv.gz"
+        if not transactions.exists():
+            raise UsageError(f"{transactions} does not exist; pass --shared DIR.")
+        result = recommender.benchmark_completejourney(selection, transactions)
+    else:
+        known = "movielens-100k, completejourney or synthetic"
+        raise UsageError(f"Unknown dataset {dataset!r}; use {known}.")
+    table = Table("model", "MAP", "nDCG@10", "P@10", "R@10", "coverage", title=f"{dataset}, k=10")
     for row in result.rows:
         name = row["model"] + (" [selected]" if row is result.selected else "")
         values = (row[m] for m in ("map", "ndcg@10", "precision@10", "recall@10", "coverage"))
         table.add_row(name, *(f"{v:.3f}" for v in values))
-    for name, published in recommender.PUBLISHED_MOVIELENS.items():
-        table.add_row(f"published: {name}", *(f"{v:.3f}" for v in published), "")
+    if dataset == "movielens-100k":
+        for name, published in recommender.PUBLISHED_MOVIELENS.items():
+            table.add_row(f"published: {name}", *(f"{v:.3f}" for v in published), "")
     out.print(table)
     selected = result.selected
     metrics = {m: round(selected[m], 4) for m in ("ndcg@10", "map", "precision@10", "recall@10")}
@@ -216,7 +230,13 @@ def bench_recommender_cmd(
             "seconds": round(result.seconds, 1),
         }
         metrics_out.write_text(json.dumps(payload) + "\n")
+    _print_skipped(result.skipped)
     out.print(f"selected on validation: {selected['model']}; {result.seconds:.0f} s")
+
+
+def _print_skipped(skipped: list) -> None:
+    for candidate, reason in skipped:
+        out.print(f"skipped {candidate.label}: {reason}", highlight=False)
 
 
 @bench_app.command("ingest")

@@ -48,6 +48,7 @@ class TrainResult:
     champion_metric: float | None
     message: str
     seconds: float
+    skipped: list[tuple[Candidate, str]]
 
 
 def split_for_validation(
@@ -102,7 +103,7 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
             mlflow.log_metric("fit_seconds", result.fit_seconds)
             mlflow.log_figure(_metrics_figure(result), "metrics.png")
 
-    results = select(config, train, relevant, on_result=log_candidate)
+    results, skipped = select(config, train, relevant, on_result=log_candidate)
     best = results[0]
     metric = config.metric
     champion_metric = _champion_metric(train, relevant, config)
@@ -148,7 +149,7 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     if promoted:
         client.set_registered_model_alias(REGISTERED_NAME, CHAMPION, version)
     return TrainResult(
-        best, version, promoted, champion_metric, message, time.perf_counter() - started
+        best, version, promoted, champion_metric, message, time.perf_counter() - started, skipped
     )
 
 
