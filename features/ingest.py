@@ -400,6 +400,7 @@ def _float_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.replace_substring_regex(text, r"\.0$", "")
 
 
+_MISSING_NUMBER = pa.array(["na", "n/a", "null", "none", "nan", "#n/a"])
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
@@ -418,6 +419,13 @@ def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedAr
             given = ~_is_null(values)
         else:
             text = _as_text(values)
+            lowered = pc.utf8_lower(text)
+            # Exports write "NA" or "NULL" for a missing number, and TRUE / FALSE for flags.
+            text = pc.if_else(
+                pc.is_in(lowered, value_set=_MISSING_NUMBER), pa.scalar(None, text.type), text
+            )
+            text = pc.if_else(pc.equal(lowered, "true"), pa.scalar("1", text.type), text)
+            text = pc.if_else(pc.equal(lowered, "false"), pa.scalar("0", text.type), text)
             given = ~_is_null(text)
             parsed = pc.if_else(
                 pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type)

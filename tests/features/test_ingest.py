@@ -215,7 +215,10 @@ _cell = st.one_of(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200,
+    deadline=None,
+    derandomize=True,  # the same examples on every run: CI must not be flaky
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     cells=st.lists(st.tuples(st.integers(0, 19), st.integers(0, 8), _cell), max_size=25),
@@ -248,7 +251,7 @@ def _count_csv_records(path: Path) -> int:
     import csv
 
     with path.open(newline="", encoding="utf-8") as fh:
-        return sum(1 for _ in csv.reader(fh)) - 1
+        return sum(1 for record in csv.reader(fh) if record) - 1  # blank lines are not records
 
 
 def test_validate_table_does_not_modify_its_input() -> None:

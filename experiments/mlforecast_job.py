@@ -1,0 +1,52 @@
+"""mlforecast comparison job, run by a separate interpreter that has mlforecast installed.
+
+mlforecast requires pandas < 3, this project pandas 3, so the benchmark keeps mlforecast in its
+own virtual environment (made on first use) and talks to it through Parquet files. This file
+imports nothing from the project.
+
+Usage: python mlforecast_job.py HISTORY.parquet FUTURE.parquet SPEC.json OUT.parquet
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from lightgbm import LGBMRegressor
+from mlforecast import MLForecast
+from mlforecast.lag_transforms import RollingMean
+
+
+def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    history = pd.read_parquet(history_path)
+    future = pd.read_parquet(future_path)
+    exogenous = spec["exogenous"]
+    forecaster = MLForecast(
+        models={"lgbm": LGBMRegressor(verbosity=-1, random_state=0)},
+        freq=spec["freq"],
+        lags=spec["lags"],
+        lag_transforms={
+            int(lag): [RollingMean(window_size=w) for w in windows]
+            for lag, windows in spec["rolling"].items()
+        },
+        date_features=spec["date_features"],
+    )
+    if spec.get("preprocess_only"):
+        forecaster.preprocess(
+            history, id_col="unique_id", time_col="ds", target_col="y", static_features=[]
+        )
+        return
+    forecaster.fit(history, id_col="unique_id", time_col="ds", target_col="y", static_features=[])
+    x_future = None
+    if exogenous:
+        x_future = forecaster.make_future_dataframe(h=spec["horizon"]).merge(
+            future, on=["unique_id", "ds"], how="left"
+        )
+        x_future = x_future.fillna(0.0)
+    predicted = forecaster.predict(h=spec["horizon"], X_df=x_future)
+    predicted.rename(columns={"lgbm": "point"})[["unique_id", "ds", "point"]].to_parquet(out_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

@@ -1,0 +1,317 @@
+"""The demand panel and its features, declared as data.
+
+A panel is long format: one row per series (``unique_id`` = ``store_id|item_id``) and period
+(``ds``, the period's last day), with ``y`` (units), ``censored`` (the store ran out during the
+period, so demand is unknown), price, promotion and every ``x_*`` covariate. Pure functions: no
+I/O, inputs are not modified, deterministic output and column order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.schema import COVARIATE_PREFIX
+
+SERIES = "unique_id"
+PERIOD = "ds"
+TARGET = "y"
+SEP = "|"
+FREQUENCIES = {"D": 1, "W": 7}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features to build (logged verbatim as parameters).
+
+    Lags are in periods and must all be >= ``horizon``: a forecast made at the origin never reads
+    a target it could not know (one model serves every step of the horizon).
+
+    Attributes:
+        horizon: periods ahead.
+        lags: target lags.
+        rolling: lag -> windows for rolling means of the target ending at that lag.
+        season: periods per year-ish cycle used by calendar features (7 daily weekday, 52 weekly).
+    """
+
+    horizon: int
+    lags: tuple[int, ...]
+    rolling: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, not {self.horizon}.")
+        too_short = [lag for lag in (*self.lags, *self.rolling) if lag < self.horizon]
+        if too_short:
+            raise ValueError(
+                f"lags {too_short} are shorter than the horizon {self.horizon}: they would leak."
+            )
+
+    @classmethod
+    def default(cls, horizon: int, freq: str) -> FeatureSpec:
+        """Lags at the horizon and one season back; rolling means of a month and a quarter."""
+        season = 52 if freq == "W" else 7
+        short, long_ = (4, 13) if freq == "W" else (7, 28)
+        lags = sorted(
+            {horizon, horizon + 1, horizon + 2, max(horizon, season), max(horizon, 2 * season)}
+        )
+        return cls(horizon=horizon, lags=tuple(lags), rolling={horizon: (short, long_)})
+
+    def as_params(self) -> dict[str, str | int]:
+        return {
+            "horizon": self.horizon,
+            "lags": ",".join(map(str, self.lags)),
+            "rolling": ";".join(
+                f"{k}:{','.join(map(str, v))}" for k, v in sorted(self.rolling.items())
+            ),
+        }
+
+
+def period_end(dates: pd.Series, freq: str, last: pd.Timestamp) -> pd.Series:
+    """The last day of each date's period. Weekly periods end on ``last``'s weekday, so the final
+    period of the data is always whole."""
+    dates = pd.to_datetime(dates).dt.normalize()
+    if freq == "D":
+        return dates
+    if freq != "W":
+        raise ValueError(f"freq must be D or W, not {freq!r}.")
+    days_before_last = (last.normalize() - dates).dt.days
+    return last.normalize() - pd.to_timedelta((days_before_last // 7) * 7, unit="D")
+
+
+def sales_from_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Daily units per fulfilling store x item from purchase and return events (returns netted)."""
+    moves = events[events["event_type"].isin(["purchase", "return"]) & events["store_id"].notna()]
+    sign = np.where(moves["event_type"] == "return", -1.0, 1.0)
+    daily = moves.assign(
+        date=moves["event_time"].dt.normalize(),
+        units=sign * moves["quantity"].to_numpy(),
+        price_paid=moves["unit_price"],
+    )
+    return (
+        daily.groupby(["date", "store_id", "item_id"], observed=True)
+        .agg(units=("units", "sum"), unit_price=("price_paid", "mean"))
+        .reset_index()
+    )
+
+
+def build_panel(
+    sales: pd.DataFrame,
+    *,
+    freq: str = "D",
+    inventory: pd.DataFrame | None = None,
+    last: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """A regular panel per (store, item) from its first sale to ``last`` (default: last sale).
+
+    Missing periods are zero sales, except periods in which the store's stock of the item was
+    zero at some day's end (inventory forward-filled from its snapshots): those are ``censored``.
+    Net negative units (more returns than sales) count as zero demand. Prices are the mean price
+    paid, carried forward over periods without sales; ``on_promo`` and ``x_*`` are the period's
+    maximum (missing = 0).
+    """
+    if sales.empty:
+        raise ValueError("There are no sales to build a demand panel from.")
+    last = pd.Timestamp(last) if last is not None else sales["date"].max()
+    covariates = sorted(c for c in sales.columns if c.startswith(COVARIATE_PREFIX))
+    frame = sales.assign(ds=period_end(sales["date"], freq, last))
+    frame = frame[frame["ds"] <= last]
+    aggregations = {"y": ("units", "sum")}
+    if "unit_price" in frame:
+        aggregations["unit_price"] = ("unit_price", "mean")
+    if "on_promo" in frame:
+        frame = frame.assign(on_promo=frame["on_promo"].astype("float64"))
+        aggregations["on_promo"] = ("on_promo", "max")
+    for column in covariates:
+        aggregations[column] = (column, "max")
+    grouped = (
+        frame.groupby(["store_id", "item_id", "ds"], observed=True)
+        .agg(**aggregations)
+        .reset_index()
+    )
+
+    step = pd.Timedelta(days=FREQUENCIES[freq])
+    first = grouped.groupby(["store_id", "item_id"], observed=True)["ds"].min()
+    n_periods = ((last - first).dt.days // FREQUENCIES[freq]).astype(int) + 1
+    index = pd.DataFrame(
+        {
+            "store_id": np.repeat(first.index.get_level_values(0), n_periods),
+            "item_id": np.repeat(first.index.get_level_values(1), n_periods),
+            PERIOD: np.concatenate([pd.date_range(f, last, freq=step).values for f in first]),
+        }
+    )
+    panel = index.merge(grouped, on=["store_id", "item_id", PERIOD], how="left")
+    panel[TARGET] = panel[TARGET].fillna(0.0).clip(lower=0.0)
+    for column in ("on_promo", *covariates):
+        if column in panel:
+            panel[column] = panel[column].fillna(0.0)
+    if "unit_price" in panel:
+        panel["unit_price"] = panel.groupby(["store_id", "item_id"], observed=True)[
+            "unit_price"
+        ].ffill()
+    panel[SERIES] = panel["store_id"].astype("str") + SEP + panel["item_id"].astype("str")
+    panel["censored"] = _censored(panel, inventory, freq, last)
+    ordered = [SERIES, "store_id", "item_id", PERIOD, TARGET, "censored"]
+    rest = [c for c in ("unit_price", "on_promo", *covariates) if c in panel]
+    return panel[ordered + rest].sort_values([SERIES, PERIOD], ignore_index=True)
+
+
+def _censored(
+    panel: pd.DataFrame, inventory: pd.DataFrame | None, freq: str, last: pd.Timestamp
+) -> np.ndarray:
+    """Whether each panel row's period had a day ending with zero stock."""
+    if inventory is None or inventory.empty:
+        return np.zeros(len(panel), dtype=bool)
+    snapshots = inventory[["date", "store_id", "item_id", "on_hand"]].sort_values("date")
+    snapshots = snapshots[snapshots["date"] <= last]
+    # Days out of stock: from a zero snapshot until the next snapshot of that store and item.
+    snapshots = snapshots.assign(
+        next_date=snapshots.groupby(["store_id", "item_id"], observed=True)["date"].shift(-1)
+    )
+    zero = snapshots[snapshots["on_hand"] <= 0]
+    if zero.empty:
+        return np.zeros(len(panel), dtype=bool)
+    end = zero["next_date"].fillna(last + pd.Timedelta(days=1)) - pd.Timedelta(days=1)
+    lengths = ((end - zero["date"]).dt.days + 1).clip(lower=1).to_numpy()
+    days = zero["date"].to_numpy().repeat(lengths) + np.concatenate(
+        [np.arange(n) for n in lengths]
+    ).astype("timedelta64[D]")
+    out_of_stock = pd.DataFrame(
+        {
+            "store_id": zero["store_id"].to_numpy().repeat(lengths),
+            "item_id": zero["item_id"].to_numpy().repeat(lengths),
+            PERIOD: period_end(pd.Series(days), freq, last).to_numpy(),
+        }
+    ).drop_duplicates()
+    flagged = panel[["store_id", "item_id", PERIOD]].merge(
+        out_of_stock.assign(_flag=True), on=["store_id", "item_id", PERIOD], how="left"
+    )
+    return flagged["_flag"].notna().to_numpy()
+
+
+def extend_with_future(
+    panel: pd.DataFrame, horizon: int, freq: str, plan: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Append ``horizon`` future periods to every series (``y`` missing), with covariates from
+    ``plan`` where it has a row. Where it has none — the documented fallback — the price is the
+    series' last price, no promotion, every ``x_*`` 0."""
+    step = pd.Timedelta(days=FREQUENCIES[freq])
+    last = panel[PERIOD].max()
+    series = panel.drop_duplicates(SERIES, keep="last")[
+        [SERIES, "store_id", "item_id"] + (["unit_price"] if "unit_price" in panel else [])
+    ]
+    future = series.loc[series.index.repeat(horizon)].reset_index(drop=True)
+    future[PERIOD] = np.tile([last + step * (h + 1) for h in range(horizon)], len(series))
+    future[TARGET] = np.nan
+    future["censored"] = False
+    covariates = [c for c in panel.columns if c.startswith(COVARIATE_PREFIX) or c == "on_promo"]
+    for column in covariates:
+        future[column] = 0.0
+    if plan is not None and not plan.empty:
+        planned = plan.assign(ds=period_end(plan["date"], freq, last + step * horizon))
+        planned = planned[(planned[PERIOD] > last) & (planned[PERIOD] <= last + step * horizon)]
+        values = {c: "max" for c in covariates if c in planned}
+        if "unit_price" in planned:
+            values["unit_price"] = "mean"
+        if values:
+            if "on_promo" in planned:
+                planned = planned.assign(on_promo=planned["on_promo"].astype("float64"))
+            agg = (
+                planned.groupby(["store_id", "item_id", PERIOD], observed=True)
+                .agg(values)
+                .reset_index()
+            )
+            future = future.merge(
+                agg, on=["store_id", "item_id", PERIOD], how="left", suffixes=("", "_plan")
+            )
+            for column in values:
+                future[column] = (
+                    future[f"{column}_plan"].fillna(future[column])
+                    if column in future
+                    else future[f"{column}_plan"]
+                )
+                future = future.drop(columns=f"{column}_plan")
+    return pd.concat([panel, future[panel.columns]], ignore_index=True).sort_values(
+        [SERIES, PERIOD], ignore_index=True
+    )
+
+
+def build_features(
+    panel: pd.DataFrame,
+    spec: FeatureSpec,
+    *,
+    freq: str,
+    items: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The model matrix for every panel row (history and future alike), deterministic names.
+
+    Features: ``lag{k}``; ``rolling_mean_lag{k}_window{w}``; calendar (``week_of_year``,
+    ``month``, ``day_of_week`` for daily data); ``unit_price``, ``price_ratio`` (to the series'
+    median price), ``on_promo``, ``x_*``; ``store_code``, ``item_code``, ``category_code``; and
+    aggregates lagged like the target: ``category_store_rolling_mean_lag{h}_window{w}`` (the
+    item's category at its store, per item) and ``item_stores_rolling_mean_lag{h}_window{w}``
+    (the item across stores, per store).
+    """
+    panel = panel.sort_values([SERIES, PERIOD], ignore_index=True)
+    # A censored period's sales understate its demand: lags and means read it as unknown.
+    demand = panel[TARGET].where(~panel["censored"].astype(bool))
+    by_series = demand.groupby(panel[SERIES], sort=False, observed=True)
+    out: dict[str, pd.Series | np.ndarray] = {}
+    for lag in spec.lags:
+        out[f"lag{lag}"] = by_series.shift(lag)
+    for lag, windows in sorted(spec.rolling.items()):
+        shifted = by_series.shift(lag)
+        for window in windows:
+            out[f"rolling_mean_lag{lag}_window{window}"] = (
+                shifted.groupby(panel[SERIES], sort=False)
+                .rolling(window, min_periods=1)
+                .mean()
+                .reset_index(level=0, drop=True)
+            )
+    ds = panel[PERIOD]
+    out["week_of_year"] = ds.dt.isocalendar().week.astype("int64").to_numpy()
+    out["month"] = ds.dt.month.to_numpy()
+    if freq == "D":
+        out["day_of_week"] = ds.dt.dayofweek.to_numpy()
+    if "unit_price" in panel:
+        regular = panel.groupby(SERIES, observed=True)["unit_price"].transform("median")
+        out["unit_price"] = panel["unit_price"]
+        out["price_ratio"] = panel["unit_price"] / regular
+    for column in sorted(
+        c for c in panel.columns if c == "on_promo" or c.startswith(COVARIATE_PREFIX)
+    ):
+        out[column] = panel[column]
+    out["store_code"] = pd.factorize(panel["store_id"], sort=True)[0]
+    out["item_code"] = pd.factorize(panel["item_id"], sort=True)[0]
+    category = panel["item_id"].map(_categories(items)) if items is not None else None
+    out["category_code"] = pd.factorize(
+        category if category is not None else panel["item_id"], sort=True
+    )[0]
+    group_keys = {
+        "category_store": [
+            panel["store_id"],
+            category if category is not None else panel["item_id"],
+        ],
+        "item_stores": [panel["item_id"]],
+    }
+    lag = spec.horizon
+    short = min(min(spec.rolling.get(lag, (4,))), 4 if freq == "W" else 7)
+    for name, keys in group_keys.items():
+        mean = demand.groupby([*keys, panel[PERIOD]], observed=True).transform("mean")
+        mean = mean.groupby(panel[SERIES], sort=False).shift(lag)
+        out[f"{name}_rolling_mean_lag{lag}_window{short}"] = (
+            mean.groupby(panel[SERIES], sort=False)
+            .rolling(short, min_periods=1)
+            .mean()
+            .reset_index(level=0, drop=True)
+        )
+    features = pd.DataFrame({k: np.asarray(v, dtype="float64") for k, v in out.items()})
+    return pd.concat([panel[[SERIES, PERIOD]], features], axis=1)
+
+
+def _categories(items: pd.DataFrame) -> pd.Series:
+    if "category" not in items:
+        return pd.Series(dtype="str")
+    return items.drop_duplicates("item_id").set_index("item_id")["category"]
