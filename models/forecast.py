@@ -29,6 +29,7 @@ from features.demand import PERIOD, SERIES, TARGET, FeatureSpec, build_features,
 QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
 _SEASON = {"D": 7, "W": 52}
+_OBJECTIVES = ("tweedie", "poisson", "regression")
 
 
 class Forecaster(BaseEstimator):
@@ -127,7 +128,7 @@ class LightGBMForecaster(Forecaster):
         freq: str = "D",
         lags: tuple[int, ...] | None = None,
         rolling: dict[int, tuple[int, ...]] | None = None,
-        objective: str = "tweedie",
+        objective: str = "auto",
         n_estimators: int = 400,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
@@ -156,27 +157,75 @@ class LightGBMForecaster(Forecaster):
         )
 
     def fit(self, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
-        """Fit the mean model; calibrate the dispersion on the last ``horizon`` periods first."""
+        """Choose the objective and calibrate the quantiles on held-out history, then fit on all.
+
+        The last few horizons of the panel are held out (enough for about 300 observations,
+        at most 4 horizons); a model trained before them forecasts each in turn from the history
+        up to its origin — the way it will be used. With ``objective="auto"`` the objective with
+        the lowest WAPE there is kept (tweedie, poisson or squared error); the negative-binomial
+        dispersion is the one whose P10-P90 interval covers 80% of those held-out actuals.
+        """
         self._check(panel)
         self.items_ = items
         spec = self.spec()
-        periods = np.sort(panel[PERIOD].unique())
+        objectives = list(_OBJECTIVES) if self.objective == "auto" else [self.objective]
+        self.objective_ = objectives[0]
         self.dispersion_ = 1.0
-        if len(periods) > 3 * self.horizon:
-            cut = periods[-self.horizon - 1]
-            early = panel[panel[PERIOD] <= cut]
-            booster = self._train(early, spec)
-            held = panel[panel[PERIOD] > cut]
-            mean = self._mean(booster, early, held, spec)
-            observed = ~held["censored"].to_numpy()
-            self.dispersion_ = _calibrate_dispersion(
-                mean[observed], held[TARGET].to_numpy()[observed]
-            )
-        self.booster_ = self._train(panel, spec)
+        held = self._held_out_blocks(panel)
+        if held:
+            first_origin = held[0]
+            early = panel[panel[PERIOD] <= first_origin]
+            scores = {}
+            for objective in objectives:
+                booster = self._train(early, spec, objective)
+                mean, actual = self._forecast_blocks(booster, panel, held, spec)
+                scores[objective] = (
+                    np.abs(actual - mean).sum() / max(actual.sum(), 1e-9),
+                    mean,
+                    actual,
+                )
+            self.objective_ = min(scores, key=lambda k: scores[k][0])
+            _, mean, actual = scores[self.objective_]
+            self.dispersion_ = _calibrate_dispersion(mean, actual)
+            self.selection_wape_ = {k: float(v[0]) for k, v in scores.items()}
+        self.booster_ = self._train(panel, spec, self.objective_)
         self.feature_names_ = self.booster_.feature_name()
         return self
 
-    def _train(self, panel: pd.DataFrame, spec: FeatureSpec) -> lgb.Booster:
+    def _held_out_blocks(self, panel: pd.DataFrame) -> list[np.datetime64]:
+        """Origins of the held-out horizons, oldest first (none when history is too short)."""
+        periods = np.sort(panel[PERIOD].unique())
+        n_series = max(panel[SERIES].nunique(), 1)
+        blocks = int(np.clip(np.ceil(300 / (n_series * self.horizon)), 1, 4))
+        while blocks and len(periods) <= (blocks + 2) * self.horizon + min(self.spec().lags):
+            blocks -= 1
+        return [periods[-b * self.horizon - 1] for b in range(blocks, 0, -1)]
+
+    def _forecast_blocks(
+        self,
+        booster: lgb.Booster,
+        panel: pd.DataFrame,
+        origins: list[np.datetime64],
+        spec: FeatureSpec,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forecast each held-out horizon from the history up to its origin; uncensored rows."""
+        means, actuals = [], []
+        step = np.timedelta64(1 if self.freq == "D" else 7, "D")
+        for origin in origins:
+            history = panel[panel[PERIOD] <= origin]
+            block = panel[
+                (panel[PERIOD] > origin) & (panel[PERIOD] <= origin + step * self.horizon)
+            ]
+            block = block[block[SERIES].isin(history[SERIES]) & ~block["censored"]]
+            if block.empty:
+                continue
+            means.append(self._mean(booster, history, block, spec))
+            actuals.append(block[TARGET].to_numpy())
+        if not means:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(means), np.concatenate(actuals)
+
+    def _train(self, panel: pd.DataFrame, spec: FeatureSpec, objective: str) -> lgb.Booster:
         features = build_features(panel, spec, freq=self.freq, items=self.items_)
         usable = (~panel["censored"].to_numpy()) & features[
             f"lag{min(spec.lags)}"
@@ -184,7 +233,7 @@ class LightGBMForecaster(Forecaster):
         x = features.drop(columns=[SERIES, PERIOD])[usable]
         y = panel[TARGET].to_numpy()[usable]
         params = {
-            "objective": self.objective,
+            "objective": objective,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
@@ -193,7 +242,7 @@ class LightGBMForecaster(Forecaster):
             "num_threads": 2,
             "verbose": -1,
         }
-        if self.objective == "tweedie":
+        if objective == "tweedie":
             params["tweedie_variance_power"] = 1.2
         dataset = lgb.Dataset(
             x, label=y, categorical_feature=["store_code", "category_code"], free_raw_data=True
@@ -261,7 +310,12 @@ class LightGBMForecaster(Forecaster):
             "rolling": {str(k): list(v) for k, v in self.spec().rolling.items()},
         }
         params["lags"] = list(self.spec().lags)
-        meta = {"model": self.name, "params": params, "dispersion": self.dispersion_}
+        meta = {
+            "model": self.name,
+            "params": params,
+            "objective": self.objective_,
+            "dispersion": self.dispersion_,
+        }
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         if self.items_ is not None:
             self.items_.to_parquet(path / "items.parquet")
@@ -278,6 +332,7 @@ class LightGBMForecaster(Forecaster):
         model.booster_ = lgb.Booster(model_file=str(path / "model.txt"))
         model.feature_names_ = model.booster_.feature_name()
         model.dispersion_ = float(meta["dispersion"])
+        model.objective_ = meta["objective"]
         items = path / "items.parquet"
         model.items_ = pd.read_parquet(items) if items.exists() else None
         return model
@@ -295,7 +350,7 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
     """The dispersion whose P10-P90 interval covers ``target`` of the held-out actuals (closest)."""
     if len(actual) == 0:
         return 1.0
-    candidates = np.geomspace(0.05, 1000.0, 40)
+    candidates = np.geomspace(0.02, 5000.0, 160)
     coverage = []
     for k in candidates:
         low, _, high = negative_binomial_quantiles(mean, k)
