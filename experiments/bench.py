@@ -140,6 +140,127 @@ def _ingest_worker(data: Path) -> dict:
     }
 
 
+def speed_panel(path: Path, series: int = 5000, days: int = 730, seed: int = 0) -> Path:
+    """A daily demand panel for the speed benchmark: weekly and yearly seasonality, promotions
+    with uplift, Poisson noise; 50 stores, one item per series."""
+    import numpy as np
+    import pandas as pd
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    ds = pd.date_range("2023-01-01", periods=days, freq="D")
+    level = rng.gamma(2.0, 2.0, series)
+    weekly = 1 + 0.3 * np.sin(2 * np.pi * ds.dayofweek.to_numpy() / 7)
+    yearly = 1 + 0.2 * np.cos(2 * np.pi * (ds.dayofyear.to_numpy() - 350) / 365)
+    promo = rng.random((series, days)) < 0.05
+    rate = level[:, None] * weekly * yearly * np.where(promo, 1.8, 1.0)
+    panel = pd.DataFrame(
+        {
+            "unique_id": np.repeat([f"S{i % 50:02d}|I{i:05d}" for i in range(series)], days),
+            "store_id": np.repeat([f"S{i % 50:02d}" for i in range(series)], days),
+            "item_id": np.repeat([f"I{i:05d}" for i in range(series)], days),
+            "ds": np.tile(ds, series),
+            "y": rng.poisson(rate).ravel().astype(float),
+            "censored": False,
+            "unit_price": np.where(promo, 1.6, 2.0).ravel(),
+            "on_promo": promo.ravel().astype(float),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panel.to_parquet(path)
+    return path
+
+
+def run_forecaster_speed(panel_path: Path, horizon: int = 28) -> dict:
+    """Feature building (ours vs mlforecast's ``preprocess``, each in a fresh process), then
+    our training and prediction time."""
+    import tempfile
+
+    import pandas as pd
+
+    from experiments.forecasting import MLFORECAST_JOB, mlforecast_python, mlforecast_spec
+
+    ours = _child("forecaster-features", panel_path)
+    panel = pd.read_parquet(panel_path)
+    spec = {**mlforecast_spec(panel, horizon, "D"), "preprocess_only": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        history, spec_path, out = (
+            Path(tmp) / "h.parquet",
+            Path(tmp) / "s.json",
+            Path(tmp) / "o.json",
+        )
+        panel[["unique_id", "ds", "y", *spec["exogenous"]]].to_parquet(history)
+        spec_path.write_text(json.dumps(spec))
+        python = mlforecast_python()
+        subprocess.run(
+            [
+                str(python),
+                str(MLFORECAST_JOB),
+                str(history),
+                str(history),
+                str(spec_path),
+                str(out),
+            ],
+            check=True,
+        )
+        theirs = json.loads(out.read_text())
+    training = _child("forecaster-train", panel_path)
+    return {
+        "benchmark": "forecaster speed",
+        "panel": f"{panel['unique_id'].nunique()} series x {panel['ds'].nunique()} days",
+        "rows": len(panel),
+        "features_seconds": ours["seconds"],
+        "features_peak_rss_mb": ours["peak_rss_mb"],
+        "mlforecast_preprocess_seconds": round(theirs["seconds"], 2),
+        "mlforecast_peak_rss_mb": theirs["peak_rss_mb"],
+        "ratio_ours_to_mlforecast": round(ours["seconds"] / theirs["seconds"], 3),
+        **training,
+        "machine": machine(),
+    }
+
+
+def _forecaster_features_worker(panel_path: Path) -> dict:
+    import pandas as pd
+
+    from features.demand import FeatureSpec, build_features
+
+    panel = pd.read_parquet(panel_path)
+    started = time.perf_counter()
+    features = build_features(panel, FeatureSpec.default(28, "D"), freq="D")
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 2),
+        "columns": features.shape[1] - 2,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def _forecaster_train_worker(panel_path: Path) -> dict:
+    import pandas as pd
+
+    from models.forecast import LightGBMForecaster
+
+    panel = pd.read_parquet(panel_path)
+    started = time.perf_counter()
+    model = LightGBMForecaster(horizon=28, freq="D", objective="tweedie").fit(panel)
+    fitted = time.perf_counter() - started
+    started = time.perf_counter()
+    forecast = model.predict(panel)
+    predicted = time.perf_counter() - started
+    return {
+        "train_seconds (incl. quantile calibration)": round(fitted, 1),
+        "predict_seconds": round(predicted, 1),
+        "forecast_rows": len(forecast),
+        "train_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
 if __name__ == "__main__":
-    workers = {"ingest": _ingest_worker, "recommender-speed": _recommender_speed_worker}
+    workers = {
+        "ingest": _ingest_worker,
+        "recommender-speed": _recommender_speed_worker,
+        "forecaster-features": _forecaster_features_worker,
+        "forecaster-train": _forecaster_train_worker,
+    }
     print(json.dumps(workers[sys.argv[1]](Path(sys.argv[2]))))

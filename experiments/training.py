@@ -15,8 +15,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import models.forecast_mlflow as forecaster_code
 import models.recommenders.mlflow_model as recommender_code
 from experiments import pipelines
+from experiments.forecasting import BacktestResult, backtest, load_demand
 from experiments.recommender import (
     DEFAULT_CONFIG,
     Candidate,
@@ -26,6 +28,7 @@ from experiments.recommender import (
     load_selection_config,
     select,
 )
+from features.demand import PERIOD, SERIES, TARGET
 from features.identity import IdentityConfig
 from features.interactions import (
     Interactions,
@@ -34,6 +37,7 @@ from features.interactions import (
     build_popularity,
     split_by_time,
 )
+from models.forecast import LightGBMForecaster
 
 REGISTERED_NAME = "recommender"
 CHAMPION = "champion"
@@ -190,6 +194,115 @@ def _metrics_figure(result: CandidateResult) -> Any:
     axis.bar(names, [result.metrics[n] for n in names], color="#4C72B0")
     axis.set_title(result.candidate.label, fontsize=8)
     axis.set_ylim(0, 1)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+# -- demand forecaster ------------------------------------------------------------------------
+
+FORECASTER_NAME = "demand_forecaster"
+FORECAST_EXPERIMENT = "demand_forecaster"
+
+
+def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
+    """One MLflow run: parameters, model and baseline metrics, two plots. Returns the run id."""
+    mlflow.set_experiment(FORECAST_EXPERIMENT)
+    with mlflow.start_run(run_name=f"backtest h={params.get('horizon')}") as run:
+        model = result.model
+        mlflow.log_params({**params, **model.spec().as_params(), "objective": model.objective_})
+        mlflow.log_params({"dispersion": round(model.dispersion_, 4), "series": result.series})
+        mlflow.log_metrics(result.metrics)
+        for name, metrics in {**result.baselines, **result.others}.items():
+            mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
+        mlflow.log_figure(_forecast_figure(result), "forecast_vs_actual.png")
+        mlflow.log_figure(_importance_figure(model), "feature_importance.png")
+        return str(run.info.run_id)
+
+
+def train_forecaster(
+    data_dir: Path, *, horizon: int, freq: str, windows: int = 3
+) -> tuple[BacktestResult, str, bool, float | None]:
+    """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins.
+
+    Returns the backtest, the registered version, whether it became champion and the champion's
+    backtest WAPE it was compared with (from the champion's tags; None without a champion).
+    """
+    data = load_demand(data_dir, freq)
+    result = backtest(data, horizon=horizon, freq=freq, windows=windows)
+    params = {"data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows}
+    log_backtest(result, params)
+    final = LightGBMForecaster(horizon=horizon, freq=freq).fit(data.panel, items=data.items)
+    champion_wape = _champion_tag(FORECASTER_NAME, "backtest_wape")
+    promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
+    with (
+        mlflow.start_run(run_name=f"register forecaster h={horizon}"),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.log_params(params)
+        mlflow.log_metrics(result.metrics)
+        info = mlflow.pyfunc.log_model(
+            name="forecaster",
+            python_model=forecaster_code.__file__,
+            artifacts={forecaster_code.ARTIFACT: str(final.save(Path(tmp) / "model"))},
+            pip_requirements=["omnichannel-ml"],
+            registered_model_name=FORECASTER_NAME,
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(
+        FORECASTER_NAME, version, "backtest_wape", f"{result.metrics['wape']:.6f}"
+    )
+    client.set_model_version_tag(FORECASTER_NAME, version, "freq", freq)
+    client.set_model_version_tag(FORECASTER_NAME, version, "horizon", str(horizon))
+    if promoted:
+        client.set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
+    return result, version, promoted, champion_wape
+
+
+def _champion_tag(name: str, tag: str) -> float | None:
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    value = version.tags.get(tag)
+    return float(value) if value is not None else None
+
+
+def _forecast_figure(result: BacktestResult) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    actual = result.last_actual
+    largest = actual.groupby(SERIES)[TARGET].sum().idxmax()
+    truth = actual[actual[SERIES] == largest]
+    forecast = result.last_forecast[result.last_forecast[SERIES] == largest]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.fill_between(
+        forecast[PERIOD], forecast["p10"], forecast["p90"], alpha=0.3, label="P10-P90"
+    )
+    axis.plot(forecast[PERIOD], forecast["mean"], label="forecast (mean)")
+    axis.plot(truth[PERIOD], truth[TARGET], "k.", label="actual")
+    axis.set_title(f"{largest}: last backtest window", fontsize=9)
+    axis.legend(fontsize=7)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _importance_figure(model: LightGBMForecaster) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    importance = model.feature_importance().head(20)[::-1]
+    figure, axis = plt.subplots(figsize=(6, 5))
+    axis.barh(importance.index, importance.to_numpy())
+    axis.set_title("feature importance (gain)", fontsize=9)
     figure.tight_layout()
     plt.close(figure)
     return figure

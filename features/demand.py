@@ -253,62 +253,124 @@ def build_features(
     aggregates lagged like the target: ``category_store_rolling_mean_lag{h}_window{w}`` (the
     item's category at its store, per item) and ``item_stores_rolling_mean_lag{h}_window{w}``
     (the item across stores, per store).
+
+    Lags are by period, not by row, so a gap in a series is read as unknown, never misaligned.
+    Rows come back in the panel's own order, with its index.
     """
-    panel = panel.sort_values([SERIES, PERIOD], ignore_index=True)
+    step = np.timedelta64(FREQUENCIES[freq], "D")
+    first = panel[PERIOD].min()
+    period = ((panel[PERIOD] - first) // step).to_numpy(dtype=np.int64)
+    n_periods = int(period.max()) + 1 if len(period) else 0
+    series = pd.factorize(panel[SERIES])[0]
     # A censored period's sales understate its demand: lags and means read it as unknown.
-    demand = panel[TARGET].where(~panel["censored"].astype(bool))
-    by_series = demand.groupby(panel[SERIES], sort=False, observed=True)
-    out: dict[str, pd.Series | np.ndarray] = {}
-    for lag in spec.lags:
-        out[f"lag{lag}"] = by_series.shift(lag)
-    for lag, windows in sorted(spec.rolling.items()):
-        shifted = by_series.shift(lag)
-        for window in windows:
-            out[f"rolling_mean_lag{lag}_window{window}"] = (
-                shifted.groupby(panel[SERIES], sort=False)
-                .rolling(window, min_periods=1)
-                .mean()
-                .reset_index(level=0, drop=True)
-            )
-    ds = panel[PERIOD]
-    out["week_of_year"] = ds.dt.isocalendar().week.astype("int64").to_numpy()
-    out["month"] = ds.dt.month.to_numpy()
-    if freq == "D":
-        out["day_of_week"] = ds.dt.dayofweek.to_numpy()
-    if "unit_price" in panel:
-        regular = panel.groupby(SERIES, observed=True)["unit_price"].transform("median")
-        out["unit_price"] = panel["unit_price"]
-        out["price_ratio"] = panel["unit_price"] / regular
-    for column in sorted(
-        c for c in panel.columns if c == "on_promo" or c.startswith(COVARIATE_PREFIX)
-    ):
-        out[column] = panel[column]
-    out["store_code"] = pd.factorize(panel["store_id"], sort=True)[0]
-    out["item_code"] = pd.factorize(panel["item_id"], sort=True)[0]
-    category = panel["item_id"].map(_categories(items)) if items is not None else None
-    out["category_code"] = pd.factorize(
-        category if category is not None else panel["item_id"], sort=True
-    )[0]
-    group_keys = {
-        "category_store": [
-            panel["store_id"],
-            category if category is not None else panel["item_id"],
-        ],
-        "item_stores": [panel["item_id"]],
-    }
+    demand = panel[TARGET].where(~panel["censored"].astype(bool)).to_numpy(dtype=np.float64)
+    grid = _to_grid(series, period, demand, series.max() + 1 if len(series) else 0, n_periods)
+
+    store = pd.factorize(panel["store_id"], sort=True)[0]
+    item = pd.factorize(panel["item_id"], sort=True)[0]
+    category = (
+        pd.factorize(panel["item_id"].map(_categories(items)), sort=True)[0]
+        if items is not None
+        else item
+    )
     lag = spec.horizon
     short = min(min(spec.rolling.get(lag, (4,))), 4 if freq == "W" else 7)
-    for name, keys in group_keys.items():
-        mean = demand.groupby([*keys, panel[PERIOD]], observed=True).transform("mean")
-        mean = mean.groupby(panel[SERIES], sort=False).shift(lag)
-        out[f"{name}_rolling_mean_lag{lag}_window{short}"] = (
-            mean.groupby(panel[SERIES], sort=False)
-            .rolling(short, min_periods=1)
-            .mean()
-            .reset_index(level=0, drop=True)
-        )
-    features = pd.DataFrame({k: np.asarray(v, dtype="float64") for k, v in out.items()})
+    groups = {
+        # Compact codes: the grids below are groups x periods.
+        "category_store": pd.factorize(store * (category.max() + 2) + (category + 1))[0],
+        "item_stores": item,
+    }
+    covariates = sorted(
+        c for c in panel.columns if c == "on_promo" or c.startswith(COVARIATE_PREFIX)
+    )
+    names = [
+        *(f"lag{k}" for k in spec.lags),
+        *(f"rolling_mean_lag{k}_window{w}" for k, ws in sorted(spec.rolling.items()) for w in ws),
+        "week_of_year", "month", *(["day_of_week"] if freq == "D" else []),
+        *(["unit_price", "price_ratio"] if "unit_price" in panel else []),
+        *covariates, "store_code", "item_code", "category_code",
+        *(f"{name}_rolling_mean_lag{lag}_window{short}" for name in groups),
+    ]  # fmt: skip
+    # One float32 block, column-major and filled in place: no consolidation copy.
+    matrix = np.empty((len(panel), len(names)), dtype=np.float32, order="F")
+    column = iter(range(len(names)))
+
+    def put(values: np.ndarray) -> None:
+        matrix[:, next(column)] = values
+
+    cell = series * n_periods + period
+    for k in spec.lags:
+        put(_lagged(grid.ravel(), cell, period, k))
+    for k, windows in sorted(spec.rolling.items()):
+        for w in windows:
+            put(_lagged(_rolling_mean(grid, w).ravel(), cell, period, k))
+    calendar = pd.DatetimeIndex(first + step * np.arange(n_periods))
+    put(calendar.isocalendar().week.to_numpy(dtype=np.float64)[period])
+    put(calendar.month.to_numpy(dtype=np.float64)[period])
+    if freq == "D":
+        put(calendar.dayofweek.to_numpy(dtype=np.float64)[period])
+    if "unit_price" in panel:
+        price = panel["unit_price"].to_numpy(dtype=np.float64)
+        regular = panel.groupby(SERIES, sort=False, observed=True)["unit_price"].transform("median")
+        put(price)
+        put(price / regular.to_numpy(dtype=np.float64))
+    for name in covariates:
+        put(panel[name].to_numpy(dtype=np.float64))
+    put(store)
+    put(item)
+    put(category)
+    for group in groups.values():
+        n_groups = group.max() + 1 if len(group) else 0
+        means = _rolling_mean(_group_mean(group, period, demand, n_groups, n_periods), short)
+        put(_lagged(means.ravel(), group * n_periods + period, period, lag))
+    features = pd.DataFrame(matrix, columns=names, index=panel.index, copy=False)
     return pd.concat([panel[[SERIES, PERIOD]], features], axis=1)
+
+
+def _to_grid(
+    rows: np.ndarray, columns: np.ndarray, values: np.ndarray, n_rows: int, n_columns: int
+) -> np.ndarray:
+    grid = np.full((n_rows, n_columns), np.nan)
+    grid[rows, columns] = values
+    return grid
+
+
+def _lagged(flat: np.ndarray, cell: np.ndarray, period: np.ndarray, lag: int) -> np.ndarray:
+    """The value ``lag`` periods before each row's cell of a row-major grid (NaN before start)."""
+    values = flat.take(np.maximum(cell - lag, 0))
+    values[period < lag] = np.nan
+    return values
+
+
+def _rolling_mean(grid: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the known values among the last ``window`` cells of each row, this one included
+    (NaN if none)."""
+    known = ~np.isnan(grid)
+    sums = np.zeros((grid.shape[0], grid.shape[1] + 1))
+    np.cumsum(np.where(known, grid, 0.0), axis=1, out=sums[:, 1:])
+    counts = np.zeros((grid.shape[0], grid.shape[1] + 1), dtype=np.int32)
+    np.cumsum(known, axis=1, out=counts[:, 1:])
+    total = sums[:, 1:].copy()
+    count = counts[:, 1:].copy()
+    if window < grid.shape[1]:
+        total[:, window:] -= sums[:, 1 : grid.shape[1] + 1 - window]
+        count[:, window:] -= counts[:, 1 : grid.shape[1] + 1 - window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _group_mean(
+    group: np.ndarray, period: np.ndarray, values: np.ndarray, n_groups: int, n_periods: int
+) -> np.ndarray:
+    """Mean of the known values per (group, period), as a groups x periods grid."""
+    known = ~np.isnan(values)
+    cell = group[known] * n_periods + period[known]
+    size = n_groups * n_periods
+    total = np.bincount(cell, weights=values[known], minlength=size)
+    count = np.bincount(cell, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean.reshape(n_groups, n_periods)
 
 
 def _categories(items: pd.DataFrame) -> pd.Series:

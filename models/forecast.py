@@ -190,6 +190,15 @@ class LightGBMForecaster(Forecaster):
             self.selection_wape_ = {k: float(v[0]) for k, v in scores.items()}
         self.booster_ = self._train(panel, spec, self.objective_)
         self.feature_names_ = self.booster_.feature_name()
+        # Enough recent history to forecast from later without the data (lags, means, median price).
+        keep = (
+            max(*spec.lags, *(lag + max(w) for lag, w in spec.rolling.items()))
+            + 2 * _SEASON[self.freq]
+        )
+        periods = np.sort(panel[PERIOD].unique())
+        self.history_ = panel[panel[PERIOD] >= periods[max(len(periods) - keep, 0)]].reset_index(
+            drop=True
+        )
         return self
 
     def _held_out_blocks(self, panel: pd.DataFrame) -> list[np.datetime64]:
@@ -263,8 +272,12 @@ class LightGBMForecaster(Forecaster):
         ]
         return np.clip(booster.predict(keyed.to_numpy()), 0.0, None)
 
-    def predict(self, panel: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
+    def predict(
+        self, panel: pd.DataFrame | None = None, plan: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Forecast the horizon after ``panel`` (default: the history kept at fit time)."""
         check_is_fitted(self, "booster_")
+        panel = self.history_ if panel is None else panel
         spec = self.spec()
         extended = extend_with_future(panel, self.horizon, self.freq, plan)
         future = extended[extended[TARGET].isna()]
@@ -319,6 +332,7 @@ class LightGBMForecaster(Forecaster):
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         if self.items_ is not None:
             self.items_.to_parquet(path / "items.parquet")
+        self.history_.to_parquet(path / "history.parquet")
         return path
 
     @classmethod
@@ -335,7 +349,45 @@ class LightGBMForecaster(Forecaster):
         model.objective_ = meta["objective"]
         items = path / "items.parquet"
         model.items_ = pd.read_parquet(items) if items.exists() else None
+        model.history_ = pd.read_parquet(path / "history.parquet")
         return model
+
+    def forecast(
+        self,
+        store_id: str,
+        item_ids: list[str] | None = None,
+        horizon: int | None = None,
+        plan: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
+        """A planner's view: one store, some items (default all), the first ``horizon`` periods.
+
+        Raises:
+            ValueError: naming the unknown store or items, or a horizon beyond the model's.
+        """
+        check_is_fitted(self, "booster_")
+        horizon = horizon or self.horizon
+        if not 1 <= horizon <= self.horizon:
+            raise ValueError(
+                f"horizon must be between 1 and {self.horizon} (the model's), not {horizon}."
+            )
+        history = self.history_[self.history_["store_id"] == store_id]
+        if history.empty:
+            known = ", ".join(sorted(map(str, self.history_["store_id"].unique()))[:10])
+            raise ValueError(
+                f"Store {store_id!r} is not in the forecaster's history (known: {known})."
+            )
+        if item_ids:
+            unknown = sorted(set(item_ids) - set(history["item_id"]))
+            if unknown:
+                raise ValueError(
+                    f"No history for item(s) {', '.join(unknown[:10])} at store {store_id!r}."
+                )
+            history = history[history["item_id"].isin(item_ids)]
+        # Features that look across series (category, item over stores) need the whole panel.
+        forecast = self.predict(self.history_, plan)
+        forecast = forecast[forecast[SERIES].isin(history[SERIES])]
+        cut = np.sort(forecast[PERIOD].unique())[horizon - 1]
+        return forecast[forecast[PERIOD] <= cut].reset_index(drop=True)
 
 
 def negative_binomial_quantiles(mean: np.ndarray, dispersion: float) -> list[np.ndarray]:

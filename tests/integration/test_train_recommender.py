@@ -32,20 +32,6 @@ model = "popularity"
 """
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow")
-    patch = pytest.MonkeyPatch()
-    patch.chdir(root)  # MLflow's default artifact root is ./mlruns
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    patch.setenv("OMNI_SALT", "integration-salt")
-    patch.setenv("OPENBLAS_NUM_THREADS", "1")
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    yield root
-    mlflow.set_tracking_uri(None)
-    patch.undo()
-
-
 def write(root: Path, name: str, text: str) -> Path:
     path = root / name
     path.write_text(text)

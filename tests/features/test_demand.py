@@ -1,0 +1,189 @@
+"""Demand panel and features against slow, obviously-correct pandas oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.demand import (
+    FeatureSpec,
+    build_features,
+    build_panel,
+    extend_with_future,
+    period_end,
+    sales_from_events,
+)
+
+
+def sales(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["date", "store_id", "item_id", "units"])
+    frame["date"] = pd.to_datetime(frame["date"])
+    return frame
+
+
+def test_panel_fills_missing_days_with_zero_and_clips_net_returns() -> None:
+    panel = build_panel(
+        sales(
+            [("2024-01-01", "S", "A", 2), ("2024-01-03", "S", "A", -1), ("2024-01-02", "T", "B", 4)]
+        )
+    )
+    a = panel[panel["unique_id"] == "S|A"]
+    assert a["y"].tolist() == [2.0, 0.0, 0.0]  # Jan 2 missing -> 0; Jan 3 net negative -> 0
+    b = panel[panel["unique_id"] == "T|B"]
+    assert b["ds"].dt.day.tolist() == [2, 3]  # a series starts at its first sale
+    assert not panel["censored"].any()
+
+
+def test_weekly_periods_end_on_the_last_date() -> None:
+    last = pd.Timestamp("2024-01-10")  # a Wednesday
+    ends = period_end(
+        pd.Series(pd.to_datetime(["2024-01-10", "2024-01-04", "2024-01-03"])), "W", last
+    )
+    assert ends.dt.strftime("%m-%d").tolist() == ["01-10", "01-10", "01-03"]
+    with pytest.raises(ValueError, match="freq must be D or W"):
+        period_end(pd.Series(pd.to_datetime(["2024-01-01"])), "M", last)
+
+
+def test_zero_stock_censors_until_the_next_snapshot() -> None:
+    inventory = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-04"]),
+            "store_id": "S",
+            "item_id": "A",
+            "on_hand": [5.0, 0.0, 7.0],
+        }
+    )
+    history = sales([("2024-01-01", "S", "A", 1), ("2024-01-05", "S", "A", 1)])
+    panel = build_panel(history, inventory=inventory)
+    assert panel["censored"].tolist() == [False, True, True, False, False]  # Jan 2 and 3 out
+
+
+def test_events_become_sales_by_fulfilling_store_with_returns_netted() -> None:
+    events = pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(
+                ["2024-01-01 10:00", "2024-01-01 12:00", "2024-01-01 13:00", "2024-01-01 14:00"]
+            ),
+            "event_type": ["purchase", "return", "view", "purchase"],
+            "store_id": ["S", "S", "S", None],
+            "item_id": "A",
+            "quantity": [3.0, 1.0, 1.0, 1.0],
+            "unit_price": 2.0,
+        }
+    )
+    daily = sales_from_events(events)
+    assert daily["units"].tolist() == [2.0]
+
+
+def random_panel(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s, start in enumerate([0, 3, 10]):
+        days = pd.date_range("2024-01-01", periods=40, freq="D")[start:]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": days,
+                    "store_id": f"S{s % 2}",
+                    "item_id": f"I{s}",
+                    "units": rng.poisson(3, len(days)).astype(float),
+                    "unit_price": rng.choice([1.0, 1.5], len(days)),
+                }
+            )
+        )
+    panel = build_panel(pd.concat(frames))
+    panel["censored"] = rng.random(len(panel)) < 0.1
+    return panel
+
+
+def oracle_rolling(panel: pd.DataFrame, column: pd.Series, lag: int, window: int) -> pd.Series:
+    """Slow: per row, the mean of known values at periods t-lag-window+1 .. t-lag of its series."""
+    out = []
+    for _, row in panel.iterrows():
+        same = panel[(panel["unique_id"] == row["unique_id"])]
+        lo = row["ds"] - pd.Timedelta(days=lag + window - 1)
+        hi = row["ds"] - pd.Timedelta(days=lag)
+        values = column[same.index][(same["ds"] >= lo) & (same["ds"] <= hi)].dropna()
+        out.append(values.mean() if len(values) else np.nan)
+    return pd.Series(out, index=panel.index)
+
+
+def test_features_match_a_slow_oracle() -> None:
+    panel = random_panel()
+    spec = FeatureSpec(horizon=3, lags=(3, 7), rolling={3: (2, 5)})
+    features = build_features(panel, spec, freq="D")
+    demand = panel["y"].where(~panel["censored"])
+    for lag in spec.lags:
+        expected = [
+            demand[
+                (panel["unique_id"] == r.unique_id) & (panel["ds"] == r.ds - pd.Timedelta(days=lag))
+            ].sum(min_count=1)
+            for r in panel.itertuples()
+        ]
+        np.testing.assert_allclose(features[f"lag{lag}"], expected, rtol=1e-6)
+    for window in (2, 5):
+        np.testing.assert_allclose(
+            features[f"rolling_mean_lag3_window{window}"],
+            oracle_rolling(panel, demand, 3, window),
+            rtol=1e-6,
+        )
+    # The item across stores: here one item per series, so it is the series' own rolling mean.
+    np.testing.assert_allclose(
+        features["item_stores_rolling_mean_lag3_window2"],
+        oracle_rolling(panel, demand, 3, 2),
+        rtol=1e-6,
+    )
+    assert list(features.columns[:4]) == ["unique_id", "ds", "lag3", "lag7"]
+    assert (features["price_ratio"] > 0).all()
+
+
+def test_features_are_pure_and_row_aligned() -> None:
+    panel = random_panel().sample(frac=1.0, random_state=1)  # any row order
+    before = panel.copy()
+    features = build_features(panel, FeatureSpec(horizon=3, lags=(3,)), freq="D")
+    pd.testing.assert_frame_equal(panel, before)
+    assert features.index.equals(panel.index)
+    assert (features["unique_id"] == panel["unique_id"]).all()
+
+
+def test_future_targets_cannot_leak_into_features() -> None:
+    panel = random_panel()
+    spec = FeatureSpec(horizon=5, lags=(5, 6), rolling={5: (3,)})
+    extended = extend_with_future(panel, 5, "D")
+    future = extended["y"].isna()
+    a = extended.assign(y=extended["y"].fillna(1.0))
+    b = extended.assign(
+        y=extended["y"].fillna(
+            pd.Series(np.random.default_rng(3).poisson(50, len(extended)), index=extended.index)
+        )
+    )
+    fa = build_features(a, spec, freq="D")[future]
+    fb = build_features(b, spec, freq="D")[future]
+    pd.testing.assert_frame_equal(fa, fb)
+
+
+def test_lags_shorter_than_the_horizon_are_refused() -> None:
+    with pytest.raises(ValueError, match="would leak"):
+        FeatureSpec(horizon=7, lags=(1, 7))
+
+
+def test_extend_uses_the_plan_and_falls_back_where_it_is_silent() -> None:
+    panel = build_panel(
+        sales([("2024-01-01", "S", "A", 1), ("2024-01-02", "S", "A", 1)]).assign(
+            unit_price=2.0, on_promo=0, x_ad=0.0
+        )
+    )
+    plan = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2024-01-03"]),
+            "store_id": "S",
+            "item_id": "A",
+            "unit_price": 1.5,
+            "on_promo": 1.0,
+            "x_ad": 1.0,
+        }
+    )
+    future = extend_with_future(panel, 2, "D", plan).tail(2)
+    assert future["unit_price"].tolist() == [1.5, 2.0]  # Jan 4 has no plan row: last price
+    assert future["on_promo"].tolist() == [1.0, 0.0] and future["x_ad"].tolist() == [1.0, 0.0]

@@ -1,0 +1,35 @@
+"""Backtest -> MLflow run with plots -> registered demand_forecaster champion -> omni forecast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from experiments.training import CHAMPION, FORECASTER_NAME, train_forecaster
+from models.forecast import LightGBMForecaster
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.integration
+
+
+def test_train_registers_a_champion_that_forecasts(tracking: Path) -> None:
+    result, version, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=2)
+    assert champion is None or promoted  # the first forecaster in this store, or not worse
+    client = MlflowClient()
+    alias = client.get_model_version_by_alias(FORECASTER_NAME, CHAMPION)
+    assert str(alias.version) == version and alias.tags["freq"] == "W"
+    assert float(alias.tags["backtest_wape"]) == pytest.approx(result.metrics["wape"], rel=1e-5)
+
+    runs = mlflow.search_runs(experiment_names=["demand_forecaster"])
+    backtest_run = runs[runs["tags.mlflow.runName"].str.startswith("backtest")].iloc[0]
+    assert {"metrics.wape", "metrics.moving_average_wape", "params.lags"} <= set(runs.columns)
+    artifacts = {a.path for a in client.list_artifacts(backtest_run["run_id"])}
+    assert {"forecast_vs_actual.png", "feature_importance.png"} <= artifacts
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
+    model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
+    view = model.forecast("S001", horizon=2)
+    assert len(view) > 0 and (view["p10"] <= view["p90"]).all()
