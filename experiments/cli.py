@@ -32,6 +32,8 @@ train_app = typer.Typer(help="Train, log to MLflow, register; move the champion 
 app.add_typer(train_app, name="train")
 backtest_app = typer.Typer(help="Rolling-origin backtests, logged to MLflow.")
 app.add_typer(backtest_app, name="backtest")
+placement_app = typer.Typer(help="Stock placement across stores from the demand forecasts.")
+app.add_typer(placement_app, name="placement")
 out = Console()
 err = Console(stderr=True)
 
@@ -263,17 +265,7 @@ def forecast_cmd(
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
 ) -> None:
     """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
-    import mlflow
-
-    from experiments.training import CHAMPION, FORECASTER_NAME
-    from models.forecast import LightGBMForecaster
-
-    try:
-        local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
-    except mlflow.exceptions.MlflowException as exc:
-        message = f"No {FORECASTER_NAME} champion in the MLflow registry"
-        raise UsageError(f"{message}; run omni train forecaster first.") from exc
-    model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
+    model = _champion_forecaster()
     forecast = model.forecast(store, items, horizon)
     table = Table("item", "period", "mean", "P10", "P50", "P90", "method", title=f"store {store}")
     for row in forecast.to_dict(orient="records"):
@@ -285,6 +277,190 @@ def forecast_cmd(
     if out_file:
         forecast.to_csv(out_file, index=False)
         out.print(f"written to {out_file}")
+
+
+@placement_app.command("simulate")
+def placement_simulate_cmd(
+    data: DataOpt,
+    horizon: Annotated[int, typer.Option(help="Coverage period, in periods.")],
+    freq: Freq = "W",
+    supply: Annotated[str, typer.Option(help="Supply ratios, comma-separated.")] = "0.9,1.1",
+    windows: Annotated[int, typer.Option(help="Origins, ending at the last period.")] = 4,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+) -> None:
+    """Backtest placement: our policy against proportional and equal splits, at equal stock."""
+    import mlflow
+
+    from experiments import placement
+
+    try:
+        ratios = tuple(float(r) for r in supply.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--supply must be numbers separated by commas, not {supply!r}.") from exc
+    result = placement.simulate(data, horizon=horizon, freq=freq, supply=ratios, windows=windows)
+    table = Table(
+        "supply",
+        "allocation",
+        "fill rate",
+        "lost units",
+        "leftover units",
+        title="placement backtest",
+    )
+    for ratio, blocks in result.by_supply.items():
+        for policy, m in blocks.items():
+            table.add_row(
+                f"{ratio:g}",
+                policy,
+                f"{m['fill_rate']:.3f}",
+                f"{m['lost_units']:,.0f}",
+                f"{m['leftover_units']:,.0f}",
+            )
+    out.print(table)
+    for ratio, blocks in result.by_supply.items():
+        cut = 1 - blocks["policy"]["lost_units"] / max(blocks["proportional"]["lost_units"], 1e-9)
+        out.print(f"supply {ratio:g}: {cut:.1%} fewer lost units than proportional allocation.")
+    totals = result.totals()
+    payload = {
+        "policy": totals["policy"],
+        "baselines": {k: totals[k] for k in ("proportional", "equal")},
+        "supply": list(ratios),
+        "by_supply": {f"{r:g}": blocks for r, blocks in result.by_supply.items()},
+        "items": result.items,
+        "windows": windows,
+        "seconds": round(result.seconds, 1),
+    }
+    mlflow.set_experiment("placement")
+    with mlflow.start_run(run_name=f"simulate h={horizon}"):
+        mlflow.log_params(
+            {
+                "data": str(data),
+                "horizon": horizon,
+                "freq": freq,
+                "supply": supply,
+                "windows": windows,
+            }
+        )
+        for ratio, blocks in result.by_supply.items():
+            for policy, m in blocks.items():
+                mlflow.log_metrics({f"{policy}_{k}_supply{ratio:g}": v for k, v in m.items()})
+    if metrics_out:
+        metrics_out.write_text(json.dumps(payload, default=float) + "\n")
+
+
+@placement_app.command("plan")
+def placement_plan_cmd(
+    item: Annotated[str, typer.Option(help="Item id.")],
+    units: Annotated[int, typer.Option(help="Units available at the DC.")],
+    horizon: Annotated[
+        int | None, typer.Option(help="Coverage periods (default: the model's).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data dir: latest on-hand stock and plan.")
+    ] = None,
+    pack_size: Annotated[int, typer.Option(help="Units per pack.")] = 1,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
+) -> None:
+    """Allocate N units of an item across stores from the champion forecaster."""
+    from experiments import forecasting, placement
+
+    model = _champion_forecaster()
+    on_hand = None
+    demand = None
+    if data is not None:
+        demand = forecasting.load_demand(data, model.freq)
+        on_hand = forecasting.latest_on_hand(data, item)
+    result = placement.plan(
+        model, item, units, horizon=horizon, data=demand, on_hand=on_hand, pack_size=pack_size
+    )
+    table = Table(
+        "store",
+        "on hand",
+        "send",
+        "stock after",
+        "exp. sales",
+        "fill rate",
+        "exp. lost",
+        "exp. leftover",
+        title=f"{item}: {units} units",
+    )
+    formats = {
+        "on_hand": ".0f", "send": ".0f", "final_stock": ".0f", "expected_sales": ".1f",
+        "expected_fill_rate": ".2f", "expected_lost": ".1f", "expected_leftover": ".1f",
+    }  # fmt: skip
+    for row in result.to_dict(orient="records"):
+        table.add_row(str(row["store_id"]), *(format(row[k], f) for k, f in formats.items()))
+    out.print(table)
+    if out_file:
+        result.to_csv(out_file, index=False)
+        out.print(f"written to {out_file}")
+
+
+def _champion_forecaster() -> Any:
+    import mlflow
+
+    from experiments.training import CHAMPION, FORECASTER_NAME
+    from models.forecast import LightGBMForecaster
+
+    try:
+        local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
+    except mlflow.exceptions.MlflowException as exc:
+        message = f"No {FORECASTER_NAME} champion in the MLflow registry"
+        raise UsageError(f"{message}; run omni train forecaster first.") from exc
+    return LightGBMForecaster.load(Path(local) / "artifacts" / "model")
+
+
+@bench_app.command("forecaster")
+def bench_forecaster_cmd(
+    dataset: Annotated[
+        str, typer.Option(help="speed, synthetic, walmart or completejourney")
+    ] = "speed",
+    horizon: Annotated[int, typer.Option(help="Periods ahead (accuracy runs).")] = 4,
+    windows: Annotated[int, typer.Option(help="Backtest windows (accuracy runs).")] = 3,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+    cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
+    shared: Annotated[Path, typer.Option(help="The shared real data sets.")] = Path(
+        "../shared/data"
+    ),
+) -> None:
+    """Speed against mlforecast's preprocess, or weekly accuracy against the baselines and
+    mlforecast (LightGBM defaults, same lags and covariates; installed in its own venv)."""
+    from experiments import forecasting
+
+    if dataset == "speed":
+        figures = bench.run_forecaster_speed(bench.speed_panel(cache / "forecaster-speed.parquet"))
+        out.print_json(json.dumps(figures))
+        if metrics_out:
+            metrics_out.write_text(json.dumps(figures) + "\n")
+        return
+    if dataset == "synthetic":
+        data = cache / "forecaster-synthetic"
+        if not (data / "_truth" / "corrupted_rows.json").exists():
+            config = GeneratorConfig(
+                customers=100_000, items=200, stores=5, days=540, seed=5, format="parquet"
+            )
+            with _progress() as progress:
+                task = progress.add_task("generating", total=config.days)
+                generate(config, data, lambda n: progress.advance(task, n))
+    elif dataset == "walmart":
+        data = forecasting.prepare_walmart(
+            shared / "walmart_weekly" / "walmart_sales_weekly.csv", cache / "walmart"
+        )
+    elif dataset == "completejourney":
+        data = forecasting.prepare_completejourney(
+            shared / "completejourney", cache / "completejourney"
+        )
+    else:
+        raise UsageError(
+            f"Unknown dataset {dataset!r}; use speed, synthetic, walmart or completejourney."
+        )
+    demand = forecasting.load_demand(data, "W")
+    result = forecasting.backtest(
+        demand, horizon=horizon, freq="W", windows=windows,
+        extra={"mlforecast": forecasting.mlforecast_runner(horizon, "W")},
+    )  # fmt: skip
+    _print_backtest(result, f"{dataset}: {windows} weekly windows of {horizon}")
+    if metrics_out:
+        metrics_out.write_text(json.dumps(_backtest_payload(result)) + "\n")
 
 
 @bench_app.command("recommender")

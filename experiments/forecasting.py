@@ -45,6 +45,16 @@ def load_demand(data_dir: Path, freq: str) -> DemandData:
     return DemandData(panel, items, plan)
 
 
+def latest_on_hand(data_dir: Path, item_id: str) -> pd.Series | None:
+    """Each store's latest on-hand stock of an item (None without an inventory table)."""
+    tables = load_dataset(data_dir, ("inventory",))
+    if "inventory" not in tables:
+        return None
+    stock = tables["inventory"].accepted
+    stock = stock[stock["item_id"] == item_id].sort_values("date")
+    return stock.drop_duplicates("store_id", keep="last").set_index("store_id")["on_hand"]
+
+
 def accuracy(
     actual: pd.DataFrame, forecast: pd.DataFrame, history: pd.DataFrame
 ) -> dict[str, float]:

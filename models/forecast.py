@@ -376,18 +376,59 @@ class LightGBMForecaster(Forecaster):
             raise ValueError(
                 f"Store {store_id!r} is not in the forecaster's history (known: {known})."
             )
+        new_items: list[str] = []
         if item_ids:
-            unknown = sorted(set(item_ids) - set(history["item_id"]))
-            if unknown:
-                raise ValueError(
-                    f"No history for item(s) {', '.join(unknown[:10])} at store {store_id!r}."
-                )
+            new_items = sorted(set(item_ids) - set(history["item_id"]))
             history = history[history["item_id"].isin(item_ids)]
         # Features that look across series (category, item over stores) need the whole panel.
-        forecast = self.predict(self.history_, plan)
-        forecast = forecast[forecast[SERIES].isin(history[SERIES])]
+        everything = self.predict(self.history_, plan)
+        forecast = everything[everything[SERIES].isin(history[SERIES])]
+        if new_items:
+            periods = np.sort(everything[PERIOD].unique())
+            prior = self._category_prior(store_id, new_items, periods)
+            forecast = pd.concat([forecast, prior], ignore_index=True)
         cut = np.sort(forecast[PERIOD].unique())[horizon - 1]
         return forecast[forecast[PERIOD] <= cut].reset_index(drop=True)
+
+    def _category_prior(
+        self, store_id: str, new_items: list[str], periods: np.ndarray
+    ) -> pd.DataFrame:
+        """New items: the recent mean demand per item of their category at the store, flagged."""
+        category = (
+            self.items_.drop_duplicates("item_id").set_index("item_id")["category"]
+            if self.items_ is not None and "category" in self.items_
+            else pd.Series(dtype="str")
+        )
+        unknown = [item for item in new_items if pd.isna(category.get(item))]
+        if unknown:
+            raise ValueError(
+                f"No history and no known category for item(s) {', '.join(unknown[:10])} "
+                f"at store {store_id!r}; add them to the items table to get a category prior."
+            )
+        days = (4 * 7) if self.freq == "W" else 28
+        history = self.history_[self.history_["store_id"] == store_id]
+        history = history[history[PERIOD] > history[PERIOD].max() - pd.Timedelta(days=days)]
+        per_item = history[~history["censored"]].groupby("item_id", observed=True)[TARGET].mean()
+        prior = per_item.groupby(per_item.index.map(category)).mean()
+        rows = []
+        for item in new_items:
+            mean = float(prior.get(category[item], np.nan))
+            if np.isnan(mean):
+                raise ValueError(
+                    f"Store {store_id!r} has no recent sales in the category of {item!r}."
+                )
+            p10, p50, p90 = negative_binomial_quantiles(
+                np.full(len(periods), mean), self.dispersion_
+            )
+            frame = pd.DataFrame({PERIOD: periods, "p10": p10, "p50": p50, "p90": p90})
+            frame[SERIES], frame["store_id"], frame["item_id"] = (
+                f"{store_id}|{item}",
+                store_id,
+                item,
+            )
+            frame["mean"], frame["method"] = mean, "category prior"
+            rows.append(frame)
+        return pd.concat(rows, ignore_index=True)[FORECAST_COLUMNS]
 
 
 def negative_binomial_quantiles(mean: np.ndarray, dispersion: float) -> list[np.ndarray]:

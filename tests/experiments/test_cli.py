@@ -128,3 +128,28 @@ def test_bench_ingest_prints_figures(tmp_path: Path) -> None:
     figures = json.loads(result.stdout)
     assert figures["events"] > 10_000 and figures["events_per_second"] > 0
     assert figures["peak_rss_mb"] > 0
+
+
+@pytest.mark.integration
+def test_placement_simulate_writes_the_documented_json(tmp_path: Path) -> None:
+    from tests.conftest import SAMPLE
+
+    out = tmp_path / "placement.json"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    result = subprocess.run(
+        [*OMNI, "placement", "simulate", "--data", str(SAMPLE), "--horizon", "2", "--windows", "1",
+         "--metrics-out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=600,
+        env={**os.environ, **env, "OPENBLAS_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["supply"] == [0.9, 1.1]
+    assert set(figures["baselines"]) == {"proportional", "equal"}
+    policy, proportional = figures["policy"], figures["baselines"]["proportional"]
+    assert set(policy) == {"fill_rate", "lost_units", "leftover_units"}
+    # Equal total stock: what one policy loses less, it leaves over less.
+    assert policy["lost_units"] - proportional["lost_units"] == pytest.approx(
+        policy["leftover_units"] - proportional["leftover_units"]
+    )
+    assert policy["lost_units"] < proportional["lost_units"]

@@ -146,10 +146,25 @@ def test_save_load_round_trip_and_planner_view(fitted, tmp_path: Path) -> None:
     assert set(view["item_id"]) == {"I1", "I4"} and view["ds"].nunique() == 3
     with pytest.raises(ValueError, match="Store 'S9' is not in the forecaster's history"):
         loaded.forecast("S9")
-    with pytest.raises(ValueError, match="No history for item"):
+    with pytest.raises(ValueError, match="no known category for item"):
         loaded.forecast("S1", ["I999"])
     with pytest.raises(ValueError, match="horizon must be between 1 and 7"):
         loaded.forecast("S1", horizon=8)
+
+
+def test_new_items_get_their_category_prior() -> None:
+    panel = synthetic_panel(n_series=6)  # store S0 holds I0 and I3
+    items = pd.DataFrame(
+        {"item_id": [f"I{i}" for i in range(6)] + ["NEW"], "category": ["a", "b"] * 3 + ["b"]}
+    )
+    model = LightGBMForecaster(horizon=7, freq="D", n_estimators=30).fit(panel, items=items)
+    view = model.forecast("S0", ["I0", "NEW"], horizon=7)
+    new = view[view["item_id"] == "NEW"]
+    assert len(new) == 7 and (new["method"] == "category prior").all()
+    recent = panel[
+        (panel["unique_id"] == "S0|I3") & (panel["ds"] > panel["ds"].max() - pd.Timedelta(days=28))
+    ]
+    assert new["mean"].iloc[0] == pytest.approx(recent["y"].mean())  # I3 is S0's only "b" item
 
 
 def test_accuracy_excludes_censored_actuals() -> None:

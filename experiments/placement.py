@@ -1,0 +1,213 @@
+"""Stock placement in a simulated backtest, and a planner's allocation from the champion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments.forecasting import DemandData, load_demand
+from features.demand import PERIOD, SERIES, TARGET, period_end
+from models.forecast import LightGBMForecaster
+from models.placement import Economics, allocate
+
+POLICIES = ("policy", "proportional", "equal")
+
+
+def coverage_distribution(forecast: pd.DataFrame, dispersion: float) -> pd.DataFrame:
+    """Per store and item, the demand over the whole coverage period as one negative binomial.
+
+    The periods' demands are taken as independent negative binomials with the forecast means
+    and the forecaster's dispersion; their sum is matched by mean and variance:
+    mean = sum of means, variance = sum of (mean + mean^2 / dispersion).
+    """
+    frame = forecast.assign(variance=forecast["mean"] + forecast["mean"] ** 2 / dispersion)
+    total = (
+        frame.groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]
+        .sum()
+        .reset_index()
+    )
+    excess = (total["variance"] - total["mean"]).clip(lower=1e-9)
+    total["dispersion"] = (total["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
+    return total[["store_id", "item_id", "mean", "dispersion"]]
+
+
+def split(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` units in proportion to ``weights`` (largest remainders; equal if all zero)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.sum() <= 0:
+        weights = np.ones_like(weights)
+    exact = total * weights / weights.sum()
+    units = np.floor(exact).astype(np.int64)
+    short = total - units.sum()
+    units[np.argsort(-(exact - units), kind="stable")[:short]] += 1
+    return units
+
+
+@dataclass
+class SimulationResult:
+    by_supply: dict[float, dict[str, dict[str, float]]]
+    windows: int
+    items: int
+    seconds: float
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every policy's outcome summed over the supply ratios."""
+        out = {}
+        for policy in POLICIES:
+            blocks = [b[policy] for b in self.by_supply.values()]
+            demand = sum(b["demand_units"] for b in blocks)
+            lost = sum(b["lost_units"] for b in blocks)
+            out[policy] = {
+                "fill_rate": 1 - lost / demand if demand else 1.0,
+                "lost_units": lost,
+                "leftover_units": sum(b["leftover_units"] for b in blocks),
+            }
+        return out
+
+
+def simulate(
+    data_dir: Path,
+    *,
+    horizon: int,
+    freq: str = "W",
+    supply: tuple[float, ...] = (0.9, 1.1),
+    windows: int = 4,
+    economics: Economics = Economics(),  # noqa: B008 (frozen, immutable)
+) -> SimulationResult:
+    """A rolling backtest of placement.
+
+    At each origin the forecaster is trained on the history only and forecasts the coverage
+    period (``horizon`` periods); for each item, a total stock equal to the realised total
+    demand x the supply ratio is placed across the stores by our policy (marginal value on the
+    forecast distribution), by last period's sales (proportional) and equally; then the realised
+    demand plays: sales = min(demand, stock). Realised demand is the generator's uncensored truth
+    when the data set has one (``_truth/demand``), else the recorded sales.
+    """
+    started = time.perf_counter()
+    data = load_demand(data_dir, freq)
+    panel = data.panel
+    truth = _true_demand(data_dir, freq, panel)
+    periods = np.sort(panel[PERIOD].unique())
+    step = np.timedelta64(1 if freq == "D" else 7, "D")
+    totals = {
+        ratio: {
+            p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0} for p in POLICIES
+        }
+        for ratio in supply
+    }
+    items_seen: set[str] = set()
+    for w in range(windows, 0, -1):
+        origin = periods[len(periods) - horizon * w - 1]
+        history = panel[panel[PERIOD] <= origin]
+        window = (truth[PERIOD] > origin) & (truth[PERIOD] <= origin + step * horizon)
+        realised = truth[window].groupby(["store_id", "item_id"], observed=True)[TARGET].sum()
+        known = panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= origin + step * horizon)]
+        model = LightGBMForecaster(horizon=horizon, freq=freq).fit(history, items=data.items)
+        forecast = model.predict(
+            history, plan=known.drop(columns=[TARGET, "censored"]).rename(columns={PERIOD: "date"})
+        )
+        distribution = coverage_distribution(forecast, model.dispersion_)
+        last_period = history[history[PERIOD] == origin].set_index(["store_id", "item_id"])[TARGET]
+        for item, stores in distribution.groupby("item_id", observed=True):
+            demand = (
+                realised.reindex(list(zip(stores["store_id"], stores["item_id"], strict=True)))
+                .fillna(0.0)
+                .to_numpy()
+            )
+            if demand.sum() <= 0:
+                continue
+            items_seen.add(str(item))
+            recent = (
+                last_period.reindex(list(zip(stores["store_id"], stores["item_id"], strict=True)))
+                .fillna(0.0)
+                .to_numpy()
+            )
+            for ratio in supply:
+                total = int(np.rint(demand.sum() * ratio))
+                stock = {
+                    "policy": allocate(
+                        stores[["store_id", "mean", "dispersion"]],
+                        total,
+                        economics=economics,
+                        allocate_all=True,
+                    )["send"].to_numpy(),
+                    "proportional": split(total, recent),
+                    "equal": split(total, np.zeros(len(stores))),
+                }
+                for policy, units in stock.items():
+                    sold = np.minimum(demand, units)
+                    block = totals[ratio][policy]
+                    block["demand_units"] += demand.sum()
+                    block["lost_units"] += (demand - sold).sum()
+                    block["leftover_units"] += (units - sold).sum()
+    by_supply = {
+        ratio: {
+            policy: {
+                "fill_rate": 1 - b["lost_units"] / b["demand_units"] if b["demand_units"] else 1.0,
+                "lost_units": b["lost_units"],
+                "leftover_units": b["leftover_units"],
+                "demand_units": b["demand_units"],
+            }
+            for policy, b in blocks.items()
+        }
+        for ratio, blocks in totals.items()
+    }
+    return SimulationResult(by_supply, windows, len(items_seen), time.perf_counter() - started)
+
+
+def _true_demand(data_dir: Path, freq: str, panel: pd.DataFrame) -> pd.DataFrame:
+    """The generator's uncensored demand per period if present; else the recorded sales."""
+    candidates = [
+        Path(data_dir) / "_truth" / f"demand{suffix}" for suffix in (".parquet", ".csv.gz", ".csv")
+    ]
+    path = next((p for p in candidates if p.exists()), None)
+    if path is None:
+        return panel[[SERIES, "store_id", "item_id", PERIOD, TARGET]]
+    raw = (
+        pd.read_parquet(path)
+        if path.suffix == ".parquet"
+        else pd.read_csv(path, dtype={"store_id": str, "item_id": str})
+    )
+    raw["date"] = pd.to_datetime(raw["date"])
+    raw[PERIOD] = period_end(raw["date"], freq, panel[PERIOD].max())
+    return (
+        raw.groupby(["store_id", "item_id", PERIOD], observed=True)["demand"]
+        .sum()
+        .rename(TARGET)
+        .reset_index()
+    )
+
+
+def plan(
+    model: LightGBMForecaster,
+    item_id: str,
+    units: int,
+    *,
+    horizon: int | None = None,
+    data: DemandData | None = None,
+    on_hand: pd.Series | None = None,
+    economics: Economics = Economics(),  # noqa: B008 (frozen, immutable)
+    pack_size: int = 1,
+) -> pd.DataFrame:
+    """A planner's allocation of ``units`` of one item across the stores that sell it."""
+    history = model.history_
+    if item_id not in set(history["item_id"]):
+        raise ValueError(
+            f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
+        )
+    horizon = horizon or model.horizon
+    if not 1 <= horizon <= model.horizon:
+        raise ValueError(
+            f"horizon must be between 1 and {model.horizon} (the model's), not {horizon}."
+        )
+    forecast = model.predict(history, plan=data.plan if data is not None else None)
+    forecast = forecast[forecast["item_id"] == item_id]
+    forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
+    stores = coverage_distribution(forecast, model.dispersion_)
+    if on_hand is not None:
+        stores["on_hand"] = stores["store_id"].map(on_hand).fillna(0).astype(int)
+    return allocate(stores.drop(columns="item_id"), units, economics=economics, pack_size=pack_size)

@@ -1,0 +1,256 @@
+"""Stock placement: allocate limited units of an item across stores from demand forecasts.
+
+**The demand distribution.** Each store's demand over the coverage period is a negative binomial
+with the forecast's ``mean`` and ``dispersion`` (variance = mean + mean² / dispersion) — the same
+distribution the forecaster's P10 / P50 / P90 come from. Given only quantiles, the mean is the
+P50 and the dispersion is the one whose P90 matches (see :func:`from_quantiles`).
+
+**The allocation.** With ``S`` units at a store, one more unit sells with probability
+``P(D > S)``. Its value is ``margin x P(D > S) - holding x P(D <= S)`` — decreasing in ``S``, so
+each store's value is concave, and the total is separable across stores. For a separable concave
+objective, giving each next pack to the store where it adds the most (marginal-value greedy) is
+optimal: that is what :func:`allocate` does, after the presentation minimums, within capacities
+and never beyond the units available. With a ``service_level`` instead of economics, a store's
+units stop adding value once ``P(D <= S)`` reaches it (and the rest is placed by sell-through).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+STORE_COLUMNS = ["store_id", "mean", "dispersion"]
+
+
+class PlacementError(ValueError):
+    """Inputs that cannot describe a real allocation (one sentence naming the problem)."""
+
+
+@dataclass(frozen=True)
+class Economics:
+    """Margin lost per unit short and cost per unit left over; or a target service level."""
+
+    unit_margin: float = 1.0
+    unit_holding: float = 0.0
+    service_level: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit_margin <= 0 or self.unit_holding < 0:
+            raise PlacementError("unit_margin must be positive and unit_holding not negative.")
+        if self.service_level is not None and not 0 < self.service_level < 1:
+            raise PlacementError(
+                f"service_level must be between 0 and 1, not {self.service_level}."
+            )
+
+
+def from_quantiles(
+    p10: np.ndarray, p50: np.ndarray, p90: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, dispersion) of the negative binomial matching a P50 and P90.
+
+    Raises:
+        PlacementError: on negative or crossing quantiles.
+    """
+    p10, p50, p90 = (np.asarray(q, dtype=np.float64) for q in (p10, p50, p90))
+    if (p10 < 0).any():
+        raise PlacementError("Quantiles must not be negative.")
+    if (p10 > p50).any() or (p50 > p90).any():
+        raise PlacementError("Quantiles cross: every store needs P10 <= P50 <= P90.")
+    mean = np.maximum(p50, 1e-6)
+    candidates = np.geomspace(0.05, 1e4, 200)
+    dispersion = np.empty_like(mean)
+    for i, (m, q90) in enumerate(zip(mean, p90, strict=True)):
+        fitted = stats.nbinom.ppf(0.9, candidates, candidates / (candidates + m))
+        dispersion[i] = candidates[int(np.argmin(np.abs(fitted - q90)))]
+    return mean, dispersion
+
+
+def _survival_table(mean: np.ndarray, dispersion: np.ndarray, levels: int) -> np.ndarray:
+    """``P(D > s)`` for s = 0 .. levels - 1 per store (stores x levels), by the pmf recursion."""
+    r = np.asarray(dispersion, dtype=np.float64)[:, None]
+    p = r / (r + np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)[:, None])
+    k = np.arange(levels - 1, dtype=np.float64)[None, :]
+    ratios = (k + r) / (k + 1.0) * (1.0 - p)  # pmf(k+1) / pmf(k)
+    pmf = np.concatenate([p**r, (p**r) * np.cumprod(ratios, axis=1)], axis=1)
+    return np.clip(1.0 - np.cumsum(pmf, axis=1), 0.0, 1.0)
+
+
+def expected_outcomes(mean: np.ndarray, dispersion: np.ndarray, stock: np.ndarray) -> pd.DataFrame:
+    """Expected sales, fill rate, lost units and leftover for each store's final stock."""
+    stock = np.asarray(stock, dtype=np.int64)
+    levels = int(stock.max()) + 1 if len(stock) else 1
+    survival = _survival_table(mean, dispersion, max(levels, 2))
+    # E[min(D, S)] = sum over s < S of P(D > s)
+    cumulative = np.concatenate([np.zeros((len(stock), 1)), np.cumsum(survival, axis=1)], axis=1)
+    sales = cumulative[np.arange(len(stock)), stock]
+    mean = np.asarray(mean, dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "expected_sales": sales,
+            "expected_fill_rate": np.where(mean > 0, sales / np.maximum(mean, 1e-12), 1.0),
+            "expected_lost": np.maximum(mean - sales, 0.0),
+            "expected_leftover": stock - sales,
+        }
+    )
+
+
+def allocate(
+    stores: pd.DataFrame,
+    available: int,
+    *,
+    economics: Economics = Economics(),
+    pack_size: int = 1,
+    allocate_all: bool = False,
+) -> pd.DataFrame:
+    """Units to send to each store, by marginal value (optimal for this separable concave value).
+
+    Args:
+        stores: ``store_id, mean, dispersion`` (the coverage period's demand), optional
+            ``on_hand`` (default 0), ``min_units`` (presentation minimum of stock after the
+            delivery, default 0) and ``max_units`` (capacity, default unlimited).
+        available: units at the DC to allocate.
+        economics: margin and holding cost, or a service level.
+        pack_size: units ship in whole packs.
+        allocate_all: keep placing packs while any store can take one, even at a negative
+            expected value (a backtest that must place the whole supply); else stop at zero.
+
+    Returns:
+        ``stores`` with ``send``, ``final_stock`` and the expected sales, fill rate, lost units
+        and leftover per store.
+
+    Raises:
+        PlacementError: on negative stock or means, unknown columns, bad pack sizes, or minimums
+            that the available units cannot cover.
+    """
+    frame = _checked(stores, available, pack_size)
+    on_hand = frame["on_hand"].to_numpy(dtype=np.int64)
+    minimum = frame["min_units"].to_numpy(dtype=np.int64)
+    capacity = frame["max_units"].to_numpy(dtype=np.float64)
+    # Presentation minimums first, in whole packs.
+    need = np.maximum(minimum - on_hand, 0)
+    send = np.ceil(need / pack_size).astype(np.int64) * pack_size
+    if send.sum() > available:
+        needed = int(send.sum())
+        raise PlacementError(
+            f"The presentation minimums need {needed} units; only {available} are available."
+        )
+    room = np.floor((np.minimum(capacity, on_hand + available) - on_hand - send) / pack_size)
+    room = np.maximum(room, 0).astype(np.int64)
+    packs_left = (available - int(send.sum())) // pack_size
+    if packs_left > 0 and room.sum() > 0:
+        mean = frame["mean"].to_numpy(dtype=np.float64)
+        dispersion = frame["dispersion"].to_numpy(dtype=np.float64)
+        start = on_hand + send
+        depth = int(min(room.max(), packs_left))
+        levels = int(start.max()) + depth * pack_size + 1
+        survival = _survival_table(mean, dispersion, levels + 1)
+        unit_value = _unit_values(survival, economics)
+        # Value of the j-th next pack at each store: the sum over its units.
+        offsets = start[:, None] + np.arange(depth * pack_size)[None, :]
+        values = (
+            np.take_along_axis(unit_value, offsets, axis=1)
+            .reshape(len(frame), depth, pack_size)
+            .sum(axis=2)
+        )
+        values[np.arange(depth)[None, :] >= room[:, None]] = -np.inf  # beyond capacity
+        flat = values.ravel()
+        order = np.lexsort(
+            (np.tile(np.arange(depth), len(frame)), -flat)
+        )  # best first, earlier packs first
+        eligible = np.isfinite(flat[order]) & (allocate_all | (flat[order] > 0))
+        chosen = order[eligible][:packs_left]
+        send += np.bincount(chosen // depth, minlength=len(frame)) * pack_size
+    final = on_hand + send
+    outcome = expected_outcomes(frame["mean"].to_numpy(), frame["dispersion"].to_numpy(), final)
+    result = frame.assign(send=send, final_stock=final)
+    return pd.concat([result.reset_index(drop=True), outcome], axis=1)
+
+
+def _unit_values(survival: np.ndarray, economics: Economics) -> np.ndarray:
+    """Value of the unit that raises stock from s to s + 1, per store and level."""
+    if economics.service_level is not None:
+        # Until the service level is reached a unit is worth its sell-through; after, nothing.
+        below_target = (1.0 - survival) < economics.service_level
+        return np.where(below_target, 1.0 + survival, survival - 1.0)
+    return economics.unit_margin * survival - economics.unit_holding * (1.0 - survival)
+
+
+def _checked(stores: pd.DataFrame, available: int, pack_size: int) -> pd.DataFrame:
+    missing = [c for c in STORE_COLUMNS if c not in stores]
+    if missing:
+        raise PlacementError(f"The stores table needs column(s) {', '.join(missing)}.")
+    if available < 0:
+        raise PlacementError(f"Units available must not be negative, not {available}.")
+    if pack_size < 1:
+        raise PlacementError(f"pack_size must be at least 1, not {pack_size}.")
+    if stores["store_id"].duplicated().any():
+        raise PlacementError("Each store may appear once.")
+    frame = stores.copy()
+    frame["on_hand"] = frame.get("on_hand", 0)
+    frame["min_units"] = frame.get("min_units", 0)
+    frame["max_units"] = frame.get("max_units", np.inf)
+    frame[["on_hand", "min_units"]] = frame[["on_hand", "min_units"]].fillna(0)
+    frame["max_units"] = frame["max_units"].fillna(np.inf)
+    for column in ("mean", "dispersion", "on_hand", "min_units", "max_units"):
+        values = frame[column].to_numpy(dtype=np.float64)
+        if np.isnan(values).any() or (values < 0).any():
+            bad = frame.loc[np.isnan(values) | (values < 0), "store_id"].iloc[0]
+            raise PlacementError(f"Store {bad!r} has a negative or missing {column}.")
+    if (frame["dispersion"] <= 0).any():
+        raise PlacementError("dispersion must be positive.")
+    if (frame["min_units"] > frame["max_units"]).any():
+        bad = frame.loc[frame["min_units"] > frame["max_units"], "store_id"].iloc[0]
+        raise PlacementError(f"Store {bad!r} has a minimum above its capacity.")
+    return frame
+
+
+def rebalance(
+    allocation: pd.DataFrame, *, transfer_cost: float, economics: Economics = Economics()
+) -> pd.DataFrame:
+    """Store-to-store transfers where one store's expected surplus covers another's shortfall.
+
+    A unit moves from store A to store B when its expected value at B exceeds its value at A by
+    more than ``transfer_cost`` (per unit); the best move is made first, until none pays.
+
+    Returns:
+        ``from_store, to_store, units, expected_gain``.
+    """
+    stock = allocation["final_stock"].to_numpy(dtype=np.int64).copy()
+    mean = allocation["mean"].to_numpy(dtype=np.float64)
+    dispersion = allocation["dispersion"].to_numpy(dtype=np.float64)
+    capacity = allocation["max_units"].to_numpy(dtype=np.float64)
+    minimum = allocation["min_units"].to_numpy(dtype=np.float64)
+    survival = _survival_table(mean, dispersion, int(stock.sum()) + 2)
+    value = _unit_values(survival, economics)
+    moves: dict[tuple[int, int], list[float]] = {}
+    rows = np.arange(len(stock))
+    while True:
+        can_give = (stock > minimum) & (stock > 0)
+        can_take = stock < capacity
+        if not can_give.any() or not can_take.any():
+            break
+        losing = np.where(can_give, value[rows, np.maximum(stock - 1, 0)], np.inf)  # the last unit
+        gaining = np.where(can_take, value[rows, stock], -np.inf)  # the next unit
+        giver, taker = int(np.argmin(losing)), int(np.argmax(gaining))
+        gain = gaining[taker] - losing[giver] - transfer_cost
+        if giver == taker or gain <= 1e-12:
+            break
+        stock[giver] -= 1
+        stock[taker] += 1
+        moves.setdefault((giver, taker), []).append(gain)
+    ids = allocation["store_id"].to_numpy()
+    return pd.DataFrame(
+        [
+            {
+                "from_store": ids[a],
+                "to_store": ids[b],
+                "units": len(g),
+                "expected_gain": float(sum(g)),
+            }
+            for (a, b), g in moves.items()
+        ],
+        columns=["from_store", "to_store", "units", "expected_gain"],
+    )
