@@ -6,6 +6,7 @@ import json
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,20 +119,14 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
         all_events.matrix, all_events.customer_ids, all_events.item_ids, build_popularity(unified)
     )
     final = best.candidate.build().fit(all_events)
-    with (
-        mlflow.start_run(run_name=f"register {best.candidate.label}"),
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        mlflow.log_params({"model": best.candidate.model, **best.candidate.params, **common})
-        mlflow.log_metrics({_metric_key(k): v for k, v in best.metrics.items()})
-        info = mlflow.pyfunc.log_model(
-            name="recommender",
-            python_model=recommender_code.__file__,
-            artifacts={recommender_code.ARTIFACT: str(final.save(Path(tmp) / "model"))},
-            pip_requirements=["omnichannel-ml"],
-            registered_model_name=REGISTERED_NAME,
-        )
-    version = str(info.registered_model_version)
+    version = _register(
+        REGISTERED_NAME,
+        recommender_code,
+        final.save,
+        run_name=f"register {best.candidate.label}",
+        params={"model": best.candidate.model, **best.candidate.params, **common},
+        metrics={_metric_key(k): v for k, v in best.metrics.items()},
+    )
     client = MlflowClient()
     client.set_model_version_tag(
         REGISTERED_NAME, version, "candidate", json.dumps(_candidate_json(best.candidate))
@@ -157,17 +152,50 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     )
 
 
+def _register(
+    name: str,
+    code: Any,
+    save: Callable[[Path], Path],
+    *,
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+) -> str:
+    """Log a saved model as an MLflow pyfunc *from code* (nothing pickled) and register it.
+
+    Args:
+        name: registered model name.
+        code: the module MLflow loads as the model (it defines ``ARTIFACT``).
+        save: writes the model directory, given a path.
+    """
+    with mlflow.start_run(run_name=run_name), tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=code.__file__,
+            artifacts={code.ARTIFACT: str(save(Path(tmp) / "model"))},
+            pip_requirements=["omnichannel-ml"],
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
+def _champion(name: str) -> Any:
+    """The model version the ``champion`` alias points at, or None."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
 def _champion_metric(
     train: Interactions, relevant: pd.DataFrame, config: SelectionConfig
 ) -> float | None:
     """The champion's configuration, refitted on this training split and scored on this
     validation split — the same data the challenger was scored on."""
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION)
-    except MlflowException:
-        return None
-    raw = version.tags.get("candidate")
+    version = _champion(REGISTERED_NAME)
+    raw = version.tags.get("candidate") if version is not None else None
     if raw is None:
         return None
     spec = json.loads(raw)
@@ -235,20 +263,14 @@ def train_forecaster(
     final = LightGBMForecaster(horizon=horizon, freq=freq).fit(data.panel, items=data.items)
     champion_wape = _champion_tag(FORECASTER_NAME, "backtest_wape")
     promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
-    with (
-        mlflow.start_run(run_name=f"register forecaster h={horizon}"),
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        mlflow.log_params(params)
-        mlflow.log_metrics(result.metrics)
-        info = mlflow.pyfunc.log_model(
-            name="forecaster",
-            python_model=forecaster_code.__file__,
-            artifacts={forecaster_code.ARTIFACT: str(final.save(Path(tmp) / "model"))},
-            pip_requirements=["omnichannel-ml"],
-            registered_model_name=FORECASTER_NAME,
-        )
-    version = str(info.registered_model_version)
+    version = _register(
+        FORECASTER_NAME,
+        forecaster_code,
+        final.save,
+        run_name=f"register forecaster h={horizon}",
+        params=params,
+        metrics=result.metrics,
+    )
     client = MlflowClient()
     client.set_model_version_tag(
         FORECASTER_NAME, version, "backtest_wape", f"{result.metrics['wape']:.6f}"
@@ -261,11 +283,8 @@ def train_forecaster(
 
 
 def _champion_tag(name: str, tag: str) -> float | None:
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    value = version.tags.get(tag)
+    version = _champion(name)
+    value = version.tags.get(tag) if version is not None else None
     return float(value) if value is not None else None
 
 

@@ -54,7 +54,16 @@ class Forecaster(BaseEstimator):
             raise ValueError("The demand panel is empty: there is nothing to forecast from.")
 
 
-class SeasonalNaive(Forecaster):
+class _Baseline(Forecaster):
+    """Baselines learn nothing: fitting only checks the panel."""
+
+    def fit(self, panel: pd.DataFrame) -> Self:
+        self._check(panel)
+        self.fitted_ = True
+        return self
+
+
+class SeasonalNaive(_Baseline):
     """Each period repeats the same period one season earlier (7 days, or 52 weeks)."""
 
     name = "seasonal_naive"
@@ -62,11 +71,6 @@ class SeasonalNaive(Forecaster):
     def __init__(self, horizon: int = 28, freq: str = "D") -> None:
         self.horizon = horizon
         self.freq = freq
-
-    def fit(self, panel: pd.DataFrame) -> Self:
-        self._check(panel)
-        self.fitted_ = True
-        return self
 
     def predict(self, panel: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
         check_is_fitted(self, "fitted_")
@@ -85,7 +89,7 @@ class SeasonalNaive(Forecaster):
         return _point_forecast(future, history.index, point, self.name)
 
 
-class MovingAverage(Forecaster):
+class MovingAverage(_Baseline):
     """The mean of the last ``window`` uncensored periods, flat over the horizon."""
 
     name = "moving_average"
@@ -94,11 +98,6 @@ class MovingAverage(Forecaster):
         self.horizon = horizon
         self.freq = freq
         self.window = window
-
-    def fit(self, panel: pd.DataFrame) -> Self:
-        self._check(panel)
-        self.fitted_ = True
-        return self
 
     def predict(self, panel: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
         check_is_fitted(self, "fitted_")
