@@ -141,14 +141,37 @@ def allocate(
     room = np.maximum(room, 0).astype(np.int64)
     packs_left = (available - int(send.sum())) // pack_size
     if packs_left > 0 and room.sum() > 0:
-        mean = frame["mean"].to_numpy(dtype=np.float64)
-        dispersion = frame["dispersion"].to_numpy(dtype=np.float64)
-        start = on_hand + send
-        depth = int(min(room.max(), packs_left))
-        levels = int(start.max()) + depth * pack_size + 1
-        survival = _survival_table(mean, dispersion, levels + 1)
+        send += _greedy_packs(
+            frame, on_hand + send, room, packs_left, pack_size, economics, allocate_all
+        )
+    final = on_hand + send
+    outcome = expected_outcomes(frame["mean"].to_numpy(), frame["dispersion"].to_numpy(), final)
+    result = frame.assign(send=send, final_stock=final)
+    return pd.concat([result.reset_index(drop=True), outcome], axis=1)
+
+
+def _greedy_packs(
+    frame: pd.DataFrame,
+    start: np.ndarray,
+    room: np.ndarray,
+    packs: int,
+    pack_size: int,
+    economics: Economics,
+    allocate_all: bool,
+) -> np.ndarray:
+    """Units per store from the ``packs`` best next packs (each store's packs in order).
+
+    Only each store's first ``depth`` packs are valued; ``depth`` doubles while some store takes
+    all of its candidates (its deeper packs might still qualify), so the answer is exact and the
+    work stays near ``packs``, not stores x packs.
+    """
+    mean = frame["mean"].to_numpy(dtype=np.float64)
+    dispersion = frame["dispersion"].to_numpy(dtype=np.float64)
+    limit = int(min(room.max(), packs))
+    depth = min(limit, max(4, 2 * -(-packs // len(frame))))
+    while True:
+        survival = _survival_table(mean, dispersion, int(start.max()) + depth * pack_size + 2)
         unit_value = _unit_values(survival, economics)
-        # Value of the j-th next pack at each store: the sum over its units.
         offsets = start[:, None] + np.arange(depth * pack_size)[None, :]
         values = (
             np.take_along_axis(unit_value, offsets, axis=1)
@@ -161,12 +184,11 @@ def allocate(
             (np.tile(np.arange(depth), len(frame)), -flat)
         )  # best first, earlier packs first
         eligible = np.isfinite(flat[order]) & (allocate_all | (flat[order] > 0))
-        chosen = order[eligible][:packs_left]
-        send += np.bincount(chosen // depth, minlength=len(frame)) * pack_size
-    final = on_hand + send
-    outcome = expected_outcomes(frame["mean"].to_numpy(), frame["dispersion"].to_numpy(), final)
-    result = frame.assign(send=send, final_stock=final)
-    return pd.concat([result.reset_index(drop=True), outcome], axis=1)
+        taken = np.bincount(order[eligible][:packs] // depth, minlength=len(frame))
+        saturated = (taken == depth) & (room > depth)
+        if depth >= limit or not saturated.any():
+            return taken * pack_size
+        depth = min(limit, depth * 2)
 
 
 def _unit_values(survival: np.ndarray, economics: Economics) -> np.ndarray:
