@@ -151,8 +151,8 @@ def speed_panel(path: Path, series: int = 5000, days: int = 730, seed: int = 0) 
     rng = np.random.default_rng(seed)
     ds = pd.date_range("2023-01-01", periods=days, freq="D")
     level = rng.gamma(2.0, 2.0, series)
-    weekly = 1 + 0.3 * np.sin(2 * np.pi * ds.dayofweek.to_numpy() / 7)
-    yearly = 1 + 0.2 * np.cos(2 * np.pi * (ds.dayofyear.to_numpy() - 350) / 365)
+    weekly = 1 + 0.3 * np.sin(2 * np.pi * ds.day_of_week.to_numpy() / 7)
+    yearly = 1 + 0.2 * np.cos(2 * np.pi * (ds.day_of_year.to_numpy() - 350) / 365)
     promo = rng.random((series, days)) < 0.05
     rate = level[:, None] * weekly * yearly * np.where(promo, 1.8, 1.0)
     panel = pd.DataFrame(

@@ -308,7 +308,7 @@ def build_features(
     put(calendar.isocalendar().week.to_numpy(dtype=np.float64)[period])
     put(calendar.month.to_numpy(dtype=np.float64)[period])
     if freq == "D":
-        put(calendar.dayofweek.to_numpy(dtype=np.float64)[period])
+        put(calendar.day_of_week.to_numpy(dtype=np.float64)[period])
     if "unit_price" in panel:
         price = panel["unit_price"].to_numpy(dtype=np.float64)
         regular = panel.groupby(SERIES, sort=False, observed=True)["unit_price"].transform("median")

@@ -59,7 +59,7 @@ def synthetic_panel(seed: int = 0, n_series: int = 12, days: int = 150) -> pd.Da
     for s in range(n_series):
         level = 3 + s
         promo = rng.random(days) < 0.1
-        weekly = 1 + 0.5 * (dates.dayofweek >= 5)
+        weekly = 1 + 0.5 * (dates.day_of_week >= 5)
         units = rng.poisson(level * weekly * np.where(promo, 2.0, 1.0))
         rows.append(
             pd.DataFrame(
