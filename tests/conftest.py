@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from experiments.synthetic import GeneratorConfig, generate
@@ -23,3 +24,18 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory, small_config: Genera
     out = tmp_path_factory.mktemp("small") / "data"
     generate(small_config, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tracking(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking store (SQLite) in a temporary directory, for the whole session."""
+    root = tmp_path_factory.mktemp("mlflow")
+    patch = pytest.MonkeyPatch()
+    patch.chdir(root)  # MLflow's default artifact root is ./mlruns
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    patch.setenv("OMNI_SALT", "integration-salt")
+    patch.setenv("OPENBLAS_NUM_THREADS", "1")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    yield root
+    mlflow.set_tracking_uri(None)
+    patch.undo()
