@@ -34,6 +34,24 @@ backtest_app = typer.Typer(help="Rolling-origin backtests, logged to MLflow.")
 app.add_typer(backtest_app, name="backtest")
 placement_app = typer.Typer(help="Stock placement across stores from the demand forecasts.")
 app.add_typer(placement_app, name="placement")
+keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="recommend, plan or admin (repeatable).")
+    ],
+) -> None:
+    """Create a key and print it once; only its hash is kept (in $OMNI_KEYS_FILE)."""
+    from models.keys import create_key, keys_file
+
+    key = create_key(scope)
+    out.print(key, highlight=False, soft_wrap=True)
+    err.print(f"Stored its hash in {keys_file()}; this is the only time the key is shown.")
+
+
 out = Console()
 err = Console(stderr=True)
 

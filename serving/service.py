@@ -2,20 +2,44 @@
 
 First step of the serving issue: it loads both champions at start-up and answers
 ``/recommend``, ``/similar_items`` and ``/forecast`` with strict, bounded request types.
-Authentication, ``/events``, ``/offers``, ``/placement``, reload and the event log are not built
+Every API needs ``Authorization: Bearer <key>`` with its scope (``omni keys create``).
+``/events``, ``/offers``, ``/placement``, reload and the event log are not built
 yet (see the README's known gaps). Start: ``bentoml serve serving.service:OmnichannelService``.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, NotFound
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.keys import load_keys, scopes_of
 from models.recommenders import UnknownItemError
 from serving.models import load_champions
+
+
+class Unauthorized(BentoMLException):
+    error_code = HTTPStatus.UNAUTHORIZED
+
+
+class Forbidden(BentoMLException):
+    error_code = HTTPStatus.FORBIDDEN
+
+
+def require(ctx: bentoml.Context, keys: dict[str, dict], scope: str) -> None:
+    """401 without a valid ``Authorization: Bearer`` key; 403 when it lacks ``scope``."""
+    header = ctx.request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise Unauthorized("Missing 'Authorization: Bearer <key>' header.")
+    scopes = scopes_of(header[7:].strip(), keys)
+    if scopes is None:
+        raise Unauthorized("Invalid API key.")
+    if scope not in scopes and "admin" not in scopes:
+        raise Forbidden(f"This key lacks the {scope!r} scope.")
+
 
 _ID = Field(min_length=1, max_length=128)
 
@@ -46,11 +70,13 @@ class ForecastRequest(_Strict):
 class OmnichannelService:
     def __init__(self) -> None:
         self.champions = load_champions()
+        self.keys = load_keys()
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **request: Any) -> dict[str, Any]:
+    def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Ranked items for a customer; unknown customers get their store's / channel's best
         sellers, flagged ``fallback``."""
+        require(ctx, self.keys, "recommend")
         r = RecommendRequest(**request)
         model = self.champions.recommender
         recs = model.recommend([r.customer_id], n=r.n, store_id=r.store_id, channel=r.channel)
@@ -65,8 +91,9 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
-    def similar_items(self, **request: Any) -> dict[str, Any]:
+    def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Items most similar to one item (404 when the model does not know it)."""
+        require(ctx, self.keys, "recommend")
         r = SimilarItemsRequest(**request)
         try:
             similar = self.champions.recommender.similar_items([r.item_id], n=r.n)
@@ -86,8 +113,9 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/forecast", input_spec=ForecastRequest)
-    def forecast(self, **request: Any) -> dict[str, Any]:
+    def forecast(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Mean, P10, P50 and P90 per item and period for one store."""
+        require(ctx, self.keys, "plan")
         r = ForecastRequest(**request)
         try:
             frame = self.champions.forecaster.forecast(r.store_id, r.item_ids, r.horizon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,16 @@ grid = { l2 = [300.0] }
 
 
 @pytest.fixture(scope="module")
-def client(tracking: Path):
+def keys(tracking: Path) -> dict[str, str]:
+    from models.keys import create_key
+
+    path = tracking / "keys.json"
+    pytest.MonkeyPatch().setenv("OMNI_KEYS_FILE", str(path))
+    return {scope: create_key([scope], path) for scope in ("recommend", "plan")}
+
+
+@pytest.fixture(scope="module")
+def client(tracking: Path, keys: dict[str, str]):
     from experiments.training import train_forecaster, train_recommender
 
     config = tracking / "ease.toml"
@@ -32,7 +42,31 @@ def client(tracking: Path):
 
     OmnichannelService.config["metrics"] = {"enabled": False}
     with TestClient(OmnichannelService.to_asgi()) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {keys['recommend']}"
         yield test_client
+
+
+def test_keys_scopes_and_missing_or_bad_keys(client: TestClient, keys: dict[str, str]) -> None:
+    body = {"store_id": "S001", "item_ids": ["I000010"], "horizon": 1}
+    assert client.post("/forecast", json=body).status_code == 403  # a recommend key
+    planner = {"Authorization": f"Bearer {keys['plan']}"}
+    assert client.post("/forecast", json=body, headers=planner).status_code == 200
+    assert (
+        client.post(
+            "/recommend", json={"customer_id": "c"}, headers={"Authorization": ""}
+        ).status_code
+        == 401
+    )
+    forged = keys["recommend"][:-4] + "AAAA"
+    assert (
+        client.post(
+            "/recommend", json={"customer_id": "c"}, headers={"Authorization": f"Bearer {forged}"}
+        ).status_code
+        == 401
+    )
+    assert client.get("/livez").status_code == 200  # probes stay open
+    stored = (Path(os.environ["OMNI_KEYS_FILE"])).read_text()
+    assert keys["recommend"].split("_", 2)[2] not in stored  # only hashes are kept
 
 
 def test_recommend_known_and_unknown_customers(client: TestClient) -> None:
@@ -72,7 +106,8 @@ def test_similar_items_and_unknown_item(client: TestClient) -> None:
     assert missing.status_code == 404 and "NOPE" in missing.text
 
 
-def test_forecast_and_its_errors(client: TestClient) -> None:
+def test_forecast_and_its_errors(client: TestClient, keys: dict[str, str]) -> None:
+    client.headers["Authorization"] = f"Bearer {keys['plan']}"
     ok = client.post("/forecast", json={"store_id": "S001", "item_ids": ["I000010"], "horizon": 2})
     assert ok.status_code == 200, ok.text
     rows = ok.json()["forecast"]
