@@ -141,9 +141,20 @@ def allocate(
     room = np.maximum(room, 0).astype(np.int64)
     packs_left = (available - int(send.sum())) // pack_size
     if packs_left > 0 and room.sum() > 0:
-        send += _greedy_packs(
-            frame, on_hand + send, room, packs_left, pack_size, economics, allocate_all
+        mean = frame["mean"].to_numpy(dtype=np.float64)[None, :]
+        dispersion = frame["dispersion"].to_numpy(dtype=np.float64)[None, :]
+        packs = np.array([packs_left])
+        taken = _greedy_packs(
+            mean,
+            dispersion,
+            (on_hand + send)[None, :],
+            room[None, :],
+            packs,
+            pack_size,
+            economics,
+            allocate_all,
         )
+        send += taken[0] * pack_size
     final = on_hand + send
     outcome = expected_outcomes(frame["mean"].to_numpy(), frame["dispersion"].to_numpy(), final)
     result = frame.assign(send=send, final_stock=final)
@@ -151,44 +162,108 @@ def allocate(
 
 
 def _greedy_packs(
-    frame: pd.DataFrame,
+    mean: np.ndarray,
+    dispersion: np.ndarray,
     start: np.ndarray,
     room: np.ndarray,
-    packs: int,
+    packs: np.ndarray,
     pack_size: int,
     economics: Economics,
     allocate_all: bool,
 ) -> np.ndarray:
-    """Units per store from the ``packs`` best next packs (each store's packs in order).
+    """Packs per (item, store): each item's ``packs`` best next packs, each store's in order.
 
-    Only each store's first ``depth`` packs are valued; ``depth`` doubles while some store takes
-    all of its candidates (its deeper packs might still qualify), so the answer is exact and the
-    work stays near ``packs``, not stores x packs.
+    All arrays are items x stores (``packs`` per item). Only each store's first ``depth`` packs
+    are valued; ``depth`` doubles while some store takes all of its candidates (its deeper packs
+    might still qualify), so the answer is exact and the work stays near the packs placed, not
+    stores x packs.
     """
-    mean = frame["mean"].to_numpy(dtype=np.float64)
-    dispersion = frame["dispersion"].to_numpy(dtype=np.float64)
-    limit = int(min(room.max(), packs))
-    depth = min(limit, max(4, 2 * -(-packs // len(frame))))
+    n_items, n_stores = mean.shape
+    limit = int(min(room.max(), packs.max()))
+    # Start deep enough for the busiest store (about its mean), so one pass usually suffices.
+    busiest = int(np.ceil(1.5 * mean.max() / pack_size)) + 5
+    depth = min(limit, max(4, 2 * -(-int(packs.max()) // n_stores), busiest))
     while True:
-        survival = _survival_table(mean, dispersion, int(start.max()) + depth * pack_size + 2)
-        unit_value = _unit_values(survival, economics)
-        offsets = start[:, None] + np.arange(depth * pack_size)[None, :]
-        values = (
-            np.take_along_axis(unit_value, offsets, axis=1)
-            .reshape(len(frame), depth, pack_size)
-            .sum(axis=2)
+        levels = int(start.max()) + depth * pack_size + 2
+        survival = _survival_table(mean.ravel(), dispersion.ravel(), levels).reshape(
+            n_items, n_stores, levels
         )
-        values[np.arange(depth)[None, :] >= room[:, None]] = -np.inf  # beyond capacity
-        flat = values.ravel()
-        order = np.lexsort(
-            (np.tile(np.arange(depth), len(frame)), -flat)
-        )  # best first, earlier packs first
-        eligible = np.isfinite(flat[order]) & (allocate_all | (flat[order] > 0))
-        taken = np.bincount(order[eligible][:packs] // depth, minlength=len(frame))
+        unit_value = _unit_values(survival, economics)
+        offsets = start[:, :, None] + np.arange(depth * pack_size)[None, None, :]
+        values = (
+            np.take_along_axis(unit_value, offsets, axis=2)
+            .reshape(n_items, n_stores, depth, pack_size)
+            .sum(axis=3)
+        )
+        values[np.arange(depth)[None, None, :] >= room[:, :, None]] = -np.inf  # beyond capacity
+        flat = values.reshape(n_items, n_stores * depth)
+        # Only the best ``packs`` of each row matter: partition, then order those alone —
+        # by value, then by position, which keeps a store's equal-valued packs in their order.
+        k = int(min(packs.max(), flat.shape[1]))
+        top = (
+            np.argpartition(-flat, k - 1, axis=1)[:, :k]
+            if k < flat.shape[1]
+            else np.broadcast_to(np.arange(k), flat.shape).copy()
+        )
+        order = np.take_along_axis(
+            top, np.lexsort((top, -np.take_along_axis(flat, top, axis=1)), axis=1), axis=1
+        )
+        ranked = np.take_along_axis(flat, order, axis=1)
+        eligible = np.isfinite(ranked) & (allocate_all | (ranked > 0))  # a prefix of each row
+        chosen = eligible & (np.arange(order.shape[1])[None, :] < packs[:, None])
+        rows = np.broadcast_to(np.arange(n_items)[:, None], order.shape)
+        taken = np.bincount(
+            (rows * n_stores + order // depth)[chosen], minlength=n_items * n_stores
+        ).reshape(n_items, n_stores)
         saturated = (taken == depth) & (room > depth)
         if depth >= limit or not saturated.any():
-            return taken * pack_size
+            return taken
         depth = min(limit, depth * 2)
+
+
+def allocate_many(
+    mean: np.ndarray,
+    dispersion: np.ndarray | float,
+    available: np.ndarray,
+    *,
+    on_hand: np.ndarray | None = None,
+    economics: Economics = Economics(),
+    allocate_all: bool = False,
+    batch: int = 256,
+) -> np.ndarray:
+    """:func:`allocate` for a whole chain at once: items x stores arrays, no minimums or packs.
+
+    Args:
+        mean, dispersion: items x stores demand distributions.
+        available: units per item.
+        on_hand: items x stores current stock (default 0).
+
+    Returns:
+        Units to send, items x stores.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    dispersion = np.broadcast_to(np.asarray(dispersion, dtype=np.float64), mean.shape)
+    stock = (
+        np.zeros(mean.shape, dtype=np.int64)
+        if on_hand is None
+        else np.asarray(on_hand, dtype=np.int64)
+    )
+    available = np.asarray(available, dtype=np.int64)
+    if (mean < 0).any() or (stock < 0).any() or (available < 0).any() or (dispersion <= 0).any():
+        raise PlacementError(
+            "Means, stock and units available must not be negative; dispersions positive."
+        )
+    send = np.zeros(mean.shape, dtype=np.int64)
+    for first in range(0, len(mean), batch):
+        part = slice(first, first + batch)
+        packs = available[part]
+        if packs.max(initial=0) <= 0:
+            continue
+        room = np.broadcast_to(packs[:, None], mean[part].shape).copy()
+        send[part] = _greedy_packs(
+            mean[part], dispersion[part], stock[part], room, packs, 1, economics, allocate_all
+        )
+    return send
 
 
 def _unit_values(survival: np.ndarray, economics: Economics) -> np.ndarray:

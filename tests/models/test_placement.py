@@ -148,3 +148,22 @@ def test_rebalancing_moves_surplus_to_shortfall() -> None:
     )
     assert moves.iloc[0]["units"] >= 5
     assert rebalance(allocation, transfer_cost=10.0).empty  # too dear to move anything
+
+
+def test_allocating_a_whole_chain_at_once_matches_item_by_item() -> None:
+    from models.placement import allocate_many
+
+    rng = np.random.default_rng(7)
+    mean = rng.gamma(1.5, 2.0, (30, 8))
+    on_hand = rng.integers(0, 3, (30, 8))
+    available = rng.integers(0, 60, 30)
+    for allocate_all in (True, False):
+        batched = allocate_many(
+            mean, 2.0, available, on_hand=on_hand, allocate_all=allocate_all, batch=7
+        )
+        for i in range(30):
+            frame = stores(list(mean[i]), dispersion=2.0, on_hand=list(on_hand[i]))
+            single = allocate(frame, int(available[i]), allocate_all=allocate_all)[
+                "send"
+            ].to_numpy()
+            assert (batched[i] == single).all()
