@@ -22,9 +22,14 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _customers_for(events: int) -> int:
+    """Customers that make about ``events`` events in a generated year."""
+    return max(100, round(events / (EVENTS_PER_CUSTOMER_DAY * 365)))
+
+
 def ingest_config(events: int, fmt: str) -> GeneratorConfig:
     """A generator config of about ``events`` events over a year."""
-    customers = max(100, round(events / (EVENTS_PER_CUSTOMER_DAY * 365)))
+    customers = _customers_for(events)
     items = int(min(100_000, max(1_000, customers // 10)))
     return GeneratorConfig(
         customers=customers, items=items, stores=50, days=365, seed=1, format=fmt, plan_days=7
@@ -54,9 +59,8 @@ def _child(task: str, data: Path) -> dict:
 
 def recommender_config(events: int) -> GeneratorConfig:
     """About ``events`` events over a year on a 50,000-item catalogue."""
-    customers = max(100, round(events / (EVENTS_PER_CUSTOMER_DAY * 365)))
     return GeneratorConfig(
-        customers=customers,
+        customers=_customers_for(events),
         items=50_000,
         stores=20,
         days=365,

@@ -416,24 +416,14 @@ def placement_plan_cmd(
 def _champion_forecaster() -> Any:
     import mlflow
 
-    from experiments.training import CHAMPION, FORECASTER_NAME
     from models.forecast import LightGBMForecaster
+    from models.registry import FORECASTER, champion_dir
 
     try:
-        local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
+        return LightGBMForecaster.load(champion_dir(FORECASTER))
     except mlflow.exceptions.MlflowException as exc:
-        message = f"No {FORECASTER_NAME} champion in the MLflow registry"
+        message = f"No {FORECASTER} champion in the MLflow registry"
         raise UsageError(f"{message}; run omni train forecaster first.") from exc
-    return LightGBMForecaster.load(Path(local) / "artifacts" / "model")
-
-
-@bench_app.command("placement")
-def bench_placement_cmd(
-    stores: Annotated[int, typer.Option(help="Stores in the chain.")] = 500,
-    items: Annotated[int, typer.Option(help="Items to allocate.")] = 10_000,
-) -> None:
-    """Time allocating every item across the chain (target: 500 x 10,000 in <= 10 s)."""
-    out.print_json(json.dumps(bench.run_placement_speed(stores, items)))
 
 
 @bench_app.command("forecaster")

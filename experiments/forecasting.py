@@ -45,6 +45,11 @@ def load_demand(data_dir: Path, freq: str) -> DemandData:
     return DemandData(panel, items, plan)
 
 
+def known_covariates(future: pd.DataFrame) -> pd.DataFrame:
+    """A panel's future rows as a ``plan``: prices, promotions and ``x_*``, never the target."""
+    return future.drop(columns=[TARGET, "censored"]).rename(columns={PERIOD: "date"})
+
+
 def latest_on_hand(data_dir: Path, item_id: str) -> pd.Series | None:
     """Each store's latest on-hand stock of an item (None without an inventory table)."""
     tables = load_dataset(data_dir, ("inventory",))
@@ -140,7 +145,7 @@ def backtest(
             & (panel[PERIOD] <= origin + np.timedelta64(_days(freq) * horizon, "D"))
         ]
         future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
-        known = future.drop(columns=[TARGET, "censored"]).rename(columns={"ds": "date"})
+        known = known_covariates(future)
         for name, factory in factories.items():
             forecaster = factory()
             if isinstance(forecaster, LightGBMForecaster):

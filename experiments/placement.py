@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.forecasting import DemandData, load_demand
+from experiments.forecasting import DemandData, known_covariates, load_demand
 from features.demand import PERIOD, SERIES, TARGET, period_end
 from models.forecast import LightGBMForecaster
 from models.placement import Economics, allocate
@@ -107,9 +107,7 @@ def simulate(
         realised = truth[window].groupby(["store_id", "item_id"], observed=True)[TARGET].sum()
         known = panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= origin + step * horizon)]
         model = LightGBMForecaster(horizon=horizon, freq=freq).fit(history, items=data.items)
-        forecast = model.predict(
-            history, plan=known.drop(columns=[TARGET, "censored"]).rename(columns={PERIOD: "date"})
-        )
+        forecast = model.predict(history, plan=known_covariates(known))
         distribution = coverage_distribution(forecast, model.dispersion_)
         last_period = history[history[PERIOD] == origin].set_index(["store_id", "item_id"])[TARGET]
         for item, stores in distribution.groupby("item_id", observed=True):

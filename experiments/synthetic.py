@@ -170,7 +170,8 @@ def generate(
     # Order-up-to levels from a burn-in fortnight of unconstrained demand.
     burn_in = np.zeros((n_nodes, len(world.item_ids)))
     for day in range(-14, 0):
-        lines = _simulate_demand(config, world, rng, start + day, day)
+        weight, _ = _item_weights(world, day, start + day)
+        lines = _simulate_demand(config, world, rng, start + day, weight)
         np.add.at(burn_in, (lines["node"], lines["item"]), lines["qty"])
     weekly = burn_in / 14 * 7
     level = np.ceil(weekly * rng.uniform(0.9, 1.5, size=weekly.shape)).astype(np.int64) + 1
@@ -183,17 +184,18 @@ def generate(
     event_seq = 0
     for day in range(config.days):
         date = start + day
-        lines = _simulate_demand(config, world, rng, date, day)
+        weight, price = _item_weights(world, day, date)
+        lines = _simulate_demand(config, world, rng, date, weight)
         fulfilled = _censor(lines, stock, len(world.item_ids))
         before = stock.copy()
         np.subtract.at(
             stock, (lines["node"][fulfilled], lines["item"][fulfilled]), lines["qty"][fulfilled]
         )
-        events = _events_for_day(config, world, rng, date, lines, fulfilled, event_seq)
+        events = _events_for_day(config, world, rng, date, lines, fulfilled, event_seq, price)
         event_seq += len(events["event_type"])
         bad["events"] += _corrupt(events, rng, config.bad_fraction, _corrupt_event, typed)
         writers["events"].write(events)
-        sales = _sales_for_day(world, date, day, lines, fulfilled)
+        sales = _sales_for_day(world, date, day, lines, fulfilled, price)
         bad["sales"] += _corrupt(sales, rng, config.bad_fraction, _corrupt_sale, typed)
         writers["sales"].write(sales)
         truth_demand.write(_demand_for_day(world, date, lines))
@@ -389,7 +391,11 @@ def _item_weights(world: _World, day: int, date: np.datetime64) -> tuple[np.ndar
 
 
 def _simulate_demand(
-    config: GeneratorConfig, world: _World, rng: np.random.Generator, date: np.datetime64, day: int
+    config: GeneratorConfig,
+    world: _World,
+    rng: np.random.Generator,
+    date: np.datetime64,
+    weight: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Today's shopping lines: who, channel, trip, node, item, quantity, second of day, browse."""
     weekday = date.astype("datetime64[D]").item().weekday()
@@ -423,7 +429,6 @@ def _simulate_demand(
     category = np.where(
         explore, rng.integers(0, n_cat, len(trip)), world.favourite[lc, np.minimum(fav_slot, 2)]
     )
-    weight, _ = _item_weights(world, day, date)
     item = _sample_items(world, weight, category, rng)
     qty = np.where(world.item_repurchasable[item], 1 + rng.poisson(0.4, len(trip)), 1)
     return {
@@ -487,6 +492,7 @@ def _events_for_day(
     lines: dict[str, np.ndarray],
     fulfilled: np.ndarray,
     first_id: int,
+    price: np.ndarray,
 ) -> dict[str, pa.Array]:
     """Turn shopping lines into events: views and carts before online purchases, POS purchases,
     stock-outs seen as views, browse-only sessions, and occasional later returns."""
@@ -523,9 +529,6 @@ def _events_for_day(
     last_second = (config.days - (date - np.datetime64(config.start, "D")).astype(int)) * 86400 - 1
     seconds = np.minimum(seconds, last_second)  # a return never lands after the history ends
     qty = np.where(np.isin(kinds, ("view",)), 1, lines["qty"][idx])
-    _, price = _item_weights(
-        world, int((date - np.datetime64(config.start, "D")).astype(int)), date
-    )
     n = len(idx)
     event_ids = pc.binary_join_element_wise(
         "E", pa.array(np.arange(first_id, first_id + n)).cast(pa.string()), ""
@@ -560,9 +563,9 @@ def _sales_for_day(
     day: int,
     lines: dict[str, np.ndarray],
     fulfilled: np.ndarray,
+    price: np.ndarray,
 ) -> dict[str, pa.Array]:
     node, item, units = _group_units(world, lines, fulfilled)
-    _, price = _item_weights(world, day, date)
     week = day // 7 + 1
     return {
         "date": _dates(date, len(node)),

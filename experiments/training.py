@@ -39,9 +39,9 @@ from features.interactions import (
     split_by_time,
 )
 from models.forecast import LightGBMForecaster
+from models.registry import CHAMPION, FORECASTER, RECOMMENDER
 
-REGISTERED_NAME = "recommender"
-CHAMPION = "champion"
+REGISTERED_NAME = RECOMMENDER
 EXPERIMENT = "recommender"
 
 
@@ -229,7 +229,7 @@ def _metrics_figure(result: CandidateResult) -> Any:
 
 # -- demand forecaster ------------------------------------------------------------------------
 
-FORECASTER_NAME = "demand_forecaster"
+FORECASTER_NAME = FORECASTER
 FORECAST_EXPERIMENT = "demand_forecaster"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -35,12 +35,7 @@ _OBJECTIVES = ("tweedie", "poisson", "regression")
 class Forecaster(BaseEstimator):
     """Base: ``fit(panel)``, ``predict(panel, plan=None)``; the last period is the origin."""
 
-    registry: ClassVar[dict[str, type[Forecaster]]] = {}
     name: ClassVar[str] = "base"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Forecaster.registry[cls.name] = cls
 
     horizon: int
     freq: str
@@ -451,13 +446,13 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
 
 
 def _future_frame(panel: pd.DataFrame, horizon: int, freq: str) -> pd.DataFrame:
-    step = pd.Timedelta(days=1 if freq == "D" else 7)
-    last = panel[PERIOD].max()
-    series = panel.drop_duplicates(SERIES)[[SERIES, "store_id", "item_id"]].set_index(SERIES)
-    series = series.loc[pd.Index(panel[SERIES].unique(), name=SERIES)]
-    frame = series.loc[series.index.repeat(horizon)].reset_index()
-    frame[PERIOD] = np.tile([last + step * (h + 1) for h in range(horizon)], len(series))
-    return frame
+    """The horizon's periods for every series of the panel (no covariates)."""
+    extended = extend_with_future(
+        panel[[SERIES, "store_id", "item_id", PERIOD, TARGET, "censored"]], horizon, freq
+    )
+    return extended.loc[
+        extended[TARGET].isna(), [SERIES, "store_id", "item_id", PERIOD]
+    ].reset_index(drop=True)
 
 
 def _point_forecast(

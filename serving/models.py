@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 
 from models.forecast import LightGBMForecaster
 from models.recommenders import Recommender
-
-RECOMMENDER = "recommender"
-FORECASTER = "demand_forecaster"
-CHAMPION = "champion"
+from models.registry import CHAMPION, FORECASTER, RECOMMENDER, champion_dir
 
 
 @dataclass(frozen=True)
@@ -35,11 +30,9 @@ def load_champions() -> Champions:
     client = MlflowClient()
     rec_version = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
     fc_version = client.get_model_version_by_alias(FORECASTER, CHAMPION)
-    rec_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{RECOMMENDER}@{CHAMPION}"))
-    fc_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{FORECASTER}@{CHAMPION}"))
     return Champions(
-        recommender=Recommender.load(rec_dir / "artifacts" / "model"),
+        recommender=Recommender.load(champion_dir(RECOMMENDER)),
         recommender_version=str(rec_version.version),
-        forecaster=LightGBMForecaster.load(fc_dir / "artifacts" / "model"),
+        forecaster=LightGBMForecaster.load(champion_dir(FORECASTER)),
         forecaster_version=str(fc_version.version),
     )

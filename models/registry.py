@@ -1,0 +1,25 @@
+"""Where registered models live in MLflow, and how a champion's files are fetched.
+
+Both ``experiments`` (which registers) and ``serving`` (which loads) need these names; neither
+may import the other, so they live here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+RECOMMENDER = "recommender"
+FORECASTER = "demand_forecaster"
+CHAMPION = "champion"
+MODEL_DIR = Path("artifacts") / "model"  # inside a registered pyfunc: the saved model directory
+
+
+def champion_dir(name: str) -> Path:
+    """Download the ``@champion`` of a registered model; return its saved model directory.
+
+    Raises:
+        mlflow.exceptions.MlflowException: when there is no champion.
+    """
+    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}")) / MODEL_DIR
