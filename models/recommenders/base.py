@@ -71,6 +71,49 @@ class Recommender(BaseEstimator):
     @abstractmethod
     def _fit(self, user_items: sp.csr_matrix) -> None: ...
 
+    def partial_fit_users(
+        self, customer_ids: list[str] | pd.Index, additions: sp.csr_matrix
+    ) -> Self:
+        """Add interaction weights for some customers, at once, without retraining.
+
+        New customers get a row. Their histories change what is excluded and, for models that
+        score from history (EASE, item-kNN), what is scored; factor models recompute these
+        customers' vectors from their updated histories (ALS exactly, by its least squares).
+        Safe beside concurrent :meth:`recommend` calls: new state is built aside and swapped in.
+
+        Args:
+            customer_ids: distinct customers, row-aligned with ``additions``.
+            additions: (len(customer_ids) x n_items) weights to add (negative: returns).
+        """
+        check_is_fitted(self, "user_items_")
+        ids = pd.Index(customer_ids, dtype="str")
+        if not ids.is_unique or additions.shape != (len(ids), len(self.item_ids_)):
+            raise ValueError(
+                "partial_fit_users needs distinct customers, one row of additions each."
+            )
+        rows = self.customer_ids_.get_indexer(ids)
+        new = ids[rows < 0]
+        rows[rows < 0] = len(self.customer_ids_) + np.arange(len(new))
+        n_rows = len(self.customer_ids_) + len(new)
+        delta = sp.coo_matrix(additions, dtype=np.float32)
+        user_items = sp.csr_matrix(
+            sp.vstack([self.user_items_, sp.csr_matrix((len(new), len(self.item_ids_)))])
+            + sp.csr_matrix(
+                (delta.data, (rows[delta.row], delta.col)), shape=(n_rows, len(self.item_ids_))
+            ),
+            dtype=np.float32,
+        )
+        user_items.data[user_items.data < 0] = 0.0
+        user_items.eliminate_zeros()
+        # Order matters to a concurrent reader: model state, then histories, then the id index.
+        self._refresh_users(rows, user_items)
+        self.user_items_ = user_items
+        self.customer_ids_ = self.customer_ids_.append(new) if len(new) else self.customer_ids_
+        return self
+
+    def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
+        """Update per-customer state for these rows of the new histories (default: none)."""
+
     @abstractmethod
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         """Dense scores (len(rows) x n_items) for these matrix rows, given their history rows."""
@@ -87,6 +130,7 @@ class Recommender(BaseEstimator):
         allowed: np.ndarray | None = None,
         store_id: str | None = None,
         channel: str | None = None,
+        extra_history: sp.csr_matrix | None = None,
     ) -> pd.DataFrame:
         """Top ``n`` items per customer, best first.
 
@@ -98,6 +142,9 @@ class Recommender(BaseEstimator):
                 row-aligned with ``customer_ids`` (business rules).
             allowed: boolean mask over items; False items are never recommended.
             store_id, channel: the context, for the popularity fallback.
+            extra_history: weights (len(customer_ids) x n_items) added to the histories for
+                this call only, e.g. the items being looked at now; scored from, and excluded
+                like history when ``exclude_seen``.
 
         Returns:
             Columns ``customer_id, item_id, score, rank, fallback``.
@@ -109,6 +156,10 @@ class Recommender(BaseEstimator):
         rows = self.customer_ids_.get_indexer(ids)
         known = sp.diags((rows >= 0).astype(np.float32))  # an unknown customer has no history
         history = sp.csr_matrix(known @ self.user_items_[np.maximum(rows, 0)])
+        if extra_history is not None:
+            history = sp.csr_matrix(history + extra_history, dtype=np.float32)
+            # These customers are scored from their whole history, folded in afresh.
+            rows = np.where(np.asarray(extra_history.getnnz(axis=1)) > 0, -1, rows)
         history.eliminate_zeros()
         cold = np.asarray(history.getnnz(axis=1) == 0)
         k = min(n, len(self.item_ids_))

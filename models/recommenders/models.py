@@ -31,7 +31,23 @@ class _FactorModel(Recommender):
         return self.item_factors_
 
     def _query(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        return self.user_factors_[rows], self.item_factors_
+        vectors = self.user_factors_[np.maximum(rows, 0)]
+        unknown = rows < 0  # a history the model never trained on (e.g. context items)
+        if unknown.any():
+            vectors[unknown] = self._fold_in(sp.csr_matrix(user_items[unknown]))
+        return vectors, self.item_factors_
+
+    def _fold_in(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """User vectors for histories, item factors fixed: here the weighted mean of the item
+        vectors (BPR has no closed form); ALS solves its own least squares."""
+        weights = sp.diags(1.0 / np.maximum(np.asarray(user_items.sum(axis=1)).ravel(), 1e-9))
+        return np.asarray(weights @ user_items @ self.item_factors_, dtype=np.float32)
+
+    def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
+        factors = np.zeros((user_items.shape[0], self.user_factors_.shape[1]), dtype=np.float32)
+        factors[: len(self.user_factors_)] = self.user_factors_
+        factors[rows] = self._fold_in(sp.csr_matrix(user_items[rows]))
+        self.user_factors_ = factors
 
     def _train(
         self,
@@ -96,6 +112,18 @@ class ALSRecommender(_FactorModel):
             calculate_training_loss=False,
         )
         self._train(model, user_items)
+
+    def _fold_in(self, user_items: sp.csr_matrix) -> np.ndarray:
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            use_gpu=False,
+        )
+        model.item_factors = self.item_factors_
+        with threadpool_limits(limits=1, user_api="blas"):
+            vectors = model.recalculate_user(np.arange(user_items.shape[0]), user_items)
+        return np.asarray(vectors, dtype=np.float32)
 
 
 class BPRRecommender(_FactorModel):

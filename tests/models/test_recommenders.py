@@ -171,3 +171,30 @@ def test_ease_refuses_a_catalogue_above_its_limit() -> None:
 def test_diverging_training_raises_a_named_error() -> None:
     with pytest.raises(ModelFitError, match="non-finite"):
         BPRRecommender(factors=8, learning_rate=1e30, iterations=20).fit(checkerboard())
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_partial_fit_users_takes_effect_at_once(name: str) -> None:
+    model = ALL[name]().fit(checkerboard())
+    # c00 buys their missing item i00; a new customer arrives with five items of the second taste.
+    additions = sp.csr_matrix(
+        (np.ones(6, np.float32), ([0, 1, 1, 1, 1, 1], [0, 6, 7, 8, 9, 10])), shape=(2, 12)
+    )
+    model.partial_fit_users(["c00", "newcomer"], additions)
+    recs = model.recommend(["c00", "newcomer"], n=1)
+    assert "i00" not in set(recs[recs["customer_id"] == "c00"]["item_id"])
+    newcomer = recs[recs["customer_id"] == "newcomer"]
+    assert not newcomer["fallback"].any()
+    if name in PERSONALISED:
+        assert newcomer["item_id"].tolist() == ["i11"]
+    # A return takes the history back: the item may be recommended again.
+    model.partial_fit_users(["c00"], sp.csr_matrix(([-1.0], ([0], [0])), shape=(1, 12)))
+    assert model.user_items_[model.customer_ids_.get_loc("c00"), 0] == 0
+
+
+@pytest.mark.parametrize("name", ["als", "bpr", "ease"])
+def test_an_unknown_customer_with_context_is_scored_from_it(name: str) -> None:
+    model = ALL[name]().fit(checkerboard())
+    context = sp.csr_matrix((np.ones(5, np.float32), ([0] * 5, [6, 7, 8, 9, 10])), shape=(1, 12))
+    top = model.recommend(["stranger"], n=1, extra_history=context)
+    assert top["item_id"].tolist() == ["i11"] and not top["fallback"].any()
