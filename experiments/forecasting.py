@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.demand import PERIOD, SERIES, TARGET, build_panel, sales_from_events
+from features.eventlog import with_logged
 from features.ingest import ContractError, load_dataset
 from models.forecast import Forecaster, LightGBMForecaster, MovingAverage, SeasonalNaive
 
@@ -28,14 +29,18 @@ class DemandData:
     plan: pd.DataFrame | None
 
 
-def load_demand(data_dir: Path, freq: str) -> DemandData:
+def load_demand(data_dir: Path, freq: str, logged: pd.DataFrame | None = None) -> DemandData:
     """The demand panel of a data directory: the ``sales`` table when present, else purchase and
-    return events by fulfilling store; ``inventory`` marks censored periods."""
+    return events by fulfilling store (with ``logged`` events from the service, if given; a sales
+    table is the tills' own record, which already holds them); ``inventory`` marks censored
+    periods."""
     tables = load_dataset(data_dir, ("sales", "events", "inventory", "items", "plan"))
     if "sales" in tables and len(tables["sales"].accepted):
         sales = tables["sales"].accepted
     elif "events" in tables:
-        sales = sales_from_events(tables["events"].accepted)
+        events = tables["events"].accepted
+        events = with_logged(events, logged)
+        sales = sales_from_events(events)
     else:
         raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
     inventory = tables["inventory"].accepted if "inventory" in tables else None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.eventlog import with_logged
 from features.identity import (
     IdentityConfig,
     IdentityResolution,
@@ -50,14 +51,22 @@ class UnifyResult:
     customers: pd.DataFrame
 
 
-def unify(data_dir: Path, config: IdentityConfig) -> UnifyResult:
-    """Validate events and identities, resolve identities, and pseudonymise the events."""
+def unify(
+    data_dir: Path, config: IdentityConfig, logged: pd.DataFrame | None = None
+) -> UnifyResult:
+    """Validate events and identities, resolve identities, and pseudonymise the events.
+
+    Args:
+        logged: events accepted by the service since (``EventLog.read``), added to the file's;
+            an event whose ``event_id`` the file already holds is counted once.
+    """
     tables = load_dataset(data_dir, ("events", "identities"))
     if "events" not in tables:
         raise ContractError(
             f"{data_dir} has no events table to unify (events.csv, .csv.gz or .parquet)."
         )
     events = tables["events"].accepted
+    events = with_logged(events, logged)
     identities = tables["identities"].accepted if "identities" in tables else None
     resolution = resolve_identities(events, identities, config)
     unified = unify_events(events, resolution)

@@ -12,27 +12,9 @@ import pandas as pd
 from experiments.forecasting import DemandData, known_covariates, load_demand
 from features.demand import PERIOD, SERIES, TARGET, period_end
 from models.forecast import LightGBMForecaster
-from models.placement import Economics, allocate
+from models.placement import Economics, allocate, coverage_distribution, plan_item
 
 POLICIES = ("policy", "proportional", "equal")
-
-
-def coverage_distribution(forecast: pd.DataFrame, dispersion: float) -> pd.DataFrame:
-    """Per store and item, the demand over the whole coverage period as one negative binomial.
-
-    The periods' demands are taken as independent negative binomials with the forecast means
-    and the forecaster's dispersion; their sum is matched by mean and variance:
-    mean = sum of means, variance = sum of (mean + mean^2 / dispersion).
-    """
-    frame = forecast.assign(variance=forecast["mean"] + forecast["mean"] ** 2 / dispersion)
-    total = (
-        frame.groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]
-        .sum()
-        .reset_index()
-    )
-    excess = (total["variance"] - total["mean"]).clip(lower=1e-9)
-    total["dispersion"] = (total["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
-    return total[["store_id", "item_id", "mean", "dispersion"]]
 
 
 def split(total: int, weights: np.ndarray) -> np.ndarray:
@@ -192,20 +174,8 @@ def plan(
     pack_size: int = 1,
 ) -> pd.DataFrame:
     """A planner's allocation of ``units`` of one item across the stores that sell it."""
-    history = model.history_
-    if item_id not in set(history["item_id"]):
-        raise ValueError(
-            f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
-        )
-    horizon = horizon or model.horizon
-    if not 1 <= horizon <= model.horizon:
-        raise ValueError(
-            f"horizon must be between 1 and {model.horizon} (the model's), not {horizon}."
-        )
-    forecast = model.predict(history, plan=data.plan if data is not None else None)
-    forecast = forecast[forecast["item_id"] == item_id]
-    forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
-    stores = coverage_distribution(forecast, model.dispersion_)
-    if on_hand is not None:
-        stores["on_hand"] = stores["store_id"].map(on_hand).fillna(0).astype(int)
-    return allocate(stores.drop(columns="item_id"), units, economics=economics, pack_size=pack_size)
+    forecast = model.predict(model.history_, plan=data.plan if data is not None else None)
+    return plan_item(
+        model, forecast, item_id, units,
+        horizon=horizon, on_hand=on_hand, economics=economics, pack_size=pack_size,
+    )  # fmt: skip

@@ -7,7 +7,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from experiments.recommender import (
     load_selection_config,
     select,
 )
+from features.customers import build_habits, purchases
 from features.demand import PERIOD, SERIES, TARGET
+from features.eventlog import EventLog
 from features.identity import IdentityConfig
+from features.ingest import LoadedTable, load_dataset
 from features.interactions import (
     Interactions,
     InteractionWeights,
@@ -39,7 +42,7 @@ from features.interactions import (
     split_by_time,
 )
 from models.forecast import LightGBMForecaster
-from models.registry import CHAMPION, FORECASTER, RECOMMENDER
+from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER
 
 REGISTERED_NAME = RECOMMENDER
 EXPERIMENT = "recommender"
@@ -89,7 +92,9 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     """Validate + unify ``data_dir``, select a model, register it, move the champion if it wins."""
     started = time.perf_counter()
     config, weights, days = load_training_options(config_path)
-    unified = pipelines.unify(data_dir, IdentityConfig.from_env()).unified
+    logged, log_seq = logged_events()
+    unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged)
+    unified = unify_result.unified
     train, relevant = split_for_validation(unified, days, weights)
     if relevant.empty:
         raise ValueError(
@@ -119,10 +124,17 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
         all_events.matrix, all_events.customer_ids, all_events.item_ids, build_popularity(unified)
     )
     final = best.candidate.build().fit(all_events)
+    extras = load_dataset(data_dir, ("items", "inventory"))
+
+    def save(path: Path) -> Path:
+        final.save(path)
+        write_context(path / CONTEXT_DIR, unify_result, extras, weights, log_seq)
+        return path
+
     version = _register(
         REGISTERED_NAME,
         recommender_code,
-        final.save,
+        save,
         run_name=f"register {best.candidate.label}",
         params={"model": best.candidate.model, **best.candidate.params, **common},
         metrics={_metric_key(k): v for k, v in best.metrics.items()},
@@ -150,6 +162,41 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     return TrainResult(
         best, version, promoted, champion_metric, message, time.perf_counter() - started, skipped
     )
+
+
+def logged_events() -> tuple[pd.DataFrame, int]:
+    """Every event the service accepted (``$OMNI_EVENTS_URL``, default ``.omni/events.db``),
+    and the log position they reach (serving replays what came after)."""
+    log = EventLog.from_env()
+    try:
+        seq = log.last_seq()
+        return log.read(upto=seq), seq
+    finally:
+        log.close()
+
+
+def write_context(
+    out: Path,
+    result: pipelines.UnifyResult,
+    extras: dict[str, LoadedTable],
+    weights: InteractionWeights,
+    log_seq: int,
+) -> None:
+    """What serving needs beside the recommender: pseudonymous key map, habits, purchases,
+    the catalogue's rule columns, each store's latest stock, the interaction weights and the
+    event log position training read up to."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.resolution.nodes[["key_id", "customer_id"]].to_parquet(out / "customer_keys.parquet")
+    build_habits(result.unified).to_parquet(out / "habits.parquet")
+    purchases(result.unified).to_parquet(out / "purchases.parquet")
+    if "items" in extras:
+        extras["items"].accepted.to_parquet(out / "items.parquet")
+    if "inventory" in extras:
+        stock = extras["inventory"].accepted.sort_values("date")
+        latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
+        latest.to_parquet(out / "inventory.parquet")
+    meta = {"weights": asdict(weights), "log_seq": log_seq}
+    (out / "meta.json").write_text(json.dumps(meta))
 
 
 def _register(
@@ -256,7 +303,7 @@ def train_forecaster(
     Returns the backtest, the registered version, whether it became champion and the champion's
     backtest WAPE it was compared with (from the champion's tags; None without a champion).
     """
-    data = load_demand(data_dir, freq)
+    data = load_demand(data_dir, freq, logged_events()[0])
     result = backtest(data, horizon=horizon, freq=freq, windows=windows)
     params = {"data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows}
     log_backtest(result, params)

@@ -74,6 +74,14 @@ def validate_events(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, li
     return accepted.drop(columns=_ROW), reasons
 
 
+def with_logged(events: pd.DataFrame, logged: pd.DataFrame | None) -> pd.DataFrame:
+    """A file's events plus the logged ones it does not already hold (by ``event_id``)."""
+    if logged is None or logged.empty:
+        return events
+    fresh = logged[~logged["event_id"].isin(events["event_id"].dropna())]
+    return pd.concat([events, fresh], ignore_index=True)
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -148,10 +156,22 @@ class EventLog:
             stored = {row[0] for row in cursor.fetchall()}
         return events["event_id"].isin(stored).to_numpy()
 
-    def read(self) -> pd.DataFrame:
-        """Every logged event, typed exactly as an ingested events file (in arrival order)."""
+    def last_seq(self) -> int:
+        """The position of the latest event (0 for an empty log)."""
         with self._transaction() as cursor:
-            cursor.execute(f"SELECT {', '.join(COLUMNS)} FROM omni_events ORDER BY seq")
+            cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM omni_events")
+            return int(cursor.fetchone()[0])
+
+    def read(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
+        """Logged events with ``after < seq <= upto``, typed exactly as an ingested events file
+        (in arrival order)."""
+        p = self._param
+        with self._transaction() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM omni_events WHERE seq > {p} AND seq <= {p} "
+                "ORDER BY seq",
+                (after, upto if upto is not None else 2**62),
+            )
             rows = cursor.fetchall()
         raw = pd.DataFrame(
             [[_text(v) for v in row] for row in rows], columns=list(COLUMNS), dtype=object

@@ -118,6 +118,11 @@ def key_pseudonyms(salt: str, channel: pd.Series, customer_key: pd.Series) -> np
     return pseudonym(salt, "key", node_names(channel, customer_key).tolist())
 
 
+def new_customer_ids(salt: str, channel: pd.Series, customer_key: pd.Series) -> np.ndarray:
+    """The ``customer_id`` a key linked to no other key gets: what resolution would name it."""
+    return pseudonym(salt, "customer", node_names(channel, customer_key).tolist())
+
+
 @dataclass
 class IdentityResolution:
     """Result of :func:`resolve_identities`.

@@ -92,11 +92,7 @@ def build_interactions(
         item_ids: fix the columns (e.g. the whole catalogue); events of other items are ignored.
     """
     known = events[events["customer_id"].notna()]
-    per_type = known["event_type"].map(weights.by_type()).to_numpy(dtype=np.float64)
-    weight = np.nan_to_num(per_type)
-    if weights.use_quantity:
-        scaled = known["event_type"].isin(("cart", "purchase", "return")).to_numpy()
-        weight = np.where(scaled, weight * known["quantity"].to_numpy(dtype=np.float64), weight)
+    weight = event_weights(known, weights)
     if weights.half_life_days and len(known):
         reference = as_of if as_of is not None else known["event_time"].max()
         age_days = (reference - known["event_time"]).dt.total_seconds().to_numpy() / 86400.0
@@ -114,6 +110,15 @@ def build_interactions(
     matrix.eliminate_zeros()
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
     return Interactions(matrix, customers, items)
+
+
+def event_weights(events: pd.DataFrame, weights: InteractionWeights) -> np.ndarray:
+    """Each event's weight before recency decay: ``weight(type)``, times quantity where used."""
+    weight = np.nan_to_num(events["event_type"].map(weights.by_type()).to_numpy(dtype=np.float64))
+    if weights.use_quantity:
+        scaled = events["event_type"].isin(("cart", "purchase", "return")).to_numpy()
+        weight = np.where(scaled, weight * events["quantity"].to_numpy(dtype=np.float64), weight)
+    return weight
 
 
 def split_by_time(events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:

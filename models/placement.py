@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from features.demand import PERIOD
+from models.forecast import LightGBMForecaster
+
 STORE_COLUMNS = ["store_id", "mean", "dispersion"]
 
 
@@ -351,3 +354,67 @@ def rebalance(
         ],
         columns=["from_store", "to_store", "units", "expected_gain"],
     )
+
+
+def coverage_distribution(forecast: pd.DataFrame, dispersion: float) -> pd.DataFrame:
+    """Per store and item, the demand over the whole coverage period as one negative binomial.
+
+    The periods' demands are taken as independent negative binomials with the forecast means
+    and the forecaster's dispersion; their sum is matched by mean and variance:
+    mean = sum of means, variance = sum of (mean + mean^2 / dispersion).
+    """
+    frame = forecast.assign(variance=forecast["mean"] + forecast["mean"] ** 2 / dispersion)
+    total = (
+        frame.groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]
+        .sum()
+        .reset_index()
+    )
+    excess = (total["variance"] - total["mean"]).clip(lower=1e-9)
+    total["dispersion"] = (total["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
+    return total[["store_id", "item_id", "mean", "dispersion"]]
+
+
+def plan_item(
+    model: LightGBMForecaster,
+    forecast: pd.DataFrame,
+    item_id: str,
+    units: int,
+    *,
+    horizon: int | None = None,
+    on_hand: pd.Series | None = None,
+    economics: Economics = Economics(),
+    pack_size: int = 1,
+    limits: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Allocate ``units`` of one item across the stores that sell it, from the forecaster.
+
+    Args:
+        model: the fitted forecaster (its history says which stores sell the item).
+        forecast: ``model.predict(...)`` over its history (every store and item).
+        horizon: periods the allocation must cover (default the model's horizon).
+        on_hand: each store's stock now (missing stores: 0).
+        limits: optional ``store_id, min_units, max_units`` per store.
+
+    Raises:
+        PlacementError: for an item without history, a horizon beyond the model's, or bad inputs.
+    """
+    if item_id not in set(model.history_["item_id"]):
+        raise PlacementError(
+            f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
+        )
+    horizon = horizon or model.horizon
+    if not 1 <= horizon <= model.horizon:
+        raise PlacementError(
+            f"horizon must be between 1 and {model.horizon} (the model's), not {horizon}."
+        )
+    forecast = forecast[forecast["item_id"] == item_id]
+    forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
+    stores = coverage_distribution(forecast, model.dispersion_).drop(columns="item_id")
+    if on_hand is not None:
+        stores["on_hand"] = stores["store_id"].map(on_hand).fillna(0).astype(int)
+    if limits is not None and len(limits):
+        unknown = sorted(set(limits["store_id"]) - set(stores["store_id"]))
+        if unknown:
+            raise PlacementError(f"Store {unknown[0]!r} does not sell item {item_id!r}.")
+        stores = stores.merge(limits, on="store_id", how="left")
+    return allocate(stores, units, economics=economics, pack_size=pack_size)

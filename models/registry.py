@@ -14,6 +14,9 @@ RECOMMENDER = "recommender"
 FORECASTER = "demand_forecaster"
 CHAMPION = "champion"
 MODEL_DIR = Path("artifacts") / "model"  # inside a registered pyfunc: the saved model directory
+# Inside a recommender's model directory: what serving needs besides the model (key map, habits,
+# purchases, catalogue, latest stock, interaction weights), written by training.
+CONTEXT_DIR = "context"
 
 
 def champion_dir(name: str) -> Path:

@@ -31,17 +31,24 @@ class BusinessRules:
         item_ids: the columns every mask refers to.
         repurchasable: per item; unknown items count as not repurchasable.
         category: per item (None when unknown).
+        promotable: per item; unknown items count as promotable only without an items table
+            column saying otherwise.
         stock: per store, a boolean in-stock mask; stores absent here are not filtered.
         online_stock: in stock at any node, or None when there is no inventory.
         bought_by: customer id -> column indices of items they bought.
+        on_shelf: items x stores (``store_ids``), True where the latest stock is positive.
+        store_ids: the columns of ``on_shelf``.
     """
 
     item_ids: pd.Index
     repurchasable: np.ndarray
     category: np.ndarray
+    promotable: np.ndarray
     stock: dict[str, np.ndarray]
     online_stock: np.ndarray | None
     bought_by: dict[str, np.ndarray]
+    on_shelf: sp.csr_matrix
+    store_ids: np.ndarray
 
     @classmethod
     def from_tables(
@@ -65,10 +72,13 @@ class BusinessRules:
         n = len(item_ids)
         repurchasable = np.zeros(n, dtype=bool)
         category = np.full(n, None, dtype=object)
+        promotable = np.ones(n, dtype=bool)
         if items is not None and len(items):
             catalogue = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
             if "repurchasable" in catalogue:
                 repurchasable = catalogue["repurchasable"].fillna(False).to_numpy(dtype=bool)
+            if "promotable" in catalogue and catalogue["promotable"].notna().any():
+                promotable = catalogue["promotable"].fillna(False).to_numpy(dtype=bool)
             if "category" in catalogue:
                 category = (
                     catalogue["category"]
@@ -78,6 +88,7 @@ class BusinessRules:
                 )
         stock: dict[str, np.ndarray] = {}
         online_stock = None
+        on_shelf, store_ids = sp.csr_matrix((n, 0), dtype=bool), np.array([], dtype=object)
         if inventory is not None and len(inventory):
             latest = inventory.sort_values("date").drop_duplicates(
                 ["store_id", "item_id"], keep="last"
@@ -92,6 +103,12 @@ class BusinessRules:
                 mask[columns[rows]] = in_stock[rows]
                 stock[str(store)] = mask
                 online_stock[columns[rows][in_stock[rows]]] = True
+            store_codes, stores = pd.factorize(latest["store_id"], sort=True)
+            on_shelf = sp.csr_matrix(
+                (in_stock[in_stock], (columns[in_stock], store_codes[in_stock])),
+                shape=(n, len(stores)),
+            )
+            store_ids = np.asarray(stores, dtype=object)
         bought = purchases[purchases["item_id"].isin(item_ids)]
         bought_columns = item_ids.get_indexer(pd.Index(bought["item_id"]))
         bought_by = {
@@ -100,7 +117,28 @@ class BusinessRules:
                 bought["customer_id"].astype("str")
             ).indices.items()
         }
-        return cls(item_ids, repurchasable, category, stock, online_stock, bought_by)
+        return cls(
+            item_ids, repurchasable, category, promotable, stock, online_stock, bought_by,
+            on_shelf, store_ids,
+        )  # fmt: skip
+
+    def add_purchases(
+        self, customer_ids: np.ndarray | pd.Index | list[str], item_ids: pd.Series | pd.Index
+    ) -> None:
+        """Record purchases at once (pairs, row-aligned); items outside the index are ignored."""
+        columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
+        pairs = pd.DataFrame({"customer": pd.Index(customer_ids, dtype="str"), "column": columns})
+        for customer, group in pairs[pairs["column"] >= 0].groupby("customer"):
+            before = self.bought_by.get(str(customer), np.zeros(0, dtype=np.int64))
+            self.bought_by[str(customer)] = np.union1d(before, group["column"].to_numpy())
+
+    def available_at(self, columns: np.ndarray) -> list[list[str]]:
+        """Per item column, the stores whose latest stock of it is positive (reported only)."""
+        rows = self.on_shelf[columns]
+        return [
+            self.store_ids[rows.indices[rows.indptr[j] : rows.indptr[j + 1]]].tolist()
+            for j in range(len(columns))
+        ]
 
     def allowed(
         self,
@@ -109,9 +147,10 @@ class BusinessRules:
         store_id: str | None = None,
         include_categories: list[str] | None = None,
         exclude_categories: list[str] | None = None,
+        promotable_only: bool = False,
     ) -> np.ndarray:
         """Items that may be offered in this context, whoever the customer is."""
-        mask = np.ones(len(self.item_ids), dtype=bool)
+        mask = self.promotable.copy() if promotable_only else np.ones(len(self.item_ids), bool)
         if channel == STORE_CHANNEL and store_id is not None:
             mask &= self.stock.get(store_id, mask)
         elif self.online_stock is not None:
@@ -163,6 +202,8 @@ def recommend_with_rules(
     include_categories: list[str] | None = None,
     exclude_categories: list[str] | None = None,
     per_category: int | None = None,
+    promotable_only: bool = False,
+    extra_history: sp.csr_matrix | None = None,
 ) -> pd.DataFrame:
     """Recommendations that obey every rule (fewer than ``n`` when the rules leave fewer)."""
     allowed = rules.allowed(
@@ -170,12 +211,13 @@ def recommend_with_rules(
         store_id=store_id,
         include_categories=include_categories,
         exclude_categories=exclude_categories,
+        promotable_only=promotable_only,
     )
     exclude = rules.exclusions(customer_ids)
     depth = n if per_category is None else min(len(rules.item_ids), n * 10)
     recs = model.recommend(
         customer_ids, n=depth, exclude_seen=False, exclude=exclude, allowed=allowed,
-        store_id=store_id, channel=channel,
+        store_id=store_id, channel=channel, extra_history=extra_history,
     )  # fmt: skip
     if per_category is not None:
         recs = rules.cap_per_category(recs, per_category)

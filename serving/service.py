@@ -1,47 +1,63 @@
-"""The BentoML service: recommendations and forecasts from the MLflow champions.
+"""The BentoML service: recommendations, offers, forecasts and placement from the champions.
 
-First step of the serving issue: it loads both champions at start-up and answers
-``/recommend``, ``/similar_items`` and ``/forecast`` with strict, bounded request types.
-Every API needs ``Authorization: Bearer <key>`` with its scope (``omni keys create``).
-``/events``, ``/offers``, ``/placement``, reload and the event log are not built
-yet (see the README's known gaps). Start: ``bentoml serve serving.service:OmnichannelService``.
+Start it with ``omni serve`` (or ``bentoml serve serving.service:OmnichannelService``). At start
+it loads ``recommender@champion`` and ``demand_forecaster@champion`` from the MLflow registry
+(``MLFLOW_TRACKING_URI``) and replays the events logged since they were trained; ``/readyz``
+answers 503 until that is done. Every route but the probes and the API description needs
+``Authorization: Bearer <key>`` with the route's scope (:mod:`serving.gate`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from models.keys import load_keys, scopes_of
+from features.demand import SERIES
+from features.eventlog import ALREADY_RECORDED, MAX_BATCH, EventLog, validate_events
+from models.placement import Economics, PlacementError, plan_item
 from models.recommenders import UnknownItemError
-from serving.models import load_champions
+from models.rules import recommend_with_rules
+from serving.gate import Gate
+from serving.state import ServingState, load_state
+
+log = logging.getLogger("omnichannel_ml")
+
+#: The scope each route needs (``admin`` keys may call every route).
+ROUTES = {
+    "/recommend": "recommend",
+    "/similar_items": "recommend",
+    "/offers": "recommend",
+    "/events": "recommend",
+    "/forecast": "plan",
+    "/placement": "plan",
+    "/model_info": "plan",
+    "/admin/reload": "admin",
+    "/metrics": "admin",
+}
 
 
-class Unauthorized(BentoMLException):
-    error_code = HTTPStatus.UNAUTHORIZED
+class NotReady(BentoMLException):
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-class Forbidden(BentoMLException):
-    error_code = HTTPStatus.FORBIDDEN
+# -- request types: flat JSON, strict types, bounded sizes ---------------------------------------
 
-
-def require(ctx: bentoml.Context, keys: dict[str, dict], scope: str) -> None:
-    """401 without a valid ``Authorization: Bearer`` key; 403 when it lacks ``scope``."""
-    header = ctx.request.headers.get("authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise Unauthorized("Missing 'Authorization: Bearer <key>' header.")
-    scopes = scopes_of(header[7:].strip(), keys)
-    if scopes is None:
-        raise Unauthorized("Invalid API key.")
-    if scope not in scopes and "admin" not in scopes:
-        raise Forbidden(f"This key lacks the {scope!r} scope.")
-
-
-_ID = Field(min_length=1, max_length=128)
+Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Strict(BaseModel):
@@ -49,76 +65,240 @@ class _Strict(BaseModel):
 
 
 class RecommendRequest(_Strict):
-    customer_id: str = Field(min_length=1, max_length=128, examples=["c_1a2b3c"])
+    customer_id: Id | None = Field(default=None, examples=["3f9a0c1d2e4b5a6978c1d2e3"])
+    customer_key: Id | None = Field(default=None, examples=["app-user-1001"])
+    channel: Id = Field(examples=["app"])
     n: int = Field(default=10, ge=1, le=100)
-    channel: str | None = Field(default=None, min_length=1, max_length=64, examples=["app"])
-    store_id: str | None = Field(default=None, min_length=1, max_length=128, examples=["S001"])
+    store_id: Id | None = Field(default=None, examples=["S001"])
+    context_item_ids: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
+
+    @model_validator(mode="after")
+    def _one_customer(self) -> RecommendRequest:
+        if (self.customer_id is None) == (self.customer_key is None):
+            raise ValueError("give exactly one of customer_id or customer_key (with channel)")
+        return self
 
 
 class SimilarItemsRequest(_Strict):
-    item_id: str = Field(min_length=1, max_length=128, examples=["I000010"])
+    item_id: Id = Field(examples=["I000010"])
     n: int = Field(default=10, ge=1, le=100)
 
 
+class OffersRequest(_Strict):
+    customer_id: Id = Field(examples=["3f9a0c1d2e4b5a6978c1d2e3"])
+    n: int = Field(default=5, ge=1, le=50)
+
+
+Text = Annotated[str, Field(max_length=1024)]
+Amount = Annotated[float, Field(allow_inf_nan=False)] | Annotated[int, Field(ge=-(2**53), le=2**53)]
+
+
+class Event(_Strict):
+    """One event as in ``events.csv``; the contract (required fields, types, ranges) is checked
+    per event, and a bad event is rejected with its reason without failing the others."""
+
+    event_time: Text | None = Field(default=None, examples=["2026-11-23T10:15:00"])
+    channel: Text | None = Field(default=None, examples=["store"])
+    event_type: Text | None = Field(default=None, examples=["purchase"])
+    item_id: Text | None = Field(default=None, examples=["I000010"])
+    customer_key: Text | None = Field(default=None, examples=["card-000123"])
+    quantity: Amount | None = Field(default=None, examples=[1])
+    unit_price: Amount | None = Field(default=None, examples=[4.99])
+    store_id: Text | None = Field(default=None, examples=["S001"])
+    event_id: Text | None = Field(default=None, examples=["till-S001-000042"])
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class ForecastRequest(_Strict):
-    store_id: str = Field(min_length=1, max_length=128, examples=["S001"])
-    item_ids: list[str] = Field(min_length=1, max_length=1000, examples=[["I000010"]])
+    store_id: Id = Field(examples=["S001"])
+    item_ids: list[Id] = Field(min_length=1, max_length=1000, examples=[["I000010"]])
     horizon: int = Field(ge=1, le=365, examples=[2])
 
 
+class StoreLimit(_Strict):
+    store_id: Id
+    min_units: int = Field(default=0, ge=0, le=10**9)
+    max_units: int | None = Field(default=None, ge=0, le=10**9)
+
+
+class Constraints(_Strict):
+    pack_size: int = Field(default=1, ge=1, le=10**6)
+    unit_margin: float = Field(default=1.0, gt=0, le=1e9, allow_inf_nan=False)
+    unit_holding: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+    service_level: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    stores: list[StoreLimit] = Field(default_factory=list, max_length=1000)
+
+
+class PlacementRequest(_Strict):
+    item_id: Id = Field(examples=["I000010"])
+    units_available: int = Field(ge=0, le=10**9, examples=[120])
+    horizon: int = Field(ge=1, le=365, examples=[2])
+    constraints: Constraints | None = None
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+async def _model_info(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    try:
+        return JSONResponse(await run_in_threadpool(service.model_info))
+    except NotReady as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+
+#: ``GET /model_info`` (BentoML APIs are POST-only, so this small app is mounted beside them).
+info_app = Starlette(routes=[Route("/model_info", _model_info, methods=["GET"])])
+
+
+@bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="omnichannel_ml")
 class OmnichannelService:
     def __init__(self) -> None:
-        self.champions = load_champions()
-        self.keys = load_keys()
+        self.log = EventLog.from_env()
+        self.state: ServingState | None = None
+        self._reload_lock = threading.Lock()
+        try:
+            self.state = load_state(self.log)
+        except Exception as exc:  # the service stays up, not ready, until /admin/reload works
+            log.error("Could not load the champions: %s", exc)
+
+    def __is_ready__(self) -> bool:
+        return self.state is not None
+
+    def _state(self) -> ServingState:
+        """The state being served, with every event logged so far applied."""
+        state = self.state
+        if state is None:
+            raise NotReady("The champions are not loaded yet; see /readyz and POST /admin/reload.")
+        state.catch_up(self.log)
+        return state
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
-        """Ranked items for a customer; unknown customers get their store's / channel's best
-        sellers, flagged ``fallback``."""
-        require(ctx, self.keys, "recommend")
+    def recommend(self, **request: Any) -> dict[str, Any]:
+        """Ranked items for a customer, by ``customer_id`` or by the ``customer_key`` a channel
+        knows them by. Bought items are left out unless repurchasable; only items in stock
+        where they would be bought (the store, else anywhere) are offered. An unknown customer
+        gets the store's / channel's best sellers, flagged ``fallback`` — never an error."""
         r = RecommendRequest(**request)
-        model = self.champions.recommender
-        recs = model.recommend([r.customer_id], n=r.n, store_id=r.store_id, channel=r.channel)
+        state = self._state()
+        customer = r.customer_id
+        if r.customer_key is not None:
+            customer = state.customer_of(r.channel, r.customer_key)
+        model = state.recommender
+        context = model.item_ids_.get_indexer(pd.Index(r.context_item_ids, dtype="str"))
+        context = np.unique(context[context >= 0])
+        extra = None
+        if len(context):
+            weight = state.weights.view
+            extra = sp.csr_matrix(
+                (np.full(len(context), weight, np.float32), (np.zeros(len(context)), context)),
+                shape=(1, len(model.item_ids_)),
+            )
+        recs = recommend_with_rules(
+            model, state.rules, [customer or ""], r.n,
+            channel=r.channel, store_id=r.store_id, extra_history=extra,
+        )  # fmt: skip
+        recs = recs[~recs["item_id"].isin(r.context_item_ids)]
+        fallback = bool(recs["fallback"].any()) if len(recs) else True
+        columns = model.item_ids_.get_indexer(pd.Index(recs["item_id"]))
+        where = state.rules.available_at(columns)
+        reason = _reason(fallback, bool(len(context)), r.store_id, r.channel)
         return {
-            "customer_id": r.customer_id,
-            "fallback": bool(recs["fallback"].any()) if len(recs) else True,
+            "customer_id": customer,
+            "fallback": fallback,
             "items": [
-                {"item_id": row["item_id"], "score": float(row["score"]), "rank": int(row["rank"])}
-                for row in recs.to_dict(orient="records")
+                {
+                    "item_id": row["item_id"],
+                    "score": float(row["score"]),
+                    "rank": rank,
+                    "reason": reason,
+                    "available_at": stores,
+                }
+                for rank, (row, stores) in enumerate(
+                    zip(recs.to_dict(orient="records"), where, strict=True), start=1
+                )
             ],
-            "model_version": self.champions.recommender_version,
+            "model_version": state.recommender_version,
         }
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
-    def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    def similar_items(self, **request: Any) -> dict[str, Any]:
         """Items most similar to one item (404 when the model does not know it)."""
-        require(ctx, self.keys, "recommend")
         r = SimilarItemsRequest(**request)
+        state = self._state()
         try:
-            similar = self.champions.recommender.similar_items([r.item_id], n=r.n)
+            similar = state.recommender.similar_items([r.item_id], n=r.n)
         except UnknownItemError as exc:
             raise NotFound(str(exc)) from exc
         return {
             "item_id": r.item_id,
             "items": [
-                {
-                    "item_id": row["similar_item_id"],
-                    "score": float(row["score"]),
-                    "rank": int(row["rank"]),
-                }
-                for row in similar.to_dict(orient="records")
+                {"item_id": row["similar_item_id"], "score": float(row["score"]), "rank": rank}
+                for rank, row in enumerate(similar.to_dict(orient="records"), start=1)
             ],
-            "model_version": self.champions.recommender_version,
+            "model_version": state.recommender_version,
         }
 
+    @bentoml.api(route="/offers", input_spec=OffersRequest)
+    def offers(self, **request: Any) -> dict[str, Any]:
+        """Promotable items for a customer, the channel to send them through (their most
+        engaged recent channel) and when (the next of their habitual weekday and hour, UTC)."""
+        r = OffersRequest(**request)
+        state = self._state()
+        if r.customer_id not in state.habits.index:
+            raise NotFound(f"Unknown customer_id {r.customer_id!r}: no history to offer from.")
+        habit = state.habits.loc[r.customer_id].to_dict()
+        channel = str(habit["channel"])
+        recs = recommend_with_rules(
+            state.recommender, state.rules, [r.customer_id], r.n,
+            channel=channel, promotable_only=True,
+        )  # fmt: skip
+        return {
+            "customer_id": r.customer_id,
+            "channel": channel,
+            "send_at": _next(int(habit["weekday"]), int(habit["hour"])).isoformat(),
+            "items": [
+                {"item_id": row["item_id"], "score": float(row["score"]), "rank": rank}
+                for rank, row in enumerate(recs.to_dict(orient="records"), start=1)
+            ],
+            "model_version": state.recommender_version,
+        }
+
+    @bentoml.api(route="/events", input_spec=EventsRequest)
+    def events(self, **request: Any) -> dict[str, Any]:
+        """Record up to 1,000 events. Each is accepted or rejected with its reason (the events
+        contract); accepted events are stored durably before this returns and count at once."""
+        r = EventsRequest(**request)
+        records = [event.model_dump() for event in r.events]
+        accepted, reasons = validate_events(records)
+        stored = self.log.append(accepted)
+        if self.state is not None:
+            self.state.catch_up(self.log)
+        ids = iter(accepted["event_id"])
+        duplicates = iter(~stored)
+        results = []
+        for i, reason in enumerate(reasons):
+            if reason is None:
+                event_id = next(ids)
+                reason = ALREADY_RECORDED if next(duplicates) else None
+            else:
+                event_id = records[i].get("event_id")
+            status = "accepted" if reason is None else "rejected"
+            results.append({"index": i, "event_id": event_id, "status": status, "reason": reason})
+        n_accepted = sum(result["status"] == "accepted" for result in results)
+        return {"accepted": n_accepted, "rejected": len(results) - n_accepted, "results": results}
+
     @bentoml.api(route="/forecast", input_spec=ForecastRequest)
-    def forecast(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    def forecast(self, **request: Any) -> dict[str, Any]:
         """Mean, P10, P50 and P90 per item and period for one store."""
-        require(ctx, self.keys, "plan")
         r = ForecastRequest(**request)
+        state = self._state()
         try:
-            frame = self.champions.forecaster.forecast(r.store_id, r.item_ids, r.horizon)
+            frame = state.forecaster.forecast(r.store_id, r.item_ids, r.horizon)
         except ValueError as exc:
             error = NotFound if "not in the forecaster's history" in str(exc) else InvalidArgument
             raise error(str(exc)) from exc
@@ -133,5 +313,106 @@ class OmnichannelService:
                 }
                 for row in frame.to_dict(orient="records")
             ],
-            "model_version": self.champions.forecaster_version,
+            "model_version": state.forecaster_version,
         }
+
+    @bentoml.api(route="/placement", input_spec=PlacementRequest)
+    def placement(self, **request: Any) -> dict[str, Any]:
+        """Allocate the units at the DC across the stores that sell the item, by the expected
+        margin of each next unit under the forecast's uncertainty, net of their stock now."""
+        r = PlacementRequest(**request)
+        state = self._state()
+        c = r.constraints or Constraints()
+        limits = pd.DataFrame([limit.model_dump() for limit in c.stores])
+        if len(limits) and limits["store_id"].duplicated().any():
+            raise InvalidArgument("constraints.stores names a store twice.")
+        try:
+            economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
+            on_hand = (
+                state.on_hand.xs(r.item_id, level="item_id")
+                if r.item_id in state.on_hand.index.get_level_values("item_id")
+                else None
+            )
+            frame = plan_item(
+                state.forecaster, state.forecast_all(), r.item_id, r.units_available,
+                horizon=r.horizon, on_hand=on_hand, economics=economics,
+                pack_size=c.pack_size, limits=limits,
+            )  # fmt: skip
+        except PlacementError as exc:
+            error = NotFound if "no sales history" in str(exc) else InvalidArgument
+            raise error(str(exc)) from exc
+        columns = ["store_id", "on_hand", "send", "final_stock", "mean"]
+        columns += [c for c in frame.columns if c.startswith("expected_")]
+        stores = frame.reindex(columns=columns).rename(columns={"mean": "expected_demand"})
+        stores["on_hand"] = stores["on_hand"].fillna(0)
+        return {
+            "item_id": r.item_id,
+            "units_available": r.units_available,
+            "units_sent": int(frame["send"].sum()),
+            "horizon": r.horizon,
+            "stores": [
+                {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}
+                for row in stores.to_dict(orient="records")
+            ],
+            "model_version": state.forecaster_version,
+        }
+
+    def model_info(self) -> dict[str, Any]:
+        """The champions being served, what they know, and the events applied since."""
+        state = self._state()
+        return {
+            "recommender": {
+                "version": state.recommender_version,
+                "model": state.recommender.name,
+                "customers": len(state.recommender.customer_ids_),
+                "items": len(state.recommender.item_ids_),
+            },
+            "demand_forecaster": {
+                "version": state.forecaster_version,
+                "horizon": state.forecaster.horizon,
+                "freq": state.forecaster.freq,
+                "series": int(state.forecaster.history_[SERIES].nunique()),
+            },
+            "events_applied_since_load": state.events_applied,
+            "event_log": self.log.url.split(":", 1)[0],
+        }
+
+    @bentoml.api(route="/admin/reload")
+    def reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Load the current champions and swap them in at once; on failure the models being
+        served stay, and the error is returned (503) and logged."""
+        with self._reload_lock:
+            try:
+                state = load_state(self.log)
+            except Exception as exc:
+                log.error("Reload failed; still serving the previous champions: %s", exc)
+                ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+                message = f"Reload failed; the previous champions keep serving: {exc}"
+                return {"reloaded": False, "error": message}
+            state.catch_up(self.log)
+            self.state = state
+        return {
+            "reloaded": True,
+            "recommender_version": state.recommender_version,
+            "forecaster_version": state.forecaster_version,
+        }
+
+
+OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
+
+
+def _reason(fallback: bool, context: bool, store_id: str | None, channel: str) -> str:
+    if fallback:
+        return f"popular at store {store_id}" if store_id else f"popular on {channel}"
+    if context:
+        return "goes with what you are looking at"
+    return "based on your purchases and browsing"
+
+
+def _next(weekday: int, hour: int, now: datetime | None = None) -> datetime:
+    """The next time (UTC, on the hour) that falls on ``weekday`` at ``hour``."""
+    now = now or datetime.now(UTC)
+    start = now.replace(minute=0, second=0, microsecond=0)
+    days = (weekday - start.weekday()) % 7
+    candidate = (start + timedelta(days=days)).replace(hour=hour)
+    return candidate if candidate > now else candidate + timedelta(days=7)

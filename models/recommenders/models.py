@@ -24,6 +24,9 @@ from models.recommenders.base import ModelFitError, Recommender
 class _FactorModel(Recommender):
     """Shared by ALS and BPR: scores are user factors . item factors."""
 
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return self.user_factors_[rows] @ self.item_factors_.T
 

@@ -1,10 +1,12 @@
-"""The service in-process (ASGI) against champions trained into a temporary MLflow registry."""
+"""Every route of the service in-process (ASGI), against champions trained into a temporary
+MLflow registry and a temporary event log."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
@@ -27,13 +29,15 @@ def keys(tracking: Path) -> dict[str, str]:
 
     path = tracking / "keys.json"
     pytest.MonkeyPatch().setenv("OMNI_KEYS_FILE", str(path))
-    return {scope: create_key([scope], path) for scope in ("recommend", "plan")}
+    return {scope: create_key([scope], path) for scope in ("recommend", "plan", "admin")}
 
 
 @pytest.fixture(scope="module")
 def client(tracking: Path, keys: dict[str, str]):
     from experiments.training import train_forecaster, train_recommender
 
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OMNI_EVENTS_URL", f"sqlite:///{tracking}/serving-events.db")
     config = tracking / "ease.toml"
     config.write_text(RECOMMENDER_ONLY_EASE)
     train_recommender(SAMPLE, config)
@@ -42,87 +46,298 @@ def client(tracking: Path, keys: dict[str, str]):
 
     OmnichannelService.config["metrics"] = {"enabled": False}
     with TestClient(OmnichannelService.to_asgi()) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {keys['recommend']}"
         yield test_client
+    patch.undo()
+
+
+def as_(keys: dict[str, str], scope: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys[scope]}"}
+
+
+@pytest.fixture
+def app(client: TestClient, keys: dict[str, str]) -> TestClient:
+    client.headers.update(as_(keys, "recommend"))
+    return client
+
+
+@pytest.fixture
+def planner(client: TestClient, keys: dict[str, str]) -> TestClient:
+    client.headers.update(as_(keys, "plan"))
+    return client
+
+
+@pytest.fixture(scope="module")
+def linked_keys() -> tuple[str, str]:
+    """A store loyalty card and an app device the identities table links (one customer)."""
+    ids = pd.read_csv(SAMPLE / "identities.csv.gz")
+    pairs = ids.groupby("link_value")["channel"].agg(lambda c: sorted(c) == ["app", "store"])
+    link = pairs[pairs].index[0]
+    rows = ids[ids["link_value"] == link].set_index("channel")["customer_key"]
+    return rows["store"], rows["app"]
+
+
+# -- security -------------------------------------------------------------------------------
 
 
 def test_keys_scopes_and_missing_or_bad_keys(client: TestClient, keys: dict[str, str]) -> None:
     body = {"store_id": "S001", "item_ids": ["I000010"], "horizon": 1}
-    assert client.post("/forecast", json=body).status_code == 403  # a recommend key
-    planner = {"Authorization": f"Bearer {keys['plan']}"}
-    assert client.post("/forecast", json=body, headers=planner).status_code == 200
-    assert (
-        client.post(
-            "/recommend", json={"customer_id": "c"}, headers={"Authorization": ""}
-        ).status_code
-        == 401
-    )
+    assert client.post("/forecast", json=body, headers=as_(keys, "recommend")).status_code == 403
+    assert client.post("/forecast", json=body, headers=as_(keys, "plan")).status_code == 200
+    assert client.post("/forecast", json=body, headers=as_(keys, "admin")).status_code == 200
+    anyone = {"customer_id": "c", "channel": "app"}
+    missing = client.post("/recommend", json=anyone, headers={"Authorization": ""})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     forged = keys["recommend"][:-4] + "AAAA"
-    assert (
-        client.post(
-            "/recommend", json={"customer_id": "c"}, headers={"Authorization": f"Bearer {forged}"}
-        ).status_code
-        == 401
-    )
-    assert client.get("/livez").status_code == 200  # probes stay open
-    stored = (Path(os.environ["OMNI_KEYS_FILE"])).read_text()
+    bad = client.post("/recommend", json=anyone, headers={"Authorization": f"Bearer {forged}"})
+    assert bad.status_code == 401
+    # Authentication comes before validation: an invalid body without a key is still a 401.
+    assert client.post("/recommend", json={}, headers={"Authorization": ""}).status_code == 401
+    reload = client.post("/admin/reload", headers=as_(keys, "plan"))
+    assert reload.status_code == 403
+    for probe in ("/livez", "/readyz", "/docs.json"):
+        assert client.get(probe, headers={"Authorization": ""}).status_code == 200, probe
+    stored = Path(os.environ["OMNI_KEYS_FILE"]).read_text()
     assert keys["recommend"].split("_", 2)[2] not in stored  # only hashes are kept
 
 
-def test_recommend_known_and_unknown_customers(client: TestClient) -> None:
-    from serving.models import load_champions
+def test_oversized_bodies_are_refused_before_they_are_read(app: TestClient) -> None:
+    huge = {"events": [{"item_id": "x" * 1000}] * 1200}  # about 1.3 MB
+    assert app.post("/events", json=huge).status_code == 413
 
-    known = str(load_champions().recommender.customer_ids_[0])
-    response = client.post("/recommend", json={"customer_id": known, "n": 5})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert len(body["items"]) == 5 and body["fallback"] is False and body["model_version"]
-    unknown = client.post(
-        "/recommend", json={"customer_id": "never-seen", "n": 3, "store_id": "S001"}
+    def chunks():  # no content-length: the gate counts what arrives
+        for _ in range(40):
+            yield b" " * 40_000
+
+    assert app.post("/events", content=chunks()).status_code == 413
+
+
+# -- recommendations --------------------------------------------------------------------------
+
+
+def test_recommend_known_and_unknown_customers(app: TestClient, linked_keys) -> None:
+    store_key, app_key = linked_keys
+    by_key = app.post("/recommend", json={"customer_key": app_key, "channel": "app", "n": 5})
+    assert by_key.status_code == 200, by_key.text
+    body = by_key.json()
+    assert body["fallback"] is False and len(body["items"]) == 5 and body["model_version"]
+    assert all(i["reason"] and isinstance(i["available_at"], list) for i in body["items"])
+    assert app_key not in by_key.text  # the raw key never comes back
+    same = app.post("/recommend", json={"customer_id": body["customer_id"], "channel": "app"})
+    assert same.json()["items"][:5] == body["items"]
+    # The store card is the same customer.
+    card = app.post("/recommend", json={"customer_key": store_key, "channel": "store"})
+    assert card.json()["customer_id"] == body["customer_id"]
+    unknown = app.post(
+        "/recommend", json={"customer_id": "never-seen", "channel": "store", "store_id": "S001"}
     )
     assert unknown.status_code == 200 and unknown.json()["fallback"] is True
-    assert [i["rank"] for i in unknown.json()["items"]] == [1, 2, 3]
+    assert "S001" in unknown.json()["items"][0]["reason"]
+    assert [i["rank"] for i in unknown.json()["items"]] == list(range(1, 11))
+
+
+def test_recommend_in_store_offers_only_what_the_store_has(app: TestClient) -> None:
+    recs = app.post(
+        "/recommend", json={"customer_id": "nobody", "channel": "store", "store_id": "S002"}
+    ).json()["items"]
+    stock = pd.read_csv(SAMPLE / "inventory.csv.gz").sort_values("date")
+    latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
+    empty = set(latest[(latest["store_id"] == "S002") & (latest["on_hand"] <= 0)]["item_id"])
+    assert recs and not {i["item_id"] for i in recs} & empty
+    assert all("S002" in i["available_at"] for i in recs if i["item_id"] in set(latest["item_id"]))
+
+
+def test_context_items_steer_an_anonymous_visitor(app: TestClient) -> None:
+    plain = app.post("/recommend", json={"customer_id": "visitor", "channel": "web"}).json()
+    viewing = app.post(
+        "/recommend",
+        json={"customer_id": "visitor", "channel": "web", "context_item_ids": ["I000010"]},
+    ).json()
+    assert plain["fallback"] and not viewing["fallback"]
+    assert "I000010" not in {i["item_id"] for i in viewing["items"]}
+    assert viewing["items"] != plain["items"]
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        {"customer_id": "c", "n": 0},
-        {"customer_id": "c", "n": 101},
-        {"customer_id": "c", "n": "5"},  # strict: no string-to-int coercion
-        {"customer_id": "", "n": 5},
-        {"customer_id": "c", "surprise": 1},
-        {},
+        {"customer_id": "c", "channel": "app", "n": 0},
+        {"customer_id": "c", "channel": "app", "n": 101},
+        {"customer_id": "c", "channel": "app", "n": "5"},  # strict: no string-to-int coercion
+        {"customer_id": "", "channel": "app"},
+        {"customer_id": "c"},  # the channel is required
+        {"customer_id": "c", "customer_key": "k", "channel": "app"},  # one customer, not two
+        {"channel": "app"},
+        {"customer_id": "c", "channel": "app", "surprise": 1},
+        {"customer_id": "c", "channel": "app", "context_item_ids": ["i"] * 51},
     ],
 )
-def test_recommend_rejects_bad_requests_with_400(client: TestClient, body: dict) -> None:
-    assert client.post("/recommend", json=body).status_code == 400
+def test_recommend_rejects_bad_requests_with_400(app: TestClient, body: dict) -> None:
+    assert app.post("/recommend", json=body).status_code == 400
 
 
-def test_similar_items_and_unknown_item(client: TestClient) -> None:
-    ok = client.post("/similar_items", json={"item_id": "I000010", "n": 3})
+def test_similar_items_and_unknown_item(app: TestClient) -> None:
+    ok = app.post("/similar_items", json={"item_id": "I000010", "n": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
-    missing = client.post("/similar_items", json={"item_id": "NOPE", "n": 3})
+    missing = app.post("/similar_items", json={"item_id": "NOPE", "n": 3})
     assert missing.status_code == 404 and "NOPE" in missing.text
 
 
-def test_forecast_and_its_errors(client: TestClient, keys: dict[str, str]) -> None:
-    client.headers["Authorization"] = f"Bearer {keys['plan']}"
-    ok = client.post("/forecast", json={"store_id": "S001", "item_ids": ["I000010"], "horizon": 2})
+def test_offers_are_promotable_with_a_channel_and_a_send_time(app: TestClient, linked_keys) -> None:
+    customer = app.post(
+        "/recommend", json={"customer_key": linked_keys[1], "channel": "app"}
+    ).json()["customer_id"]
+    response = app.post("/offers", json={"customer_id": customer, "n": 5})
+    assert response.status_code == 200, response.text
+    offer = response.json()
+    items = pd.read_csv(SAMPLE / "items.csv.gz").set_index("item_id")
+    assert offer["items"] and all(items.loc[i["item_id"], "promotable"] for i in offer["items"])
+    assert offer["channel"] in {"app", "store", "web", "callcenter"}
+    assert pd.Timestamp(offer["send_at"]) > pd.Timestamp.now(tz="UTC")
+    assert app.post("/offers", json={"customer_id": "nobody"}).status_code == 404
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def test_events_are_accepted_or_rejected_one_by_one(app: TestClient) -> None:
+    good = {
+        "event_time": "2026-11-23T10:00:00",
+        "channel": "web",
+        "event_type": "view",
+        "item_id": "I000020",
+        "customer_key": "W-00000511",
+        "event_id": "test-good-1",
+    }
+    bad_time = {**good, "event_time": "yesterday", "event_id": "test-bad-1"}
+    no_item = {k: v for k, v in good.items() if k != "item_id"} | {"event_id": "test-bad-2"}
+    negative = {**good, "quantity": -2, "event_id": "test-bad-3"}
+    anonymous = {**good, "customer_key": None, "event_id": None}
+    response = app.post("/events", json={"events": [good, bad_time, no_item, negative, anonymous]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 3)
+    status = [r["status"] for r in body["results"]]
+    assert status == ["accepted", "rejected", "rejected", "rejected", "accepted"]
+    assert "event_time" in body["results"][1]["reason"]
+    assert "item_id" in body["results"][2]["reason"]
+    assert "quantity" in body["results"][3]["reason"]
+    assert body["results"][4]["event_id"]  # the service named the anonymous event
+    again = app.post("/events", json={"events": [good]}).json()  # a retry is recognised
+    assert again["results"][0]["reason"] == "duplicate event_id (already recorded)"
+    from features.eventlog import EventLog
+
+    logged = EventLog.from_env().event_ids()
+    assert {"test-good-1", body["results"][4]["event_id"]} <= logged
+    assert not {"test-bad-1", "test-bad-2", "test-bad-3"} & logged
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"events": []},
+        {"events": [{"item_id": "i"}] * 1001},
+        {"events": [{"item_id": 5}]},  # strict types: an id is a string
+        {"events": [{"item_id": "i", "colour": "red"}]},  # not a contract field
+        {"events": {"item_id": "i"}},
+    ],
+)
+def test_events_reject_malformed_batches_with_400(app: TestClient, body: dict) -> None:
+    assert app.post("/events", json=body).status_code == 400
+
+
+def test_a_store_purchase_changes_the_apps_next_recommendation(app: TestClient, linked_keys):
+    """The omnichannel story: bought at the till, gone from the app's list at once."""
+    store_key, app_key = linked_keys
+    ask = {"customer_key": app_key, "channel": "app", "n": 100}
+    before = [i["item_id"] for i in app.post("/recommend", json=ask).json()["items"]]
+    items = pd.read_csv(SAMPLE / "items.csv.gz").set_index("item_id")
+    bought = next(i for i in before if not items.loc[i, "repurchasable"])
+    purchase = {
+        "event_time": pd.Timestamp.now().isoformat(timespec="seconds"),
+        "channel": "store",
+        "event_type": "purchase",
+        "item_id": bought,
+        "customer_key": store_key,
+        "quantity": 1,
+        "store_id": "S001",
+    }
+    posted = app.post("/events", json={"events": [purchase]}).json()
+    assert posted["accepted"] == 1, posted
+    after = [i["item_id"] for i in app.post("/recommend", json=ask).json()["items"]]
+    assert bought not in after and after != before
+
+
+def test_a_new_customers_first_purchase_personalises_them_at_once(app: TestClient) -> None:
+    ask = {"customer_key": "DEV-BRAND-NEW", "channel": "app", "n": 5}
+    assert app.post("/recommend", json=ask).json()["fallback"] is True
+    event = {
+        "event_time": "2026-11-23T09:00:00",
+        "channel": "app",
+        "event_type": "purchase",
+        "item_id": "I000010",
+        "customer_key": "DEV-BRAND-NEW",
+    }
+    assert app.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    now = app.post("/recommend", json=ask).json()
+    assert now["fallback"] is False and "I000010" not in {i["item_id"] for i in now["items"]}
+
+
+# -- planners ---------------------------------------------------------------------------------
+
+
+def test_forecast_and_its_errors(planner: TestClient) -> None:
+    ok = planner.post("/forecast", json={"store_id": "S001", "item_ids": ["I000010"], "horizon": 2})
     assert ok.status_code == 200, ok.text
     rows = ok.json()["forecast"]
     assert len(rows) == 2 and all(r["p10"] <= r["p50"] <= r["p90"] for r in rows)
-    assert (
-        client.post(
-            "/forecast", json={"store_id": "S999", "item_ids": ["I000010"], "horizon": 2}
-        ).status_code
-        == 404
+    for body, status in [
+        ({"store_id": "S999", "item_ids": ["I000010"], "horizon": 2}, 404),
+        ({"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}, 400),
+        ({"store_id": "S001", "item_ids": ["I"] * 1001, "horizon": 1}, 400),
+    ]:
+        assert planner.post("/forecast", json=body).status_code == status, body
+
+
+def test_placement_allocates_what_is_available(planner: TestClient) -> None:
+    body = {"item_id": "I000010", "units_available": 60, "horizon": 2}
+    response = planner.post("/placement", json=body)
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    sent = sum(s["send"] for s in plan["stores"])
+    assert plan["units_sent"] == sent <= 60 and len(plan["stores"]) >= 2
+    assert all(s["final_stock"] == s["on_hand"] + s["send"] for s in plan["stores"])
+    store = plan["stores"][0]["store_id"]
+    capped = {**body, "constraints": {"stores": [{"store_id": store, "max_units": 0}]}}
+    capped_plan = planner.post("/placement", json=capped).json()
+    assert next(s for s in capped_plan["stores"] if s["store_id"] == store)["final_stock"] <= max(
+        plan["stores"][0]["on_hand"], 0
     )
-    assert (
-        client.post(
-            "/forecast", json={"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}
-        ).status_code
-        == 400
-    )
-    too_many = {"store_id": "S001", "item_ids": ["I"] * 1001, "horizon": 1}
-    assert client.post("/forecast", json=too_many).status_code == 400
+    for bad, status in [
+        ({**body, "item_id": "NOPE"}, 404),
+        ({**body, "horizon": 9}, 400),
+        ({**body, "units_available": -1}, 400),
+        ({**body, "constraints": {"pack_size": 0}}, 400),
+        ({**body, "constraints": {"stores": [{"store_id": "S999"}]}}, 400),
+    ]:
+        assert planner.post("/placement", json=bad).status_code == status, bad
+
+
+def test_model_info_and_reload(client: TestClient, keys: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    info = client.get("/model_info", headers=as_(keys, "plan"))
+    assert info.status_code == 200 and info.json()["recommender"]["version"]
+    admin = as_(keys, "admin")
+    assert client.post("/admin/reload", headers=admin).json()["reloaded"] is True
+    # A failing reload (no champion) keeps the old models serving.
+    registry = MlflowClient()
+    version = registry.get_model_version_by_alias("recommender", "champion").version
+    registry.delete_registered_model_alias("recommender", "champion")
+    try:
+        failed = client.post("/admin/reload", headers=admin)
+        assert failed.status_code == 503 and "previous champions keep serving" in failed.text
+        ask = {"customer_id": "c", "channel": "app"}
+        assert client.post("/recommend", json=ask, headers=admin).status_code == 200
+        assert client.get("/readyz").status_code == 200
+    finally:
+        registry.set_registered_model_alias("recommender", "champion", version)

@@ -1,0 +1,114 @@
+"""The gate in front of every route: API keys and scopes, and the request size limit.
+
+It runs before BentoML reads or validates a body, so a request without a valid key learns
+nothing about the API (401), a key without the route's scope is refused (403), and an
+oversized body is refused (413) before it is read into memory. Keys are re-read when the keys
+file changes, so ``omni keys create`` takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from models.keys import keys_file, load_keys, scopes_of
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_BODY_ENV = "OMNI_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a full batch of 1,000 events is about 250 kB
+#: Open to anyone: the probes, and the API's own description (no data in it).
+PUBLIC = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/docs.json"})
+PUBLIC_PREFIXES = ("/static_content/",)
+ADMIN = "admin"
+
+
+class Gate:
+    """ASGI middleware: ``routes`` maps a path to the scope it needs (others need ``admin``)."""
+
+    def __init__(self, app: Any, routes: dict[str, str], max_body: int | None = None) -> None:
+        self.app = app
+        self.routes = routes
+        self.max_body = max_body or int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+        self._keys: dict[str, dict] = {}
+        self._stamp: tuple[Path, float] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(headers.get("authorization", ""), self.routes.get(path, ADMIN))
+        if refusal is not None:
+            await _respond(send, *refusal)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _respond(send, 413, f"The request body is over {self.max_body} bytes.")
+            return
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            body = await _read_at_most(receive, self.max_body)
+            if body is None:
+                await _respond(send, 413, f"The request body is over {self.max_body} bytes.")
+                return
+            receive = _replay(body)
+        await self.app(scope, receive, send)
+
+    def _refusal(self, header: str, scope: str) -> tuple[int, str] | None:
+        if not header.lower().startswith("bearer "):
+            return 401, "Missing 'Authorization: Bearer <key>' header."
+        scopes = scopes_of(header[7:].strip(), self._current_keys())
+        if scopes is None:
+            return 401, "Invalid API key."
+        if scope not in scopes and ADMIN not in scopes:
+            return 403, f"This key lacks the {scope!r} scope."
+        return None
+
+    def _current_keys(self) -> dict[str, dict]:
+        path = keys_file()
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if self._stamp != (path, mtime):
+            self._keys, self._stamp = load_keys(path), (path, mtime)
+        return self._keys
+
+
+async def _respond(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive

@@ -1,0 +1,170 @@
+"""What the service serves: the MLflow champions, their context, and the events posted since.
+
+A :class:`ServingState` is built whole (:func:`load_state`) and swapped in whole, so a reload is
+atomic. Events posted to the service change it in place at once (:meth:`ServingState.apply`);
+events logged after the champion was trained are replayed when it is loaded, so neither a
+restart nor a reload forgets them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mlflow import MlflowClient
+
+from features.eventlog import EventLog
+from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
+from features.interactions import InteractionWeights, event_weights
+from models.forecast import LightGBMForecaster
+from models.recommenders import Recommender
+from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
+from models.rules import BusinessRules
+
+
+@dataclass
+class ServingState:
+    """Both champions and what answering with them needs.
+
+    Attributes:
+        key_ids: pseudonym of each (channel, customer_key) -> customer_id.
+        habits: per customer_id: most engaged recent ``channel``, habitual ``weekday`` / ``hour``.
+        on_hand: latest stock per (store_id, item_id).
+        salt: the identity salt (the same one training pseudonymised with).
+    """
+
+    recommender: Recommender
+    recommender_version: str
+    forecaster: LightGBMForecaster
+    forecaster_version: str
+    rules: BusinessRules
+    key_ids: dict[str, str]
+    habits: pd.DataFrame
+    on_hand: pd.Series
+    weights: InteractionWeights
+    salt: str
+    log_seq: int = 0
+    events_applied: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _forecast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _forecast: pd.DataFrame | None = field(default=None, repr=False)
+
+    def customer_of(self, channel: str, customer_key: str) -> str | None:
+        """The customer_id of a channel's customer key, None if never seen."""
+        key_id = key_pseudonyms(self.salt, pd.Series([channel]), pd.Series([customer_key]))[0]
+        return self.key_ids.get(key_id)
+
+    def catch_up(self, log: EventLog) -> None:
+        """Apply the events logged since this state last looked (by any worker or process)."""
+        if log.last_seq() == self.log_seq:
+            return
+        with self._lock:
+            last = log.last_seq()
+            if last > self.log_seq:
+                self._apply(log.read(after=self.log_seq, upto=last))
+                self.log_seq = last
+
+    def _apply(self, events: pd.DataFrame) -> None:
+        """Make logged events count: histories (and ALS vectors) and purchases.
+
+        A key never seen before becomes a customer of its own, named as training would name it.
+        Events of items the recommender does not know are kept in the log, not applied.
+        """
+        known = events[events["customer_key"].notna()]
+        if known.empty:
+            return
+        key_ids = key_pseudonyms(self.salt, known["channel"], known["customer_key"])
+        customers = np.array([self.key_ids.get(k) for k in key_ids], dtype=object)
+        new = pd.isna(customers)
+        if new.any():
+            customers[new] = new_customer_ids(
+                self.salt, known["channel"][new], known["customer_key"][new]
+            )
+            self.key_ids.update(zip(key_ids[new], customers[new], strict=True))
+        model = self.recommender
+        columns = model.item_ids_.get_indexer(pd.Index(known["item_id"]))
+        inside = columns >= 0
+        ids, rows = np.unique(customers[inside].astype(str), return_inverse=True)
+        additions = sp.csr_matrix(
+            (event_weights(known, self.weights)[inside], (rows, columns[inside])),
+            shape=(len(ids), len(model.item_ids_)),
+        )
+        model.partial_fit_users(pd.Index(ids), additions)
+        bought = (known["event_type"] == "purchase").to_numpy()
+        self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
+        self.events_applied += len(known)
+
+    def forecast_all(self) -> pd.DataFrame:
+        """The forecaster's forecast of every store and item it knows (computed once)."""
+        with self._forecast_lock:
+            if self._forecast is None:
+                self._forecast = self.forecaster.predict(self.forecaster.history_)
+            return self._forecast
+
+
+def load_state(log: EventLog) -> ServingState:
+    """Download both ``@champion`` models and their context; replay events logged since.
+
+    Raises:
+        mlflow.exceptions.MlflowException: when a champion is missing or cannot be read.
+    """
+    client = MlflowClient()
+    rec_version = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
+    fc_version = client.get_model_version_by_alias(FORECASTER, CHAMPION)
+    model_dir = champion_dir(RECOMMENDER)
+    recommender = Recommender.load(model_dir)
+    context = _read_context(model_dir / CONTEXT_DIR)
+    rules = BusinessRules.from_tables(
+        recommender.item_ids_,
+        purchases=context["purchases"],
+        items=context.get("items"),
+        inventory=context.get("inventory"),
+    )
+    inventory = context.get("inventory")
+    on_hand = (
+        inventory.set_index(["store_id", "item_id"])["on_hand"]
+        if inventory is not None
+        else pd.Series(dtype=float)
+    )
+    meta = context["meta"]
+    state = ServingState(
+        recommender=recommender,
+        recommender_version=str(rec_version.version),
+        forecaster=LightGBMForecaster.load(champion_dir(FORECASTER)),
+        forecaster_version=str(fc_version.version),
+        rules=rules,
+        key_ids=dict(zip(context["keys"]["key_id"], context["keys"]["customer_id"], strict=True)),
+        habits=context["habits"].set_index("customer_id"),
+        on_hand=on_hand,
+        weights=InteractionWeights(**meta.get("weights", {})),
+        salt=IdentityConfig.from_env().salt,
+    )
+    state.log_seq = int(meta.get("log_seq", 0))
+    state.catch_up(log)
+    return state
+
+
+def _read_context(path: Path) -> dict:
+    """The context training wrote beside the recommender (empty parts when it is absent)."""
+
+    def table(name: str, columns: list[str]) -> pd.DataFrame:
+        file = path / f"{name}.parquet"
+        return pd.read_parquet(file) if file.exists() else pd.DataFrame(columns=columns)
+
+    context: dict = {
+        "keys": table("customer_keys", ["key_id", "customer_id"]),
+        "habits": table("habits", ["customer_id", "channel", "weekday", "hour", "events"]),
+        "purchases": table("purchases", ["customer_id", "item_id"]),
+        "meta": json.loads((path / "meta.json").read_text())
+        if (path / "meta.json").exists()
+        else {},
+    }
+    for optional in ("items", "inventory"):
+        if (path / f"{optional}.parquet").exists():
+            context[optional] = pd.read_parquet(path / f"{optional}.parquet")
+    return context
