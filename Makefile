@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/omni validate --data data_samples/retail --out .omni/demo/quarantine
-	$(BIN)/omni unify --data data_samples/retail --out .omni/demo/unified
-	$(BIN)/omni train recommender --data data_samples/retail
-	$(BIN)/omni train forecaster --data data_samples/retail --horizon 4 --freq W
-	$(BIN)/omni forecast --store S001 --horizon 2 --items I000010 --items I000011
+	$(BIN)/omni demo
 
 test: install lint typecheck layers unit
 

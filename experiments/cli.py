@@ -55,6 +55,54 @@ def keys_create_cmd(
 out = Console()
 err = Console(stderr=True)
 
+Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
+
+
+@app.command("serve")
+def serve_cmd(port: Port = 3000) -> None:
+    """Start the BentoML service on the MLflow champions (foreground; Ctrl-C stops it)."""
+    from experiments.serve import serve_command
+
+    command = serve_command(port)
+    os.execv(command[0], command)
+
+
+@app.command("demo")
+def demo_cmd(port: Port = 3000) -> None:
+    """Train both models on data_samples, register the champions, create demo keys, start the
+    service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
+    from experiments import serve, training
+    from models.keys import create_key
+
+    data = serve.DEMO_DATA
+    _identity_config()
+    out.print(f"[bold]1/4[/] training the recommender on {data} ...")
+    out.print(training.train_recommender(data).message)
+    out.print("[bold]2/4[/] training the demand forecaster (weekly, 4 weeks ahead) ...")
+    _, version, promoted, _ = training.train_forecaster(data, horizon=4, freq="W")
+    out.print(f"demand_forecaster v{version}{' is champion' if promoted else ''}.")
+    keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
+    keys_out = Path(".omni/demo/keys.json")
+    keys_out.parent.mkdir(parents=True, exist_ok=True)
+    keys_out.write_text(json.dumps(keys, indent=2))
+    keys_out.chmod(0o600)
+    out.print(f"[bold]3/4[/] created demo keys (saved for you in {keys_out}).")
+    out.print(f"[bold]4/4[/] starting the service on port {port} ...")
+    process = serve.start(port)
+    try:
+        serve.wait_ready(port, process)
+        out.print(f"\n[bold green]ready[/] on http://127.0.0.1:{port} (docs: /docs). Try:\n")
+        for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
+            out.print(example, highlight=False, soft_wrap=True)
+        out.print("\nThe service keeps running; Ctrl-C stops it.", highlight=False)
+        sys.stdout.flush()
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
 
 class UsageError(Exception):
     """A user mistake reported as one sentence with exit code 2."""

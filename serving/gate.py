@@ -112,3 +112,81 @@ def _replay(body: bytes) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
+
+
+#: Answers every API may give besides BentoML's documented 200 / 400 / 404 / 500.
+EXTRA_RESPONSES = {
+    "401": "Missing or invalid API key.",
+    "403": "The key lacks the route's scope.",
+    "409": "A valid request the served model cannot answer (e.g. beyond its horizon).",
+    "413": "The request body is too large.",
+    "503": "The champions are not loaded (see /readyz).",
+}
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+
+
+class DocumentedAPI:
+    """ASGI middleware completing BentoML's ``/docs.json`` with what this API really does.
+
+    BentoML leaves ``requestBody.required`` out (so an empty POST looks valid) and documents
+    only 200 / 400 / 404 / 500; here every body is required, the bearer-key security scheme is
+    declared, and the 401 / 403 / 409 / 413 / 503 answers are documented.
+    """
+
+    def __init__(self, app: Any, path: str = "/docs.json") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        start: MutableMapping[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            if start.get("status") == 200:
+                body = json.dumps(complete(json.loads(body))).encode()
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def complete(spec: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with required bodies, bearer security and the extra answers."""
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    for path, operations in spec.get("paths", {}).items():
+        if path in PUBLIC:
+            continue
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            operation["security"] = [{"bearer": []}]
+            if "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+            for status, description in EXTRA_RESPONSES.items():
+                operation["responses"].setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                    },
+                )
+    return spec

@@ -19,8 +19,8 @@ import bentoml
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from bentoml.exceptions import BentoMLException
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -32,7 +32,7 @@ from features.eventlog import ALREADY_RECORDED, MAX_BATCH, EventLog, validate_ev
 from models.placement import Economics, PlacementError, plan_item
 from models.recommenders import UnknownItemError
 from models.rules import recommend_with_rules
-from serving.gate import Gate
+from serving.gate import DocumentedAPI, Gate
 from serving.state import ServingState, load_state
 
 log = logging.getLogger("omnichannel_ml")
@@ -60,23 +60,61 @@ class NotReady(BentoMLException):
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("may be left out, but not null")
+    return value
+
+
+#: An id that may be left out but is never null (what the JSON schema says, too).
+OptionalId = Annotated[
+    Id | None,
+    BeforeValidator(_not_null),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128}),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class RecommendRequest(_Strict):
-    customer_id: Id | None = Field(default=None, examples=["3f9a0c1d2e4b5a6978c1d2e3"])
-    customer_key: Id | None = Field(default=None, examples=["app-user-1001"])
-    channel: Id = Field(examples=["app"])
-    n: int = Field(default=10, ge=1, le=100)
-    store_id: Id | None = Field(default=None, examples=["S001"])
-    context_item_ids: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
+class _Customer(_Strict):
+    """A customer by ``customer_id``, or by the ``customer_key`` a ``channel`` knows them by.
+
+    The fields are optional but never null, and exactly one way of naming the customer must be
+    given; the JSON schema says so too (``oneOf``), so clients can check before they call.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["customer_id"]}, {"required": ["customer_key", "channel"]}]
+        }
+    )
+
+    customer_id: OptionalId = Field(default=None, examples=["3f9a0c1d2e4b5a6978c1d2e3"])
+    customer_key: OptionalId = Field(default=None, examples=["LC-00009806"])
+    channel: OptionalId = Field(default=None, examples=["store"])
 
     @model_validator(mode="after")
-    def _one_customer(self) -> RecommendRequest:
-        if (self.customer_id is None) == (self.customer_key is None):
-            raise ValueError("give exactly one of customer_id or customer_key (with channel)")
+    def _one_customer(self) -> _Customer:
+        by_key = self.customer_key is not None and self.channel is not None
+        if (self.customer_id is not None) == by_key:
+            raise ValueError(
+                "give exactly one of customer_id, or customer_key with the channel that knows it"
+            )
         return self
+
+    def resolve(self, state: ServingState) -> str | None:
+        if self.customer_id is not None:
+            return self.customer_id
+        return state.customer_of(str(self.channel), str(self.customer_key))
+
+
+class RecommendRequest(_Customer):
+    channel: Id = Field(examples=["store"])
+    n: int = Field(default=10, ge=1, le=100)
+    store_id: OptionalId = Field(default=None, examples=["S001"])
+    context_item_ids: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
 
 
 class SimilarItemsRequest(_Strict):
@@ -84,8 +122,7 @@ class SimilarItemsRequest(_Strict):
     n: int = Field(default=10, ge=1, le=100)
 
 
-class OffersRequest(_Strict):
-    customer_id: Id = Field(examples=["3f9a0c1d2e4b5a6978c1d2e3"])
+class OffersRequest(_Customer):
     n: int = Field(default=5, ge=1, le=50)
 
 
@@ -119,24 +156,35 @@ class ForecastRequest(_Strict):
 
 
 class StoreLimit(_Strict):
-    store_id: Id
     min_units: int = Field(default=0, ge=0, le=10**9)
     max_units: int | None = Field(default=None, ge=0, le=10**9)
 
 
+ServiceLevel = Annotated[
+    Annotated[float, Field(ge=0.001, le=0.999, allow_inf_nan=False)] | None,
+    BeforeValidator(_not_null),
+    WithJsonSchema({"type": "number", "minimum": 0.001, "maximum": 0.999}),
+]
+
+
 class Constraints(_Strict):
     pack_size: int = Field(default=1, ge=1, le=10**6)
-    unit_margin: float = Field(default=1.0, gt=0, le=1e9, allow_inf_nan=False)
+    # Inclusive bounds only: exclusive ones do not survive BentoML's OpenAPI 3.0 document.
+    unit_margin: float = Field(default=1.0, ge=1e-9, le=1e9, allow_inf_nan=False)
     unit_holding: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
-    service_level: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
-    stores: list[StoreLimit] = Field(default_factory=list, max_length=1000)
+    service_level: ServiceLevel = None
+    stores: dict[str, StoreLimit] = Field(  # unknown stores: 404
+        default_factory=dict,
+        max_length=1000,
+        examples=[{"S001": {"min_units": 2, "max_units": 40}}],
+    )
 
 
 class PlacementRequest(_Strict):
     item_id: Id = Field(examples=["I000010"])
     units_available: int = Field(ge=0, le=10**9, examples=[120])
     horizon: int = Field(ge=1, le=365, examples=[2])
-    constraints: Constraints | None = None
+    constraints: Constraints = Field(default_factory=lambda: Constraints())
 
 
 # -- the service -----------------------------------------------------------------------------
@@ -183,11 +231,9 @@ class OmnichannelService:
         knows them by. Bought items are left out unless repurchasable; only items in stock
         where they would be bought (the store, else anywhere) are offered. An unknown customer
         gets the store's / channel's best sellers, flagged ``fallback`` — never an error."""
-        r = RecommendRequest(**request)
+        r = RecommendRequest.model_construct(**request)
         state = self._state()
-        customer = r.customer_id
-        if r.customer_key is not None:
-            customer = state.customer_of(r.channel, r.customer_key)
+        customer = r.resolve(state)
         model = state.recommender
         context = model.item_ids_.get_indexer(pd.Index(r.context_item_ids, dtype="str"))
         context = np.unique(context[context >= 0])
@@ -226,14 +272,14 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
-    def similar_items(self, **request: Any) -> dict[str, Any]:
+    def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Items most similar to one item (404 when the model does not know it)."""
-        r = SimilarItemsRequest(**request)
+        r = SimilarItemsRequest.model_construct(**request)
         state = self._state()
         try:
             similar = state.recommender.similar_items([r.item_id], n=r.n)
         except UnknownItemError as exc:
-            raise NotFound(str(exc)) from exc
+            return _error(ctx, HTTPStatus.NOT_FOUND, str(exc))
         return {
             "item_id": r.item_id,
             "items": [
@@ -244,21 +290,22 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/offers", input_spec=OffersRequest)
-    def offers(self, **request: Any) -> dict[str, Any]:
+    def offers(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Promotable items for a customer, the channel to send them through (their most
         engaged recent channel) and when (the next of their habitual weekday and hour, UTC)."""
-        r = OffersRequest(**request)
+        r = OffersRequest.model_construct(**request)
         state = self._state()
-        if r.customer_id not in state.habits.index:
-            raise NotFound(f"Unknown customer_id {r.customer_id!r}: no history to offer from.")
-        habit = state.habits.loc[r.customer_id].to_dict()
+        customer = r.resolve(state)
+        if customer is None or customer not in state.habits.index:
+            return _error(ctx, HTTPStatus.NOT_FOUND, "Unknown customer: no history to offer from.")
+        habit = state.habits.loc[customer].to_dict()
         channel = str(habit["channel"])
         recs = recommend_with_rules(
-            state.recommender, state.rules, [r.customer_id], r.n,
+            state.recommender, state.rules, [customer], r.n,
             channel=channel, promotable_only=True,
         )  # fmt: skip
         return {
-            "customer_id": r.customer_id,
+            "customer_id": customer,
             "channel": channel,
             "send_at": _next(int(habit["weekday"]), int(habit["hour"])).isoformat(),
             "items": [
@@ -272,7 +319,7 @@ class OmnichannelService:
     def events(self, **request: Any) -> dict[str, Any]:
         """Record up to 1,000 events. Each is accepted or rejected with its reason (the events
         contract); accepted events are stored durably before this returns and count at once."""
-        r = EventsRequest(**request)
+        r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
         accepted, reasons = validate_events(records)
         stored = self.log.append(accepted)
@@ -293,15 +340,15 @@ class OmnichannelService:
         return {"accepted": n_accepted, "rejected": len(results) - n_accepted, "results": results}
 
     @bentoml.api(route="/forecast", input_spec=ForecastRequest)
-    def forecast(self, **request: Any) -> dict[str, Any]:
+    def forecast(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Mean, P10, P50 and P90 per item and period for one store."""
-        r = ForecastRequest(**request)
+        r = ForecastRequest.model_construct(**request)
         state = self._state()
         try:
             frame = state.forecaster.forecast(r.store_id, r.item_ids, r.horizon)
         except ValueError as exc:
-            error = NotFound if "not in the forecaster's history" in str(exc) else InvalidArgument
-            raise error(str(exc)) from exc
+            unknown = "not in the forecaster's history" in str(exc)
+            return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
         return {
             "store_id": r.store_id,
             "forecast": [
@@ -317,15 +364,15 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/placement", input_spec=PlacementRequest)
-    def placement(self, **request: Any) -> dict[str, Any]:
+    def placement(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Allocate the units at the DC across the stores that sell the item, by the expected
         margin of each next unit under the forecast's uncertainty, net of their stock now."""
-        r = PlacementRequest(**request)
+        r = PlacementRequest.model_construct(**request)
         state = self._state()
-        c = r.constraints or Constraints()
-        limits = pd.DataFrame([limit.model_dump() for limit in c.stores])
-        if len(limits) and limits["store_id"].duplicated().any():
-            raise InvalidArgument("constraints.stores names a store twice.")
+        c = r.constraints
+        limits = pd.DataFrame(
+            [{"store_id": store, **limit.model_dump()} for store, limit in c.stores.items()]
+        )
         try:
             economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
             on_hand = (
@@ -339,8 +386,8 @@ class OmnichannelService:
                 pack_size=c.pack_size, limits=limits,
             )  # fmt: skip
         except PlacementError as exc:
-            error = NotFound if "no sales history" in str(exc) else InvalidArgument
-            raise error(str(exc)) from exc
+            unknown = "no sales history" in str(exc) or "does not sell" in str(exc)
+            return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
         columns = ["store_id", "on_hand", "send", "final_stock", "mean"]
         columns += [c for c in frame.columns if c.startswith("expected_")]
         stores = frame.reindex(columns=columns).rename(columns={"mean": "expected_demand"})
@@ -399,6 +446,13 @@ class OmnichannelService:
 
 
 OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
+OmnichannelService.add_asgi_middleware(DocumentedAPI)  # type: ignore[attr-defined]
+
+
+def _error(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:
+    """A 4xx answer as ``{"error": message}`` (BentoML's own 4xx body is a one-item list)."""
+    ctx.response.status_code = status
+    return {"error": message}
 
 
 def _reason(fallback: bool, context: bool, store_id: str | None, channel: str) -> str:

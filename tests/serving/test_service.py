@@ -11,47 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import SAMPLE
+from tests.serving.conftest import as_
 
 pytestmark = pytest.mark.integration
-
-RECOMMENDER_ONLY_EASE = """
-[selection]
-metric = "ndcg@10"
-[[candidates]]
-model = "ease"
-grid = { l2 = [300.0] }
-"""
-
-
-@pytest.fixture(scope="module")
-def keys(tracking: Path) -> dict[str, str]:
-    from models.keys import create_key
-
-    path = tracking / "keys.json"
-    pytest.MonkeyPatch().setenv("OMNI_KEYS_FILE", str(path))
-    return {scope: create_key([scope], path) for scope in ("recommend", "plan", "admin")}
-
-
-@pytest.fixture(scope="module")
-def client(tracking: Path, keys: dict[str, str]):
-    from experiments.training import train_forecaster, train_recommender
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("OMNI_EVENTS_URL", f"sqlite:///{tracking}/serving-events.db")
-    config = tracking / "ease.toml"
-    config.write_text(RECOMMENDER_ONLY_EASE)
-    train_recommender(SAMPLE, config)
-    train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
-    from serving.service import OmnichannelService
-
-    OmnichannelService.config["metrics"] = {"enabled": False}
-    with TestClient(OmnichannelService.to_asgi()) as test_client:
-        yield test_client
-    patch.undo()
-
-
-def as_(keys: dict[str, str], scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {keys[scope]}"}
 
 
 @pytest.fixture
@@ -292,7 +254,7 @@ def test_forecast_and_its_errors(planner: TestClient) -> None:
     assert len(rows) == 2 and all(r["p10"] <= r["p50"] <= r["p90"] for r in rows)
     for body, status in [
         ({"store_id": "S999", "item_ids": ["I000010"], "horizon": 2}, 404),
-        ({"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}, 400),
+        ({"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}, 409),
         ({"store_id": "S001", "item_ids": ["I"] * 1001, "horizon": 1}, 400),
     ]:
         assert planner.post("/forecast", json=body).status_code == status, body
@@ -307,17 +269,18 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
     assert plan["units_sent"] == sent <= 60 and len(plan["stores"]) >= 2
     assert all(s["final_stock"] == s["on_hand"] + s["send"] for s in plan["stores"])
     store = plan["stores"][0]["store_id"]
-    capped = {**body, "constraints": {"stores": [{"store_id": store, "max_units": 0}]}}
+    capped = {**body, "constraints": {"stores": {store: {"max_units": 0}}}}
     capped_plan = planner.post("/placement", json=capped).json()
     assert next(s for s in capped_plan["stores"] if s["store_id"] == store)["final_stock"] <= max(
         plan["stores"][0]["on_hand"], 0
     )
     for bad, status in [
         ({**body, "item_id": "NOPE"}, 404),
-        ({**body, "horizon": 9}, 400),
+        ({**body, "horizon": 9}, 409),  # valid, but beyond what the served model forecasts
         ({**body, "units_available": -1}, 400),
         ({**body, "constraints": {"pack_size": 0}}, 400),
-        ({**body, "constraints": {"stores": [{"store_id": "S999"}]}}, 400),
+        ({**body, "constraints": {"stores": {"S999": {}}}}, 404),
+        ({**body, "constraints": {"stores": {"S001": {"min_units": 999}}}}, 409),
     ]:
         assert planner.post("/placement", json=bad).status_code == status, bad
 

@@ -1,0 +1,80 @@
+"""Starting the BentoML service as a process, waiting for it, and the demo's curl examples."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SERVICE = "serving.service:OmnichannelService"
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "data_samples" / "retail"
+
+
+def serve_command(port: int, service: str = SERVICE) -> list[str]:
+    """``bentoml serve`` of a service, from this interpreter's environment."""
+    bentoml = Path(sys.executable).parent / "bentoml"
+    return [str(bentoml), "serve", service, "--port", str(port), "--host", "127.0.0.1"]
+
+
+def start(port: int, service: str = SERVICE, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen(serve_command(port, service), **popen)  # type: ignore[call-overload]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Block until ``/readyz`` answers 200.
+
+    Raises:
+        RuntimeError: if the process exits first or the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"The service exited with code {process.returncode} at start-up.")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"The service on port {port} was not ready after {timeout:.0f} s.")
+
+
+def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[str]:
+    """Ready-to-paste requests for every route, with the demo's keys."""
+    base = f"http://127.0.0.1:{port}"
+
+    def post(route: str, scope: str, body: dict | None = None) -> str:
+        data = f" -d {shlex.quote(json.dumps(body))}" if body is not None else ""
+        return (
+            f"curl -s -X POST {base}{route} -H 'Authorization: Bearer {keys[scope]}'"
+            f" -H 'Content-Type: application/json'{data}"
+        )
+
+    purchase = {
+        "event_time": "2026-11-23T10:00:00",
+        "channel": "store",
+        "event_type": "purchase",
+        "item_id": "I000010",
+        "customer_key": customer_key,
+        "quantity": 1,
+        "store_id": "S001",
+    }
+    return [
+        f"curl -s {base}/readyz",
+        post("/recommend", "recommend", {"customer_key": customer_key, "channel": "store", "n": 5}),
+        post("/recommend", "recommend", {"customer_id": "new-visitor", "channel": "web", "n": 3}),
+        post("/similar_items", "recommend", {"item_id": "I000010", "n": 5}),
+        post("/offers", "recommend", {"customer_key": customer_key, "channel": "store", "n": 3}),
+        post("/events", "recommend", {"events": [purchase]}),
+        post("/forecast", "plan", {"store_id": "S001", "item_ids": ["I000010"], "horizon": 2}),
+        post("/placement", "plan", {"item_id": "I000010", "units_available": 120, "horizon": 2}),
+        f"curl -s {base}/model_info -H 'Authorization: Bearer {keys['plan']}'",
+        post("/admin/reload", "admin"),
+    ]
