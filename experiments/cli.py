@@ -474,6 +474,41 @@ def _champion_forecaster() -> Any:
         raise UsageError(f"{message}; run omni train forecaster first.") from exc
 
 
+@bench_app.command("serve")
+def bench_serve_cmd(
+    concurrency: Annotated[int, typer.Option(help="Connections kept busy.")] = 16,
+    seconds: Annotated[float, typer.Option(help="Measured seconds per target.")] = 15.0,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+) -> None:
+    """Load-test /recommend and /events against a bare BentoML service (the floor)."""
+    from experiments import load, serve, training
+    from models.registry import FORECASTER, RECOMMENDER
+
+    if any(training.champion_version(name) is None for name in (RECOMMENDER, FORECASTER)):
+        err.print("No champions yet: training both on the demo data first ...")
+        training.train_recommender(serve.DEMO_DATA)
+        training.train_forecaster(serve.DEMO_DATA, horizon=4, freq="W")
+    figures = load.benchmark(concurrency=concurrency, seconds=seconds)
+    figures["machine"] = bench.machine()
+    table = Table(
+        "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", title="omni bench serve"
+    )
+    for name, row in figures["results"].items():
+        table.add_row(
+            name, f"{row['throughput_rps']:.0f}", f"{row.get('events_per_s', '')}",
+            f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", str(row["errors"]),
+        )  # fmt: skip
+    out.print(table)
+    ratios = figures["recommend_vs_floor"]
+    out.print(
+        f"/recommend vs floor: throughput x{ratios['throughput_ratio']:.2f} (target >= 0.8), "
+        f"p99 x{ratios['p99_ratio']:.2f} (target <= 2); concurrency {concurrency}, "
+        f"{seconds:.0f} s each, {figures['machine']}."
+    )
+    if metrics_out:
+        metrics_out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 @bench_app.command("forecaster")
 def bench_forecaster_cmd(
     dataset: Annotated[

@@ -228,7 +228,7 @@ def _register(
     return str(info.registered_model_version)
 
 
-def _champion(name: str) -> Any:
+def champion_version(name: str) -> Any:
     """The model version the ``champion`` alias points at, or None."""
     try:
         return MlflowClient().get_model_version_by_alias(name, CHAMPION)
@@ -241,7 +241,7 @@ def _champion_metric(
 ) -> float | None:
     """The champion's configuration, refitted on this training split and scored on this
     validation split — the same data the challenger was scored on."""
-    version = _champion(REGISTERED_NAME)
+    version = champion_version(REGISTERED_NAME)
     raw = version.tags.get("candidate") if version is not None else None
     if raw is None:
         return None
@@ -330,7 +330,7 @@ def train_forecaster(
 
 
 def _champion_tag(name: str, tag: str) -> float | None:
-    version = _champion(name)
+    version = champion_version(name)
     value = version.tags.get(tag) if version is not None else None
     return float(value) if value is not None else None
 

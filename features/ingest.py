@@ -41,6 +41,8 @@ RAW_TEXT = "raw_text"
 
 _TRUE = frozenset({"true", "1", "yes", "y", "t", "1.0"})
 _FALSE = frozenset({"false", "0", "no", "n", "f", "0.0"})
+# Below this many rows, columns are checked one after the other (e.g. a batch posted to the API).
+_PARALLEL_ROWS = 50_000
 # Big blocks let a single absurdly long line parse (and then be quarantined) instead of failing.
 _CSV_BLOCK_SIZE = 64 << 20
 
@@ -291,9 +293,11 @@ def _validate(
         return values, problems, _dictionary_codes(values) if job[1] == single_key else None
 
     jobs = [(table.column(name), name, column.kind) for name, column in columns]
-    # Arrow compute releases the GIL: columns are checked side by side.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        checked = list(pool.map(check, jobs))
+    if table.num_rows < _PARALLEL_ROWS:  # threads would cost more than they save
+        checked = [check(job) for job in jobs]
+    else:  # Arrow compute releases the GIL: columns are checked side by side.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            checked = list(pool.map(check, jobs))
     del jobs
     typed: dict[str, pa.ChunkedArray] = {}
     key_codes = None

@@ -134,11 +134,14 @@ class BusinessRules:
 
     def available_at(self, columns: np.ndarray) -> list[list[str]]:
         """Per item column, the stores whose latest stock of it is positive (reported only)."""
-        rows = self.on_shelf[columns]
-        return [
-            self.store_ids[rows.indices[rows.indptr[j] : rows.indptr[j + 1]]].tolist()
-            for j in range(len(columns))
-        ]
+        by_item = self.__dict__.get("_stores_by_item")
+        if by_item is None:
+            shelf = self.on_shelf
+            by_item = self.__dict__["_stores_by_item"] = [
+                self.store_ids[shelf.indices[shelf.indptr[j] : shelf.indptr[j + 1]]].tolist()
+                for j in range(shelf.shape[0])
+            ]
+        return [by_item[j] for j in columns]
 
     def allowed(
         self,
@@ -222,3 +225,39 @@ def recommend_with_rules(
     if per_category is not None:
         recs = rules.cap_per_category(recs, per_category)
     return recs[recs["rank"] <= n].reset_index(drop=True)
+
+
+def top_for_customer(
+    model: Recommender,
+    rules: BusinessRules,
+    customer_id: str,
+    n: int = 10,
+    *,
+    channel: str | None = None,
+    store_id: str | None = None,
+    promotable_only: bool = False,
+    extra_history: sp.csr_matrix | None = None,
+    exclude_columns: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One customer's best ``n`` items under every rule: what :func:`recommend_with_rules`
+    gives for a single customer, without tables (the service's per-request path).
+
+    Returns:
+        ``(columns, scores, fallback)``: item columns best first, their scores, and whether
+        they are the popularity fallback.
+    """
+    scores, fallback = model.scores_for(
+        customer_id, extra_history, store_id=store_id, channel=channel
+    )
+    allowed = rules.allowed(channel=channel, store_id=store_id, promotable_only=promotable_only)
+    scores[~allowed] = -np.inf
+    bought = rules.bought_by.get(customer_id)
+    if bought is not None:
+        scores[bought[~rules.repurchasable[bought]]] = -np.inf
+    if exclude_columns is not None:
+        scores[exclude_columns] = -np.inf
+    k = min(n, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((top, -scores[top]))]
+    top = top[np.isfinite(scores[top])]
+    return top, scores[top], fallback

@@ -31,7 +31,7 @@ from features.demand import SERIES
 from features.eventlog import ALREADY_RECORDED, MAX_BATCH, EventLog, validate_events
 from models.placement import Economics, PlacementError, plan_item
 from models.recommenders import UnknownItemError
-from models.rules import recommend_with_rules
+from models.rules import top_for_customer
 from serving.gate import DocumentedAPI, Gate
 from serving.state import ServingState, load_state
 
@@ -235,37 +235,36 @@ class OmnichannelService:
         state = self._state()
         customer = r.resolve(state)
         model = state.recommender
-        context = model.item_ids_.get_indexer(pd.Index(r.context_item_ids, dtype="str"))
-        context = np.unique(context[context >= 0])
+        context = np.zeros(0, dtype=np.int64)
         extra = None
-        if len(context):
+        if r.context_item_ids:
+            context = model.item_ids_.get_indexer(pd.Index(r.context_item_ids, dtype="str"))
+            context = np.unique(context[context >= 0])
             weight = state.weights.view
             extra = sp.csr_matrix(
                 (np.full(len(context), weight, np.float32), (np.zeros(len(context)), context)),
                 shape=(1, len(model.item_ids_)),
             )
-        recs = recommend_with_rules(
-            model, state.rules, [customer or ""], r.n,
-            channel=r.channel, store_id=r.store_id, extra_history=extra,
+        columns, scores, fallback = top_for_customer(
+            model, state.rules, customer or "", r.n,
+            channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
         )  # fmt: skip
-        recs = recs[~recs["item_id"].isin(r.context_item_ids)]
-        fallback = bool(recs["fallback"].any()) if len(recs) else True
-        columns = model.item_ids_.get_indexer(pd.Index(recs["item_id"]))
+        items = model.item_ids_.to_numpy()[columns]
         where = state.rules.available_at(columns)
-        reason = _reason(fallback, bool(len(context)), r.store_id, r.channel)
+        reason = _reason(fallback, bool(len(context)), r.store_id, str(r.channel))
         return {
             "customer_id": customer,
             "fallback": fallback,
             "items": [
                 {
-                    "item_id": row["item_id"],
-                    "score": float(row["score"]),
+                    "item_id": item,
+                    "score": float(score),
                     "rank": rank,
                     "reason": reason,
                     "available_at": stores,
                 }
-                for rank, (row, stores) in enumerate(
-                    zip(recs.to_dict(orient="records"), where, strict=True), start=1
+                for rank, (item, score, stores) in enumerate(
+                    zip(items, scores, where, strict=True), start=1
                 )
             ],
             "model_version": state.recommender_version,
@@ -300,17 +299,19 @@ class OmnichannelService:
             return _error(ctx, HTTPStatus.NOT_FOUND, "Unknown customer: no history to offer from.")
         habit = state.habits.loc[customer].to_dict()
         channel = str(habit["channel"])
-        recs = recommend_with_rules(
-            state.recommender, state.rules, [customer], r.n,
-            channel=channel, promotable_only=True,
-        )  # fmt: skip
+        model = state.recommender
+        columns, scores, _ = top_for_customer(
+            model, state.rules, customer, r.n, channel=channel, promotable_only=True
+        )
         return {
             "customer_id": customer,
             "channel": channel,
             "send_at": _next(int(habit["weekday"]), int(habit["hour"])).isoformat(),
             "items": [
-                {"item_id": row["item_id"], "score": float(row["score"]), "rank": rank}
-                for rank, row in enumerate(recs.to_dict(orient="records"), start=1)
+                {"item_id": item, "score": float(score), "rank": rank}
+                for rank, (item, score) in enumerate(
+                    zip(model.item_ids_.to_numpy()[columns], scores, strict=True), start=1
+                )
             ],
             "model_version": state.recommender_version,
         }

@@ -61,6 +61,8 @@ class Recommender(BaseEstimator):
             raise ValueError(
                 "interactions must be a non-empty scipy.sparse customers x items matrix."
             )
+        for cache in ("_rows", "_fallback_cache"):
+            self.__dict__.pop(cache, None)
         self.customer_ids_ = pd.Index(interactions.customer_ids, dtype="str")
         self.item_ids_ = pd.Index(interactions.item_ids, dtype="str")
         self.user_items_ = sp.csr_matrix(matrix, dtype=np.float32)
@@ -108,8 +110,20 @@ class Recommender(BaseEstimator):
         # Order matters to a concurrent reader: model state, then histories, then the id index.
         self._refresh_users(rows, user_items)
         self.user_items_ = user_items
-        self.customer_ids_ = self.customer_ids_.append(new) if len(new) else self.customer_ids_
+        if len(new):
+            first = len(self.customer_ids_)
+            self.customer_ids_ = self.customer_ids_.append(new)
+            self._row_of().update(zip(new, range(first, first + len(new)), strict=True))
         return self
+
+    def _row_of(self) -> dict[str, int]:
+        """customer id -> matrix row, as a dict (a pandas lookup costs ~100 us per call)."""
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            rows = self.__dict__["_rows"] = dict(
+                zip(self.customer_ids_, range(len(self.customer_ids_)), strict=True)
+            )
+        return rows
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
         """Update per-customer state for these rows of the new histories (default: none)."""
@@ -197,6 +211,37 @@ class Recommender(BaseEstimator):
             columns=RECOMMENDATION_COLUMNS,
         )
 
+    def scores_for(
+        self,
+        customer_id: str,
+        extra_history: sp.csr_matrix | None = None,
+        *,
+        store_id: str | None = None,
+        channel: str | None = None,
+    ) -> tuple[np.ndarray, bool]:
+        """One customer's score for every item, and whether it is the popularity fallback.
+
+        The per-request path of the service: the same scores :meth:`recommend` ranks, without
+        its batching and tables. ``extra_history`` (1 x n_items) is added for this call only.
+        """
+        check_is_fitted(self, "user_items_")
+        n_items = len(self.item_ids_)
+        rows = np.array([self._row_of().get(customer_id, -1)])
+        if rows[0] >= 0:
+            ui, row = self.user_items_, rows[0]
+            span = slice(ui.indptr[row], ui.indptr[row + 1])
+            history = sp.csr_matrix(
+                (ui.data[span], ui.indices[span], [0, span.stop - span.start]), shape=(1, n_items)
+            )
+        else:
+            history = sp.csr_matrix((1, n_items), dtype=np.float32)
+        if extra_history is not None and extra_history.nnz:
+            history = sp.csr_matrix(history + extra_history, dtype=np.float32)
+            rows = np.array([-1])  # scored from the whole history, folded in afresh
+        if not history.nnz:
+            return self._fallback_scores(store_id, channel).copy(), True
+        return np.asarray(self._scores(rows, history), dtype=np.float32)[0], False
+
     def _rank(
         self,
         rows: np.ndarray,
@@ -278,7 +323,15 @@ class Recommender(BaseEstimator):
         raise NotImplementedError
 
     def _fallback_scores(self, store_id: str | None, channel: str | None) -> np.ndarray:
-        """Popularity in the most specific segment that has any: store, channel, global."""
+        """Popularity in the most specific segment that has any: store, channel, global
+        (computed once per segment; do not modify the array returned)."""
+        cache = self.__dict__.setdefault("_fallback_cache", {})
+        key = (store_id, channel)
+        if key not in cache:
+            cache[key] = self._segment_popularity(store_id, channel)
+        return cache[key]
+
+    def _segment_popularity(self, store_id: str | None, channel: str | None) -> np.ndarray:
         for segment_type, segment in (("store", store_id), ("channel", channel), ("global", "all")):
             if segment is None:
                 continue

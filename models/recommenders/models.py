@@ -28,7 +28,8 @@ class _FactorModel(Recommender):
     item_factors_: np.ndarray
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        return self.user_factors_[rows] @ self.item_factors_.T
+        vectors, items = self._query(rows, user_items)
+        return vectors @ items.T
 
     def _item_vectors(self) -> np.ndarray:
         return self.item_factors_
@@ -242,7 +243,12 @@ class EASERecommender(Recommender):
             raise ModelFitError("EASE produced non-finite weights; raise l2.")
 
     def _input(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
-        return sp.csr_matrix((user_items > 0).astype(np.float32)) if self.binary else user_items
+        if not self.binary:
+            return user_items
+        positive = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        positive.eliminate_zeros()
+        positive.data[:] = 1.0  # histories hold positive weights only
+        return positive
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.asarray(self._input(user_items) @ self.weights_.T)

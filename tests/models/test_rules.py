@@ -114,3 +114,30 @@ def test_no_recommendation_ever_breaks_a_rule_on_the_sample(channel: str) -> Non
         pd.Series(r.category[columns]).groupby(recs["customer_id"].to_numpy()).value_counts()
     )
     assert categories.max() <= 3
+
+
+@pytest.mark.parametrize("name", ["ease", "als", "item_knn", "popularity"])
+def test_the_one_customer_path_ranks_as_the_batch_path(name: str) -> None:
+    """The service's per-request path gives the batch path's list, for every model family."""
+    from models.recommenders import ALSRecommender, ItemKNNRecommender
+    from models.rules import top_for_customer
+
+    rng = np.random.default_rng(3)
+    dense = (rng.random((60, 30)) < 0.2).astype(np.float32)
+    items = pd.Index([f"i{j:02d}" for j in range(30)])
+    customers = pd.Index([f"c{u:02d}" for u in range(60)])
+    build = {
+        "ease": lambda: EASERecommender(l2=5.0),
+        "als": lambda: ALSRecommender(factors=4, iterations=5),
+        "item_knn": lambda: ItemKNNRecommender(neighbours=10),
+        "popularity": PopularityRecommender,
+    }[name]
+    fitted = build().fit(Interactions(sp.csr_matrix(dense), customers, items))
+    purchases = pd.DataFrame({"customer_id": ["c00", "c01"], "item_id": ["i03", "i04"]})
+    r = BusinessRules.from_tables(items, purchases=purchases)
+    for customer in ["c00", "c01", "c07", "stranger"]:
+        batch = recommend_with_rules(fitted, r, [customer], n=7, channel="web")
+        columns, scores, fallback = top_for_customer(fitted, r, customer, 7, channel="web")
+        assert list(items[columns]) == list(batch["item_id"]), customer
+        np.testing.assert_allclose(scores, batch["score"].to_numpy(), rtol=1e-5)
+        assert fallback == bool(batch["fallback"].all())
