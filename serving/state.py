@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from mlflow import MlflowClient
 
+from features.customers import build_habits
 from features.eventlog import EventLog
 from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
 from features.interactions import InteractionWeights, event_weights
@@ -97,7 +98,17 @@ class ServingState:
         model.partial_fit_users(pd.Index(ids), additions)
         bought = (known["event_type"] == "purchase").to_numpy()
         self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
+        self._add_habits(known.assign(customer_id=customers))
         self.events_applied += len(known)
+
+    def _add_habits(self, events: pd.DataFrame) -> None:
+        """Customers without habits yet (first seen here) get them from these events, so they
+        can be sent offers before the next training."""
+        fresh = events[~events["customer_id"].isin(self.habits.index)]
+        if fresh.empty:
+            return
+        habits = build_habits(fresh).set_index("customer_id")
+        self.habits = pd.concat([self.habits, habits])  # swapped whole: readers never see half
 
     def forecast_all(self) -> pd.DataFrame:
         """The forecaster's forecast of every store and item it knows (computed once)."""

@@ -242,6 +242,9 @@ def test_a_new_customers_first_purchase_personalises_them_at_once(app: TestClien
     assert app.post("/events", json={"events": [event]}).json()["accepted"] == 1
     now = app.post("/recommend", json=ask).json()
     assert now["fallback"] is False and "I000010" not in {i["item_id"] for i in now["items"]}
+    offers = app.post("/offers", json={"customer_key": "DEV-BRAND-NEW", "channel": "app"})
+    assert offers.status_code == 200 and offers.json()["channel"] == "app"
+    assert pd.Timestamp(offers.json()["send_at"]).hour == 9
 
 
 # -- planners ---------------------------------------------------------------------------------
