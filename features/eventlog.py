@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.ingest import REASON, validate_table
 from features.schema import EVENTS
@@ -66,7 +67,9 @@ def validate_events(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, li
         }
         for i, record in enumerate(records)
     ]
-    raw = pd.DataFrame(rows, columns=[*COLUMNS, _ROW], dtype=object)
+    raw = pa.table(
+        {c: pa.array([row[c] for row in rows], pa.large_string()) for c in (*COLUMNS, _ROW)}
+    )
     accepted, quarantined = validate_table(raw, EVENTS, source="the posted events")
     reasons: list[str | None] = [None] * len(records)
     for row, reason in zip(quarantined[_ROW], quarantined[REASON], strict=True):
@@ -132,14 +135,15 @@ class EventLog:
             finally:
                 cursor.close()
 
-    def append(self, events: pd.DataFrame) -> np.ndarray:
+    def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Store validated events (from :func:`validate_events`); committed when this returns.
 
         Returns:
-            Per event, True if stored now, False if its ``event_id`` was already in the log.
+            Per event, True if stored now, False if its ``event_id`` was already in the log;
+            and the log positions of the stored ones, in order.
         """
         if events.empty:
-            return np.zeros(0, dtype=bool)
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         received = pd.Timestamp.now(tz="UTC").isoformat()
         values = [
             (received, _iso(r[0]), *(_nullable(v) for v in r[1:]))
@@ -149,12 +153,14 @@ class EventLog:
         sql = (
             f"INSERT INTO omni_events (received_at, {', '.join(COLUMNS)}) VALUES "
             + ", ".join([marks] * len(values))
-            + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
         )
         with self._transaction() as cursor:
             cursor.execute(sql, [v for row in values for v in row])
-            stored = {row[0] for row in cursor.fetchall()}
-        return events["event_id"].isin(stored).to_numpy()
+            stored = dict(cursor.fetchall())
+        mask = events["event_id"].isin(stored).to_numpy()
+        seqs = np.array([stored[e] for e in events["event_id"][mask]], dtype=np.int64)
+        return mask, seqs
 
     def last_seq(self) -> int:
         """The position of the latest event (0 for an empty log)."""

@@ -323,9 +323,9 @@ class OmnichannelService:
         r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
         accepted, reasons = validate_events(records)
-        stored = self.log.append(accepted)
+        stored, seqs = self.log.append(accepted)
         if self.state is not None:
-            self.state.catch_up(self.log)
+            self.state.apply_appended(self.log, accepted[stored], seqs)
         ids = iter(accepted["event_id"])
         duplicates = iter(~stored)
         results = []

@@ -60,6 +60,16 @@ class ServingState:
         key_id = key_pseudonyms(self.salt, pd.Series([channel]), pd.Series([customer_key]))[0]
         return self.key_ids.get(key_id)
 
+    def apply_appended(self, log: EventLog, events: pd.DataFrame, seqs: np.ndarray) -> None:
+        """Apply events this process has just appended at log positions ``seqs`` — directly
+        when they are the next ones, else by reading the log (another writer came between)."""
+        with self._lock:
+            contiguous = len(seqs) and seqs.max() - seqs.min() + 1 == len(seqs)
+            if contiguous and seqs.min() == self.log_seq + 1:
+                self._apply(events)
+                self.log_seq = int(seqs.max())
+        self.catch_up(log)
+
     def catch_up(self, log: EventLog) -> None:
         """Apply the events logged since this state last looked (by any worker or process)."""
         if log.last_seq() == self.log_seq:
