@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PORT ?= 3000
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install demo test lint typecheck layers unit sample clean
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/omni validate --data data_samples/retail --out .omni/demo/quarantine
-	$(BIN)/omni demo
+	$(BIN)/omni demo --port $(PORT)
 
 test: install lint typecheck layers unit
 
