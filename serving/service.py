@@ -249,7 +249,7 @@ class OmnichannelService:
             model, state.rules, customer or "", r.n,
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
         )  # fmt: skip
-        items = model.item_ids_.to_numpy()[columns]
+        items = model.item_ids_.to_numpy()[columns].tolist()
         where = state.rules.available_at(columns)
         reason = _reason(fallback, bool(len(context)), r.store_id, str(r.channel))
         return {

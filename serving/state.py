@@ -114,7 +114,8 @@ class ServingState:
     def _add_habits(self, events: pd.DataFrame) -> None:
         """Customers without habits yet (first seen here) get them from these events, so they
         can be sent offers before the next training."""
-        fresh = events[~events["customer_id"].isin(self.habits.index)]
+        ids = pd.Index(events["customer_id"].astype(str))
+        fresh = events[self.habits.index.get_indexer(ids) < 0]
         if fresh.empty:
             return
         habits = build_habits(fresh).set_index("customer_id")
