@@ -9,6 +9,7 @@ restart nor a reload forgets them.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from models.forecast import LightGBMForecaster
 from models.recommenders import Recommender
 from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
 from models.rules import BusinessRules
+
+logger = logging.getLogger("omnichannel_ml")
 
 
 @dataclass
@@ -66,7 +69,7 @@ class ServingState:
         with self._lock:
             contiguous = len(seqs) and seqs.max() - seqs.min() + 1 == len(seqs)
             if contiguous and seqs.min() == self.log_seq + 1:
-                self._apply(events)
+                self._apply_or_log(events)
                 self.log_seq = int(seqs.max())
         self.catch_up(log)
 
@@ -77,8 +80,19 @@ class ServingState:
         with self._lock:
             last = log.last_seq()
             if last > self.log_seq:
-                self._apply(log.read(after=self.log_seq, upto=last))
+                self._apply_or_log(log.read(after=self.log_seq, upto=last))
                 self.log_seq = last
+
+    def _apply_or_log(self, events: pd.DataFrame) -> None:
+        """Apply events; if that fails, log it and go on: the events are safe in the log (the
+        next training reads them), and no request should fail because one batch could not be
+        applied."""
+        try:
+            self._apply(events)
+        except Exception:
+            logger.exception(
+                "Could not apply %d logged events; they count from the next training.", len(events)
+            )
 
     def _apply(self, events: pd.DataFrame) -> None:
         """Make logged events count: histories (and ALS vectors) and purchases.

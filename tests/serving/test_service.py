@@ -307,3 +307,28 @@ def test_model_info_and_reload(client: TestClient, keys: dict[str, str]) -> None
         assert client.get("/readyz").status_code == 200
     finally:
         registry.set_registered_model_alias("recommender", "champion", version)
+
+
+def test_an_event_batch_that_cannot_be_applied_fails_no_request(app: TestClient, monkeypatch):
+    """Durable first: if applying a batch breaks, the events stay accepted (and logged for the
+    next training) and the next requests are still answered."""
+    from serving.state import ServingState
+
+    def broken(self, events):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ServingState, "_apply", broken)
+    event = {
+        "event_time": "2026-11-23T11:00:00",
+        "channel": "app",
+        "event_type": "view",
+        "item_id": "I000011",
+        "customer_key": "DEV-UNLUCKY",
+        "event_id": "unlucky-1",
+    }
+    assert app.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    ask = {"customer_id": "anyone", "channel": "app"}
+    assert app.post("/recommend", json=ask).status_code == 200
+    from features.eventlog import EventLog
+
+    assert "unlucky-1" in EventLog.from_env().event_ids()
