@@ -227,9 +227,14 @@ class Recommender(BaseEstimator):
         check_is_fitted(self, "user_items_")
         n_items = len(self.item_ids_)
         rows = np.array([self._row_of().get(customer_id, -1)])
+        no_extra = extra_history is None or not extra_history.nnz
         if rows[0] >= 0:
             ui, row = self.user_items_, rows[0]
             span = slice(ui.indptr[row], ui.indptr[row + 1])
+            if no_extra and span.stop > span.start:
+                quick = self._scores_one(row, ui.indices[span])
+                if quick is not None:
+                    return quick, False
             history = sp.csr_matrix(
                 (ui.data[span], ui.indices[span], [0, span.stop - span.start]), shape=(1, n_items)
             )
@@ -241,6 +246,11 @@ class Recommender(BaseEstimator):
         if not history.nnz:
             return self._fallback_scores(store_id, channel).copy(), True
         return np.asarray(self._scores(rows, history), dtype=np.float32)[0], False
+
+    def _scores_one(self, row: int, items: np.ndarray) -> np.ndarray | None:
+        """Scores of one known, unchanged customer from their row and history items, when a
+        model can do it without sparse matrices (the service's hot path); None otherwise."""
+        return None
 
     def _rank(
         self,

@@ -34,6 +34,9 @@ class _FactorModel(Recommender):
     def _item_vectors(self) -> np.ndarray:
         return self.item_factors_
 
+    def _scores_one(self, row: int, items: np.ndarray) -> np.ndarray:
+        return self.item_factors_ @ self.user_factors_[row]
+
     def _query(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         vectors = self.user_factors_[np.maximum(rows, 0)]
         unknown = rows < 0  # a history the model never trained on (e.g. context items)
@@ -255,6 +258,10 @@ class EASERecommender(Recommender):
 
     def _item_vectors(self) -> np.ndarray:
         return self.weights_
+
+    def _scores_one(self, row: int, items: np.ndarray) -> np.ndarray | None:
+        # Binary input: a score is the sum of the history items' weights towards each item.
+        return self.weights_[:, items].sum(axis=1) if self.binary else None
 
     def _query(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         return self._input(user_items).toarray(), self.weights_
