@@ -75,7 +75,8 @@ OptionalId = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # hide_input_in_errors: a rejected body (with its customer keys) never reaches the logs.
+    model_config = ConfigDict(strict=True, extra="forbid", hide_input_in_errors=True)
 
 
 class _Customer(_Strict):

@@ -332,3 +332,21 @@ def test_an_event_batch_that_cannot_be_applied_fails_no_request(app: TestClient,
     from features.eventlog import EventLog
 
     assert "unlucky-1" in EventLog.from_env().event_ids()
+
+
+def test_raw_customer_keys_never_reach_answers_or_logs(
+    app: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "LC-SECRET-4242"
+    with caplog.at_level("DEBUG"):
+        both = {"customer_key": secret, "customer_id": "c", "channel": "store"}
+        bad = app.post("/recommend", json=both)  # the whole body is the error's input
+        long = app.post("/recommend", json={"customer_key": secret * 20, "channel": "store"})
+        assert long.status_code == 400 and secret not in long.text
+        good = app.post("/recommend", json={"customer_key": secret, "channel": "store"})
+        event = {"event_time": "nope", "channel": "store", "event_type": "purchase",
+                 "item_id": "I000010", "customer_key": secret}  # fmt: skip
+        rejected = app.post("/events", json={"events": [event]})
+    assert bad.status_code == 400 and good.status_code == 200 and rejected.status_code == 200
+    for text in (bad.text, good.text, rejected.text, caplog.text):
+        assert secret not in text
