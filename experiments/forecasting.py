@@ -38,9 +38,7 @@ def load_demand(data_dir: Path, freq: str, logged: pd.DataFrame | None = None) -
     if "sales" in tables and len(tables["sales"].accepted):
         sales = tables["sales"].accepted
     elif "events" in tables:
-        events = tables["events"].accepted
-        events = with_logged(events, logged)
-        sales = sales_from_events(events)
+        sales = sales_from_events(with_logged(tables["events"].accepted, logged))
     else:
         raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
     inventory = tables["inventory"].accepted if "inventory" in tables else None

@@ -65,8 +65,7 @@ def unify(
         raise ContractError(
             f"{data_dir} has no events table to unify (events.csv, .csv.gz or .parquet)."
         )
-    events = tables["events"].accepted
-    events = with_logged(events, logged)
+    events = with_logged(tables["events"].accepted, logged)
     identities = tables["identities"].accepted if "identities" in tables else None
     resolution = resolve_identities(events, identities, config)
     unified = unify_events(events, resolution)

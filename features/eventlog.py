@@ -156,6 +156,10 @@ class EventLog:
             + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
         )
         with self._transaction() as cursor:
+            if self._postgres:
+                # One writer at a time, so positions are committed in order and a reader that
+                # has seen position n has seen every position before it (SQLite always is so).
+                cursor.execute("LOCK TABLE omni_events IN EXCLUSIVE MODE")
             cursor.execute(sql, [v for row in values for v in row])
             stored = dict(cursor.fetchall())
         mask = events["event_id"].isin(stored).to_numpy()
