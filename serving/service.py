@@ -391,7 +391,7 @@ class OmnichannelService:
             unknown = "no sales history" in str(exc) or "does not sell" in str(exc)
             return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
         columns = ["store_id", "on_hand", "send", "final_stock", "mean"]
-        columns += [c for c in frame.columns if c.startswith("expected_")]
+        columns += [name for name in frame.columns if name.startswith("expected_")]
         stores = frame.reindex(columns=columns).rename(columns={"mean": "expected_demand"})
         stores["on_hand"] = stores["on_hand"].fillna(0)
         return {
