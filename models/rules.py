@@ -33,22 +33,20 @@ class BusinessRules:
         category: per item (None when unknown).
         promotable: per item; unknown items count as promotable only without an items table
             column saying otherwise.
-        stock: per store, a boolean in-stock mask; stores absent here are not filtered.
+        levels: per store, the latest on-hand units of each item (NaN where the store never
+            reported it: no evidence, so not filtered); stores absent here are not filtered.
+            Sales and returns recorded by :meth:`record_sales` move them at once.
         online_stock: in stock at any node, or None when there is no inventory.
         bought_by: customer id -> column indices of items they bought.
-        on_shelf: items x stores (``store_ids``), True where the latest stock is positive.
-        store_ids: the columns of ``on_shelf``.
     """
 
     item_ids: pd.Index
     repurchasable: np.ndarray
     category: np.ndarray
     promotable: np.ndarray
-    stock: dict[str, np.ndarray]
+    levels: dict[str, np.ndarray]
     online_stock: np.ndarray | None
     bought_by: dict[str, np.ndarray]
-    on_shelf: sp.csr_matrix
-    store_ids: np.ndarray
 
     @classmethod
     def from_tables(
@@ -86,29 +84,21 @@ class BusinessRules:
                     .where(catalogue["category"].notna(), None)
                     .to_numpy()
                 )
-        stock: dict[str, np.ndarray] = {}
+        levels: dict[str, np.ndarray] = {}
         online_stock = None
-        on_shelf, store_ids = sp.csr_matrix((n, 0), dtype=bool), np.array([], dtype=object)
         if inventory is not None and len(inventory):
             latest = inventory.sort_values("date").drop_duplicates(
                 ["store_id", "item_id"], keep="last"
             )
             latest = latest[latest["item_id"].isin(item_ids)]
             columns = item_ids.get_indexer(pd.Index(latest["item_id"]))
-            in_stock = latest["on_hand"].to_numpy() > 0
-            online_stock = np.zeros(n, dtype=bool)
+            on_hand = latest["on_hand"].to_numpy(dtype=np.float64)
             for store, rows in latest.groupby("store_id", observed=True).indices.items():
-                # An item the store never reported is assumed in stock there (no evidence).
-                mask = np.ones(n, dtype=bool)
-                mask[columns[rows]] = in_stock[rows]
-                stock[str(store)] = mask
-                online_stock[columns[rows][in_stock[rows]]] = True
-            store_codes, stores = pd.factorize(latest["store_id"], sort=True)
-            on_shelf = sp.csr_matrix(
-                (in_stock[in_stock], (columns[in_stock], store_codes[in_stock])),
-                shape=(n, len(stores)),
-            )
-            store_ids = np.asarray(stores, dtype=object)
+                level = np.full(n, np.nan)
+                level[columns[rows]] = on_hand[rows]
+                levels[str(store)] = level
+            online_stock = np.zeros(n, dtype=bool)
+            online_stock[columns[on_hand > 0]] = True
         bought = purchases[purchases["item_id"].isin(item_ids)]
         bought_columns = item_ids.get_indexer(pd.Index(bought["item_id"]))
         bought_by = {
@@ -117,10 +107,7 @@ class BusinessRules:
                 bought["customer_id"].astype("str")
             ).indices.items()
         }
-        return cls(
-            item_ids, repurchasable, category, promotable, stock, online_stock, bought_by,
-            on_shelf, store_ids,
-        )  # fmt: skip
+        return cls(item_ids, repurchasable, category, promotable, levels, online_stock, bought_by)
 
     def add_purchases(
         self, customer_ids: np.ndarray | pd.Index | list[str], item_ids: pd.Series | pd.Index
@@ -132,16 +119,49 @@ class BusinessRules:
             before = self.bought_by.get(str(customer), np.zeros(0, dtype=np.int64))
             self.bought_by[str(customer)] = np.union1d(before, group["column"].to_numpy())
 
+    def record_sales(
+        self, store_ids: pd.Series | np.ndarray, item_ids: pd.Series, units: np.ndarray
+    ) -> None:
+        """Sales (positive units) and returns (negative) at stores or online nodes move the
+        latest stock at once: an item sold out at a store stops being offered or listed there.
+        Pairs the inventory never reported are left alone (no evidence)."""
+        columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
+        by_item = self._stores_by_item()
+        for store, column, sold in zip(store_ids, columns, units, strict=True):
+            level = self.levels.get(str(store))
+            if level is None or column < 0 or np.isnan(level[column]):
+                continue
+            level[column] = max(level[column] - float(sold), 0.0)
+            stocked = sorted(s for s, lv in self.levels.items() if lv[column] > 0)
+            by_item[column] = stocked  # a new list: readers never see half an update
+            if self.online_stock is not None:
+                self.online_stock[column] = bool(stocked)
+
+    def on_hand(self, item_id: str) -> pd.Series:
+        """Each reporting store's latest on-hand units of an item (after recorded sales)."""
+        column = int(self.item_ids.get_indexer(pd.Index([item_id]))[0])
+        if column < 0:
+            return pd.Series(dtype=np.float64)
+        units = {s: lv[column] for s, lv in self.levels.items() if not np.isnan(lv[column])}
+        return pd.Series(units, dtype=np.float64)
+
     def available_at(self, columns: np.ndarray) -> list[list[str]]:
         """Per item column, the stores whose latest stock of it is positive (reported only)."""
-        by_item = self.__dict__.get("_stores_by_item")
-        if by_item is None:
-            shelf = self.on_shelf
-            by_item = self.__dict__["_stores_by_item"] = [
-                self.store_ids[shelf.indices[shelf.indptr[j] : shelf.indptr[j + 1]]].tolist()
-                for j in range(shelf.shape[0])
-            ]
+        by_item = self._stores_by_item()
         return [by_item[j] for j in columns]
+
+    def _stores_by_item(self) -> list[list[str]]:
+        by_item = self.__dict__.get("_by_item")
+        if by_item is None:
+            stores = sorted(self.levels)
+            positive = (
+                np.stack([self.levels[s] > 0 for s in stores], axis=1)
+                if stores
+                else np.zeros((len(self.item_ids), 0), dtype=bool)
+            )
+            names = np.array(stores, dtype=object)
+            by_item = self.__dict__["_by_item"] = [names[row].tolist() for row in positive]
+        return by_item
 
     def allowed(
         self,
@@ -155,7 +175,8 @@ class BusinessRules:
         """Items that may be offered in this context, whoever the customer is."""
         mask = self.promotable.copy() if promotable_only else np.ones(len(self.item_ids), bool)
         if channel == STORE_CHANNEL and store_id is not None:
-            mask &= self.stock.get(store_id, mask)
+            if store_id in self.levels:
+                mask &= ~(self.levels[store_id] <= 0)  # NaN (never reported) stays allowed
         elif self.online_stock is not None:
             mask &= self.online_stock
         if include_categories:

@@ -377,11 +377,7 @@ class OmnichannelService:
         )
         try:
             economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
-            on_hand = (
-                state.on_hand.xs(r.item_id, level="item_id")
-                if r.item_id in state.on_hand.index.get_level_values("item_id")
-                else None
-            )
+            on_hand = state.rules.on_hand(r.item_id)
             frame = plan_item(
                 state.forecaster, state.forecast_all(), r.item_id, r.units_available,
                 horizon=r.horizon, on_hand=on_hand, economics=economics,

@@ -38,7 +38,6 @@ class ServingState:
     Attributes:
         key_ids: pseudonym of each (channel, customer_key) -> customer_id.
         habits: per customer_id: most engaged recent ``channel``, habitual ``weekday`` / ``hour``.
-        on_hand: latest stock per (store_id, item_id).
         salt: the identity salt (the same one training pseudonymised with).
     """
 
@@ -49,7 +48,6 @@ class ServingState:
     rules: BusinessRules
     key_ids: dict[str, str]
     habits: pd.DataFrame
-    on_hand: pd.Series
     weights: InteractionWeights
     salt: str
     log_seq: int = 0
@@ -95,11 +93,12 @@ class ServingState:
             )
 
     def _apply(self, events: pd.DataFrame) -> None:
-        """Make logged events count: histories (and ALS vectors) and purchases.
+        """Make logged events count: stock, histories (and ALS vectors) and purchases.
 
         A key never seen before becomes a customer of its own, named as training would name it.
         Events of items the recommender does not know are kept in the log, not applied.
         """
+        self._move_stock(events)
         known = events[events["customer_key"].notna()]
         if known.empty:
             return
@@ -124,6 +123,17 @@ class ServingState:
         self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
         self._add_habits(known.assign(customer_id=customers))
         self.events_applied += len(known)
+
+    def _move_stock(self, events: pd.DataFrame) -> None:
+        """Purchases take stock from their store or node, returns put it back (any customer,
+        anonymous ones included)."""
+        sign = events["event_type"].map({"purchase": 1.0, "return": -1.0})
+        moving = sign.notna() & events["store_id"].notna()
+        if moving.any():
+            units = (sign * events["quantity"])[moving].to_numpy(dtype=np.float64)
+            self.rules.record_sales(
+                events["store_id"][moving].to_numpy(), events["item_id"][moving], units
+            )
 
     def _add_habits(self, events: pd.DataFrame) -> None:
         """Customers without habits yet (first seen here) get them from these events, so they
@@ -161,12 +171,6 @@ def load_state(log: EventLog) -> ServingState:
         items=context.get("items"),
         inventory=context.get("inventory"),
     )
-    inventory = context.get("inventory")
-    on_hand = (
-        inventory.set_index(["store_id", "item_id"])["on_hand"]
-        if inventory is not None
-        else pd.Series(dtype=float)
-    )
     meta = context["meta"]
     state = ServingState(
         recommender=recommender,
@@ -176,7 +180,6 @@ def load_state(log: EventLog) -> ServingState:
         rules=rules,
         key_ids=dict(zip(context["keys"]["key_id"], context["keys"]["customer_id"], strict=True)),
         habits=context["habits"].set_index("customer_id"),
-        on_hand=on_hand,
         weights=InteractionWeights(**meta.get("weights", {})),
         salt=IdentityConfig.from_env().salt,
     )

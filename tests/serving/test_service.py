@@ -350,3 +350,28 @@ def test_raw_customer_keys_never_reach_answers_or_logs(
     assert bad.status_code == 400 and good.status_code == 200 and rejected.status_code == 200
     for text in (bad.text, good.text, rejected.text, caplog.text):
         assert secret not in text
+
+
+def test_selling_a_stores_last_units_takes_the_item_off_its_list(app: TestClient) -> None:
+    ask = {"customer_id": "walk-in", "channel": "store", "store_id": "S003", "n": 5}
+    top = app.post("/recommend", json=ask).json()["items"][0]
+    assert "S003" in top["available_at"]
+    stock = pd.read_csv(SAMPLE / "inventory.csv.gz").sort_values("date")
+    latest = stock.drop_duplicates(["store_id", "item_id"], keep="last").set_index(
+        ["store_id", "item_id"]
+    )["on_hand"]
+    sale = {
+        "event_time": "2026-11-23T12:00:00",
+        "channel": "store",
+        "event_type": "purchase",
+        "item_id": top["item_id"],
+        "quantity": float(latest[("S003", top["item_id"])]),  # every unit left, anonymously
+        "store_id": "S003",
+    }
+    assert app.post("/events", json={"events": [sale]}).json()["accepted"] == 1
+    after = app.post("/recommend", json=ask).json()["items"]
+    assert top["item_id"] not in {i["item_id"] for i in after}
+    online = {"customer_id": "walk-in", "channel": "web", "n": 100}
+    elsewhere = app.post("/recommend", json=online)
+    listed = {i["item_id"]: i["available_at"] for i in elsewhere.json()["items"]}
+    assert "S003" not in listed.get(top["item_id"], [])
