@@ -120,7 +120,8 @@ class ServingState:
         )
         model.partial_fit_users(pd.Index(ids), additions)
         bought = (known["event_type"] == "purchase").to_numpy()
-        self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
+        if bought.any():
+            self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
         self._add_habits(known.assign(customer_id=customers))
         self.events_applied += len(known)
 
