@@ -240,7 +240,7 @@ class Recommender(BaseEstimator):
             )
         else:
             history = sp.csr_matrix((1, n_items), dtype=np.float32)
-        if extra_history is not None and extra_history.nnz:
+        if not no_extra:
             history = sp.csr_matrix(history + extra_history, dtype=np.float32)
             rows = np.array([-1])  # scored from the whole history, folded in afresh
         if not history.nnz:
