@@ -509,6 +509,15 @@ def bench_serve_cmd(
         metrics_out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
+@bench_app.command("placement")
+def bench_placement_cmd(
+    stores: Annotated[int, typer.Option(help="Stores in the chain.")] = 500,
+    items: Annotated[int, typer.Option(help="Items to allocate.")] = 10_000,
+) -> None:
+    """Time allocating every item across the chain (target: 500 x 10,000 in <= 10 s)."""
+    out.print_json(json.dumps(bench.run_placement_speed(stores, items)))
+
+
 @bench_app.command("forecaster")
 def bench_forecaster_cmd(
     dataset: Annotated[

@@ -16,6 +16,8 @@ units stop adding value once ``P(D <= S)`` reaches it (and the rest is placed by
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +79,11 @@ def _survival_table(mean: np.ndarray, dispersion: np.ndarray, levels: int) -> np
     p = r / (r + np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)[:, None])
     k = np.arange(levels - 1, dtype=np.float64)[None, :]
     ratios = (k + r) / (k + 1.0) * (1.0 - p)  # pmf(k+1) / pmf(k)
-    pmf = np.concatenate([p**r, (p**r) * np.cumprod(ratios, axis=1)], axis=1)
-    return np.clip(1.0 - np.cumsum(pmf, axis=1), 0.0, 1.0)
+    first = p**r
+    pmf = np.concatenate([first, first * np.cumprod(ratios, axis=1)], axis=1)
+    survival = np.cumsum(pmf, axis=1, out=pmf)
+    np.subtract(1.0, survival, out=survival)
+    return np.clip(survival, 0.0, 1.0, out=survival)
 
 
 def expected_outcomes(mean: np.ndarray, dispersion: np.ndarray, stock: np.ndarray) -> pd.DataFrame:
@@ -257,15 +262,20 @@ def allocate_many(
             "Means, stock and units available must not be negative; dispersions positive."
         )
     send = np.zeros(mean.shape, dtype=np.int64)
-    for first in range(0, len(mean), batch):
+
+    def place(first: int) -> None:
         part = slice(first, first + batch)
         packs = available[part]
         if packs.max(initial=0) <= 0:
-            continue
+            return
         room = np.broadcast_to(packs[:, None], mean[part].shape).copy()
         send[part] = _greedy_packs(
             mean[part], dispersion[part], stock[part], room, packs, 1, economics, allocate_all
         )
+
+    # Batches are independent and NumPy releases the GIL on these large arrays: one per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(place, range(0, len(mean), batch)))
     return send
 
 

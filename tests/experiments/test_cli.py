@@ -130,6 +130,13 @@ def test_bench_ingest_prints_figures(tmp_path: Path) -> None:
     assert figures["peak_rss_mb"] > 0
 
 
+def test_bench_placement_allocates_the_whole_chain() -> None:
+    result = omni("bench", "placement", "--stores", "20", "--items", "50")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert (figures["stores"], figures["items"]) == (20, 50) and figures["units_allocated"] > 0
+
+
 @pytest.mark.integration
 def test_placement_simulate_writes_the_documented_json(tmp_path: Path) -> None:
     from tests.conftest import SAMPLE
