@@ -71,23 +71,20 @@ def serve_cmd(port: Port = 3000) -> None:
 def demo_cmd(port: Port = 3000) -> None:
     """Train both models on data_samples, register the champions, create demo keys, start the
     service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
-    from experiments import serve, training
+    from experiments import serve
     from models.keys import create_key
 
-    data = serve.DEMO_DATA
     _identity_config()
-    out.print(f"[bold]1/4[/] training the recommender on {data} ...")
-    out.print(training.train_recommender(data).message)
-    out.print("[bold]2/4[/] training the demand forecaster (weekly, 4 weeks ahead) ...")
-    _, version, promoted, _ = training.train_forecaster(data, horizon=4, freq="W")
-    out.print(f"demand_forecaster v{version}{' is champion' if promoted else ''}.")
+    out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
+    for message in serve.train_demo_models():
+        out.print(message)
     keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
     keys_out.write_text(json.dumps(keys, indent=2))
     keys_out.chmod(0o600)
-    out.print(f"[bold]3/4[/] created demo keys (saved for you in {keys_out}).")
-    out.print(f"[bold]4/4[/] starting the service on port {port} ...")
+    out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).")
+    out.print(f"[bold]3/3[/] starting the service on port {port} ...")
     process = serve.start(port)
     try:
         serve.wait_ready(port, process)
@@ -486,8 +483,7 @@ def bench_serve_cmd(
 
     if any(training.champion_version(name) is None for name in (RECOMMENDER, FORECASTER)):
         err.print("No champions yet: training both on the demo data first ...")
-        training.train_recommender(serve.DEMO_DATA)
-        training.train_forecaster(serve.DEMO_DATA, horizon=4, freq="W")
+        serve.train_demo_models()
     figures = load.benchmark(concurrency=concurrency, seconds=seconds)
     figures["machine"] = bench.machine()
     table = Table(

@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data_samples" / "retail"
 
 
+def train_demo_models() -> tuple[str, str]:
+    """Train and register both models on the committed sample (weekly forecaster, 4 weeks
+    ahead); returns what each training said."""
+    from experiments import training
+
+    recommender = training.train_recommender(DEMO_DATA).message
+    _, version, promoted, _ = training.train_forecaster(DEMO_DATA, horizon=4, freq="W")
+    forecaster = f"demand_forecaster v{version}{' is champion' if promoted else ''}."
+    return recommender, forecaster
+
+
 def serve_command(port: int, service: str = SERVICE) -> list[str]:
     """``bentoml serve`` of a service, from this interpreter's environment."""
     bentoml = Path(sys.executable).parent / "bentoml"

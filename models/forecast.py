@@ -352,8 +352,12 @@ class LightGBMForecaster(Forecaster):
         item_ids: list[str] | None = None,
         horizon: int | None = None,
         plan: pd.DataFrame | None = None,
+        everything: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """A planner's view: one store, some items (default all), the first ``horizon`` periods.
+
+        ``everything`` is ``predict(history_, plan)`` when the caller already has it (the
+        service computes it once per model), so a request does not forecast the whole panel.
 
         Raises:
             ValueError: naming the unknown store or items, or a horizon beyond the model's.
@@ -375,7 +379,8 @@ class LightGBMForecaster(Forecaster):
             new_items = sorted(set(item_ids) - set(history["item_id"]))
             history = history[history["item_id"].isin(item_ids)]
         # Features that look across series (category, item over stores) need the whole panel.
-        everything = self.predict(self.history_, plan)
+        if everything is None:
+            everything = self.predict(self.history_, plan)
         forecast = everything[everything[SERIES].isin(history[SERIES])]
         if new_items:
             periods = np.sort(everything[PERIOD].unique())

@@ -408,7 +408,7 @@ def plan_item(
     Raises:
         PlacementError: for an item without history, a horizon beyond the model's, or bad inputs.
     """
-    if item_id not in set(model.history_["item_id"]):
+    if not model.history_["item_id"].eq(item_id).any():
         raise PlacementError(
             f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
         )

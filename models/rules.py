@@ -226,8 +226,6 @@ def recommend_with_rules(
     include_categories: list[str] | None = None,
     exclude_categories: list[str] | None = None,
     per_category: int | None = None,
-    promotable_only: bool = False,
-    extra_history: sp.csr_matrix | None = None,
 ) -> pd.DataFrame:
     """Recommendations that obey every rule (fewer than ``n`` when the rules leave fewer)."""
     allowed = rules.allowed(
@@ -235,13 +233,12 @@ def recommend_with_rules(
         store_id=store_id,
         include_categories=include_categories,
         exclude_categories=exclude_categories,
-        promotable_only=promotable_only,
     )
     exclude = rules.exclusions(customer_ids)
     depth = n if per_category is None else min(len(rules.item_ids), n * 10)
     recs = model.recommend(
         customer_ids, n=depth, exclude_seen=False, exclude=exclude, allowed=allowed,
-        store_id=store_id, channel=channel, extra_history=extra_history,
+        store_id=store_id, channel=channel,
     )  # fmt: skip
     if per_category is not None:
         recs = rules.cap_per_category(recs, per_category)

@@ -347,7 +347,9 @@ class OmnichannelService:
         r = ForecastRequest.model_construct(**request)
         state = self._state()
         try:
-            frame = state.forecaster.forecast(r.store_id, r.item_ids, r.horizon)
+            frame = state.forecaster.forecast(
+                r.store_id, r.item_ids, r.horizon, everything=state.forecast_all()
+            )
         except ValueError as exc:
             unknown = "not in the forecaster's history" in str(exc)
             return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
