@@ -36,9 +36,14 @@ def validation_summary(tables: dict[str, LoadedTable], top: int = 5) -> dict[str
     }
 
 
-def validate(data_dir: Path, quarantine_dir: Path | None = None) -> dict[str, LoadedTable]:
-    """Load every table; write quarantined rows to ``quarantine_dir`` (default DIR/_quarantine)."""
-    tables = load_dataset(data_dir)
+def validate(
+    data_dir: Path, quarantine_dir: Path | None = None, encoding: str = "utf-8"
+) -> dict[str, LoadedTable]:
+    """Load every table; write quarantined rows to ``quarantine_dir`` (default DIR/_quarantine).
+
+    ``encoding`` is for CSV files without a byte-order mark (e.g. ``cp932``).
+    """
+    tables = load_dataset(data_dir, encoding=encoding)
     write_quarantine(tables, quarantine_dir or Path(data_dir) / QUARANTINE_DIR)
     return tables
 
