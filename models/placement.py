@@ -12,6 +12,17 @@ objective, giving each next pack to the store where it adds the most (marginal-v
 optimal: that is what :func:`allocate` does, after the presentation minimums, within capacities
 and never beyond the units available. With a ``service_level`` instead of economics, a store's
 units stop adding value once ``P(D <= S)`` reaches it (and the rest is placed by sell-through).
+
+**A unit that almost surely never sells is not worth sending.** Unless ``allocate_all``, a unit
+whose chance of selling ``P(D > S)`` is below :data:`MIN_SELL_PROBABILITY` (1e-9) adds no value
+(at most zero): with no holding cost, ``margin x P(D > S)`` is positive for every ``S``, so
+without this floor every unit at the DC would be sent (10^9 of them: 19.5 GB, then the worker
+was killed). Each store's useful stock is therefore bounded by its demand distribution (about
+its 1 - 1e-9 quantile), and the work and memory of :func:`allocate` depend on the distributions,
+not on the units available. The value stays decreasing in ``S``, so the greedy stays optimal.
+Likewise, beyond the level where every store's ``P(D > s)`` is below float noise next to 1
+(:data:`_FLOAT_TAIL`), the survival table is flat: it is cut there, and deeper levels read its
+last one, so huge stocks (``expected_outcomes``, ``rebalance``) cost no more than small ones.
 """
 
 from __future__ import annotations
@@ -25,9 +36,19 @@ import pandas as pd
 from scipy import stats
 
 from features.demand import PERIOD
+from models.errors import BeyondModelError, UnknownIdError
 from models.forecast import LightGBMForecaster
 
 STORE_COLUMNS = ["store_id", "mean", "dispersion"]
+MIN_SELL_PROBABILITY = 1e-9
+"""Below this chance of selling, a unit is worth nothing (unless ``allocate_all``)."""
+_FLOAT_TAIL = 2.0**-56
+"""``P(D > s)`` below this is lost next to 1 in ``1 - cumsum(pmf)``: the table is flat beyond."""
+_SMALL_TABLE = 1024
+"""Survival tables up to this many levels are built whole, without looking for the flat tail."""
+_SUMMED_PACK = 64
+"""Packs up to this many units are valued by summing their units' values; larger ones, unless
+``allocate_all``, by differences of running totals (no stores x units array for 10^6 a pack)."""
 
 
 class PlacementError(ValueError):
@@ -74,9 +95,18 @@ def from_quantiles(
 
 
 def _survival_table(mean: np.ndarray, dispersion: np.ndarray, levels: int) -> np.ndarray:
-    """``P(D > s)`` for s = 0 .. levels - 1 per store (stores x levels), by the pmf recursion."""
+    """``P(D > s)`` for s = 0 .. levels - 1 per store (stores x levels), by the pmf recursion.
+
+    Beyond ``_SMALL_TABLE`` levels the table stops where every store's tail is below
+    ``_FLOAT_TAIL``: past there the recursion's values no longer change, so the table may have
+    fewer than ``levels`` columns and deeper levels read its last one (see :func:`_clamped`).
+    """
     r = np.asarray(dispersion, dtype=np.float64)[:, None]
     p = r / (r + np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)[:, None])
+    if levels > _SMALL_TABLE and r.size:
+        flat = stats.nbinom.isf(_FLOAT_TAIL, r[:, 0], p[:, 0])
+        if np.isfinite(flat).all():
+            levels = min(levels, max(_SMALL_TABLE, int(flat.max()) + 2))
     k = np.arange(levels - 1, dtype=np.float64)[None, :]
     ratios = (k + r) / (k + 1.0) * (1.0 - p)  # pmf(k+1) / pmf(k)
     first = p**r
@@ -86,14 +116,20 @@ def _survival_table(mean: np.ndarray, dispersion: np.ndarray, levels: int) -> np
     return np.clip(survival, 0.0, 1.0, out=survival)
 
 
+def _clamped(levels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Levels as indices into a (possibly cut) survival table: deeper ones read its last column."""
+    return np.minimum(levels, table.shape[-1] - 1)
+
+
 def expected_outcomes(mean: np.ndarray, dispersion: np.ndarray, stock: np.ndarray) -> pd.DataFrame:
     """Expected sales, fill rate, lost units and leftover for each store's final stock."""
     stock = np.asarray(stock, dtype=np.int64)
     levels = int(stock.max()) + 1 if len(stock) else 1
     survival = _survival_table(mean, dispersion, max(levels, 2))
-    # E[min(D, S)] = sum over s < S of P(D > s)
+    # E[min(D, S)] = sum over s < S of P(D > s); beyond the table, P(D > s) is its last column.
     cumulative = np.concatenate([np.zeros((len(stock), 1)), np.cumsum(survival, axis=1)], axis=1)
-    sales = cumulative[np.arange(len(stock)), stock]
+    inside = np.minimum(stock, survival.shape[1])
+    sales = cumulative[np.arange(len(stock)), inside] + (stock - inside) * survival[:, -1]
     mean = np.asarray(mean, dtype=np.float64)
     return pd.DataFrame(
         {
@@ -182,27 +218,25 @@ def _greedy_packs(
     """Packs per (item, store): each item's ``packs`` best next packs, each store's in order.
 
     All arrays are items x stores (``packs`` per item). Only each store's first ``depth`` packs
-    are valued; ``depth`` doubles while some store takes all of its candidates (its deeper packs
-    might still qualify), so the answer is exact and the work stays near the packs placed, not
-    stores x packs.
+    are valued; ``depth`` doubles while some store takes all of its candidates and its next pack
+    might still qualify, so the answer is exact and the work stays near the packs placed, not
+    stores x packs. Unless ``allocate_all``, a store's packs stop qualifying where its units'
+    chance of selling falls below ``MIN_SELL_PROBABILITY``, so however many packs there are,
+    the depth stays near the demand's far tail.
     """
     n_items, n_stores = mean.shape
     limit = int(min(room.max(), packs.max()))
-    # Start deep enough for the busiest store (about its mean), so one pass usually suffices.
+    # Start deep enough for the busiest store (about its mean), so one pass usually suffices;
+    # when the whole supply must go (of the order of the demand), deep enough to spread it.
     busiest = int(np.ceil(1.5 * mean.max() / pack_size)) + 5
-    depth = min(limit, max(4, 2 * -(-int(packs.max()) // n_stores), busiest))
+    spread = 2 * -(-int(packs.max()) // n_stores) if allocate_all else 0
+    depth = min(limit, max(4, spread, busiest))
     while True:
         levels = int(start.max()) + depth * pack_size + 2
-        survival = _survival_table(mean.ravel(), dispersion.ravel(), levels).reshape(
-            n_items, n_stores, levels
-        )
-        unit_value = _unit_values(survival, economics)
-        offsets = start[:, :, None] + np.arange(depth * pack_size)[None, None, :]
-        values = (
-            np.take_along_axis(unit_value, offsets, axis=2)
-            .reshape(n_items, n_stores, depth, pack_size)
-            .sum(axis=3)
-        )
+        survival = _survival_table(mean.ravel(), dispersion.ravel(), levels)
+        survival = survival.reshape(n_items, n_stores, survival.shape[1])
+        unit_value = _unit_values(survival, economics, worthless_tail=not allocate_all)
+        values = _pack_values(unit_value, start, depth, pack_size, allocate_all)
         values[np.arange(depth)[None, None, :] >= room[:, :, None]] = -np.inf  # beyond capacity
         flat = values.reshape(n_items, n_stores * depth)
         # Only the best ``packs`` of each row matter: partition, then order those alone —
@@ -223,10 +257,45 @@ def _greedy_packs(
         taken = np.bincount(
             (rows * n_stores + order // depth)[chosen], minlength=n_items * n_stores
         ).reshape(n_items, n_stores)
+        # A store that took all its candidates needs more only if its next pack may qualify:
+        # with values decreasing, not when that pack's first unit is worth nothing.
         saturated = (taken == depth) & (room > depth)
+        if not allocate_all:
+            following = _clamped(start + depth * pack_size, survival)[:, :, None]
+            saturated &= np.take_along_axis(unit_value, following, axis=2)[:, :, 0] > 0
         if depth >= limit or not saturated.any():
             return taken
         depth = min(limit, depth * 2)
+
+
+def _pack_values(
+    unit_value: np.ndarray, start: np.ndarray, depth: int, pack_size: int, allocate_all: bool
+) -> np.ndarray:
+    """Value of each store's next ``depth`` packs from ``start`` (items x stores x depth).
+
+    Small packs sum their units. Unless ``allocate_all``, large ones (up to 10^6 units) take
+    differences of running totals, the levels beyond the (cut) table worth its last column: no
+    units x packs array. ``allocate_all`` also ranks the packs worth nothing, whose values differ
+    by float noise alone, so it always sums (the same ranking as ever; its supply is of the order
+    of the demand).
+    """
+    if allocate_all or pack_size <= _SUMMED_PACK:
+        offsets = start[:, :, None] + np.arange(depth * pack_size)[None, None, :]
+        if int(start.max()) + depth * pack_size > unit_value.shape[2]:  # the table was cut
+            offsets = _clamped(offsets, unit_value)
+        return (
+            np.take_along_axis(unit_value, offsets, axis=2)
+            .reshape(*start.shape, depth, pack_size)
+            .sum(axis=3)
+        )
+    width = unit_value.shape[2]
+    running = np.concatenate(
+        [np.zeros((*start.shape, 1)), np.cumsum(unit_value, axis=2)], axis=2
+    )  # running[..., x] = value of the units below level x
+    bounds = start[:, :, None] + pack_size * np.arange(depth + 1)[None, None, :]
+    inside = np.minimum(bounds, width)
+    totals = np.take_along_axis(running, inside, axis=2) + (bounds - inside) * unit_value[:, :, -1:]
+    return np.diff(totals, axis=2)
 
 
 def allocate_many(
@@ -279,13 +348,21 @@ def allocate_many(
     return send
 
 
-def _unit_values(survival: np.ndarray, economics: Economics) -> np.ndarray:
-    """Value of the unit that raises stock from s to s + 1, per store and level."""
+def _unit_values(survival: np.ndarray, economics: Economics, *, worthless_tail: bool) -> np.ndarray:
+    """Value of the unit that raises stock from s to s + 1, per store and level.
+
+    With ``worthless_tail``, a unit whose chance of selling is below ``MIN_SELL_PROBABILITY`` is
+    worth at most zero (still decreasing in s: the chance of selling only falls).
+    """
     if economics.service_level is not None:
         # Until the service level is reached a unit is worth its sell-through; after, nothing.
         below_target = (1.0 - survival) < economics.service_level
-        return np.where(below_target, 1.0 + survival, survival - 1.0)
-    return economics.unit_margin * survival - economics.unit_holding * (1.0 - survival)
+        value = np.where(below_target, 1.0 + survival, survival - 1.0)
+    else:
+        value = economics.unit_margin * survival - economics.unit_holding * (1.0 - survival)
+    if worthless_tail:
+        value = np.where(survival < MIN_SELL_PROBABILITY, np.minimum(value, 0.0), value)
+    return value
 
 
 def _checked(stores: pd.DataFrame, available: int, pack_size: int) -> pd.DataFrame:
@@ -333,8 +410,8 @@ def rebalance(
     dispersion = allocation["dispersion"].to_numpy(dtype=np.float64)
     capacity = allocation["max_units"].to_numpy(dtype=np.float64)
     minimum = allocation["min_units"].to_numpy(dtype=np.float64)
-    survival = _survival_table(mean, dispersion, int(stock.sum()) + 2)
-    value = _unit_values(survival, economics)
+    survival = _survival_table(mean, dispersion, int(stock.sum()) + 2)  # cut where it is flat
+    value = _unit_values(survival, economics, worthless_tail=False)
     moves: dict[tuple[int, int], list[float]] = {}
     rows = np.arange(len(stock))
     while True:
@@ -342,8 +419,9 @@ def rebalance(
         can_take = stock < capacity
         if not can_give.any() or not can_take.any():
             break
-        losing = np.where(can_give, value[rows, np.maximum(stock - 1, 0)], np.inf)  # the last unit
-        gaining = np.where(can_take, value[rows, stock], -np.inf)  # the next unit
+        last, following = _clamped(np.maximum(stock - 1, 0), value), _clamped(stock, value)
+        losing = np.where(can_give, value[rows, last], np.inf)  # the last unit
+        gaining = np.where(can_take, value[rows, following], -np.inf)  # the next unit
         giver, taker = int(np.argmin(losing)), int(np.argmax(gaining))
         gain = gaining[taker] - losing[giver] - transfer_cost
         if giver == taker or gain <= 1e-12:
@@ -406,15 +484,17 @@ def plan_item(
         limits: optional ``store_id, min_units, max_units`` per store.
 
     Raises:
-        PlacementError: for an item without history, a horizon beyond the model's, or bad inputs.
+        UnknownIdError: for an item without history, or a store that does not sell it.
+        BeyondModelError: for a horizon beyond the model's.
+        PlacementError: for inputs that cannot describe an allocation.
     """
     if not model.history_["item_id"].eq(item_id).any():
-        raise PlacementError(
+        raise UnknownIdError(
             f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
         )
     horizon = horizon or model.horizon
     if not 1 <= horizon <= model.horizon:
-        raise PlacementError(
+        raise BeyondModelError(
             f"horizon must be between 1 and {model.horizon} (the model's), not {horizon}."
         )
     forecast = forecast[forecast["item_id"] == item_id]
@@ -425,6 +505,6 @@ def plan_item(
     if limits is not None and len(limits):
         unknown = sorted(set(limits["store_id"]) - set(stores["store_id"]))
         if unknown:
-            raise PlacementError(f"Store {unknown[0]!r} does not sell item {item_id!r}.")
+            raise UnknownIdError(f"Store {unknown[0]!r} does not sell item {item_id!r}.")
         stores = stores.merge(limits, on="store_id", how="left")
     return allocate(stores, units, economics=economics, pack_size=pack_size)

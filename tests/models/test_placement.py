@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,6 +14,7 @@ import pytest
 from scipy import stats
 
 from models.placement import (
+    MIN_SELL_PROBABILITY,
     Economics,
     PlacementError,
     allocate,
@@ -17,6 +22,10 @@ from models.placement import (
     from_quantiles,
     rebalance,
 )
+
+HUGE = 10**9  # what POST /placement accepts as units_available
+LARGE = 10**7
+SERVICE = Economics(unit_margin=1, unit_holding=0, service_level=None)  # the service's default
 
 
 def stores(means: list[float], dispersion: float = 5.0, **columns: list[float]) -> pd.DataFrame:
@@ -167,3 +176,107 @@ def test_allocating_a_whole_chain_at_once_matches_item_by_item() -> None:
                 "send"
             ].to_numpy()
             assert (batched[i] == single).all()
+
+
+def measured(call: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak MB allocated during the call; tracemalloc sees NumPy's arrays)."""
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        result = call()
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+    return result, seconds, peak
+
+
+@pytest.mark.parametrize("pack_size", [1, 12])
+@pytest.mark.parametrize("dispersion", [[1.0, 1.0, 1.0], [5.0, 5.0, 5.0], [1.0, 2.0, 5.0]])
+def test_regression_a_billion_units_killed_the_worker(
+    pack_size: int, dispersion: list[float]
+) -> None:
+    """10^9 units once grew the worker to 19.5 GB until it was killed: every unit was sent,
+    since with no holding cost each has a positive value. Now a unit that almost surely never
+    sells is worth nothing, and the answer depends on the demand, not on the units."""
+    frame = stores([15.9, 3.0, 200.0]).assign(dispersion=dispersion)
+    plan = lambda units: allocate(frame, units, economics=SERVICE, pack_size=pack_size)  # noqa: E731
+    result, seconds, peak = measured(lambda: plan(HUGE))
+    assert seconds < 1.0 and peak < 50.0, f"{seconds:.2f} s, {peak:.0f} MB"
+    send = result["send"].to_numpy()
+    assert 0 < send.sum() < 10_000 and (send % pack_size == 0).all()
+    assert (plan(LARGE)["send"].to_numpy() == send).all()  # no more sent for more available
+    # Every pack worth sending went: each store stops where P(D > S) crosses the floor.
+    r = np.asarray(dispersion)
+    p = r / (r + frame["mean"].to_numpy())
+    final = result["final_stock"].to_numpy()
+    assert (stats.nbinom.sf(final, r, p) < 1.01 * MIN_SELL_PROBABILITY).all()
+    assert (stats.nbinom.sf(final - pack_size, r, p) > 0.99 * MIN_SELL_PROBABILITY).all()
+    assert result["expected_fill_rate"].min() > 1 - 1e-8
+
+
+def test_a_billion_units_in_packs_of_a_million_stay_small() -> None:
+    frame = stores([15.9, 3.0, 200.0], dispersion=2.0)
+    result, seconds, peak = measured(
+        lambda: allocate(frame, HUGE, economics=SERVICE, pack_size=10**6)
+    )
+    assert seconds < 1.0 and peak < 50.0, f"{seconds:.2f} s, {peak:.0f} MB"
+    assert result["send"].tolist() == [10**6] * 3  # one pack each covers the whole demand
+
+
+def test_huge_stock_on_hand_or_as_minimum_costs_no_more_than_small() -> None:
+    frame = stores([15.9, 3.0, 200.0], dispersion=2.0, on_hand=[HUGE, 0, 0], min_units=[0, HUGE, 0])
+    (result, moves), seconds, peak = measured(
+        lambda: (
+            allocation := allocate(frame, 2 * HUGE, economics=SERVICE, pack_size=12),
+            rebalance(allocation, transfer_cost=0.01),
+        )
+    )
+    assert seconds < 1.0 and peak < 50.0, f"{seconds:.2f} s, {peak:.0f} MB"
+    assert result["send"].iloc[0] == 0 and result["send"].iloc[1] == HUGE + 8  # in whole packs
+    assert result["expected_sales"].to_numpy() == pytest.approx([15.9, 3.0, 200.0], rel=1e-6)
+    assert result["expected_leftover"].iloc[0] == pytest.approx(HUGE - 15.9)
+    assert moves.empty  # nobody short: nothing worth a transfer
+    outcome = expected_outcomes(np.array([5.0, 5.0]), np.array([2.0, 2.0]), np.array([HUGE, 3]))
+    small = expected_outcomes(np.array([5.0]), np.array([2.0]), np.array([3]))
+    assert outcome["expected_sales"].iloc[0] == pytest.approx(5.0)
+    assert outcome["expected_sales"].iloc[1] == small["expected_sales"].iloc[0]
+
+
+@pytest.mark.parametrize("economics", [Economics(1.0, 0.0), Economics(3.0, 1.0)])
+def test_large_packs_are_still_allocated_optimally(economics: Economics) -> None:
+    # Packs of 70 units are valued from running totals rather than unit by unit.
+    frame = stores([60.0, 150.0, 20.0], dispersion=3.0, on_hand=[5, 0, 30])
+    pack, packs = 70, 8
+    result = allocate(frame, pack * packs, economics=economics, pack_size=pack)
+    on_hand = frame["on_hand"].to_numpy()
+    n = len(frame)
+    # The value of k packs at each store, then the best split by brute force.
+    counts = np.repeat(np.arange(packs + 1), n)
+    outcome = expected_outcomes(
+        np.tile(frame["mean"].to_numpy(), packs + 1),
+        np.tile(frame["dispersion"].to_numpy(), packs + 1),
+        np.tile(on_hand, packs + 1) + pack * counts,
+    )
+    worth = (
+        (
+            economics.unit_margin * outcome["expected_sales"]
+            - economics.unit_holding * outcome["expected_leftover"]
+        )
+        .to_numpy()
+        .reshape(packs + 1, n)
+    )
+    best = max(
+        sum(worth[k, i] for i, k in enumerate(split))
+        for split in itertools.product(range(packs + 1), repeat=n)
+        if sum(split) <= packs
+    )
+    taken = result["send"].to_numpy() // pack
+    assert sum(worth[k, i] for i, k in enumerate(taken)) == pytest.approx(best, abs=1e-9)
+
+
+def test_allocate_all_still_places_the_whole_supply() -> None:
+    # Backtests place all of it, however little the last units may sell.
+    frame = stores([0.5, 0.2], dispersion=1.0)
+    assert allocate(frame, 400, economics=SERVICE, allocate_all=True)["send"].sum() == 400
+    assert allocate(frame, 400, economics=SERVICE)["send"].sum() < 100
