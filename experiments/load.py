@@ -170,8 +170,7 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
                 )
                 results[name] = result.figures()
             finally:
-                process.terminate()
-                process.wait(timeout=60)
+                serve.stop(process)  # the workers too: they run in sessions of their own
     floor, ours = results["floor /recommend"], results["service /recommend"]
     for name, size in (("1 event", 1), ("100 events", 100)):
         row = results[f"service /events, {name} per request"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +58,76 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> 
             pass
         time.sleep(0.5)
     raise RuntimeError(f"The service on port {port} was not ready after {timeout:.0f} s.")
+
+
+def stop(process: subprocess.Popen, *, graceful: bool = True, timeout: float = 45.0) -> None:
+    """Stop a service from :func:`start` and every process under it.
+
+    ``bentoml serve`` is an arbiter (circus) that starts each worker with ``setsid``: the workers
+    live in sessions and process groups of their own, so signalling the arbiter's group misses
+    them, and once the arbiter is gone nothing stops them. So the tree is read while the arbiter
+    lives, and whatever in it outlives the stop is killed.
+
+    ``graceful``: SIGTERM (to the arbiter's group when it leads one), the arbiter stops its
+    workers (circus gives them 30 s), and SIGKILL for anything still running after ``timeout``
+    seconds. Otherwise SIGKILL for the whole tree at once, as ``kill -9`` or a crash would; the
+    arbiter is frozen (SIGSTOP) first so that it cannot start a worker while the tree is read.
+    """
+    import psutil
+
+    tree: list[psutil.Process] = []
+    if process.returncode is None:  # once reaped, its pid may be someone else's
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(process.pid)
+            if not graceful:
+                root.suspend()
+            tree = [root, *root.children(recursive=True)]
+    group = bool(tree) and _leads_group(process.pid)
+    if graceful and tree:
+        _signal(process.pid, signal.SIGTERM, group=group)
+        deadline = time.monotonic() + timeout
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    survivors = _alive(tree)
+    for parent in list(survivors):  # and whatever they started meanwhile
+        with contextlib.suppress(psutil.NoSuchProcess):
+            survivors.extend(parent.children(recursive=True))
+    if any(p.pid == process.pid for p in survivors):
+        _signal(process.pid, signal.SIGKILL, group=group)
+    for survivor in survivors:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            survivor.kill()  # psutil checks that the pid was not reused
+    deadline = time.monotonic() + 10
+    while _alive(survivors) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.wait(timeout=10)
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _signal(pid: int, signum: int, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+
+
+def _alive(processes: list) -> list:
+    """Those still running (a zombie has finished: only its exit status is left to read)."""
+    import psutil
+
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
 
 
 def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[str]:

@@ -3,15 +3,22 @@
 It lives here, below both ``experiments`` and ``serving``, because both need it and neither may
 import the other. A key reads ``omni_<id>_<secret>``; the file keeps, per id, the SHA-256 of
 the secret (a random 256-bit token needs no slow hash) and the key's scopes.
+
+The file is private from its first instant (0600, in a 0700 directory when we create that) and
+is replaced atomically, so the service never reads it half-written; a lock on its directory keeps
+two ``create_key`` calls from losing each other's key.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SCOPES = ("recommend", "plan", "admin")
@@ -31,22 +38,55 @@ def create_key(scopes: list[str], path: Path | None = None) -> str:
             f"Scopes must be among {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}."
         )
     path = path or keys_file()
-    store = json.loads(path.read_text()) if path.exists() else {}
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    store[key_id] = {
-        "sha256": hashlib.sha256(secret.encode()).hexdigest(),
-        "scopes": sorted(set(scopes)),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(store, indent=2))
-    path.chmod(0o600)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _locked(path):
+        store = load_keys(path)
+        store[key_id] = {
+            "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+            "scopes": sorted(set(scopes)),
+        }
+        _write_private(path, json.dumps(store, indent=2))
     return f"omni_{key_id}_{secret}"
 
 
 def load_keys(path: Path | None = None) -> dict[str, dict]:
     path = path or keys_file()
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive use of the keys file between its read and its replacement, across processes
+    (an flock on its directory: no lock file to leave behind)."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically: a 0600 temporary file beside it, synced, renamed."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)  # exactly 0600, whatever the umask
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 def scopes_of(key: str, keys: dict[str, dict]) -> list[str] | None:
