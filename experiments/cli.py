@@ -97,8 +97,7 @@ def demo_cmd(port: Port = 3000) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        serve.stop(process)  # the workers too: they run in sessions of their own
 
 
 class UsageError(Exception):
@@ -149,9 +148,16 @@ def validate_cmd(
         Path | None, typer.Option("--out", help="Quarantine dir (default DATA/_quarantine).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            "--encoding",
+            help="Text encoding of CSV files without a byte-order mark, e.g. cp932 (Shift-JIS).",
+        ),
+    ] = "utf-8",
 ) -> None:
     """Check every table against the data contract; quarantine bad rows with a reason."""
-    tables = pipelines.validate(data, out_dir)
+    tables = pipelines.validate(data, out_dir, encoding)
     summary = pipelines.validation_summary(tables)
     if as_json:
         typer.echo(json.dumps(summary))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -42,9 +43,12 @@ from features.interactions import (
     split_by_time,
 )
 from models.forecast import LightGBMForecaster
+from models.probe import probe_forecast, probe_recommender
 from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER
 
 REGISTERED_NAME = RECOMMENDER
+#: The share of the latest events that does not move the end of the validation window.
+LATE_SHARE = 0.001
 EXPERIMENT = "recommender"
 
 
@@ -63,8 +67,15 @@ def split_for_validation(
     events: pd.DataFrame, days: int, weights: InteractionWeights
 ) -> tuple[Interactions, pd.DataFrame]:
     """Train on everything before the last ``days``; validate on the new items each known
-    customer bought in those days (items they had no history with: what a recommender is for)."""
-    cutoff = events["event_time"].max() - pd.Timedelta(days=days)
+    customer bought in those days (items they had no history with: what a recommender is for).
+
+    The data's end is where all but its latest 0.1% of events lie, not its latest event: a few
+    events posted to the service after the files were exported (or a till with a wrong clock)
+    would otherwise leave the files' own last weeks out of the window, and it would be empty.
+    """
+    times = events["event_time"].sort_values().to_numpy()
+    end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
+    cutoff = end - pd.Timedelta(days=days)
     before, after = split_by_time(events, cutoff)
     train = build_interactions(before, weights=weights)
     train = Interactions(train.matrix, train.customer_ids, train.item_ids, build_popularity(before))
@@ -75,7 +86,7 @@ def split_for_validation(
     cols = train.columns_of(pd.Index(relevant["item_id"]))
     known = cols >= 0
     seen = pd.Series(False, index=relevant.index)
-    seen[known] = train.matrix[rows[known], cols[known]].A1 > 0
+    seen[known] = np.asarray(train.matrix[rows[known], cols[known]]).ravel() > 0
     return train, relevant[~seen.to_numpy()]
 
 
@@ -124,6 +135,7 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
         all_events.matrix, all_events.customer_ids, all_events.item_ids, build_popularity(unified)
     )
     final = best.candidate.build().fit(all_events)
+    probe_recommender(final)  # never register a model that answers NaN or nothing
     extras = load_dataset(data_dir, ("items", "inventory"))
 
     def save(path: Path) -> Path:
@@ -195,7 +207,13 @@ def write_context(
         stock = extras["inventory"].accepted.sort_values("date")
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
         latest.to_parquet(out / "inventory.parquet")
-    meta = {"weights": asdict(weights), "log_seq": log_seq}
+    unified = result.unified
+    meta = {
+        "weights": asdict(weights),
+        "log_seq": log_seq,
+        "stores": sorted(unified["store_id"].dropna().astype(str).unique()),
+        "channels": sorted(unified["channel"].astype(str).unique()),
+    }
     (out / "meta.json").write_text(json.dumps(meta))
 
 
@@ -308,6 +326,7 @@ def train_forecaster(
     params = {"data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows}
     log_backtest(result, params)
     final = LightGBMForecaster(horizon=horizon, freq=freq).fit(data.panel, items=data.items)
+    probe_forecast(final.predict(final.history_))
     champion_wape = _champion_tag(FORECASTER_NAME, "backtest_wape")
     promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
     version = _register(

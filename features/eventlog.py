@@ -7,18 +7,26 @@ SQLite (WAL, ``synchronous=FULL``) by default; PostgreSQL when ``OMNI_EVENTS_URL
 
 The log is the retailer's own record of events, like ``events.csv``: it holds the customer keys
 as sent. They never leave ``features``: what reaches a model is the pseudonymous ``customer_id``.
+
+The store may be down: the log connects when it is first used, and reconnects on the next call
+after a failure; every failure is an :class:`EventStoreUnavailable` whose message never holds the
+URL's password. A stored row that breaks the contract (written by an older version, or by hand)
+is quarantined when read — logged and counted in :attr:`EventLog.quarantined` — and never makes
+the log unreadable.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -32,7 +40,32 @@ DEFAULT_PATH = Path(".omni") / "events.db"
 MAX_BATCH = 1000
 COLUMNS = tuple(c.name for c in EVENTS.columns)
 _ROW = "__row"
+_SEQ = "__seq"
 ALREADY_RECORDED = "duplicate event_id (already recorded)"
+#: Seconds to wait for PostgreSQL to answer a connection before calling it unavailable.
+CONNECT_TIMEOUT = 5
+
+logger = logging.getLogger("omnichannel_ml")
+
+
+class EventStoreUnavailable(RuntimeError):
+    """The event store cannot be reached or used now; a later call may succeed."""
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS omni_events (
@@ -90,32 +123,58 @@ def _text(value: Any) -> str | None:
 
 
 class EventLog:
-    """An append-only table of accepted events in SQLite or PostgreSQL."""
+    """An append-only table of accepted events in SQLite or PostgreSQL.
+
+    Attributes:
+        url: the store's URL with any password redacted (safe to show and log).
+    """
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self._url = url
+        self.url = redact(url)
         self._lock = threading.Lock()
+        self._connection: Any = None
+        self._quarantined: set[int] = set()
         if url.startswith(("postgresql://", "postgres://")):
-            import psycopg
-
-            self._postgres = True
-            self._connection: Any = psycopg.connect(url, autocommit=False)
-            serial, self._param = "BIGSERIAL", "%s"
+            self._postgres, self._param = True, "%s"
         elif url.startswith("sqlite:///"):
-            path = Path(url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._postgres = False
-            self._connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before it returns, even across a power cut.
-            self._connection.execute("PRAGMA synchronous=FULL")
-            serial, self._param = "INTEGER", "?"
+            self._postgres, self._param = False, "?"
         else:
             raise ValueError(
-                f"{EVENTS_URL_ENV}={url!r} is neither sqlite:///PATH nor postgresql://..."
+                f"{EVENTS_URL_ENV}={self.url!r} is neither sqlite:///PATH nor postgresql://..."
             )
-        with self._transaction() as cursor:
-            cursor.execute(_CREATE.format(serial=serial))
+
+    @property
+    def quarantined(self) -> int:
+        """Stored events that broke the contract when read back (each counted once)."""
+        return len(self._quarantined)
+
+    def _connect(self) -> Any:
+        connection: Any
+        if self._postgres:
+            import psycopg
+
+            connection = psycopg.connect(
+                self._url, autocommit=False, connect_timeout=CONNECT_TIMEOUT
+            )
+            serial = "BIGSERIAL"
+        else:
+            path = Path(self._url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # customer keys inside: readable by its owner only
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before it returns, even across a power cut.
+            connection.execute("PRAGMA synchronous=FULL")
+            serial = "INTEGER"
+        try:
+            connection.execute(_CREATE.format(serial=serial))
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     @classmethod
     def from_env(cls) -> EventLog:
@@ -124,16 +183,50 @@ class EventLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
+        """A cursor in a transaction, committed on success; store failures become
+        :class:`EventStoreUnavailable` (and the connection is made again next time)."""
         with self._lock:
-            cursor = self._connection.cursor()
+            try:
+                if self._connection is None:
+                    self._connection = self._connect()
+                connection = self._connection
+                cursor = connection.cursor()
+            except Exception as exc:
+                self._drop_connection()
+                raise self._unavailable(exc) from None
             try:
                 yield cursor
-                self._connection.commit()
-            except BaseException:
-                self._connection.rollback()
+                connection.commit()
+            except BaseException as exc:
+                broken = _is_store_failure(exc)
+                try:
+                    connection.rollback()
+                except Exception:
+                    broken = True
+                if broken:
+                    self._drop_connection()
+                    raise self._unavailable(exc) from None
                 raise
             finally:
-                cursor.close()
+                with suppress(Exception):  # a broken connection's cursor may not close cleanly
+                    cursor.close()
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with suppress(Exception):  # already broken; nothing more to release
+                self._connection.close()
+        self._connection = None
+
+    def _unavailable(self, exc: BaseException) -> EventStoreUnavailable:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = urlsplit(self._url).password
+        if password:
+            reason = reason.replace(password, "***")
+        return EventStoreUnavailable(f"The event store {self.url} is unavailable: {reason}")
+
+    def ping(self) -> None:
+        """Raise :class:`EventStoreUnavailable` unless the store answers now."""
+        self.last_seq()
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Store validated events (from :func:`validate_events`); committed when this returns.
@@ -178,21 +271,25 @@ class EventLog:
         p = self._param
         with self._transaction() as cursor:
             cursor.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM omni_events WHERE seq > {p} AND seq <= {p} "
-                "ORDER BY seq",
+                f"SELECT {', '.join(COLUMNS)}, seq FROM omni_events "
+                f"WHERE seq > {p} AND seq <= {p} ORDER BY seq",
                 (after, upto if upto is not None else 2**62),
             )
             rows = cursor.fetchall()
         raw = pd.DataFrame(
-            [[_text(v) for v in row] for row in rows], columns=list(COLUMNS), dtype=object
+            [[_text(v) for v in row] for row in rows], columns=[*COLUMNS, _SEQ], dtype=object
         )
         accepted, quarantined = validate_table(raw, EVENTS, source=f"the event log {self.url}")
-        if len(quarantined):  # the log only holds validated events: this is corruption
-            raise ValueError(
-                f"The event log {self.url} holds {len(quarantined)} event(s) that break the "
-                f"contract, first: {quarantined[REASON].iloc[0]}."
-            )
-        return accepted
+        fresh = set(quarantined[_SEQ].astype(int)) - self._quarantined if len(quarantined) else ()
+        if fresh:
+            # Written by an older version or by hand: kept in the store, never applied.
+            self._quarantined.update(fresh)
+            logger.warning(
+                "The event log %s holds %d event(s) that break the contract; they are "
+                "quarantined (not used). First: seq %d, %s.",
+                self.url, len(fresh), min(fresh), quarantined[REASON].iloc[0],
+            )  # fmt: skip
+        return accepted.drop(columns=_SEQ)
 
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:
@@ -201,7 +298,7 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
-            self._connection.close()
+            self._drop_connection()
 
 
 def _iso(value: pd.Timestamp) -> str:
@@ -212,3 +309,14 @@ def _nullable(value: Any) -> Any:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
     return float(value) if isinstance(value, np.floating) else value
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)

@@ -26,6 +26,7 @@ from features.schema import (
     STORE_KINDS,
     SUFFIXES,
     TABLES,
+    Bounds,
     Kind,
     TableSchema,
 )
@@ -91,16 +92,25 @@ def find_table_files(data_dir: Path) -> dict[str, Path]:
     return found
 
 
-def load_dataset(data_dir: Path, tables: tuple[str, ...] | None = None) -> dict[str, LoadedTable]:
-    """Load and validate every contract table present in ``data_dir``."""
+def load_dataset(
+    data_dir: Path, tables: tuple[str, ...] | None = None, *, encoding: str = "utf-8"
+) -> dict[str, LoadedTable]:
+    """Load and validate every contract table present in ``data_dir``.
+
+    ``encoding`` is for CSV files without a byte-order mark (e.g. ``cp932``).
+    """
     files = find_table_files(data_dir)
     wanted = tables if tables is not None else tuple(files)
-    return {name: load_table(files[name], TABLES[name]) for name in wanted if name in files}
+    return {
+        name: load_table(files[name], TABLES[name], encoding=encoding)
+        for name in wanted
+        if name in files
+    }
 
 
-def load_table(path: Path, schema: TableSchema) -> LoadedTable:
-    """Read one file and validate it against ``schema``."""
-    raw, malformed, undecodable = read_raw(path)
+def load_table(path: Path, schema: TableSchema, *, encoding: str = "utf-8") -> LoadedTable:
+    """Read one file (CSV text in ``encoding`` unless it has a BOM) and validate it."""
+    raw, malformed, undecodable = read_raw(path, encoding)
     holder = [raw]
     del raw  # validation owns the raw table from here, so it can free it column by column
     accepted, quarantined = _validate(holder, schema, source=path.name, initial_reasons=undecodable)
@@ -115,6 +125,7 @@ def validate_table(
     *,
     source: str,
     initial_reasons: np.ndarray | None = None,
+    bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split raw rows into typed accepted rows and quarantined rows with a reason.
 
@@ -127,6 +138,7 @@ def validate_table(
         schema: the table's contract.
         source: the file name, used in error messages.
         initial_reasons: per row, a reason found while reading (e.g. invalid UTF-8), or None.
+        bounds: valid ranges of times and numbers (default :meth:`Bounds.from_env`).
 
     Returns:
         ``(accepted, quarantined)``; ``len(accepted) + len(quarantined) == len(raw)``.
@@ -135,7 +147,7 @@ def validate_table(
         ContractError: if a required column is missing.
     """
     table = raw if isinstance(raw, pa.Table) else pa.Table.from_pandas(raw, preserve_index=False)
-    return _validate([table], schema, source=source, initial_reasons=initial_reasons)
+    return _validate([table], schema, source=source, initial_reasons=initial_reasons, bounds=bounds)
 
 
 def _validate(
@@ -144,9 +156,11 @@ def _validate(
     *,
     source: str,
     initial_reasons: np.ndarray | None,
+    bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
     table = holder.pop()
+    limits = _Limits.of(bounds or Bounds.from_env())
     if table.num_columns == 0 and table.num_rows == 0:
         table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})
     for required in schema.required:
@@ -164,7 +178,7 @@ def _validate(
     def check(
         job: tuple[pa.ChunkedArray, str, Kind],
     ) -> tuple[pa.ChunkedArray, Problems, np.ndarray | None]:
-        values, problems = _parse(*job)
+        values, problems = _parse(*job, limits)
         # Hashing the key is the costliest step: do it here, beside the other columns.
         return values, problems, _dictionary_codes(values) if job[1] == single_key else None
 
@@ -280,50 +294,46 @@ def _float_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.replace_substring_regex(text, r"\.0$", "")
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """:class:`Bounds` resolved for one validation: ``now`` is read once, at its start."""
+
+    earliest: np.datetime64
+    latest_time: np.datetime64
+    latest_date: np.datetime64
+    floor_text: str
+    max_quantity: float
+    max_amount: float
+    skew_hours: float
+
+    @classmethod
+    def of(cls, bounds: Bounds) -> _Limits:
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        return cls(
+            earliest=np.datetime64(pd.Timestamp(bounds.time_floor).as_unit("us")),
+            latest_time=np.datetime64((now + bounds.clock_skew).as_unit("us")),
+            latest_date=np.datetime64((now + bounds.plan_ahead).as_unit("us")),
+            floor_text=pd.Timestamp(bounds.time_floor).isoformat(),
+            max_quantity=bounds.max_quantity,
+            max_amount=bounds.max_amount,
+            skew_hours=bounds.clock_skew.total_seconds() / 3600,
+        )
+
+
 _MISSING_NUMBER = pa.array(["na", "n/a", "null", "none", "nan", "#n/a"])
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+# C0 controls and DEL: invisible, break logs and terminals, and PostgreSQL refuses NUL.
+_CONTROL = r"[\x00-\x1f\x7f]"
 
 
-def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedArray, Problems]:
+def _parse(
+    values: pa.ChunkedArray, name: str, kind: Kind, limits: _Limits
+) -> tuple[pa.ChunkedArray, Problems]:
     """Check one column: typed values (invalid ones as null) and (mask, reason) per problem."""
     if kind in (Kind.TIME, Kind.DATE):
-        return _parse_time(values, name, kind)
-    if kind in (Kind.NUMBER, Kind.NONNEGATIVE):
-        if (
-            pa.types.is_boolean(values.type)
-            or pa.types.is_integer(values.type)
-            or pa.types.is_floating(values.type)
-            or pa.types.is_decimal(values.type)
-        ):
-            parsed = values.cast(pa.float64())
-            given = ~_is_null(values)
-        else:
-            text = _as_text(values)
-            lowered = pc.utf8_lower(text)
-            # Exports write "NA" or "NULL" for a missing number, and TRUE / FALSE for flags.
-            text = pc.if_else(
-                pc.is_in(lowered, value_set=_MISSING_NUMBER), pa.scalar(None, text.type), text
-            )
-            text = pc.if_else(pc.equal(lowered, "true"), pa.scalar("1", text.type), text)
-            text = pc.if_else(pc.equal(lowered, "false"), pa.scalar("0", text.type), text)
-            given = ~_is_null(text)
-            parsed = pc.if_else(
-                pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type)
-            ).cast(pa.float64())
-        number = _mask(pc.is_finite(parsed))
-        not_number = given & ~number
-        negative = (
-            given & number & _mask(pc.less(parsed, 0.0))
-            if kind is Kind.NONNEGATIVE
-            else np.zeros(len(given), bool)
-        )
-        invalid = not_number | negative
-        if invalid.any():
-            parsed = pc.if_else(pa.array(invalid), pa.scalar(None, pa.float64()), parsed)
-        return parsed, [
-            (not_number, f"{name} is not a finite number"),
-            (negative, f"{name} is negative"),
-        ]
+        return _parse_time(values, name, kind, limits)
+    if kind in (Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY):
+        return _parse_number(values, name, kind, limits)
     if kind is Kind.BOOL:
         if pa.types.is_boolean(values.type):
             return values, []
@@ -345,21 +355,76 @@ def _parse(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedAr
             text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
         return text, [(bad, f"{name} is not one of {', '.join(allowed.to_pylist())}")]
     limit = MAX_ID_LENGTH if kind is Kind.ID else MAX_TEXT_LENGTH
-    bad = _mask(pc.greater(pc.binary_length(text), limit))
-    if bad.any():  # bytes over the limit: count characters before calling it too long
-        bad &= _mask(pc.greater(pc.utf8_length(text), limit))
+    long = _mask(pc.greater(pc.binary_length(text), limit))
+    if long.any():  # bytes over the limit: count characters before calling it too long
+        long &= _mask(pc.greater(pc.utf8_length(text), limit))
+    control = _mask(pc.match_substring_regex(text, _CONTROL if kind is Kind.ID else "\x00"))
+    bad = long | control
+    if bad.any():
         text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
-    return text, [(bad, f"{name} is longer than {limit} characters")]
+    what = "a control character" if kind is Kind.ID else "a NUL character"
+    return text, [
+        (long, f"{name} is longer than {limit} characters"),
+        (control, f"{name} has {what}"),
+    ]
 
 
-def _parse_time(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.ChunkedArray, Problems]:
+def _parse_number(
+    values: pa.ChunkedArray, name: str, kind: Kind, limits: _Limits
+) -> tuple[pa.ChunkedArray, Problems]:
+    if (
+        pa.types.is_boolean(values.type)
+        or pa.types.is_integer(values.type)
+        or pa.types.is_floating(values.type)
+        or pa.types.is_decimal(values.type)
+    ):
+        parsed = values.cast(pa.float64())
+        given = ~_is_null(values)
+    else:
+        text = _as_text(values)
+        lowered = pc.utf8_lower(text)
+        # Exports write "NA" or "NULL" for a missing number, and TRUE / FALSE for flags.
+        text = pc.if_else(
+            pc.is_in(lowered, value_set=_MISSING_NUMBER), pa.scalar(None, text.type), text
+        )
+        text = pc.if_else(pc.equal(lowered, "true"), pa.scalar("1", text.type), text)
+        text = pc.if_else(pc.equal(lowered, "false"), pa.scalar("0", text.type), text)
+        given = ~_is_null(text)
+        parsed = pc.if_else(
+            pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type)
+        ).cast(pa.float64())
+    number = given & _mask(pc.is_finite(parsed))
+    x = np.asarray(pc.fill_null(parsed, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    top = limits.max_quantity if kind is Kind.QUANTITY else limits.max_amount
+    high, high_text = number & (x > top), f"is over {top:g}"
+    if kind is Kind.QUANTITY:
+        low, low_text = number & (x <= 0), "is not positive"
+    elif kind is Kind.NONNEGATIVE:
+        low, low_text = number & (x < 0), "is negative"
+    else:
+        low, low_text = number & (x < -top), f"is below -{top:g}"
+    not_number = given & ~number
+    invalid = not_number | low | high
+    if invalid.any():
+        parsed = pc.if_else(pa.array(invalid), pa.scalar(None, pa.float64()), parsed)
+    return parsed, [
+        (not_number, f"{name} is not a finite number"),
+        (low, f"{name} {low_text}"),
+        (high, f"{name} {high_text}"),
+    ]
+
+
+def _parse_time(
+    values: pa.ChunkedArray, name: str, kind: Kind, limits: _Limits
+) -> tuple[pa.ChunkedArray, Problems]:
     what = "timestamp" if kind is Kind.TIME else "date"
     if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
         if getattr(values.type, "tz", None) is not None:
             values = values.cast(pa.timestamp(values.type.unit, tz="UTC")).cast(
                 pa.timestamp(values.type.unit)
             )
-        parsed = values.cast(pa.timestamp("us"))
+        # A Parquet time beyond what microseconds hold is out of bounds anyway: saturate it.
+        parsed = values.cast(pa.timestamp("us"), safe=False)
         bad = np.zeros(len(values), dtype=bool)
     else:
         text = _as_text(values).to_pandas()
@@ -372,7 +437,23 @@ def _parse_time(values: pa.ChunkedArray, name: str, kind: Kind) -> tuple[pa.Chun
         )
     if kind is Kind.DATE:
         parsed = pc.floor_temporal(parsed, unit="day")
-    return parsed, [(bad, f"{name} is not an ISO 8601 {what}")]
+    stamps = np.asarray(parsed.to_numpy(), dtype="datetime64[us]")
+    present = ~np.isnat(stamps)
+    latest = limits.latest_time if kind is Kind.TIME else limits.latest_date
+    early = present & (stamps < limits.earliest)
+    late = present & (stamps > latest)
+    if early.any() or late.any():
+        parsed = pc.if_else(pa.array(early | late), pa.scalar(None, parsed.type), parsed)
+    ahead = (
+        f"more than {limits.skew_hours:g} h ahead of now (clock skew)"
+        if kind is Kind.TIME
+        else "too far in the future"
+    )
+    return parsed, [
+        (bad, f"{name} is not an ISO 8601 {what}"),
+        (early, f"{name} is before {limits.floor_text}"),
+        (late, f"{name} is {ahead}"),
+    ]
 
 
 def _assemble(
@@ -399,6 +480,7 @@ _ARROW_TYPE = {
     Kind.DATE: pa.timestamp("us"),
     Kind.NUMBER: pa.float64(),
     Kind.NONNEGATIVE: pa.float64(),
+    Kind.QUANTITY: pa.float64(),
     Kind.BOOL: pa.bool_(),
     Kind.ID: pa.large_string(),
     Kind.TEXT: pa.large_string(),

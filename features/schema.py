@@ -6,19 +6,22 @@ generator read it from here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
 class Kind(StrEnum):
     """How a column's raw text is parsed and checked."""
 
-    TIME = "time"  # ISO 8601 timestamp; naive means UTC
-    DATE = "date"  # ISO 8601 calendar date
-    ID = "id"  # non-empty string, at most MAX_ID_LENGTH characters
-    TEXT = "text"  # free string, at most MAX_TEXT_LENGTH characters
-    NUMBER = "number"  # finite float, may be negative
-    NONNEGATIVE = "nonnegative"  # finite float >= 0
+    TIME = "time"  # ISO 8601 timestamp; naive means UTC; within [time floor, now + clock skew]
+    DATE = "date"  # ISO 8601 calendar date; within [time floor, now + plan ahead]
+    ID = "id"  # non-empty string, at most MAX_ID_LENGTH characters, no control characters
+    TEXT = "text"  # free string, at most MAX_TEXT_LENGTH characters, no NUL
+    NUMBER = "number"  # finite float, |x| <= max amount
+    NONNEGATIVE = "nonnegative"  # finite float, 0 <= x <= max amount
+    QUANTITY = "quantity"  # finite float, 0 < x <= max quantity
     BOOL = "bool"  # true/false, 1/0, yes/no, t/f, y/n
     EVENT_TYPE = "event_type"  # one of EVENT_TYPES
     STORE_KIND = "store_kind"  # one of STORE_KINDS
@@ -26,9 +29,54 @@ class Kind(StrEnum):
 
 EVENT_TYPES = ("view", "cart", "purchase", "return")
 STORE_KINDS = ("store", "online", "dc")
-MAX_ID_LENGTH = 128
+MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 1024
 COVARIATE_PREFIX = "x_"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a valid value is beyond its type: the same for files, live events and stored rows.
+
+    Dates and times outside these bounds are typos or broken clocks; letting one in can make the
+    data unloadable later (a year-10000 timestamp) or empty a training window, so it is refused.
+    Set per deployment with ``OMNI_TIME_FLOOR`` (ISO date), ``OMNI_CLOCK_SKEW_HOURS`` and
+    ``OMNI_MAX_QUANTITY``.
+    """
+
+    time_floor: datetime = datetime(2000, 1, 1)
+    clock_skew: timedelta = timedelta(hours=24)
+    #: How far ahead a date may lie (plans cover forecast horizons of up to a year).
+    plan_ahead: timedelta = timedelta(days=2 * 366)
+    max_quantity: float = 1e6
+    #: Prices, units, stock and covariates: larger magnitudes are corrupt values, not data.
+    max_amount: float = 1e12
+
+    @classmethod
+    def from_env(cls) -> Bounds:
+        """The defaults, overridden by the environment.
+
+        Raises:
+            ValueError: when a variable is set but is not a valid value.
+        """
+        defaults = cls()
+        try:
+            floor = os.environ.get("OMNI_TIME_FLOOR")
+            skew = os.environ.get("OMNI_CLOCK_SKEW_HOURS")
+            quantity = os.environ.get("OMNI_MAX_QUANTITY")
+            bounds = cls(
+                time_floor=datetime.fromisoformat(floor) if floor else defaults.time_floor,
+                clock_skew=timedelta(hours=float(skew)) if skew else defaults.clock_skew,
+                max_quantity=float(quantity) if quantity else defaults.max_quantity,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                "OMNI_TIME_FLOOR must be an ISO date, OMNI_CLOCK_SKEW_HOURS and "
+                f"OMNI_MAX_QUANTITY numbers ({exc})."
+            ) from exc
+        if bounds.time_floor.tzinfo is not None or not 0 < bounds.max_quantity <= 1e12:
+            raise ValueError("OMNI_TIME_FLOOR must be naive (UTC), OMNI_MAX_QUANTITY in (0, 1e12].")
+        return bounds
 
 
 @dataclass(frozen=True)
@@ -79,7 +127,7 @@ EVENTS = TableSchema(
         _c("event_type", Kind.EVENT_TYPE, True),
         _c("item_id", Kind.ID, True),
         _c("customer_key", Kind.ID),
-        _c("quantity", Kind.NONNEGATIVE),
+        _c("quantity", Kind.QUANTITY),
         _c("unit_price", Kind.NONNEGATIVE),
         _c("store_id", Kind.ID),
         _c("event_id", Kind.ID),

@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from features.demand import PERIOD, SERIES, TARGET, FeatureSpec, build_features, extend_with_future
+from models.errors import BeyondModelError, UnknownIdError
 
 QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
@@ -360,18 +361,19 @@ class LightGBMForecaster(Forecaster):
         service computes it once per model), so a request does not forecast the whole panel.
 
         Raises:
-            ValueError: naming the unknown store or items, or a horizon beyond the model's.
+            UnknownIdError: naming the unknown store or items.
+            BeyondModelError: for a horizon beyond the model's.
         """
         check_is_fitted(self, "booster_")
         horizon = horizon or self.horizon
         if not 1 <= horizon <= self.horizon:
-            raise ValueError(
+            raise BeyondModelError(
                 f"horizon must be between 1 and {self.horizon} (the model's), not {horizon}."
             )
         history = self.history_[self.history_["store_id"] == store_id]
         if history.empty:
             known = ", ".join(sorted(map(str, self.history_["store_id"].unique()))[:10])
-            raise ValueError(
+            raise UnknownIdError(
                 f"Store {store_id!r} is not in the forecaster's history (known: {known})."
             )
         new_items: list[str] = []
@@ -400,7 +402,7 @@ class LightGBMForecaster(Forecaster):
         )
         unknown = [item for item in new_items if pd.isna(category.get(item))]
         if unknown:
-            raise ValueError(
+            raise UnknownIdError(
                 f"No history and no known category for item(s) {', '.join(unknown[:10])} "
                 f"at store {store_id!r}; add them to the items table to get a category prior."
             )
@@ -413,7 +415,7 @@ class LightGBMForecaster(Forecaster):
         for item in new_items:
             mean = float(prior.get(category[item], np.nan))
             if np.isnan(mean):
-                raise ValueError(
+                raise BeyondModelError(
                     f"Store {store_id!r} has no recent sales in the category of {item!r}."
                 )
             p10, p50, p90 = negative_binomial_quantiles(

@@ -23,7 +23,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_BODY_ENV = "OMNI_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a full batch of 1,000 events is about 250 kB
 #: Open to anyone: the probes, and the API's own description (no data in it).
-PUBLIC = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/docs.json"})
+PUBLIC = frozenset({"/livez", "/readyz", "/healthz", "/", "/docs", "/docs.json"})
 PUBLIC_PREFIXES = ("/static_content/",)
 ADMIN = "admin"
 
@@ -40,6 +40,8 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if path == "/docs":  # BentoML serves its Swagger UI at "/"; /docs is where people look
+            scope = {**scope, "path": "/", "raw_path": b"/"}
         if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
@@ -120,7 +122,8 @@ EXTRA_RESPONSES = {
     "403": "The key lacks the route's scope.",
     "409": "A valid request the served model cannot answer (e.g. beyond its horizon).",
     "413": "The request body is too large.",
-    "503": "The champions are not loaded (see /readyz).",
+    "422": "A field breaks its type or a limit, or an event breaks the contract (all named).",
+    "503": "Not ready (see /readyz), or the event store is down; retry after Retry-After.",
 }
 _ERROR_SCHEMA = {
     "type": "object",

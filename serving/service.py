@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -19,7 +20,6 @@ import bentoml
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -28,10 +28,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.demand import SERIES
-from features.eventlog import ALREADY_RECORDED, MAX_BATCH, EventLog, validate_events
-from models.placement import Economics, PlacementError, plan_item
-from models.recommenders import UnknownItemError
+from features.eventlog import (
+    MAX_BATCH,
+    EventLog,
+    EventStoreUnavailable,
+    validate_events,
+)
+from features.schema import MAX_ID_LENGTH
+from models.placement import Economics, plan_item
 from models.rules import top_for_customer
+from serving.errors import (
+    RETRY_AFTER,
+    NotFound,
+    QuietRefusals,
+    RequestIds,
+    Unavailable,
+    answers,
+)
 from serving.gate import DocumentedAPI, Gate
 from serving.state import ServingState, load_state
 
@@ -51,13 +64,19 @@ ROUTES = {
 }
 
 
-class NotReady(BentoMLException):
-    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+#: Seconds between attempts to load the champions while the service is not ready.
+LOAD_RETRY_SECONDS = 5.0
+#: Stored events that broke the contract when read back (quarantined, never applied).
+EVENTS_QUARANTINED = bentoml.metrics.Gauge(
+    name="omni_events_quarantined",
+    documentation="Stored events that broke the contract when read back (not applied).",
+    multiprocess_mode="max",
+)
 
 
 # -- request types: flat JSON, strict types, bounded sizes ---------------------------------------
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 def _not_null(value: Any) -> Any:
@@ -70,7 +89,7 @@ def _not_null(value: Any) -> Any:
 OptionalId = Annotated[
     Id | None,
     BeforeValidator(_not_null),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128}),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}),
 ]
 
 
@@ -195,45 +214,127 @@ async def _model_info(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     try:
         return JSONResponse(await run_in_threadpool(service.model_info))
-    except NotReady as exc:
-        return JSONResponse({"error": str(exc)}, status_code=503)
+    except Unavailable as exc:
+        headers = {"Retry-After": str(RETRY_AFTER)}
+        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
 
 
 #: ``GET /model_info`` (BentoML APIs are POST-only, so this small app is mounted beside them).
 info_app = Starlette(routes=[Route("/model_info", _model_info, methods=["GET"])])
 
 
+class Readiness:
+    """ASGI middleware answering ``/readyz`` with the reason and counts as JSON (BentoML's own
+    probe says only yes or no); the check runs off the event loop, so ``/livez`` never waits."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/readyz":
+            await self.app(scope, receive, send)
+            return
+        service = bentoml.get_current_service()
+        details = await run_in_threadpool(service.readiness)
+        status = 200 if details["ready"] else 503
+        await JSONResponse(details, status_code=status)(scope, receive, send)
+
+
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="omnichannel_ml")
 class OmnichannelService:
     def __init__(self) -> None:
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
         self.log = EventLog.from_env()
         self.state: ServingState | None = None
+        #: Why the service is not ready, or why the event store is failing (None when fine).
+        self.problem: str | None = None
         self._reload_lock = threading.Lock()
+        self._next_attempt = 0.0
+        self._try_load()
+
+    def _try_load(self) -> None:
+        """Load the champions and replay the log, unless another thread is at it or the last
+        attempt was under :data:`LOAD_RETRY_SECONDS` ago. On failure the service stays up and
+        not ready, and says why (/readyz); it tries again by itself."""
+        if time.monotonic() < self._next_attempt or not self._reload_lock.acquire(blocking=False):
+            return
         try:
-            self.state = load_state(self.log)
-        except Exception as exc:  # the service stays up, not ready, until /admin/reload works
-            log.error("Could not load the champions: %s", exc)
+            if self.state is None:
+                self._next_attempt = time.monotonic() + LOAD_RETRY_SECONDS
+                state = load_state()
+                state.catch_up(self.log)
+                self.state, self.problem = state, None
+        except EventStoreUnavailable as exc:
+            self._store_failed(exc)
+        except Exception as exc:
+            self.problem = f"The champions could not be loaded: {exc}"
+            log.error("%s", self.problem)
+        finally:
+            self._reload_lock.release()
+
+    def _store_failed(self, exc: EventStoreUnavailable) -> None:
+        if self.problem != str(exc):  # once per outage, not once per request
+            log.warning("%s", exc)
+        self.problem = str(exc)
 
     def __is_ready__(self) -> bool:
-        return self.state is not None
+        return bool(self.readiness()["ready"])
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready when the champions are loaded and the event store answers; else why not."""
+        if self.state is None:
+            self._try_load()
+        elif self.problem is not None:
+            try:
+                self.state.catch_up(self.log)
+                log.info("The event store %s answers again.", self.log.url)
+                self.problem = None
+            except EventStoreUnavailable as exc:
+                self._store_failed(exc)
+        state = self.state
+        EVENTS_QUARANTINED.set(self.log.quarantined)
+        return {
+            "ready": state is not None and self.problem is None,
+            "reason": self.problem,
+            "events_quarantined": self.log.quarantined,
+            "recommender_version": state.recommender_version if state else None,
+            "forecaster_version": state.forecaster_version if state else None,
+        }
 
     def _state(self) -> ServingState:
-        """The state being served, with every event logged so far applied."""
+        """The state being served, with every event logged so far applied. When the event
+        store is down, the state as it is (answers stay up; only /events needs the store)."""
+        if self.state is None:
+            self._try_load()
         state = self.state
         if state is None:
-            raise NotReady("The champions are not loaded yet; see /readyz and POST /admin/reload.")
-        state.catch_up(self.log)
+            raise Unavailable(
+                "The service is not ready: "
+                + (self.problem or "the champions are being loaded")
+                + " See /readyz."
+            )
+        try:
+            state.catch_up(self.log)
+        except EventStoreUnavailable as exc:
+            self._store_failed(exc)
+        else:
+            self.problem = None
         return state
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **request: Any) -> dict[str, Any]:
+    @answers
+    def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Ranked items for a customer, by ``customer_id`` or by the ``customer_key`` a channel
         knows them by. Bought items are left out unless repurchasable; only items in stock
         where they would be bought (the store, else anywhere) are offered. An unknown customer
         gets the store's / channel's best sellers, flagged ``fallback`` — never an error."""
         r = RecommendRequest.model_construct(**request)
         state = self._state()
+        if r.channel not in state.channels:
+            raise NotFound(f"Unknown channel {r.channel!r}.")
+        if r.store_id is not None and r.store_id not in state.stores:
+            raise NotFound(f"Unknown store {r.store_id!r}.")
         customer = r.resolve(state)
         model = state.recommender
         context = np.zeros(0, dtype=np.int64)
@@ -272,14 +373,12 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
+    @answers
     def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Items most similar to one item (404 when the model does not know it)."""
         r = SimilarItemsRequest.model_construct(**request)
         state = self._state()
-        try:
-            similar = state.recommender.similar_items([r.item_id], n=r.n)
-        except UnknownItemError as exc:
-            return _error(ctx, HTTPStatus.NOT_FOUND, str(exc))
+        similar = state.recommender.similar_items([r.item_id], n=r.n)
         return {
             "item_id": r.item_id,
             "items": [
@@ -290,6 +389,7 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/offers", input_spec=OffersRequest)
+    @answers
     def offers(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Promotable items for a customer, the channel to send them through (their most
         engaged recent channel) and when (the next of their habitual weekday and hour, UTC)."""
@@ -297,7 +397,7 @@ class OmnichannelService:
         state = self._state()
         customer = r.resolve(state)
         if customer is None or customer not in state.habits.index:
-            return _error(ctx, HTTPStatus.NOT_FOUND, "Unknown customer: no history to offer from.")
+            raise NotFound("Unknown customer: no history to offer from.")
         habit = state.habits.loc[customer].to_dict()
         channel = str(habit["channel"])
         model = state.recommender
@@ -318,41 +418,53 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
-    def events(self, **request: Any) -> dict[str, Any]:
-        """Record up to 1,000 events. Each is accepted or rejected with its reason (the events
-        contract); accepted events are stored durably before this returns and count at once."""
+    @answers
+    def events(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """Record up to 1,000 events, all or none: when any event breaks the events contract,
+        nothing is stored and the 422 names every bad event by index with its reason. Stored
+        events are durable before this returns and count at once; an ``event_id`` already
+        recorded is not stored again (``already_recorded``), so a retry is always safe."""
         r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
         accepted, reasons = validate_events(records)
+        bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
+        if bad:
+            listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
+            more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+            ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+            return {
+                "error": f"{len(bad)} of {len(records)} events break the contract and none was "
+                f"stored: {listed}{more}.",
+                "stored": 0,
+                "rejected": [{"index": i, "reason": reason} for i, reason in bad],
+            }
         stored, seqs = self.log.append(accepted)
         if self.state is not None:
             self.state.apply_appended(self.log, accepted[stored], seqs)
-        ids = iter(accepted["event_id"])
-        duplicates = iter(~stored)
-        results = []
-        for i, reason in enumerate(reasons):
-            if reason is None:
-                event_id = next(ids)
-                reason = ALREADY_RECORDED if next(duplicates) else None
-            else:
-                event_id = records[i].get("event_id")
-            status = "accepted" if reason is None else "rejected"
-            results.append({"index": i, "event_id": event_id, "status": status, "reason": reason})
-        n_accepted = sum(result["status"] == "accepted" for result in results)
-        return {"accepted": n_accepted, "rejected": len(results) - n_accepted, "results": results}
+        return {
+            "stored": int(stored.sum()),
+            "already_recorded": int((~stored).sum()),
+            "results": [
+                {"index": i, "event_id": event_id, "status": status}
+                for i, (event_id, status) in enumerate(
+                    zip(
+                        accepted["event_id"],
+                        np.where(stored, "stored", "already_recorded"),
+                        strict=True,
+                    )
+                )
+            ],
+        }
 
     @bentoml.api(route="/forecast", input_spec=ForecastRequest)
+    @answers
     def forecast(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Mean, P10, P50 and P90 per item and period for one store."""
         r = ForecastRequest.model_construct(**request)
         state = self._state()
-        try:
-            frame = state.forecaster.forecast(
-                r.store_id, r.item_ids, r.horizon, everything=state.forecast_all()
-            )
-        except ValueError as exc:
-            unknown = "not in the forecaster's history" in str(exc)
-            return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
+        frame = state.forecaster.forecast(
+            r.store_id, r.item_ids, r.horizon, everything=state.forecast_all()
+        )
         return {
             "store_id": r.store_id,
             "forecast": [
@@ -368,6 +480,7 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/placement", input_spec=PlacementRequest)
+    @answers
     def placement(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Allocate the units at the DC across the stores that sell the item, by the expected
         margin of each next unit under the forecast's uncertainty, net of their stock now."""
@@ -377,17 +490,13 @@ class OmnichannelService:
         limits = pd.DataFrame(
             [{"store_id": store, **limit.model_dump()} for store, limit in c.stores.items()]
         )
-        try:
-            economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
-            on_hand = state.rules.on_hand(r.item_id)
-            frame = plan_item(
-                state.forecaster, state.forecast_all(), r.item_id, r.units_available,
-                horizon=r.horizon, on_hand=on_hand, economics=economics,
-                pack_size=c.pack_size, limits=limits,
-            )  # fmt: skip
-        except PlacementError as exc:
-            unknown = "no sales history" in str(exc) or "does not sell" in str(exc)
-            return _error(ctx, HTTPStatus.NOT_FOUND if unknown else HTTPStatus.CONFLICT, str(exc))
+        economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
+        on_hand = state.rules.on_hand(r.item_id)
+        frame = plan_item(
+            state.forecaster, state.forecast_all(), r.item_id, r.units_available,
+            horizon=r.horizon, on_hand=on_hand, economics=economics,
+            pack_size=c.pack_size, limits=limits,
+        )  # fmt: skip
         columns = ["store_id", "on_hand", "send", "final_stock", "mean"]
         columns += [name for name in frame.columns if name.startswith("expected_")]
         stores = frame.reindex(columns=columns).rename(columns={"mean": "expected_demand"})
@@ -425,19 +534,21 @@ class OmnichannelService:
         }
 
     @bentoml.api(route="/admin/reload")
+    @answers
     def reload(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Load the current champions and swap them in at once; on failure the models being
         served stay, and the error is returned (503) and logged."""
         with self._reload_lock:
             try:
-                state = load_state(self.log)
+                state = load_state()
+                state.catch_up(self.log)
             except Exception as exc:
                 log.error("Reload failed; still serving the previous champions: %s", exc)
                 ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+                ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
                 message = f"Reload failed; the previous champions keep serving: {exc}"
                 return {"reloaded": False, "error": message}
-            state.catch_up(self.log)
-            self.state = state
+            self.state, self.problem = state, None
         return {
             "reloaded": True,
             "recommender_version": state.recommender_version,
@@ -445,14 +556,11 @@ class OmnichannelService:
         }
 
 
+# The first added is the outermost: request ids on every answer, then keys and sizes.
+OmnichannelService.add_asgi_middleware(RequestIds, routes=set(ROUTES))  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(DocumentedAPI)  # type: ignore[attr-defined]
-
-
-def _error(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:
-    """A 4xx answer as ``{"error": message}`` (BentoML's own 4xx body is a one-item list)."""
-    ctx.response.status_code = status
-    return {"error": message}
+OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
 
 
 def _reason(fallback: bool, context: bool, store_id: str | None, channel: str) -> str:

@@ -24,6 +24,7 @@ from features.eventlog import EventLog
 from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
 from features.interactions import InteractionWeights, event_weights
 from models.forecast import LightGBMForecaster
+from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
 from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
 from models.rules import BusinessRules
@@ -39,6 +40,8 @@ class ServingState:
         key_ids: pseudonym of each (channel, customer_key) -> customer_id.
         habits: per customer_id: most engaged recent ``channel``, habitual ``weekday`` / ``hour``.
         salt: the identity salt (the same one training pseudonymised with).
+        stores, channels: every store and channel the data or the posted events named; a
+            request naming another is refused (404), not answered with a guess.
     """
 
     recommender: Recommender
@@ -50,6 +53,8 @@ class ServingState:
     habits: pd.DataFrame
     weights: InteractionWeights
     salt: str
+    stores: set[str] = field(default_factory=set)
+    channels: set[str] = field(default_factory=set)
     log_seq: int = 0
     events_applied: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -99,6 +104,8 @@ class ServingState:
         Events of items the recommender does not know are kept in the log, not applied.
         """
         self._move_stock(events)
+        self.stores = self.stores | set(events["store_id"].dropna())  # swapped whole
+        self.channels = self.channels | set(events["channel"])
         known = events[events["customer_key"].notna()]
         if known.empty:
             return
@@ -154,11 +161,13 @@ class ServingState:
             return self._forecast
 
 
-def load_state(log: EventLog) -> ServingState:
-    """Download both ``@champion`` models and their context; replay events logged since.
+def load_state() -> ServingState:
+    """Download both ``@champion`` models and their context (then :meth:`ServingState.catch_up`
+    replays the events logged since).
 
     Raises:
         mlflow.exceptions.MlflowException: when a champion is missing or cannot be read.
+        UnusableModelError: when a champion's answers on the probe are empty or not finite.
     """
     client = MlflowClient()
     rec_version = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
@@ -173,19 +182,33 @@ def load_state(log: EventLog) -> ServingState:
         inventory=context.get("inventory"),
     )
     meta = context["meta"]
+    forecaster = LightGBMForecaster.load(champion_dir(FORECASTER))
+    popularity = recommender.popularity_
+    segments = {
+        kind: set(popularity.loc[popularity["segment_type"] == kind, "segment"].astype(str))
+        for kind in ("store", "channel")
+    }
     state = ServingState(
         recommender=recommender,
         recommender_version=str(rec_version.version),
-        forecaster=LightGBMForecaster.load(champion_dir(FORECASTER)),
+        forecaster=forecaster,
         forecaster_version=str(fc_version.version),
         rules=rules,
         key_ids=dict(zip(context["keys"]["key_id"], context["keys"]["customer_id"], strict=True)),
         habits=context["habits"].set_index("customer_id"),
         weights=InteractionWeights(**meta.get("weights", {})),
         salt=IdentityConfig.from_env().salt,
+        stores=set(meta.get("stores", ()))
+        | segments["store"]
+        | set(rules.levels)
+        | set(forecaster.history_["store_id"].astype(str)),
+        channels=set(meta.get("channels", ()))
+        | segments["channel"]
+        | set(context["habits"]["channel"]),
     )
     state.log_seq = int(meta.get("log_seq", 0))
-    state.catch_up(log)
+    probe_recommender(recommender)
+    probe_forecast(state.forecast_all())  # computed once per model anyway: now, not on a request
     return state
 
 

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from features.interactions import Interactions
+from models.errors import UnknownIdError
 
 RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
 SIMILAR_COLUMNS = ["item_id", "similar_item_id", "score", "rank"]
@@ -34,11 +35,8 @@ class ModelFitError(RuntimeError):
     """Training produced an unusable model (e.g. NaN factors)."""
 
 
-class UnknownItemError(KeyError):
+class UnknownItemError(UnknownIdError):
     """Item ids the model has never seen."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Recommender(BaseEstimator):

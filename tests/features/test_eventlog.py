@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from features.eventlog import EventLog, validate_events, with_logged
+from features.eventlog import EventLog, EventStoreUnavailable, validate_events, with_logged
 from features.ingest import load_table
 from features.schema import EVENTS
 
-POSTGRES = "postgresql://127.0.0.1:5432/test"
 GOOD = {
     "event_time": "2026-11-23T10:00:00",
     "channel": "store",
@@ -30,25 +28,14 @@ GOOD = {
 @pytest.fixture(params=["sqlite", "postgresql"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
     if request.param == "sqlite":
-        event_log = EventLog(f"sqlite:///{tmp_path}/events.db")
-        yield event_log
-        event_log.close()
-        return
-    import psycopg
-
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server answers at 127.0.0.1:5432 ({exc})")
-    schema = f"omni_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f"CREATE SCHEMA {schema}")
-    event_log = EventLog(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+        url = f"sqlite:///{tmp_path}/events.db"
+    else:  # skipped, or under CI failed, when no server answers (tests/conftest.py)
+        url = request.getfixturevalue("postgres_url")
+    event_log = EventLog(url)
     try:
         yield event_log
     finally:
         event_log.close()
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
 
 
 def test_posted_events_get_the_files_checks_one_by_one(tmp_path: Path) -> None:
@@ -90,3 +77,70 @@ def test_training_adds_only_the_logged_events_a_file_does_not_hold() -> None:
 def test_an_unknown_url_is_refused_in_one_sentence() -> None:
     with pytest.raises(ValueError, match="neither sqlite"):
         EventLog("mysql://somewhere/db")
+
+
+def test_a_stored_row_that_breaks_the_contract_is_quarantined_not_fatal(log: EventLog) -> None:
+    """Regression (#11): one year-10000 event made the log unreadable — the service could never
+    load again and ``omni train`` exited 2."""
+    accepted, _ = validate_events([GOOD])
+    log.append(accepted)
+    with log._transaction() as cursor:  # what an older version, or a hand edit, could leave
+        p = log._param
+        cursor.execute(
+            "INSERT INTO omni_events (received_at, event_time, channel, event_type, item_id, "
+            f"quantity, event_id) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            ("now", "10000-01-01T13:59:59", "store", "purchase", "I1", 1e300, "bad-1"),
+        )
+    back = log.read()
+    assert list(back["event_id"]) == ["till-1"] and log.quarantined == 1
+    log.read()  # read again (a reload): still one quarantined event, not two
+    assert log.quarantined == 1
+
+
+def test_a_nul_in_a_key_is_refused_before_the_store() -> None:
+    """Regression (#11): a NUL in customer_key was a 500 on PostgreSQL (SQLite stored it)."""
+    accepted, reasons = validate_events([{**GOOD, "customer_key": "LC\x00-1"}])
+    assert accepted.empty and reasons == ["customer_key has a control character"]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "sqlite"])
+def test_an_unreachable_store_is_one_sentence_without_its_password(
+    scheme: str, tmp_path: Path
+) -> None:
+    """Regression (#11): the store's errors carried its whole URL, password included."""
+    password = "Sup3r-Secret-pw"
+    if scheme == "postgresql":  # nothing listens on port 1
+        url = f"postgresql://omni:{password}@127.0.0.1:1/test"
+    else:  # a file where the directory should be (SQLite URLs hold no password)
+        (tmp_path / "blocked").write_text("")
+        url = f"sqlite:///{tmp_path}/blocked/events.db"
+    log = EventLog(url)
+    with pytest.raises(EventStoreUnavailable) as refused:
+        log.last_seq()
+    assert password not in str(refused.value) and password not in log.url
+    assert str(refused.value).startswith("The event store ")
+    if scheme == "postgresql":
+        assert "***" in log.url
+
+
+def test_the_log_reconnects_when_the_store_comes_back(postgres_url: str) -> None:
+    import psycopg
+
+    log = EventLog(postgres_url)
+    accepted, _ = validate_events([GOOD])
+    log.append(accepted)
+    backend = log._connection.info.backend_pid
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # the server drops us
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    with pytest.raises(EventStoreUnavailable):
+        log.last_seq()
+    assert log.last_seq() == 1  # the next call connects again
+    log.close()
+
+
+def test_a_new_sqlite_store_is_private(tmp_path: Path) -> None:
+    """Regression (#11): events.db (customer keys inside) was created world-readable."""
+    log = EventLog(f"sqlite:///{tmp_path}/events.db")
+    log.last_seq()
+    log.close()
+    assert (tmp_path / "events.db").stat().st_mode & 0o777 == 0o600

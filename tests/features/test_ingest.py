@@ -59,13 +59,24 @@ def test_good_events_are_typed_and_in_canonical_order(tmp_path: Path) -> None:
     [
         ("yesterday,web,view,I1,K,1,,,e1", "event_time is not an ISO 8601 timestamp"),
         ("2024-01-01,web,teleport,I1,K,1,,,e1", "event_type is not one of"),
-        ("2024-01-01,web,view,I1,K,-2,,,e1", "quantity is negative"),
+        ("2024-01-01,web,view,I1,K,-2,,,e1", "quantity is not positive"),
+        ("2024-01-01,web,view,I1,K,0,,,e1", "quantity is not positive"),
+        # Regression (#11): 1e300 units were accepted.
+        ("2024-01-01,web,view,I1,K,1e300,,,e1", "quantity is over 1e+06"),
+        ("2024-01-01,web,view,I1,K,1,1e300,,e1", "unit_price is over 1e+12"),
+        # Regression (#11): a year-10000 time was stored and made the log unloadable.
+        ("9999-12-31T23:59:59-14:00,web,view,I1,K,1,,,e1", "event_time is more than 24 h ahead"),
+        ("2999-01-01,web,view,I1,K,1,,,e1", "event_time is more than 24 h ahead"),
+        ("1970-01-01,web,view,I1,K,1,,,e1", "event_time is before 2000-01-01"),
+        # Regression (#11): a NUL in a key was a 500 on PostgreSQL.
+        ("2024-01-01,web,view,I1,K\x00K,1,,,e1", "customer_key has a control character"),
+        ("2024-01-01,web,view,I1\x1b[31m,K,1,,,e1", "item_id has a control character"),
         ("2024-01-01,web,view,I1,K,two,,,e1", "quantity is not a finite number"),
         ("2024-01-01,web,view,I1,K,inf,,,e1", "quantity is not a finite number"),
         ("2024-01-01,web,view,,K,1,,,e1", "missing item_id"),
         ("2024-01-01,,view,I1,K,1,,,e1", "missing channel"),
         (",web,view,I1,K,1,,,e1", "missing event_time"),
-        ("2024-01-01,web,view," + "I" * 129 + ",K,1,,,e1", "item_id is longer than 128"),
+        ("2024-01-01,web,view," + "I" * 257 + ",K,1,,,e1", "item_id is longer than 256"),
         ("2024-01-01,web,view,I1,K,1,-0.5,,e1", "unit_price is negative"),
         ("2024-01-01,web,view,I1,K,1,,,e1,surplus", "wrong number of fields"),
         ("2024-01-01,web,view,I1", "wrong number of fields"),

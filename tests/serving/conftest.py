@@ -3,6 +3,8 @@ and the service in-process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,26 @@ def client(champions: Path):
     OmnichannelService.config["metrics"] = {"enabled": False}
     with TestClient(OmnichannelService.to_asgi()) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def own_service(client: TestClient):
+    """A second service instance in-process, for a test that changes its settings first.
+
+    BentoML keeps one "current service" per process and clears it when an app shuts down; the
+    session's service is made current again afterwards, as it is in its own worker.
+    """
+    from _bentoml_sdk.service import get_current_service, set_current_service
+
+    from serving.service import OmnichannelService
+
+    @contextmanager
+    def start() -> Iterator[TestClient]:
+        session = get_current_service()
+        try:
+            with TestClient(OmnichannelService.to_asgi()) as own:
+                yield own
+        finally:
+            set_current_service(session)
+
+    return start

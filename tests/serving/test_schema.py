@@ -2,7 +2,8 @@
 
 Positive and negative cases for every API: no 5xx, no request that breaks the schema accepted,
 every response as documented — except BentoML's 400 body, which its generated schema describes
-wrongly (``detail``), so only that check is left out, and only for 400 responses.
+wrongly (``detail``), so only that check is left out, and only for 400 responses; and a 422 from
+/events to a schema-valid batch, since the events contract goes beyond JSON Schema.
 
 Cases are drawn with Hypothesis from each operation's strategy (schemathesis's own pytest
 parametrisation does not run under pytest 9).
@@ -16,7 +17,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    positive_data_acceptance,
+    response_schema_conformance,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +32,17 @@ OPERATIONS = [
     "POST /forecast",
     "POST /placement",
 ]
+
+
+@pytest.fixture(autouse=True)
+def session_service_stays_current(client):
+    """BentoML keeps one current service per process and clears it when an app stops, as
+    schemathesis's app does after its calls; the session's service is made current again."""
+    from _bentoml_sdk.service import get_current_service, set_current_service
+
+    session = get_current_service()
+    yield
+    set_current_service(session)
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +73,10 @@ def test_the_api_keeps_its_contract(
     def check(case) -> None:
         response = case.call(headers=auth)
         excluded = [response_schema_conformance] if response.status_code == 400 else []
+        if label == "POST /events" and response.status_code == 422:
+            # The events contract says more than JSON Schema can (a time within now + 24 h, no
+            # control characters, unique ids): a schema-valid batch may still be refused whole.
+            excluded.append(positive_data_acceptance)
         case.validate_response(response, excluded_checks=excluded, headers=auth)
 
     check()

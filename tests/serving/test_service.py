@@ -133,8 +133,10 @@ def test_context_items_steer_an_anonymous_visitor(app: TestClient) -> None:
         {"customer_id": "c", "channel": "app", "context_item_ids": ["i"] * 51},
     ],
 )
-def test_recommend_rejects_bad_requests_with_400(app: TestClient, body: dict) -> None:
-    assert app.post("/recommend", json=body).status_code == 400
+def test_recommend_rejects_bad_requests_with_422(app: TestClient, body: dict) -> None:
+    response = app.post("/recommend", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith("Invalid request: ")
 
 
 def test_similar_items_and_unknown_item(app: TestClient) -> None:
@@ -161,7 +163,7 @@ def test_offers_are_promotable_with_a_channel_and_a_send_time(app: TestClient, l
 # -- events -----------------------------------------------------------------------------------
 
 
-def test_events_are_accepted_or_rejected_one_by_one(app: TestClient) -> None:
+def test_a_batch_with_bad_events_is_refused_whole_naming_each(app: TestClient) -> None:
     good = {
         "event_time": "2026-11-23T10:00:00",
         "channel": "web",
@@ -174,23 +176,31 @@ def test_events_are_accepted_or_rejected_one_by_one(app: TestClient) -> None:
     no_item = {k: v for k, v in good.items() if k != "item_id"} | {"event_id": "test-bad-2"}
     negative = {**good, "quantity": -2, "event_id": "test-bad-3"}
     anonymous = {**good, "customer_key": None, "event_id": None}
-    response = app.post("/events", json={"events": [good, bad_time, no_item, negative, anonymous]})
-    assert response.status_code == 200, response.text
+    future = {**good, "event_time": "9999-12-31T23:59:59-14:00", "event_id": "test-bad-4"}
+    batch = [good, bad_time, no_item, negative, anonymous, future]
+    response = app.post("/events", json={"events": batch})
+    assert response.status_code == 422, response.text
     body = response.json()
-    assert (body["accepted"], body["rejected"]) == (2, 3)
-    status = [r["status"] for r in body["results"]]
-    assert status == ["accepted", "rejected", "rejected", "rejected", "accepted"]
-    assert "event_time" in body["results"][1]["reason"]
-    assert "item_id" in body["results"][2]["reason"]
-    assert "quantity" in body["results"][3]["reason"]
-    assert body["results"][4]["event_id"]  # the service named the anonymous event
-    again = app.post("/events", json={"events": [good]}).json()  # a retry is recognised
-    assert again["results"][0]["reason"] == "duplicate event_id (already recorded)"
+    assert body["stored"] == 0 and [r["index"] for r in body["rejected"]] == [1, 2, 3, 5]
+    reasons = [r["reason"] for r in body["rejected"]]
+    assert [reason.split()[0] for reason in reasons] == [
+        "event_time",
+        "missing",
+        "quantity",
+        "event_time",
+    ]
+    assert "[5] event_time is more than 24 h ahead" in body["error"]
     from features.eventlog import EventLog
 
+    assert not {"test-good-1", "test-bad-1", "test-bad-4"} & EventLog.from_env().event_ids()
+    # Without the bad ones, the batch is stored; a retry is recognised, not stored twice.
+    stored = app.post("/events", json={"events": [good, anonymous]}).json()
+    assert stored["stored"] == 2 and stored["results"][1]["event_id"]  # named by the service
+    again = app.post("/events", json={"events": [good]}).json()
+    assert (again["stored"], again["already_recorded"]) == (0, 1)
+    assert again["results"][0]["status"] == "already_recorded"
     logged = EventLog.from_env().event_ids()
-    assert {"test-good-1", body["results"][4]["event_id"]} <= logged
-    assert not {"test-bad-1", "test-bad-2", "test-bad-3"} & logged
+    assert {"test-good-1", stored["results"][1]["event_id"]} <= logged
 
 
 @pytest.mark.parametrize(
@@ -203,8 +213,8 @@ def test_events_are_accepted_or_rejected_one_by_one(app: TestClient) -> None:
         {"events": {"item_id": "i"}},
     ],
 )
-def test_events_reject_malformed_batches_with_400(app: TestClient, body: dict) -> None:
-    assert app.post("/events", json=body).status_code == 400
+def test_events_reject_malformed_batches_with_422(app: TestClient, body: dict) -> None:
+    assert app.post("/events", json=body).status_code == 422
 
 
 def test_a_store_purchase_changes_the_apps_next_recommendation(app: TestClient, linked_keys):
@@ -224,7 +234,7 @@ def test_a_store_purchase_changes_the_apps_next_recommendation(app: TestClient, 
         "store_id": "S001",
     }
     posted = app.post("/events", json={"events": [purchase]}).json()
-    assert posted["accepted"] == 1, posted
+    assert posted["stored"] == 1, posted
     after = [i["item_id"] for i in app.post("/recommend", json=ask).json()["items"]]
     assert bought not in after and after != before
 
@@ -239,7 +249,7 @@ def test_a_new_customers_first_purchase_personalises_them_at_once(app: TestClien
         "item_id": "I000010",
         "customer_key": "DEV-BRAND-NEW",
     }
-    assert app.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    assert app.post("/events", json={"events": [event]}).json()["stored"] == 1
     now = app.post("/recommend", json=ask).json()
     assert now["fallback"] is False and "I000010" not in {i["item_id"] for i in now["items"]}
     offers = app.post("/offers", json={"customer_key": "DEV-BRAND-NEW", "channel": "app"})
@@ -258,7 +268,7 @@ def test_forecast_and_its_errors(planner: TestClient) -> None:
     for body, status in [
         ({"store_id": "S999", "item_ids": ["I000010"], "horizon": 2}, 404),
         ({"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}, 409),
-        ({"store_id": "S001", "item_ids": ["I"] * 1001, "horizon": 1}, 400),
+        ({"store_id": "S001", "item_ids": ["I"] * 1001, "horizon": 1}, 422),
     ]:
         assert planner.post("/forecast", json=body).status_code == status, body
 
@@ -280,10 +290,10 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
     for bad, status in [
         ({**body, "item_id": "NOPE"}, 404),
         ({**body, "horizon": 9}, 409),  # valid, but beyond what the served model forecasts
-        ({**body, "units_available": -1}, 400),
-        ({**body, "constraints": {"pack_size": 0}}, 400),
+        ({**body, "units_available": -1}, 422),
+        ({**body, "constraints": {"pack_size": 0}}, 422),
         ({**body, "constraints": {"stores": {"S999": {}}}}, 404),
-        ({**body, "constraints": {"stores": {"S001": {"min_units": 999}}}}, 409),
+        ({**body, "constraints": {"stores": {"S001": {"min_units": 999}}}}, 422),
     ]:
         assert planner.post("/placement", json=bad).status_code == status, bad
 
@@ -326,7 +336,7 @@ def test_an_event_batch_that_cannot_be_applied_fails_no_request(app: TestClient,
         "customer_key": "DEV-UNLUCKY",
         "event_id": "unlucky-1",
     }
-    assert app.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    assert app.post("/events", json={"events": [event]}).json()["stored"] == 1
     ask = {"customer_id": "anyone", "channel": "app"}
     assert app.post("/recommend", json=ask).status_code == 200
     from features.eventlog import EventLog
@@ -342,12 +352,12 @@ def test_raw_customer_keys_never_reach_answers_or_logs(
         both = {"customer_key": secret, "customer_id": "c", "channel": "store"}
         bad = app.post("/recommend", json=both)  # the whole body is the error's input
         long = app.post("/recommend", json={"customer_key": secret * 20, "channel": "store"})
-        assert long.status_code == 400 and secret not in long.text
+        assert long.status_code == 422 and secret not in long.text
         good = app.post("/recommend", json={"customer_key": secret, "channel": "store"})
         event = {"event_time": "nope", "channel": "store", "event_type": "purchase",
                  "item_id": "I000010", "customer_key": secret}  # fmt: skip
         rejected = app.post("/events", json={"events": [event]})
-    assert bad.status_code == 400 and good.status_code == 200 and rejected.status_code == 200
+    assert bad.status_code == 422 and good.status_code == 200 and rejected.status_code == 422
     for text in (bad.text, good.text, rejected.text, caplog.text):
         assert secret not in text
 
@@ -368,7 +378,7 @@ def test_selling_a_stores_last_units_takes_the_item_off_its_list(app: TestClient
         "quantity": float(latest[("S003", top["item_id"])]),  # every unit left, anonymously
         "store_id": "S003",
     }
-    assert app.post("/events", json={"events": [sale]}).json()["accepted"] == 1
+    assert app.post("/events", json={"events": [sale]}).json()["stored"] == 1
     after = app.post("/recommend", json=ask).json()["items"]
     assert top["item_id"] not in {i["item_id"] for i in after}
     online = {"customer_id": "walk-in", "channel": "web", "n": 100}

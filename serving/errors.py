@@ -1,0 +1,213 @@
+"""Refusals by type: every error a route can give, its status code, and how it is answered.
+
+One table (:data:`STATUS`) maps exception types to status codes; :func:`answers` wraps each API
+so that a refusal is ``{"error": "<one sentence>"}`` with its code, logged at INFO in one line,
+and anything unexpected is a 500 logged with its traceback. Every response carries the request's
+``X-Request-ID`` (:class:`RequestIds`), and a 500's body names it so that a client's report can
+be found in the log. Client text is only ever quoted (``repr``/JSON) inside a message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+import bentoml
+
+from features.eventlog import EventStoreUnavailable
+from models.errors import BeyondModelError, UnknownIdError
+from models.placement import PlacementError
+
+log = logging.getLogger("omnichannel_ml")
+
+REQUEST_ID = "x-request-id"
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER = 5
+DEBUG_ENV = "OMNI_DEBUG"
+
+
+class ServiceError(Exception):
+    """A refusal the service decides on; subclasses say which."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class NotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class InvalidInput(ServiceError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class Unavailable(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+#: The status code of each kind of refusal (the most specific type listed wins).
+STATUS: dict[type[Exception], HTTPStatus] = {
+    ServiceError: HTTPStatus.INTERNAL_SERVER_ERROR,
+    UnknownIdError: HTTPStatus.NOT_FOUND,
+    BeyondModelError: HTTPStatus.CONFLICT,
+    PlacementError: HTTPStatus.UNPROCESSABLE_ENTITY,
+    EventStoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def status_of(exc: Exception) -> HTTPStatus | None:
+    """The status code for ``exc``, or None when it is not a refusal (a bug: 500)."""
+    if isinstance(exc, ServiceError):
+        return exc.status
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return None
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+
+
+def answers(method: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Wrap an API method (``(self, ctx, **request)``): refusals and failures become answers."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        request_id = ctx.request.headers.get(REQUEST_ID, "-")
+        try:
+            return method(self, ctx, **request)
+        except Exception as exc:
+            status = status_of(exc)
+            path = ctx.request.url.path
+            if status is None or status == HTTPStatus.INTERNAL_SERVER_ERROR:
+                log.exception("%s failed (request %s)", path, request_id)
+                message = f"Internal error (request {request_id}); it has been logged."
+                if debug():
+                    message += f" {type(exc).__name__}: {exc}"
+                return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, message)
+            if status == HTTPStatus.SERVICE_UNAVAILABLE:
+                ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
+            level = logging.WARNING if status >= 500 else logging.INFO
+            log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
+            return refuse(ctx, status, str(exc))
+
+    return wrapper
+
+
+def refuse(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:
+    """An answer as ``{"error": message}`` with ``status``."""
+    ctx.response.status_code = status
+    return {"error": message}
+
+
+# -- ASGI: request ids, and BentoML's own 400s as one-sentence 422s ------------------------------
+
+Scope = MutableMapping[str, Any]
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIds:
+    """ASGI middleware: every request gets an ``X-Request-ID`` (the client's, if it is a short
+    token, else a new one), passed on to the routes and returned on the response.
+
+    Request bodies BentoML refuses before a route runs (types, ranges, unknown fields) come back
+    as 422 with one sentence naming every bad field, instead of BentoML's 400 list, and are
+    logged at INFO in one line (see :class:`QuietRefusals`).
+    """
+
+    def __init__(self, app: Any, routes: frozenset[str] | set[str]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"").decode("latin-1")
+        request_id = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
+        headers = [(k, v) for k, v in scope["headers"] if k != REQUEST_ID.encode()]
+        scope = {**scope, "headers": [*headers, (REQUEST_ID.encode(), request_id.encode())]}
+        rewrite = scope.get("path") in self.routes
+        start: MutableMapping[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def reply(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                start["headers"] = [
+                    *[
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k.lower() != b"x-request-id"
+                    ],
+                    (b"x-request-id", request_id.encode()),
+                ]
+                if not (rewrite and message["status"] == 400):
+                    await send(start)
+                return
+            if not (rewrite and start.get("status") == 400):
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            status, body = _as_refusal(b"".join(chunks))
+            log.info("%s refused %d (request %s): %s", scope["path"], status, request_id, body)
+            encoded = json.dumps(body).encode()
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(encoded)).encode()))
+            await send({**start, "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": encoded})
+
+        await self.app(scope, receive, reply)
+
+
+def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
+    """BentoML's 400 body as (status, ``{"error": sentence}``): 422 for invalid fields."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return 400, {"error": "The request body could not be read."}
+    if isinstance(body, list):  # BentoML answers some 4xx as a one-item list
+        body = body[0] if body and isinstance(body[0], dict) else {}
+    details = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(details, list) or not details:
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, str) and "JSON" in error:
+            return 400, {"error": "The request body is not valid JSON."}
+        return 400, {"error": "The request body could not be read as this API's JSON."}
+    problems = [_problem(d) for d in details[:20] if isinstance(d, dict)]
+    more = f" (and {len(details) - 20} more)" if len(details) > 20 else ""
+    return 422, {"error": "Invalid request: " + "; ".join(problems) + more + "."}
+
+
+def _problem(detail: dict[str, Any]) -> str:
+    """``events[3].quantity: Input should be a valid number`` — names quoted as JSON strings
+    when they are not plain identifiers (a client's unknown field name is its own text)."""
+    where = ""
+    for part in detail.get("loc", []):
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(part)):
+            where += f".{part}" if where else str(part)
+        else:
+            where += f"[{json.dumps(str(part)[:64])}]"
+    message = str(detail.get("msg", "is invalid")).rstrip(".")
+    return f"{where or 'body'}: {message}"
+
+
+class QuietRefusals(logging.Filter):
+    """BentoML logs every body it refuses as an ERROR with a traceback; a refusal is the
+    client's mistake, not ours, and :class:`RequestIds` logs it in one INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", None)
+        return not (type(exc).__name__ == "ValidationError" or (status and status < 500))

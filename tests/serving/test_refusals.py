@@ -1,0 +1,164 @@
+"""What a careless or hostile client, or a failing database, gets from the service (#11):
+typed refusals with the right code, a request id on every answer, one INFO line per refusal, a
+500 with its traceback logged, public API docs, and a service that outlives its event store."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import psycopg
+import pytest
+from starlette.testclient import TestClient
+
+from tests.serving.conftest import as_
+
+pytestmark = pytest.mark.integration
+POSTGRES = "postgresql://127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def app(client: TestClient, keys: dict[str, str]) -> TestClient:
+    client.headers.update(as_(keys, "admin"))
+    return client
+
+
+def test_unknown_store_or_channel_is_404_and_client_text_is_quoted(app: TestClient) -> None:
+    """Regression: an unknown channel was answered 200 with "popular on <script>…"."""
+    channel = app.post("/recommend", json={"customer_id": "c", "channel": "<script>x</script>"})
+    assert channel.status_code == 404
+    assert channel.json() == {"error": "Unknown channel '<script>x</script>'."}
+    store = app.post("/recommend", json={"customer_id": "c", "channel": "store", "store_id": "Z"})
+    assert store.status_code == 404 and store.json()["error"] == "Unknown store 'Z'."
+    known = app.post(
+        "/recommend", json={"customer_id": "c", "channel": "store", "store_id": "S001"}
+    )
+    assert known.status_code == 200
+
+
+def test_unknown_item_on_forecast_is_404(app: TestClient) -> None:
+    """Regression: an unknown item was a 409."""
+    body = {"store_id": "S001", "item_ids": ["NOPE"], "horizon": 1}
+    response = app.post("/forecast", json=body)
+    assert response.status_code == 404 and "NOPE" in response.json()["error"]
+
+
+def test_a_mistyped_event_is_named_by_index_and_field(app: TestClient) -> None:
+    """Regression: one mistyped event refused its batch without saying which."""
+    good = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",
+            "item_id": "I000020"}  # fmt: skip
+    response = app.post("/events", json={"events": [good, good, {**good, "quantity": "two"}]})
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("Invalid request: events[2].quantity")
+
+
+def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
+    app: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: every 4xx was logged as an ERROR with a traceback."""
+    with caplog.at_level(logging.INFO):
+        refused = app.post("/recommend", json={"customer_id": "c", "channel": "app", "n": 0})
+        unknown = app.post("/similar_items", json={"item_id": "NOPE"})
+    assert (refused.status_code, unknown.status_code) == (422, 404)
+    assert refused.headers["x-request-id"] != unknown.headers["x-request-id"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert any(unknown.headers["x-request-id"] in r.getMessage() for r in caplog.records)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("serving.service.top_for_customer", broken)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        failed = app.post(
+            "/recommend",
+            json={"customer_id": "c", "channel": "app"},
+            headers={"X-Request-ID": "till-42"},
+        )
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "till-42"
+    assert "till-42" in failed.json()["error"] and "a bug" not in failed.text
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert logged and "till-42" in logged[0].getMessage()
+
+
+def test_api_docs_are_public_and_data_is_not(client: TestClient) -> None:
+    """Regression: /docs was 404 and the Swagger page needed the admin key."""
+    anonymous = {"Authorization": ""}
+    docs = client.get("/docs", headers=anonymous)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert client.get("/docs.json", headers=anonymous).status_code == 200
+    assert client.post("/recommend", json={}, headers=anonymous).status_code == 401
+    ready = client.get("/readyz", headers=anonymous)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+@pytest.fixture
+def missing_database() -> Iterator[str]:
+    """A PostgreSQL URL (with a password) whose database does not exist yet; dropped after."""
+    name = f"omni_down_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_the_service_outlives_its_event_store_and_never_shows_its_password(
+    champions: Path,
+    keys: dict[str, str],
+    missing_database: str,
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: with the database unreachable at start the worker restarted in a loop, and
+    the store's URL (password included) reached /admin/reload's answer and the log."""
+    password = "Sup3r-Secret-pw"
+    url = f"postgresql://postgres:{password}@127.0.0.1:5432/{missing_database}"
+    monkeypatch.setenv("OMNI_EVENTS_URL", url)
+    monkeypatch.setattr("serving.service.LOAD_RETRY_SECONDS", 0.0)
+    event = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",
+             "item_id": "I000020", "event_id": f"down-{uuid.uuid4().hex}"}  # fmt: skip
+    with caplog.at_level(logging.INFO), own_service() as service:
+        service.headers.update(as_(keys, "admin"))
+        assert service.get("/livez").status_code == 200
+        ready = service.get("/readyz")
+        assert ready.status_code == 503 and "unavailable" in ready.json()["reason"]
+        posted = service.post("/events", json={"events": [event]})
+        assert posted.status_code == 503 and posted.headers["retry-after"]
+        reload = service.post("/admin/reload")
+        assert reload.status_code == 503
+        for answer in (ready, posted, reload):
+            assert password not in answer.text and "***" in answer.text
+        # The database comes back: the service recovers by itself.
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {missing_database}")
+        assert service.get("/readyz").json()["ready"] is True
+        assert service.post("/events", json={"events": [event]}).json()["stored"] == 1
+    assert password not in caplog.text
+
+
+def test_a_champion_that_answers_nothing_is_not_swapped_in(
+    app: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a champion whose predictions were all NaN passed /admin/reload and served
+    empty lists."""
+    import pandas as pd
+
+    from models.recommenders import Recommender
+
+    serving = app.get("/readyz").json()["recommender_version"]
+    real = Recommender.load
+
+    def answers_nothing(path: Path) -> Recommender:
+        model = real(path)
+        columns = ["customer_id", "item_id", "score", "rank", "fallback"]
+        model.recommend = lambda *a, **k: pd.DataFrame(columns=columns)  # type: ignore[method-assign]
+        return model
+
+    monkeypatch.setattr(Recommender, "load", staticmethod(answers_nothing))
+    reload = app.post("/admin/reload")
+    assert reload.status_code == 503 and "gave no items" in reload.json()["error"]
+    assert app.get("/readyz").json()["recommender_version"] == serving
+    assert app.post("/recommend", json={"customer_id": "c", "channel": "app"}).json()["items"]
