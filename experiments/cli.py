@@ -17,6 +17,7 @@ from rich.table import Table
 
 from experiments import bench, pipelines
 from experiments.synthetic import FORMATS, GeneratorConfig, generate
+from features.eventlog import EventStoreUnavailable, redact_urls
 from features.identity import DemoSaltWarning, IdentityConfig
 from features.ingest import ContractError
 
@@ -107,19 +108,30 @@ class UsageError(Exception):
 def main() -> None:
     """Entry point: user errors are one sentence on stderr (exit 2), never a traceback."""
     try:
+        _private_tracking_store()
         app()
-    except (ContractError, UsageError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    except (ContractError, UsageError, ValueError, EventStoreUnavailable) as exc:
+        err.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False)
         sys.exit(2)
     except Exception as exc:
         if os.environ.get("OMNI_DEBUG"):
             raise
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {redact_urls(str(exc))} "
             "(set OMNI_DEBUG=1 for the traceback and report it).",
             highlight=False,
         )
         sys.exit(1)
+
+
+def _private_tracking_store() -> None:
+    """Create the embedded MLflow database readable by its owner only, before MLflow creates it
+    world-readable (it holds every run's parameters and the registry)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists() and path.parent.is_dir():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _progress() -> Progress:

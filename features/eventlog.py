@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -50,6 +51,14 @@ logger = logging.getLogger("omnichannel_ml")
 
 class EventStoreUnavailable(RuntimeError):
     """The event store cannot be reached or used now; a later call may succeed."""
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL in it as ``***``."""
+    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def redact(url: str) -> str:

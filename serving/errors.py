@@ -21,7 +21,7 @@ from typing import Any
 
 import bentoml
 
-from features.eventlog import EventStoreUnavailable
+from features.eventlog import EventStoreUnavailable, redact_urls
 from models.errors import BeyondModelError, UnknownIdError
 from models.placement import PlacementError
 
@@ -104,7 +104,7 @@ def answers(method: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
 def refuse(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:
     """An answer as ``{"error": message}`` with ``status``."""
     ctx.response.status_code = status
-    return {"error": message}
+    return {"error": redact_urls(message)}
 
 
 # -- ASGI: request ids, and BentoML's own 400s as one-sentence 422s ------------------------------

@@ -32,6 +32,7 @@ from features.eventlog import (
     MAX_BATCH,
     EventLog,
     EventStoreUnavailable,
+    redact_urls,
     validate_events,
 )
 from features.schema import MAX_ID_LENGTH
@@ -268,7 +269,7 @@ class OmnichannelService:
         except EventStoreUnavailable as exc:
             self._store_failed(exc)
         except Exception as exc:
-            self.problem = f"The champions could not be loaded: {exc}"
+            self.problem = redact_urls(f"The champions could not be loaded: {exc}")
             log.error("%s", self.problem)
         finally:
             self._reload_lock.release()
@@ -543,10 +544,10 @@ class OmnichannelService:
                 state = load_state()
                 state.catch_up(self.log)
             except Exception as exc:
-                log.error("Reload failed; still serving the previous champions: %s", exc)
+                message = redact_urls(f"Reload failed; the previous champions keep serving: {exc}")
+                log.error("%s", message)
                 ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
                 ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
-                message = f"Reload failed; the previous champions keep serving: {exc}"
                 return {"reloaded": False, "error": message}
             self.state, self.problem = state, None
         return {

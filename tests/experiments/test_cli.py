@@ -160,3 +160,26 @@ def test_placement_simulate_writes_the_documented_json(tmp_path: Path) -> None:
         policy["leftover_units"] - proportional["leftover_units"]
     )
     assert policy["lost_units"] < proportional["lost_units"]
+
+
+def test_the_event_store_password_never_reaches_a_cli_message(tmp_path: Path) -> None:
+    """Regression (#11): the store's errors carried its whole URL, password included."""
+    env = {
+        "OMNI_EVENTS_URL": "postgresql://omni:Sup3r-Secret-pw@127.0.0.1:1/test",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    result = omni("train", "recommender", "--data", str(tmp_path), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Sup3r-Secret-pw" not in result.stderr + result.stdout
+    assert "omni:***@127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None:
+    """Regression (#11): mlflow.db was created world-readable (0644)."""
+    env = {"MLFLOW_TRACKING_URI": "", "OMNI_KEYS_FILE": str(tmp_path / "keys.json")}
+    result = subprocess.run(
+        [*OMNI, "keys", "create", "--scope", "plan"],
+        capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mlflow.db").stat().st_mode & 0o777 == 0o600

@@ -162,3 +162,15 @@ def test_a_champion_that_answers_nothing_is_not_swapped_in(
     assert reload.status_code == 503 and "gave no items" in reload.json()["error"]
     assert app.get("/readyz").json()["recommender_version"] == serving
     assert app.post("/recommend", json={"customer_id": "c", "channel": "app"}).json()["items"]
+
+
+def test_a_billion_units_to_place_are_answered_at_once(app: TestClient) -> None:
+    """Regression: 10^9 units grew the worker to 19.5 GB until it was killed."""
+    import time
+
+    body = {"item_id": "I000010", "units_available": 10**9, "horizon": 2}
+    app.post("/placement", json=body)  # the first call builds the served forecast once
+    started = time.perf_counter()
+    answer = app.post("/placement", json=body)
+    assert answer.status_code == 200 and time.perf_counter() - started < 1.0
+    assert 0 < answer.json()["units_sent"] < 10**6  # a unit that cannot sell is not sent
