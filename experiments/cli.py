@@ -519,6 +519,10 @@ def bench_serve_cmd(
         f"p99 x{ratios['p99_ratio']:.2f} (target <= 2); concurrency {concurrency}, "
         f"{seconds:.0f} s each, {figures['machine']}."
     )
+    out.print(
+        f"/events, one event per request, vs floor: throughput "
+        f"x{figures['events_vs_floor']['throughput_ratio']:.2f} (target >= 0.5)."
+    )
     if metrics_out:
         metrics_out.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -183,4 +183,11 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
             "throughput_ratio": round(ours["throughput_rps"] / floor["throughput_rps"], 3),
             "p99_ratio": round(ours["p99_ms"] / floor["p99_ms"], 3),
         },
+        "events_vs_floor": {
+            "throughput_ratio": round(
+                results["service /events, 1 event per request"]["throughput_rps"]
+                / floor["throughput_rps"],
+                3,
+            )
+        },
     }

@@ -10,6 +10,7 @@ be found in the log. Client text is only ever quoted (``repr``/JSON) inside a me
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -75,30 +76,47 @@ def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
 
 
-def answers(method: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """Wrap an API method (``(self, ctx, **request)``): refusals and failures become answers."""
+def answers(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an API method (``(self, ctx, **request)``, plain or async): refusals and failures
+    become answers."""
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def wrapper_async(self: Any, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+            try:
+                return await method(self, ctx, **request)
+            except Exception as exc:
+                return _answer_for(ctx, exc)
+
+        return wrapper_async
 
     @functools.wraps(method)
     def wrapper(self: Any, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
-        request_id = ctx.request.headers.get(REQUEST_ID, "-")
         try:
             return method(self, ctx, **request)
         except Exception as exc:
-            status = status_of(exc)
-            path = ctx.request.url.path
-            if status is None or status == HTTPStatus.INTERNAL_SERVER_ERROR:
-                log.exception("%s failed (request %s)", path, request_id)
-                message = f"Internal error (request {request_id}); it has been logged."
-                if debug():
-                    message += f" {type(exc).__name__}: {exc}"
-                return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, message)
-            if status == HTTPStatus.SERVICE_UNAVAILABLE:
-                ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
-            level = logging.WARNING if status >= 500 else logging.INFO
-            log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
-            return refuse(ctx, status, str(exc))
+            return _answer_for(ctx, exc)
 
     return wrapper
+
+
+def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
+    """The refusal for ``exc``, logged: one INFO line for a 4xx, a WARNING for a 503, and the
+    traceback with the request id for anything unexpected (500)."""
+    request_id = ctx.request.headers.get(REQUEST_ID, "-")
+    status = status_of(exc)
+    path = ctx.request.url.path
+    if status is None or status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        log.error("%s failed (request %s)", path, request_id, exc_info=exc)
+        message = f"Internal error (request {request_id}); it has been logged."
+        if debug():
+            message += f" {type(exc).__name__}: {exc}"
+        return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, message)
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
+    return refuse(ctx, status, str(exc))
 
 
 def refuse(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:

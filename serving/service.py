@@ -32,8 +32,8 @@ from features.eventlog import (
     MAX_BATCH,
     EventLog,
     EventStoreUnavailable,
+    check_events,
     redact_urls,
-    validate_events,
 )
 from features.schema import MAX_ID_LENGTH
 from models.placement import Economics, plan_item
@@ -48,6 +48,7 @@ from serving.errors import (
 )
 from serving.gate import DocumentedAPI, Gate
 from serving.state import ServingState, load_state
+from serving.writer import GroupWriter
 
 log = logging.getLogger("omnichannel_ml")
 
@@ -247,6 +248,7 @@ class OmnichannelService:
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
         self.log = EventLog.from_env()
+        self.writer = GroupWriter(self.log, self._apply_stored)
         self.state: ServingState | None = None
         #: Why the service is not ready, or why the event store is failing (None when fine).
         self.problem: str | None = None
@@ -273,6 +275,10 @@ class OmnichannelService:
             log.error("%s", self.problem)
         finally:
             self._reload_lock.release()
+
+    def _apply_stored(self, events: pd.DataFrame, seqs: np.ndarray) -> None:
+        if self.state is not None:
+            self.state.apply_appended(self.log, events, seqs)
 
     def _store_failed(self, exc: EventStoreUnavailable) -> None:
         if self.problem != str(exc):  # once per outage, not once per request
@@ -397,9 +403,9 @@ class OmnichannelService:
         r = OffersRequest.model_construct(**request)
         state = self._state()
         customer = r.resolve(state)
-        if customer is None or customer not in state.habits.index:
+        habit = state.habits_of(customer) if customer is not None else None
+        if customer is None or habit is None:
             raise NotFound("Unknown customer: no history to offer from.")
-        habit = state.habits.loc[customer].to_dict()
         channel = str(habit["channel"])
         model = state.recommender
         columns, scores, _ = top_for_customer(
@@ -420,14 +426,16 @@ class OmnichannelService:
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     @answers
-    def events(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    async def events(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Record up to 1,000 events, all or none: when any event breaks the events contract,
         nothing is stored and the 422 names every bad event by index with its reason. Stored
         events are durable before this returns and count at once; an ``event_id`` already
         recorded is not stored again (``already_recorded``), so a retry is always safe."""
         r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
-        accepted, reasons = validate_events(records)
+        # Async, with the work in threads: BentoML runs plain API methods one at a time per
+        # worker, and concurrent posts must be able to share a commit (serving/writer.py).
+        rows, reasons = await run_in_threadpool(check_events, records)
         bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
         if bad:
             listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
@@ -439,21 +447,13 @@ class OmnichannelService:
                 "stored": 0,
                 "rejected": [{"index": i, "reason": reason} for i, reason in bad],
             }
-        stored, seqs = self.log.append(accepted)
-        if self.state is not None:
-            self.state.apply_appended(self.log, accepted[stored], seqs)
+        stored = await run_in_threadpool(self.writer.write, rows)
         return {
             "stored": int(stored.sum()),
             "already_recorded": int((~stored).sum()),
             "results": [
-                {"index": i, "event_id": event_id, "status": status}
-                for i, (event_id, status) in enumerate(
-                    zip(
-                        accepted["event_id"],
-                        np.where(stored, "stored", "already_recorded"),
-                        strict=True,
-                    )
-                )
+                {"index": i, "event_id": row[-1], "status": "stored" if new else "already_recorded"}
+                for i, (row, new) in enumerate(zip(rows, stored, strict=True))
             ],
         }
 

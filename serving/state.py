@@ -60,6 +60,7 @@ class ServingState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
+    _unhabituated: list[pd.DataFrame] = field(default_factory=list, repr=False)
 
     def customer_of(self, channel: str, customer_key: str) -> str | None:
         """The customer_id of a channel's customer key, None if never seen."""
@@ -144,14 +145,26 @@ class ServingState:
             )
 
     def _add_habits(self, events: pd.DataFrame) -> None:
-        """Customers without habits yet (first seen here) get them from these events, so they
-        can be sent offers before the next training."""
+        """Keep the events of customers without habits yet (first seen here), so that they can
+        be sent offers before the next training; their habits are built when asked for
+        (:meth:`habits_of`), not on the path of every posted event."""
         ids = pd.Index(events["customer_id"].astype(str))
         fresh = events[self.habits.index.get_indexer(ids) < 0]
-        if fresh.empty:
-            return
-        habits = build_habits(fresh).set_index("customer_id")
-        self.habits = pd.concat([self.habits, habits])  # swapped whole: readers never see half
+        if len(fresh):
+            self._unhabituated.append(fresh)
+
+    def habits_of(self, customer_id: str) -> dict | None:
+        """A customer's ``channel``, ``weekday`` and ``hour``, or None when never seen."""
+        if customer_id not in self.habits.index and self._unhabituated:
+            with self._lock:
+                if self._unhabituated:
+                    fresh = pd.concat(self._unhabituated, ignore_index=True)
+                    self._unhabituated = []
+                    habits = build_habits(fresh).set_index("customer_id")
+                    self.habits = pd.concat([self.habits, habits])  # swapped whole
+        if customer_id not in self.habits.index:
+            return None
+        return dict(self.habits.loc[customer_id].to_dict())
 
     def forecast_all(self) -> pd.DataFrame:
         """The forecaster's forecast of every store and item it knows (computed once)."""

@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from features.eventlog import EventLog, EventStoreUnavailable, validate_events, with_logged
+from features.eventlog import (
+    EventLog,
+    EventStoreUnavailable,
+    _checked,
+    events_frame,
+    plain_rows,
+    validate_events,
+    with_logged,
+)
 from features.ingest import load_table
-from features.schema import EVENTS
+from features.schema import EVENTS, Bounds
 
 GOOD = {
     "event_time": "2026-11-23T10:00:00",
@@ -144,3 +154,63 @@ def test_a_new_sqlite_store_is_private(tmp_path: Path) -> None:
     log.last_seq()
     log.close()
     assert (tmp_path / "events.db").stat().st_mode & 0o777 == 0o600
+
+
+# fmt: off
+_TIMES = [
+    "2026-11-23T10:00:00", "2026-11-23 10:00", "2026-11-23T10:00:00.5+09:00", "2026-11-23",
+    "2026-02-30", "1999-12-31T23:59:59", "9999-12-31T23:59:59-14:00", "2026-11-23T10:00:00Z",
+    " 2026-11-23", "yesterday", "2026-11-23T24:00", "2026-11-23T10:00:00.1234567",
+]
+# fmt: on
+# Half plainly valid, half not: the direct path must be exercised, not only refused.
+_TEXT = st.sampled_from(["S001", "s 1", "カード-1", "x" * 256]) | st.sampled_from(
+    [" S001", "", "x" * 257, "I\x00", "LC-1\t", "é\x7f"]
+)
+_EVENT = st.fixed_dictionaries(
+    {
+        "event_time": st.sampled_from(_TIMES),
+        "channel": _TEXT,
+        "event_type": st.sampled_from(["view", "purchase", "Purchase", "refund", "return"]),
+        "item_id": _TEXT,
+        "customer_key": st.none() | _TEXT,
+        "quantity": st.none() | st.integers(-2, 2) | st.floats(allow_nan=True) | st.just(1e300),
+        "unit_price": st.none() | st.floats(-1, 1e13),
+        "store_id": st.none() | _TEXT,
+        "event_id": st.none() | st.sampled_from(["e1", "e2", "", " e3"]),
+    }
+)
+
+
+_VALID = st.sampled_from(["S001", "s 1", "カード-1", "x" * 256])
+_VALID_EVENT = st.fixed_dictionaries(
+    {
+        "event_time": st.sampled_from(_TIMES[:4] + _TIMES[7:8]),
+        "channel": _VALID,
+        "event_type": st.sampled_from(["view", "purchase", "return"]),
+        "item_id": _VALID,
+        "customer_key": st.none() | _VALID,
+        "quantity": st.none() | st.integers(1, 10**6) | st.floats(1e-9, 1e6),
+        "unit_price": st.none() | st.floats(0, 1e12),
+        "store_id": st.none() | _VALID,
+        "event_id": st.none() | st.sampled_from(["e1", "e2", ""]),
+    }
+)
+
+
+@given(st.lists(_VALID_EVENT | _EVENT, min_size=1, max_size=4))
+@settings(max_examples=400, deadline=None, derandomize=True)
+def test_the_direct_path_accepts_only_what_the_file_checks_accept_alike(records) -> None:
+    rows = plain_rows(records, Bounds())
+    event("direct" if rows is not None else "file checks")
+    if rows is None:
+        return
+    fast = events_frame(rows)
+    with_ids = [{**r, "event_id": e} for r, e in zip(records, fast["event_id"], strict=True)]
+    checked, reasons = _checked(with_ids)
+    assert reasons == [None] * len(records)
+    pd.testing.assert_frame_equal(fast, checked)
+
+
+def test_plainly_valid_events_take_the_direct_path() -> None:
+    assert plain_rows([GOOD, {**GOOD, "event_id": None}], Bounds()) is not None
