@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 SERVICE = "serving.service:OmnichannelService"
@@ -141,8 +142,8 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
             f" -H 'Content-Type: application/json'{data}"
         )
 
-    purchase = {
-        "event_time": "2026-11-23T10:00:00",
+    purchase = {  # a purchase at the till now: newer than the sample's data, as live events are
+        "event_time": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
         "channel": "store",
         "event_type": "purchase",
         "item_id": "I000010",

@@ -402,8 +402,9 @@ class LightGBMForecaster(Forecaster):
         )
         unknown = [item for item in new_items if pd.isna(category.get(item))]
         if unknown:
+            named = ", ".join(map(repr, unknown[:10]))
             raise UnknownIdError(
-                f"No history and no known category for item(s) {', '.join(unknown[:10])} "
+                f"No history and no known category for item(s) {named} "
                 f"at store {store_id!r}; add them to the items table to get a category prior."
             )
         days = (4 * 7) if self.freq == "W" else 28

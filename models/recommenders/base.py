@@ -295,7 +295,7 @@ class Recommender(BaseEstimator):
         ids = pd.Index(item_ids, dtype="str")
         columns = self.item_ids_.get_indexer(ids)
         if (columns < 0).any():
-            unknown = ", ".join(map(str, ids[columns < 0][:5]))
+            unknown = ", ".join(map(repr, ids[columns < 0][:5]))
             raise UnknownItemError(f"Unknown item id(s): {unknown}.")
         scores = self._similar_scores(columns)
         scores[np.arange(len(columns)), columns] = -np.inf

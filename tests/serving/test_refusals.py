@@ -174,3 +174,21 @@ def test_a_billion_units_to_place_are_answered_at_once(app: TestClient) -> None:
     answer = app.post("/placement", json=body)
     assert answer.status_code == 200 and time.perf_counter() - started < 1.0
     assert 0 < answer.json()["units_sent"] < 10**6  # a unit that cannot sell is not sent
+
+
+def test_a_stored_event_that_breaks_the_contract_is_counted_not_fatal(app: TestClient) -> None:
+    """Regression: one year-10000 event in the store made the service unloadable for good."""
+    from features.eventlog import EventLog
+
+    log = EventLog.from_env()
+    with log._transaction() as cursor:  # as an older version, or a hand edit, could leave it
+        cursor.execute(
+            "INSERT INTO omni_events (received_at, event_time, channel, event_type, item_id, "
+            "event_id) VALUES (?, ?, ?, ?, ?, ?)",
+            ("now", "10000-01-01T13:59:59", "app", "view", "I000010", f"bad-{uuid.uuid4()}"),
+        )
+    log.close()
+    assert app.post("/recommend", json={"customer_id": "c", "channel": "app"}).status_code == 200
+    ready = app.get("/readyz").json()
+    assert ready["ready"] is True and ready["events_quarantined"] >= 1
+    assert app.post("/admin/reload").json()["reloaded"] is True  # and loads again
