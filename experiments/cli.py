@@ -108,7 +108,8 @@ class UsageError(Exception):
 def main() -> None:
     """Entry point: user errors are one sentence on stderr (exit 2), never a traceback."""
     try:
-        _private_tracking_store()
+        if set(sys.argv[1:2]) & TRACKING_COMMANDS:
+            _private_tracking_store()
         app()
     except (ContractError, UsageError, ValueError, EventStoreUnavailable) as exc:
         err.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False)
@@ -122,6 +123,10 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
+
+
+#: The commands that open the MLflow tracking store.
+TRACKING_COMMANDS = {"train", "backtest", "forecast", "placement", "bench", "serve", "demo"}
 
 
 def _private_tracking_store() -> None:

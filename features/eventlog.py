@@ -22,13 +22,14 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,10 @@ MAX_BATCH = 1000
 COLUMNS = tuple(c.name for c in EVENTS.columns)
 _ROW = "__row"
 _SEQ = "__seq"
-ALREADY_RECORDED = "duplicate event_id (already recorded)"
 #: Seconds to wait for PostgreSQL to answer a connection before calling it unavailable.
 CONNECT_TIMEOUT = 5
+#: After a failure, calls within this many seconds fail at once instead of connecting again.
+RECONNECT_SECONDS = 1.0
 
 logger = logging.getLogger("omnichannel_ml")
 
@@ -54,27 +56,16 @@ class EventStoreUnavailable(RuntimeError):
     """The event store cannot be reached or used now; a later call may succeed."""
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+# A URL's user:password@, and libpq's password / sslpassword parameters.
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@")
+_PASSWORD_PARAMETER = re.compile(r"(?P<name>\b(?:ssl)?password=)[^&\s'\"]*", re.IGNORECASE)
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL in it as ``***``."""
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
-
-
-def redact(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
+    """``text`` with every password of a URL in it (``user:password@``, ``password=``) as
+    ``***``."""
+    text = _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\g<name>***", text)
 
 
 _CREATE = """
@@ -161,7 +152,7 @@ def _checked(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str 
 #: Batches up to this size are tried on the direct path first.
 _FAST_BATCH = 100
 _ISO_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?(?:Z|[+-]\d{2}:\d{2})?"
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
 )
 # 1-256 characters, no control characters, no ASCII whitespace at either end (nothing to trim).
 _PLAIN_ID = re.compile(r"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x20\x7f])?")
@@ -245,9 +236,10 @@ class EventLog:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self.url = redact(url)
+        self.url = redact_urls(url)
         self._lock = threading.Lock()
         self._connection: Any = None
+        self._failure: tuple[EventStoreUnavailable, float] | None = None
         self._quarantined: set[int] = set()
         if url.startswith(("postgresql://", "postgres://")):
             self._postgres, self._param = True, "%s"
@@ -300,14 +292,21 @@ class EventLog:
         """A cursor in a transaction, committed on success; store failures become
         :class:`EventStoreUnavailable` (and the connection is made again next time)."""
         with self._lock:
+            if self._connection is None and self._failure is not None:
+                failure, since = self._failure
+                if time.monotonic() - since < RECONNECT_SECONDS:
+                    # Fail fast: callers must not each wait for a connect that just failed.
+                    raise EventStoreUnavailable(str(failure))
             try:
                 if self._connection is None:
                     self._connection = self._connect()
+                    self._failure = None
                 connection = self._connection
                 cursor = connection.cursor()
             except Exception as exc:
                 self._drop_connection()
-                raise self._unavailable(exc) from None
+                self._failure = (self._unavailable(exc), time.monotonic())
+                raise self._failure[0] from None
             try:
                 yield cursor
                 connection.commit()
@@ -319,7 +318,8 @@ class EventLog:
                     broken = True
                 if broken:
                     self._drop_connection()
-                    raise self._unavailable(exc) from None
+                    self._failure = (self._unavailable(exc), time.monotonic())
+                    raise self._failure[0] from None
                 raise
             finally:
                 with suppress(Exception):  # a broken connection's cursor may not close cleanly
@@ -334,16 +334,15 @@ class EventLog:
     def _unavailable(self, exc: BaseException) -> EventStoreUnavailable:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         password = urlsplit(self._url).password
-        if password:
+        if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")
-        return EventStoreUnavailable(f"The event store {self.url} is unavailable: {reason}")
-
-    def ping(self) -> None:
-        """Raise :class:`EventStoreUnavailable` unless the store answers now."""
-        self.last_seq()
+        return EventStoreUnavailable(
+            f"The event store {self.url} is unavailable: {redact_urls(reason)}"
+        )
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Store validated events (from :func:`validate_events`); committed when this returns.
+        """Store checked events (:func:`events_frame` of :func:`check_events`' rows); committed
+        when this returns.
 
         Returns:
             Per event, True if stored now, False if its ``event_id`` was already in the log;
@@ -396,14 +395,15 @@ class EventLog:
             [[_text(v) for v in row] for row in rows], columns=[*COLUMNS, _SEQ], dtype=object
         )
         accepted, quarantined = validate_table(raw, EVENTS, source=f"the event log {self.url}")
-        fresh = set(quarantined[_SEQ].astype(int)) - self._quarantined if len(quarantined) else ()
-        if fresh:
+        seqs = quarantined[_SEQ].astype(int)
+        fresh = quarantined[~seqs.isin(self._quarantined)]
+        if len(fresh):
             # Written by an older version or by hand: kept in the store, never applied.
-            self._quarantined.update(fresh)
+            self._quarantined.update(fresh[_SEQ].astype(int))
             logger.warning(
                 "The event log %s holds %d event(s) that break the contract; they are "
-                "quarantined (not used). First: seq %d, %s.",
-                self.url, len(fresh), min(fresh), quarantined[REASON].iloc[0],
+                "quarantined (not used). First: seq %s, %s.",
+                self.url, len(fresh), fresh[_SEQ].iloc[0], fresh[REASON].iloc[0],
             )  # fmt: skip
         return accepted.drop(columns=_SEQ)
 

@@ -69,7 +69,7 @@ class Bounds:
                 clock_skew=timedelta(hours=float(skew)) if skew else defaults.clock_skew,
                 max_quantity=float(quantity) if quantity else defaults.max_quantity,
             )
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise ValueError(
                 "OMNI_TIME_FLOOR must be an ISO date, OMNI_CLOCK_SKEW_HOURS and "
                 f"OMNI_MAX_QUANTITY numbers ({exc})."

@@ -14,7 +14,7 @@ from models.recommenders import Recommender
 
 #: Known customers asked for recommendations in the probe (plus one unknown customer).
 PROBE_CUSTOMERS = 50
-FORECAST_COLUMNS = ("mean", "p10", "p50", "p90")
+QUANTILE_COLUMNS = ("mean", "p10", "p50", "p90")
 
 
 class UnusableModelError(ValueError):
@@ -52,7 +52,7 @@ def probe_forecast(forecast: pd.DataFrame) -> None:
     """
     if forecast.empty:
         raise UnusableModelError("The demand forecaster forecasts nothing.")
-    values = forecast[list(FORECAST_COLUMNS)].to_numpy(dtype=np.float64)
+    values = forecast[list(QUANTILE_COLUMNS)].to_numpy(dtype=np.float64)
     bad = int((~np.isfinite(values)).any(axis=1).sum())
     if bad:
         raise UnusableModelError(

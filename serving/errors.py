@@ -4,7 +4,8 @@ One table (:data:`STATUS`) maps exception types to status codes; :func:`answers`
 so that a refusal is ``{"error": "<one sentence>"}`` with its code, logged at INFO in one line,
 and anything unexpected is a 500 logged with its traceback. Every response carries the request's
 ``X-Request-ID`` (:class:`RequestIds`), and a 500's body names it so that a client's report can
-be found in the log. Client text is only ever quoted (``repr``/JSON) inside a message.
+be found in the log. Client text in a message is quoted (``repr``/JSON), or, for a field name,
+shown only when it is a plain identifier.
 """
 
 from __future__ import annotations
@@ -44,17 +45,12 @@ class NotFound(ServiceError):
     status = HTTPStatus.NOT_FOUND
 
 
-class InvalidInput(ServiceError):
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
-
-
 class Unavailable(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 #: The status code of each kind of refusal (the most specific type listed wins).
 STATUS: dict[type[Exception], HTTPStatus] = {
-    ServiceError: HTTPStatus.INTERNAL_SERVER_ERROR,
     UnknownIdError: HTTPStatus.NOT_FOUND,
     BeyondModelError: HTTPStatus.CONFLICT,
     PlacementError: HTTPStatus.UNPROCESSABLE_ENTITY,

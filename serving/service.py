@@ -35,7 +35,7 @@ from features.eventlog import (
     check_events,
     redact_urls,
 )
-from features.schema import MAX_ID_LENGTH
+from features.schema import MAX_ID_LENGTH, Bounds
 from models.placement import Economics, plan_item
 from models.rules import top_for_customer
 from serving.errors import (
@@ -247,9 +247,11 @@ class Readiness:
 class OmnichannelService:
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
+        Bounds.from_env()  # a wrong OMNI_TIME_FLOOR etc. stops the start, not every request
         self.log = EventLog.from_env()
         self.writer = GroupWriter(self.log, self._apply_stored)
         self.state: ServingState | None = None
+        self._loaded: ServingState | None = None  # loaded, but the log not yet replayed
         #: Why the service is not ready, or why the event store is failing (None when fine).
         self.problem: str | None = None
         self._reload_lock = threading.Lock()
@@ -259,15 +261,18 @@ class OmnichannelService:
     def _try_load(self) -> None:
         """Load the champions and replay the log, unless another thread is at it or the last
         attempt was under :data:`LOAD_RETRY_SECONDS` ago. On failure the service stays up and
-        not ready, and says why (/readyz); it tries again by itself."""
-        if time.monotonic() < self._next_attempt or not self._reload_lock.acquire(blocking=False):
+        not ready, and says why (/readyz); it tries again by itself. Models loaded while the
+        event store is down are kept: only the replay is tried again."""
+        waiting = self._loaded is None and time.monotonic() < self._next_attempt
+        if waiting or not self._reload_lock.acquire(blocking=False):
             return
         try:
             if self.state is None:
-                self._next_attempt = time.monotonic() + LOAD_RETRY_SECONDS
-                state = load_state()
-                state.catch_up(self.log)
-                self.state, self.problem = state, None
+                if self._loaded is None:
+                    self._next_attempt = time.monotonic() + LOAD_RETRY_SECONDS
+                    self._loaded = load_state()
+                self._loaded.catch_up(self.log)
+                self.state, self._loaded, self.problem = self._loaded, None, None
         except EventStoreUnavailable as exc:
             self._store_failed(exc)
         except Exception as exc:
@@ -447,7 +452,11 @@ class OmnichannelService:
                 "stored": 0,
                 "rejected": [{"index": i, "reason": reason} for i, reason in bad],
             }
-        stored = await run_in_threadpool(self.writer.write, rows)
+        try:
+            stored = await run_in_threadpool(self.writer.write, rows)
+        except EventStoreUnavailable as exc:
+            self._store_failed(exc)  # /readyz says so too
+            raise
         return {
             "stored": int(stored.sum()),
             "already_recorded": int((~stored).sum()),

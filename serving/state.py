@@ -1,9 +1,10 @@
 """What the service serves: the MLflow champions, their context, and the events posted since.
 
 A :class:`ServingState` is built whole (:func:`load_state`) and swapped in whole, so a reload is
-atomic. Events posted to the service change it in place at once (:meth:`ServingState.apply`);
-events logged after the champion was trained are replayed when it is loaded, so neither a
-restart nor a reload forgets them.
+atomic. Events posted to the service change it in place at once
+(:meth:`ServingState.apply_appended`), and :meth:`ServingState.catch_up` replays the events logged
+since the champion was trained (or by another worker), so neither a restart nor a reload forgets
+them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, cham
 from models.rules import BusinessRules
 
 logger = logging.getLogger("omnichannel_ml")
+#: Events of customers without habits kept before their habits are built anyway.
+HABITS_BACKLOG = 10_000
 
 
 @dataclass
@@ -152,19 +155,25 @@ class ServingState:
         fresh = events[self.habits.index.get_indexer(ids) < 0]
         if len(fresh):
             self._unhabituated.append(fresh)
+        if sum(map(len, self._unhabituated)) > HABITS_BACKLOG:  # memory stays bounded
+            self._build_habits()
 
     def habits_of(self, customer_id: str) -> dict | None:
         """A customer's ``channel``, ``weekday`` and ``hour``, or None when never seen."""
         if customer_id not in self.habits.index and self._unhabituated:
             with self._lock:
-                if self._unhabituated:
-                    fresh = pd.concat(self._unhabituated, ignore_index=True)
-                    self._unhabituated = []
-                    habits = build_habits(fresh).set_index("customer_id")
-                    self.habits = pd.concat([self.habits, habits])  # swapped whole
+                self._build_habits()
         if customer_id not in self.habits.index:
             return None
         return dict(self.habits.loc[customer_id].to_dict())
+
+    def _build_habits(self) -> None:
+        """Habits of the customers whose events wait in the backlog (under ``_lock``)."""
+        if self._unhabituated:
+            fresh = pd.concat(self._unhabituated, ignore_index=True)
+            self._unhabituated = []
+            habits = build_habits(fresh).set_index("customer_id")
+            self.habits = pd.concat([self.habits, habits])  # swapped whole
 
     def forecast_all(self) -> pd.DataFrame:
         """The forecaster's forecast of every store and item it knows (computed once)."""

@@ -9,6 +9,7 @@ that holds its events has committed, so every acknowledged event is on disk (kil
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from features.eventlog import EventLog, events_frame
+
+logger = logging.getLogger("omnichannel_ml")
 
 
 @dataclass
@@ -62,15 +65,18 @@ class GroupWriter:
         return mine.stored
 
     def _commit(self, group: list[_Pending]) -> None:
-        events = events_frame([row for pending in group for row in pending.rows])
         try:
+            events = events_frame([row for pending in group for row in pending.rows])
             stored, seqs = self._log.append(events)
         except Exception as exc:
             for pending in group:
                 pending.error = exc
             return
-        self._on_stored(events[stored], seqs)
         start = 0
-        for pending in group:
+        for pending in group:  # answered first: these events are committed, whatever follows
             pending.stored = stored[start : start + len(pending.rows)]
             start += len(pending.rows)
+        try:
+            self._on_stored(events[stored], seqs)
+        except Exception:  # they are in the log: the next catch-up applies them
+            logger.exception("Could not apply %d stored events yet.", int(stored.sum()))

@@ -175,11 +175,18 @@ def test_the_event_store_password_never_reaches_a_cli_message(tmp_path: Path) ->
 
 
 def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None:
-    """Regression (#11): mlflow.db was created world-readable (0644)."""
-    env = {"MLFLOW_TRACKING_URI": "", "OMNI_KEYS_FILE": str(tmp_path / "keys.json")}
+    """Regression (#11): mlflow.db was created world-readable (0644); and only the commands
+    that use MLflow create it."""
+    (tmp_path / "sub").mkdir()
+    env = {"MLFLOW_TRACKING_URI": ""}
     result = subprocess.run(
-        [*OMNI, "keys", "create", "--scope", "plan"],
+        [*OMNI, "forecast", "--help"],
         capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mlflow.db").stat().st_mode & 0o777 == 0o600
+    result = subprocess.run(
+        [*OMNI, "generate", "--help"], cwd=tmp_path / "sub", check=False,
+        capture_output=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert result.returncode == 0 and not (tmp_path / "sub" / "mlflow.db").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from features.eventlog import (
+    RECONNECT_SECONDS,
     EventLog,
     EventStoreUnavailable,
     _checked,
     events_frame,
     plain_rows,
+    redact_urls,
     validate_events,
     with_logged,
 )
@@ -133,9 +136,12 @@ def test_an_unreachable_store_is_one_sentence_without_its_password(
         assert "***" in log.url
 
 
-def test_the_log_reconnects_when_the_store_comes_back(postgres_url: str) -> None:
+def test_the_log_reconnects_when_the_store_comes_back(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import psycopg
 
+    monkeypatch.setattr("features.eventlog.RECONNECT_SECONDS", 0.0)
     log = EventLog(postgres_url)
     accepted, _ = validate_events([GOOD])
     log.append(accepted)
@@ -161,6 +167,7 @@ _TIMES = [
     "2026-11-23T10:00:00", "2026-11-23 10:00", "2026-11-23T10:00:00.5+09:00", "2026-11-23",
     "2026-02-30", "1999-12-31T23:59:59", "9999-12-31T23:59:59-14:00", "2026-11-23T10:00:00Z",
     " 2026-11-23", "yesterday", "2026-11-23T24:00", "2026-11-23T10:00:00.1234567",
+    "2026-01-01+05:00", "2026-01-01-05:00",
 ]
 # fmt: on
 # Half plainly valid, half not: the direct path must be exercised, not only refused.
@@ -214,3 +221,24 @@ def test_the_direct_path_accepts_only_what_the_file_checks_accept_alike(records)
 
 def test_plainly_valid_events_take_the_direct_path() -> None:
     assert plain_rows([GOOD, {**GOOD, "event_id": None}], Bounds()) is not None
+    # Python reads "+05:00" after a date as a time; the file loader refuses it.
+    assert plain_rows([{**GOOD, "event_time": "2026-01-01+05:00"}], Bounds()) is None
+
+
+def test_after_a_failure_calls_fail_at_once_for_a_while(tmp_path: Path) -> None:
+    """Every request must not wait for its own connect while the store is down."""
+    (tmp_path / "blocked").write_text("")
+    log = EventLog(f"sqlite:///{tmp_path}/blocked/events.db")
+    with pytest.raises(EventStoreUnavailable):
+        log.last_seq()
+    (tmp_path / "blocked").unlink()  # the store is back, but the log waits a moment to retry
+    with pytest.raises(EventStoreUnavailable):
+        log.last_seq()
+    time.sleep(RECONNECT_SECONDS)
+    assert log.last_seq() == 0
+
+
+def test_libpq_password_parameters_are_redacted_too() -> None:
+    url = "postgresql://h/db?sslmode=require&password=Sup3r&sslpassword=Other"
+    assert redact_urls(url) == "postgresql://h/db?sslmode=require&password=***&sslpassword=***"
+    assert redact_urls("postgresql://u:p4ss@h/db") == "postgresql://u:***@h/db"

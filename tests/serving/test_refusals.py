@@ -118,6 +118,17 @@ def test_the_service_outlives_its_event_store_and_never_shows_its_password(
     url = f"postgresql://postgres:{password}@127.0.0.1:5432/{missing_database}"
     monkeypatch.setenv("OMNI_EVENTS_URL", url)
     monkeypatch.setattr("serving.service.LOAD_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr("features.eventlog.RECONNECT_SECONDS", 0.0)
+    import serving.service
+
+    loads: list[int] = []
+    real_load = serving.service.load_state
+
+    def counted_load() -> object:
+        loads.append(1)
+        return real_load()
+
+    monkeypatch.setattr(serving.service, "load_state", counted_load)
     event = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",
              "item_id": "I000020", "event_id": f"down-{uuid.uuid4().hex}"}  # fmt: skip
     with caplog.at_level(logging.INFO), own_service() as service:
@@ -136,6 +147,7 @@ def test_the_service_outlives_its_event_store_and_never_shows_its_password(
             admin.execute(f"CREATE DATABASE {missing_database}")
         assert service.get("/readyz").json()["ready"] is True
         assert service.post("/events", json={"events": [event]}).json()["stored"] == 1
+    assert len(loads) == 2  # at start and by /admin/reload; the probes retried only the replay
     assert password not in caplog.text
 
 
