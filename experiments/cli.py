@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -82,10 +83,12 @@ def demo_cmd(port: Port = 3000) -> None:
     keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
-    keys_out.write_text(json.dumps(keys, indent=2))
-    keys_out.chmod(0o600)
+    keys_out.unlink(missing_ok=True)  # the keys themselves: never readable by others, not once
+    with os.fdopen(os.open(keys_out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as fh:
+        fh.write(json.dumps(keys, indent=2))
     out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).")
     out.print(f"[bold]3/3[/] starting the service on port {port} ...")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does, workers too
     process = serve.start(port)
     try:
         serve.wait_ready(port, process)
@@ -99,6 +102,10 @@ def demo_cmd(port: Port = 3000) -> None:
         pass
     finally:
         serve.stop(process)  # the workers too: they run in sessions of their own
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class UsageError(Exception):
