@@ -197,6 +197,8 @@ def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
         if isinstance(error, str) and "JSON" in error:
             return 400, {"error": "The request body is not valid JSON."}
         return 400, {"error": "The request body could not be read as this API's JSON."}
+    if any(isinstance(d, dict) and d.get("type") == "json_invalid" for d in details):
+        return 400, {"error": "The request body is not valid JSON."}
     problems = [_problem(d) for d in details[:20] if isinstance(d, dict)]
     more = f" (and {len(details) - 20} more)" if len(details) > 20 else ""
     return 422, {"error": "Invalid request: " + "; ".join(problems) + more + "."}

@@ -46,6 +46,14 @@ def test_unknown_item_on_forecast_is_404(app: TestClient) -> None:
     assert response.status_code == 404 and "NOPE" in response.json()["error"]
 
 
+def test_a_body_that_is_not_json_is_400(app: TestClient) -> None:
+    answer = app.post(
+        "/recommend", content=b'{"channel": "app",', headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "The request body is not valid JSON."}
+
+
 def test_a_mistyped_event_is_named_by_index_and_field(app: TestClient) -> None:
     """Regression: one mistyped event refused its batch without saying which."""
     good = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",
