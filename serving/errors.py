@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
+from starlette.responses import Response
 
 from features.eventlog import EventStoreUnavailable, redact_urls
 from models.errors import BeyondModelError, UnknownIdError
@@ -78,22 +79,33 @@ def answers(method: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(method):
 
         @functools.wraps(method)
-        async def wrapper_async(self: Any, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        async def wrapper_async(self: Any, ctx: bentoml.Context, **request: Any) -> Any:
             try:
-                return await method(self, ctx, **request)
+                return _as_json(await method(self, ctx, **request))
             except Exception as exc:
-                return _answer_for(ctx, exc)
+                return _as_json(_answer_for(ctx, exc))
 
         return wrapper_async
 
     @functools.wraps(method)
-    def wrapper(self: Any, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    def wrapper(self: Any, ctx: bentoml.Context, **request: Any) -> Any:
         try:
-            return method(self, ctx, **request)
+            return _as_json(method(self, ctx, **request))
         except Exception as exc:
-            return _answer_for(ctx, exc)
+            return _as_json(_answer_for(ctx, exc))
 
     return wrapper
+
+
+def _as_json(answer: dict[str, Any]) -> Response | dict[str, Any]:
+    """The answer as a ready JSON response. BentoML would build its answer type's JSON schema
+    for every response (a tenth of a request's time); it still sets the status and headers
+    from the context. What plain JSON cannot hold (NaN, numpy types) goes BentoML's way."""
+    try:
+        body = json.dumps(answer, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return answer
+    return Response(body.encode(), media_type="application/json")
 
 
 def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
