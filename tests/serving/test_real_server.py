@@ -120,6 +120,12 @@ def test_the_demo_curl_examples_answer(champions: Path, keys: dict[str, str], tm
             check=True,
         )
         assert metrics.stdout == "401"  # only admin keys may scrape metrics
+        scraped = subprocess.run(
+            ["curl", "-s", "-H", f"Authorization: Bearer {keys['admin']}",
+             f"http://127.0.0.1:{port}/metrics"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert "omni_events_quarantined" in scraped.stdout  # what /readyz counts, for Prometheus
 
 
 def test_kill_9_loses_no_acknowledged_event(
