@@ -2,10 +2,10 @@
 
 One table (:data:`STATUS`) maps exception types to status codes; :func:`answers` wraps each API
 so that a refusal is ``{"error": "<one sentence>"}`` with its code, logged at INFO in one line,
-anything unexpected is a 500 logged with its traceback, and every answer leaves as ready JSON. Every response carries the request's
-``X-Request-ID`` (:class:`RequestIds`), and a 500's body names it so that a client's report can
-be found in the log. Client text in a message is quoted (``repr``/JSON), or, for a field name,
-shown only when it is a plain identifier.
+anything unexpected is a 500 logged with its traceback, and every answer leaves as ready JSON.
+Every response carries the request's ``X-Request-ID`` (:class:`RequestIds`), and a 500's body
+names it so that a client's report can be found in the log. Client text in a message is quoted
+(``repr``/JSON), or, for a field name, shown only when it is a plain identifier.
 """
 
 from __future__ import annotations
