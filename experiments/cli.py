@@ -74,7 +74,7 @@ def demo_cmd(port: Port = 3000) -> None:
     """Train both models on data_samples, register the champions, create demo keys, start the
     service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
     from experiments import serve
-    from models.keys import create_key
+    from models.keys import create_key, write_private
 
     _identity_config()
     out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
@@ -83,9 +83,7 @@ def demo_cmd(port: Port = 3000) -> None:
     keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
-    keys_out.unlink(missing_ok=True)  # the keys themselves: never readable by others, not once
-    with os.fdopen(os.open(keys_out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as fh:
-        fh.write(json.dumps(keys, indent=2))
+    write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start
     out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).")
     out.print(f"[bold]3/3[/] starting the service on port {port} ...")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does, workers too

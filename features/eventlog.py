@@ -239,7 +239,7 @@ class EventLog:
         self.url = redact_urls(url)
         self._lock = threading.Lock()
         self._connection: Any = None
-        self._failure: tuple[EventStoreUnavailable, float] | None = None
+        self._failure: tuple[str, float] | None = None  # the last failure and when
         self._quarantined: set[int] = set()
         if url.startswith(("postgresql://", "postgres://")):
             self._postgres, self._param = True, "%s"
@@ -293,10 +293,10 @@ class EventLog:
         :class:`EventStoreUnavailable` (and the connection is made again next time)."""
         with self._lock:
             if self._connection is None and self._failure is not None:
-                failure, since = self._failure
+                message, since = self._failure
                 if time.monotonic() - since < RECONNECT_SECONDS:
                     # Fail fast: callers must not each wait for a connect that just failed.
-                    raise EventStoreUnavailable(str(failure))
+                    raise EventStoreUnavailable(message)
             try:
                 if self._connection is None:
                     self._connection = self._connect()
@@ -304,9 +304,7 @@ class EventLog:
                 connection = self._connection
                 cursor = connection.cursor()
             except Exception as exc:
-                self._drop_connection()
-                self._failure = (self._unavailable(exc), time.monotonic())
-                raise self._failure[0] from None
+                raise self._failed(exc) from None
             try:
                 yield cursor
                 connection.commit()
@@ -317,9 +315,7 @@ class EventLog:
                 except Exception:
                     broken = True
                 if broken:
-                    self._drop_connection()
-                    self._failure = (self._unavailable(exc), time.monotonic())
-                    raise self._failure[0] from None
+                    raise self._failed(exc) from None
                 raise
             finally:
                 with suppress(Exception):  # a broken connection's cursor may not close cleanly
@@ -331,14 +327,16 @@ class EventLog:
                 self._connection.close()
         self._connection = None
 
-    def _unavailable(self, exc: BaseException) -> EventStoreUnavailable:
+    def _failed(self, exc: BaseException) -> EventStoreUnavailable:
+        """Forget the connection, remember the failure, and say it without the password."""
+        self._drop_connection()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         password = urlsplit(self._url).password
         if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")
-        return EventStoreUnavailable(
-            f"The event store {self.url} is unavailable: {redact_urls(reason)}"
-        )
+        message = f"The event store {self.url} is unavailable: {redact_urls(reason)}"
+        self._failure = (message, time.monotonic())
+        return EventStoreUnavailable(message)
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Store checked events (:func:`events_frame` of :func:`check_events`' rows); committed
@@ -369,8 +367,8 @@ class EventLog:
             cursor.execute(sql, [v for row in values for v in row])
             stored = dict(cursor.fetchall())
         # An id twice in one call (two requests of a group commit) is stored once: the first.
-        mask = events["event_id"].isin(stored).to_numpy() & ~events["event_id"].duplicated()
-        mask = np.asarray(mask, dtype=bool)
+        ids = events["event_id"]
+        mask = (ids.isin(stored) & ~ids.duplicated()).to_numpy(dtype=bool)
         seqs = np.array([stored[e] for e in events["event_id"][mask]], dtype=np.int64)
         return mask, seqs
 

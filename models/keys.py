@@ -47,7 +47,7 @@ def create_key(scopes: list[str], path: Path | None = None) -> str:
             "sha256": hashlib.sha256(secret.encode()).hexdigest(),
             "scopes": sorted(set(scopes)),
         }
-        _write_private(path, json.dumps(store, indent=2))
+        write_private(path, json.dumps(store, indent=2))
     return f"omni_{key_id}_{secret}"
 
 
@@ -68,7 +68,7 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` atomically: a 0600 temporary file beside it, synced, renamed."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

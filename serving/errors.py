@@ -166,19 +166,12 @@ class RequestIds:
 
         async def reply(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                start.update(message)
-                start["headers"] = [
-                    *[
-                        (k, v)
-                        for k, v in message.get("headers", [])
-                        if k.lower() != b"x-request-id"
-                    ],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                start.update(message, headers=[*headers, (b"x-request-id", request_id.encode())])
                 if not (rewrite and message["status"] == 400):
                     await send(start)
                 return
-            if not (rewrite and start.get("status") == 400):
+            if not (rewrite and start["status"] == 400):  # passed on as it is
                 await send(message)
                 return
             chunks.append(message.get("body", b""))
@@ -205,9 +198,6 @@ def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
         body = body[0] if body and isinstance(body[0], dict) else {}
     details = body.get("detail") if isinstance(body, dict) else None
     if not isinstance(details, list) or not details:
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, str) and "JSON" in error:
-            return 400, {"error": "The request body is not valid JSON."}
         return 400, {"error": "The request body could not be read as this API's JSON."}
     if any(isinstance(d, dict) and d.get("type") == "json_invalid" for d in details):
         return 400, {"error": "The request body is not valid JSON."}

@@ -290,6 +290,17 @@ class OmnichannelService:
             log.warning("%s", exc)
         self.problem = str(exc)
 
+    def _catch_up(self, state: ServingState) -> None:
+        """Apply what the log holds that ``state`` has not seen; note whether the store answers."""
+        try:
+            state.catch_up(self.log)
+        except EventStoreUnavailable as exc:
+            self._store_failed(exc)
+            return
+        if self.problem is not None:
+            log.info("The event store %s answers again.", self.log.url)
+            self.problem = None
+
     def __is_ready__(self) -> bool:
         return bool(self.readiness()["ready"])
 
@@ -298,12 +309,7 @@ class OmnichannelService:
         if self.state is None:
             self._try_load()
         elif self.problem is not None:
-            try:
-                self.state.catch_up(self.log)
-                log.info("The event store %s answers again.", self.log.url)
-                self.problem = None
-            except EventStoreUnavailable as exc:
-                self._store_failed(exc)
+            self._catch_up(self.state)
         state = self.state
         EVENTS_QUARANTINED.set(self.log.quarantined)
         return {
@@ -326,12 +332,7 @@ class OmnichannelService:
                 + (self.problem or "the champions are being loaded")
                 + " See /readyz."
             )
-        try:
-            state.catch_up(self.log)
-        except EventStoreUnavailable as exc:
-            self._store_failed(exc)
-        else:
-            self.problem = None
+        self._catch_up(state)
         return state
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
