@@ -19,7 +19,48 @@ SERIES = "unique_id"
 PERIOD = "ds"
 TARGET = "y"
 SEP = "|"
-FREQUENCIES = {"D": 1, "W": 7}
+
+
+@dataclass(frozen=True)
+class Frequency:
+    """A demand frequency: a period's length; how many periods make a season and a month."""
+
+    days: int
+    season: int  # one seasonal cycle: a week of days, a year of weeks
+    month: int  # about four weeks
+
+    @property
+    def step(self) -> np.timedelta64:
+        return np.timedelta64(self.days, "D")
+
+
+FREQUENCIES = {
+    "D": Frequency(days=1, season=7, month=28),
+    "W": Frequency(days=7, season=52, month=4),
+}
+
+
+def frequency(freq: str) -> Frequency:
+    """The frequency ``freq`` names: "D" (daily) or "W" (weekly)."""
+    if freq not in FREQUENCIES:
+        raise ValueError(f"freq must be D or W, not {freq!r}.")
+    return FREQUENCIES[freq]
+
+
+def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.datetime64]:
+    """The origins of a rolling backtest, oldest first: ``windows`` test windows of ``horizon``
+    periods each, back to back, the last ending at the panel's last period."""
+    periods = np.sort(panel[PERIOD].unique())
+    return [periods[len(periods) - horizon * w - 1] for w in range(windows, 0, -1)]
+
+
+def split_at(
+    panel: pd.DataFrame, origin: np.datetime64, horizon: int, freq: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The history up to ``origin`` (included) and the ``horizon`` periods after it."""
+    history = panel[panel[PERIOD] <= origin]
+    end = origin + frequency(freq).step * horizon
+    return history, panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= end)]
 
 
 @dataclass(frozen=True)
@@ -52,7 +93,7 @@ class FeatureSpec:
     @classmethod
     def default(cls, horizon: int, freq: str) -> FeatureSpec:
         """Lags at the horizon and one season back; rolling means of a month and a quarter."""
-        season = 52 if freq == "W" else 7
+        season = frequency(freq).season
         short, long_ = (4, 13) if freq == "W" else (7, 28)
         lags = sorted(
             {horizon, horizon + 1, horizon + 2, max(horizon, season), max(horizon, 2 * season)}
@@ -132,9 +173,9 @@ def build_panel(
         .reset_index()
     )
 
-    step = pd.Timedelta(days=FREQUENCIES[freq])
+    step = pd.Timedelta(frequency(freq).step)
     first = grouped.groupby(["store_id", "item_id"], observed=True)["ds"].min()
-    n_periods = ((last - first).dt.days // FREQUENCIES[freq]).astype(int) + 1
+    n_periods = ((last - first).dt.days // frequency(freq).days).astype(int) + 1
     index = pd.DataFrame(
         {
             "store_id": np.repeat(first.index.get_level_values(0), n_periods),
@@ -197,7 +238,7 @@ def extend_with_future(
     """Append ``horizon`` future periods to every series (``y`` missing), with covariates from
     ``plan`` where it has a row. Where it has none — the documented fallback — the price is the
     series' last price, no promotion, every ``x_*`` 0."""
-    step = pd.Timedelta(days=FREQUENCIES[freq])
+    step = pd.Timedelta(frequency(freq).step)
     last = panel[PERIOD].max()
     series = panel.drop_duplicates(SERIES, keep="last")[
         [SERIES, "store_id", "item_id"] + (["unit_price"] if "unit_price" in panel else [])
@@ -257,7 +298,7 @@ def build_features(
     Lags are by period, not by row, so a gap in a series is read as unknown, never misaligned.
     Rows come back in the panel's own order, with its index.
     """
-    step = np.timedelta64(FREQUENCIES[freq], "D")
+    step = frequency(freq).step
     first = panel[PERIOD].min()
     period = ((panel[PERIOD] - first) // step).to_numpy(dtype=np.int64)
     n_periods = int(period.max()) + 1 if len(period) else 0

@@ -24,12 +24,21 @@ from scipy import stats
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from features.demand import PERIOD, SERIES, TARGET, FeatureSpec, build_features, extend_with_future
+from features.demand import (
+    PERIOD,
+    SERIES,
+    TARGET,
+    FeatureSpec,
+    build_features,
+    extend_with_future,
+    frequency,
+    rolling_origins,
+    split_at,
+)
 from models.errors import BeyondModelError, UnknownIdError
 
 QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
-_SEASON = {"D": 7, "W": 52}
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 
 
@@ -42,8 +51,7 @@ class Forecaster(BaseEstimator):
     freq: str
 
     def _check(self, panel: pd.DataFrame) -> None:
-        if self.freq not in _SEASON:
-            raise ValueError(f"freq must be D or W, not {self.freq!r}.")
+        frequency(self.freq)  # a ValueError names the frequencies there are
         if self.horizon < 1:
             raise ValueError(f"horizon must be at least 1, not {self.horizon}.")
         if panel.empty:
@@ -70,7 +78,7 @@ class SeasonalNaive(_Baseline):
 
     def predict(self, panel: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
         check_is_fitted(self, "fitted_")
-        season = _SEASON[self.freq]
+        season = frequency(self.freq).season
         future = _future_frame(panel, self.horizon, self.freq)
         history = panel.pivot_table(index=SERIES, columns=PERIOD, values=TARGET, observed=True)
         values = history.to_numpy()
@@ -97,7 +105,7 @@ class MovingAverage(_Baseline):
 
     def predict(self, panel: pd.DataFrame, plan: pd.DataFrame | None = None) -> pd.DataFrame:
         check_is_fitted(self, "fitted_")
-        window = self.window or (4 if self.freq == "W" else 28)
+        window = self.window or frequency(self.freq).month
         observed = panel[~panel["censored"]]
         recent = observed.groupby(SERIES, observed=True).tail(window)
         mean = recent.groupby(SERIES, observed=True)[TARGET].mean()
@@ -188,7 +196,7 @@ class LightGBMForecaster(Forecaster):
         # Enough recent history to forecast from later without the data (lags, means, median price).
         keep = (
             max(*spec.lags, *(lag + max(w) for lag, w in spec.rolling.items()))
-            + 2 * _SEASON[self.freq]
+            + 2 * frequency(self.freq).season
         )
         periods = np.sort(panel[PERIOD].unique())
         self.history_ = panel[panel[PERIOD] >= periods[max(len(periods) - keep, 0)]].reset_index(
@@ -203,7 +211,7 @@ class LightGBMForecaster(Forecaster):
         blocks = int(np.clip(np.ceil(300 / (n_series * self.horizon)), 1, 4))
         while blocks and len(periods) <= (blocks + 2) * self.horizon + min(self.spec().lags):
             blocks -= 1
-        return [periods[-b * self.horizon - 1] for b in range(blocks, 0, -1)]
+        return rolling_origins(panel, self.horizon, blocks)
 
     def _forecast_blocks(
         self,
@@ -214,12 +222,8 @@ class LightGBMForecaster(Forecaster):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Forecast each held-out horizon from the history up to its origin; uncensored rows."""
         means, actuals = [], []
-        step = np.timedelta64(1 if self.freq == "D" else 7, "D")
         for origin in origins:
-            history = panel[panel[PERIOD] <= origin]
-            block = panel[
-                (panel[PERIOD] > origin) & (panel[PERIOD] <= origin + step * self.horizon)
-            ]
+            history, block = split_at(panel, origin, self.horizon, self.freq)
             block = block[block[SERIES].isin(history[SERIES]) & ~block["censored"]]
             if block.empty:
                 continue
@@ -407,9 +411,8 @@ class LightGBMForecaster(Forecaster):
                 f"No history and no known category for item(s) {named} "
                 f"at store {store_id!r}; add them to the items table to get a category prior."
             )
-        days = (4 * 7) if self.freq == "W" else 28
         history = self.history_[self.history_["store_id"] == store_id]
-        history = history[history[PERIOD] > history[PERIOD].max() - pd.Timedelta(days=days)]
+        history = history[history[PERIOD] > history[PERIOD].max() - pd.Timedelta(weeks=4)]
         per_item = history[~history["censored"]].groupby("item_id", observed=True)[TARGET].mean()
         prior = per_item.groupby(per_item.index.map(category)).mean()
         rows = []

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from models.keys import keys_file, load_keys, scopes_of
+from serving.keys import keys_file, load_keys, scopes_of
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -27,8 +27,8 @@ from features.interactions import InteractionWeights, event_weights
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
-from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
 from models.rules import BusinessRules
+from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
 
 logger = logging.getLogger("omnichannel_ml")
 #: Events of customers without habits kept before their habits are built anyway.

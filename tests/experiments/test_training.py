@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from experiments import pipelines
-from experiments.training import split_for_validation
+from experiments.pipelines import data as pipelines
+from experiments.pipelines.training import split_for_validation
 from features.eventlog import validate_events
 from features.identity import IdentityConfig
 from features.interactions import InteractionWeights

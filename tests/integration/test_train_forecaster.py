@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from experiments.training import CHAMPION, FORECASTER_NAME, train_forecaster
+from experiments.pipelines.training import CHAMPION, FORECASTER_NAME, train_forecaster
 from models.forecast import LightGBMForecaster
 from tests.conftest import SAMPLE
 

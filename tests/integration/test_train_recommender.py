@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from experiments.training import CHAMPION, REGISTERED_NAME, train_recommender
+from experiments.pipelines.training import CHAMPION, REGISTERED_NAME, train_recommender
 from models.recommenders import Recommender
 from tests.conftest import SAMPLE
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.forecasting import accuracy
+from experiments.pipelines.forecaster import accuracy
 from features.demand import build_panel
 from models.forecast import (
     LightGBMForecaster,

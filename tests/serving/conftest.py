@@ -28,7 +28,7 @@ def as_(keys: dict[str, str], scope: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def keys(tracking: Path) -> dict[str, str]:
     """One key per scope, in a keys file the service reads ($OMNI_KEYS_FILE)."""
-    from models.keys import create_key
+    from serving.keys import create_key
 
     path = tracking / "keys.json"
     pytest.MonkeyPatch().setenv("OMNI_KEYS_FILE", str(path))
@@ -38,7 +38,7 @@ def keys(tracking: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def champions(tracking: Path, keys: dict[str, str]) -> Path:
     """Both champions trained on the sample; the service's event log in the tracking dir."""
-    from experiments.training import train_forecaster, train_recommender
+    from experiments.pipelines.training import train_forecaster, train_recommender
 
     pytest.MonkeyPatch().setenv("OMNI_EVENTS_URL", f"sqlite:///{tracking}/serving-events.db")
     config = tracking / "ease.toml"

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from experiments import serve
+from experiments.deploy import process as serve
 from features.eventlog import EventLog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

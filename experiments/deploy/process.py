@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 SERVICE = "serving.service:OmnichannelService"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_DATA = REPO / "data_samples" / "retail"
 
 
 def train_demo_models() -> tuple[str, str]:
     """Train and register both models on the committed sample (weekly forecaster, 4 weeks
     ahead); returns what each training said."""
-    from experiments import training
+    from experiments.pipelines import training
 
     recommender = training.train_recommender(DEMO_DATA).message
     _, version, promoted, _ = training.train_forecaster(DEMO_DATA, horizon=4, freq="W")

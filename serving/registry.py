@@ -1,7 +1,6 @@
 """Where registered models live in MLflow, and how a champion's files are fetched.
 
-Both ``experiments`` (which registers) and ``serving`` (which loads) need these names; neither
-may import the other, so they live here.
+The service loads what these names point at; training (``experiments``) registers under them.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from models.keys import create_key, load_keys, scopes_of
+from serving.keys import create_key, load_keys, scopes_of
 
 
 def mode(path: Path) -> int:

@@ -8,6 +8,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-import models.forecast_mlflow as forecaster_code
-import models.recommenders.mlflow_model as recommender_code
-from experiments import pipelines
-from experiments.forecasting import BacktestResult, backtest, load_demand
-from experiments.recommender import (
+import features
+import models
+from experiments.pipelines import data as pipelines
+from experiments.pipelines.forecaster import BacktestResult, backtest, load_demand
+from experiments.pipelines.recommender import (
     DEFAULT_CONFIG,
     Candidate,
     CandidateResult,
@@ -42,9 +43,10 @@ from features.interactions import (
     build_popularity,
     split_by_time,
 )
+from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
-from models.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER
+from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER
 
 REGISTERED_NAME = RECOMMENDER
 #: The share of the latest events that does not move the end of the validation window.
@@ -145,7 +147,7 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
 
     version = _register(
         REGISTERED_NAME,
-        recommender_code,
+        "recommender",
         save,
         run_name=f"register {best.candidate.label}",
         params={"model": best.candidate.model, **best.candidate.params, **common},
@@ -219,7 +221,7 @@ def write_context(
 
 def _register(
     name: str,
-    code: Any,
+    family: str,
     save: Callable[[Path], Path],
     *,
     run_name: str,
@@ -230,7 +232,7 @@ def _register(
 
     Args:
         name: registered model name.
-        code: the module MLflow loads as the model (it defines ``ARTIFACT``).
+        family: the key of ``mlflow_code.LOADERS`` that loads it.
         save: writes the model directory, given a path.
     """
     with mlflow.start_run(run_name=run_name), tempfile.TemporaryDirectory() as tmp:
@@ -238,9 +240,12 @@ def _register(
         mlflow.log_metrics(metrics)
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=code.__file__,
-            artifacts={code.ARTIFACT: str(save(Path(tmp) / "model"))},
-            pip_requirements=["omnichannel-ml"],
+            python_model=mlflow_code.__file__,
+            artifacts={family: str(save(Path(tmp) / "model"))},
+            code_paths=[*features.__path__, *models.__path__],
+            pip_requirements=[
+                f"{d}=={metadata.version(d)}" for d in models.mlflow_code.REQUIREMENTS
+            ],
             registered_model_name=name,
         )
     return str(info.registered_model_version)
@@ -331,7 +336,7 @@ def train_forecaster(
     promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
     version = _register(
         FORECASTER_NAME,
-        forecaster_code,
+        "forecaster",
         final.save,
         run_name=f"register forecaster h={horizon}",
         params=params,

@@ -49,7 +49,7 @@ def run_recommender_speed(data: Path) -> dict:
 def _child(task: str, data: Path) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", task, str(data)],
+        [sys.executable, "-m", "experiments.benchmarks.runner", task, str(data)],
         capture_output=True, text=True, check=False, env=env,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -74,7 +74,7 @@ def _recommender_speed_worker(data: Path) -> dict:
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from experiments.pipelines import unify
+    from experiments.pipelines.data import unify
     from features.identity import DEMO_SALT, IdentityConfig
     from features.interactions import build_interactions
     from models.recommenders import ALSRecommender
@@ -124,7 +124,7 @@ def _recommender_speed_worker(data: Path) -> dict:
 
 
 def _ingest_worker(data: Path) -> dict:
-    from experiments.pipelines import unify
+    from experiments.pipelines.data import unify
     from features.identity import DEMO_SALT, IdentityConfig
 
     start = time.perf_counter()
@@ -183,7 +183,7 @@ def run_forecaster_speed(panel_path: Path, horizon: int = 28) -> dict:
 
     import pandas as pd
 
-    from experiments.forecasting import MLFORECAST_JOB, mlforecast_python, mlforecast_spec
+    from experiments.benchmarks.mlforecast import MLFORECAST_JOB, mlforecast_python, mlforecast_spec
 
     ours = _child("forecaster-features", panel_path)
     panel = pd.read_parquet(panel_path)

@@ -1,7 +1,6 @@
 """API keys: created by the CLI, checked by the service; only their hashes are ever stored.
 
-It lives here, below both ``experiments`` and ``serving``, because both need it and neither may
-import the other. A key reads ``omni_<id>_<secret>``; the file keeps, per id, the SHA-256 of
+A key reads ``omni_<id>_<secret>``; the file keeps, per id, the SHA-256 of
 the secret (a random 256-bit token needs no slow hash) and the key's scopes.
 
 The file is private from its first instant (0600, in a 0700 directory when we create that) and

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import serve
+from experiments.deploy import process as serve
 
 Body = Callable[[int], bytes]
 
@@ -116,9 +116,9 @@ def drive(
 def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
     """Floor /recommend, service /recommend and service /events, one after the other."""
     from features.identity import DEMO_SALT
-    from models.keys import create_key
     from models.recommenders import Recommender
-    from models.registry import RECOMMENDER, champion_dir
+    from serving.keys import create_key
+    from serving.registry import RECOMMENDER, champion_dir
 
     customers = list(Recommender.load(champion_dir(RECOMMENDER)).customer_ids_[:5000])
     results: dict[str, dict] = {}
@@ -152,7 +152,7 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
 
             return body
 
-        floor_service = "experiments.floor_service:FloorService"
+        floor_service = "experiments.benchmarks.floor_service:FloorService"
         for name, service, path, body, auth in (
             ("floor /recommend", floor_service, "/recommend", recommend, None),
             ("service /recommend", serve.SERVICE, "/recommend", recommend, key),

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.demand import PERIOD, SERIES, TARGET, build_panel, sales_from_events
+from features.demand import (
+    PERIOD,
+    SERIES,
+    TARGET,
+    build_panel,
+    rolling_origins,
+    sales_from_events,
+    split_at,
+)
 from features.eventlog import with_logged
 from features.ingest import ContractError, load_dataset
 from models.forecast import Forecaster, LightGBMForecaster, MovingAverage, SeasonalNaive
@@ -127,10 +131,10 @@ def backtest(
     """
     started = time.perf_counter()
     panel = data.panel
-    periods = np.sort(panel[PERIOD].unique())
-    if len(periods) < horizon * windows + 2:
+    periods = panel[PERIOD].nunique()
+    if periods < horizon * windows + 2:
         raise ValueError(
-            f"{len(periods)} periods are too few for {windows} backtest windows of {horizon}."
+            f"{periods} periods are too few for {windows} backtest windows of {horizon}."
         )
     factories: dict[str, Factory] = {
         "model": model or (lambda: LightGBMForecaster(horizon=horizon, freq=freq)),
@@ -140,13 +144,8 @@ def backtest(
     forecasts: dict[str, list[pd.DataFrame]] = {name: [] for name in [*factories, *(extra or {})]}
     actuals, histories = [], []
     fitted: Forecaster | None = None
-    for w in range(windows, 0, -1):
-        origin = periods[len(periods) - horizon * w - 1]
-        history = panel[panel[PERIOD] <= origin]
-        future = panel[
-            (panel[PERIOD] > origin)
-            & (panel[PERIOD] <= origin + np.timedelta64(_days(freq) * horizon, "D"))
-        ]
+    for origin in rolling_origins(panel, horizon, windows):
+        history, future = split_at(panel, origin, horizon, freq)
         future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
         known = known_covariates(future)
         for name, factory in factories.items():
@@ -179,134 +178,3 @@ def backtest(
         last_actual=actuals[-1],
         model=fitted,
     )
-
-
-def _days(freq: str) -> int:
-    return 1 if freq == "D" else 7
-
-
-MLFORECAST_VENV = Path(".omni/mlforecast-venv")
-MLFORECAST_JOB = Path(__file__).with_name("mlforecast_job.py")
-
-
-def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
-    """The interpreter of the benchmark-only mlforecast environment (created on first use)."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "mlforecast==1.1.0",
-                "lightgbm>=4,<5",
-                "pyarrow",
-            ],
-            check=True,
-        )
-    return python
-
-
-def mlforecast_spec(history: pd.DataFrame, horizon: int, freq: str) -> dict:
-    """mlforecast's settings: LightGBM defaults, our lags (those this history can fill, since
-    mlforecast drops rows with a missing feature), rolling means, calendar and known covariates."""
-    spec = LightGBMForecaster(horizon=horizon, freq=freq).spec()
-    n_periods = history[PERIOD].nunique()
-    last = history[PERIOD].max()
-    return {
-        "horizon": horizon,
-        "freq": "D" if freq == "D" else f"W-{last.day_name()[:3].upper()}",
-        "lags": [lag for lag in spec.lags if lag < n_periods // 2] or [horizon],
-        "rolling": {str(lag): list(windows) for lag, windows in spec.rolling.items()},
-        "date_features": ["month", "week"] + (["dayofweek"] if freq == "D" else []),
-        "exogenous": [
-            c for c in history.columns if c in ("unit_price", "on_promo") or c.startswith("x_")
-        ],
-    }
-
-
-def mlforecast_runner(
-    horizon: int, freq: str
-) -> Callable[[pd.DataFrame, DemandData], pd.DataFrame]:
-    """mlforecast (LightGBM, default settings) with the same lags and known covariates."""
-    python = mlforecast_python()
-
-    def run(history: pd.DataFrame, future: DemandData) -> pd.DataFrame:
-        spec = mlforecast_spec(history, horizon, freq)
-        columns = [SERIES, PERIOD, TARGET, *spec["exogenous"]]
-        frame = history[columns].copy()
-        if "unit_price" in frame:
-            frame["unit_price"] = frame.groupby(SERIES)["unit_price"].ffill().bfill()
-        known = future.panel[[SERIES, PERIOD, *spec["exogenous"]]].copy()
-        if "unit_price" in known:
-            last_price = frame.groupby(SERIES)["unit_price"].last()
-            known["unit_price"] = known["unit_price"].fillna(known[SERIES].map(last_price))
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = [
-                Path(tmp) / name
-                for name in ("history.parquet", "future.parquet", "spec.json", "out.parquet")
-            ]
-            frame.to_parquet(paths[0])
-            known.to_parquet(paths[1])
-            paths[2].write_text(json.dumps(spec))
-            subprocess.run(
-                [str(python), str(MLFORECAST_JOB), *map(str, paths)],
-                check=True,
-                capture_output=True,
-            )
-            predicted = pd.read_parquet(paths[3])
-        point = predicted["point"].clip(lower=0).to_numpy()
-        out = predicted[[SERIES, PERIOD]].copy()
-        out["mean"] = out["p10"] = out["p50"] = out["p90"] = point
-        return out
-
-    return run
-
-
-def prepare_walmart(source: Path, out: Path) -> Path:
-    """Walmart store sales (weekly, store x department) as a contract ``sales`` table.
-
-    ``units`` = Weekly_Sales (dollars; the forecaster treats them as demand), ``x_holiday`` and
-    ``x_markdown1..5`` are covariates known in advance; temperature, fuel price, CPI and
-    unemployment are not known in advance and are left out.
-    """
-    raw = pd.read_csv(source)
-    sales = pd.DataFrame(
-        {
-            "date": raw["Date"],
-            "store_id": "S" + raw["Store"].astype(str),
-            "item_id": "D" + raw["Dept"].astype(str),
-            "units": raw["Weekly_Sales"],
-            "x_holiday": raw["IsHoliday"],
-            **{f"x_markdown{i}": raw[f"MarkDown{i}"] for i in range(1, 6)},
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    sales.to_csv(out / "sales.csv", index=False, na_rep="NA")
-    return out
-
-
-def prepare_completejourney(source: Path, out: Path) -> Path:
-    """Complete Journey receipts as a contract ``sales`` table at store x department per day
-    (units = quantity); the panel builder aggregates it to weeks."""
-    lines = pd.read_csv(
-        source / "transactions_sample.csv.gz",
-        usecols=["store_id", "product_id", "quantity", "transaction_timestamp"],
-        dtype={"store_id": str, "product_id": str},
-    )
-    products = pd.read_csv(
-        source / "products.csv.gz", usecols=["product_id", "department"], dtype=str
-    )
-    lines = lines.merge(products, on="product_id", how="left")
-    lines["department"] = lines["department"].fillna("UNKNOWN")
-    lines["date"] = pd.to_datetime(lines["transaction_timestamp"]).dt.strftime("%Y-%m-%d")
-    sales = (
-        lines.groupby(["date", "store_id", "department"])["quantity"].sum().reset_index()
-        .rename(columns={"department": "item_id", "quantity": "units"})
-    )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    sales.to_csv(out / "sales.csv", index=False)
-    return out

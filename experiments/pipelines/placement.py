@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.forecasting import DemandData, known_covariates, load_demand
-from features.demand import PERIOD, SERIES, TARGET, period_end
+from experiments.pipelines.forecaster import DemandData, known_covariates, load_demand
+from features.demand import PERIOD, SERIES, TARGET, period_end, rolling_origins, split_at
 from models.forecast import LightGBMForecaster
 from models.placement import Economics, allocate, coverage_distribution, plan_item
 
@@ -73,8 +73,6 @@ def simulate(
     data = load_demand(data_dir, freq)
     panel = data.panel
     truth = _true_demand(data_dir, freq, panel)
-    periods = np.sort(panel[PERIOD].unique())
-    step = np.timedelta64(1 if freq == "D" else 7, "D")
     totals = {
         ratio: {
             p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0} for p in POLICIES
@@ -82,12 +80,10 @@ def simulate(
         for ratio in supply
     }
     items_seen: set[str] = set()
-    for w in range(windows, 0, -1):
-        origin = periods[len(periods) - horizon * w - 1]
-        history = panel[panel[PERIOD] <= origin]
-        window = (truth[PERIOD] > origin) & (truth[PERIOD] <= origin + step * horizon)
-        realised = truth[window].groupby(["store_id", "item_id"], observed=True)[TARGET].sum()
-        known = panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= origin + step * horizon)]
+    for origin in rolling_origins(panel, horizon, windows):
+        history, known = split_at(panel, origin, horizon, freq)
+        _, window = split_at(truth, origin, horizon, freq)
+        realised = window.groupby(["store_id", "item_id"], observed=True)[TARGET].sum()
         model = LightGBMForecaster(horizon=horizon, freq=freq).fit(history, items=data.items)
         forecast = model.predict(history, plan=known_covariates(known))
         distribution = coverage_distribution(forecast, model.dispersion_)

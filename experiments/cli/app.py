@@ -1,0 +1,114 @@
+"""The ``omni`` application: its command groups, consoles, shared options and the entry point
+that turns user mistakes into one sentence (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from experiments.synthetic import GeneratorConfig, generate
+from features.eventlog import EventStoreUnavailable, redact_urls
+from features.identity import DemoSaltWarning, IdentityConfig
+from features.ingest import ContractError
+
+app = typer.Typer(
+    help="omnichannel-ml: unified customer histories -> recommendations, forecasts, placement.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (speed, memory, accuracy); print figures for the README.")
+app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(help="Train, log to MLflow, register; move the champion only if it wins.")
+app.add_typer(train_app, name="train")
+backtest_app = typer.Typer(help="Rolling-origin backtests, logged to MLflow.")
+app.add_typer(backtest_app, name="backtest")
+placement_app = typer.Typer(help="Stock placement across stores from the demand forecasts.")
+app.add_typer(placement_app, name="placement")
+keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
+app.add_typer(keys_app, name="keys")
+
+
+out = Console()
+err = Console(stderr=True)
+
+Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
+
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Directory with one file per table.")]
+
+
+Horizon = Annotated[int, typer.Option(help="Periods ahead.")]
+Freq = Annotated[str, typer.Option(help="D (daily) or W (weekly).")]
+
+
+class UsageError(Exception):
+    """A user mistake reported as one sentence with exit code 2."""
+
+
+def main() -> None:
+    """Entry point: user errors are one sentence on stderr (exit 2), never a traceback."""
+    try:
+        if set(sys.argv[1:2]) & TRACKING_COMMANDS:
+            _private_tracking_store()
+        app()
+    except (ContractError, UsageError, ValueError, EventStoreUnavailable) as exc:
+        err.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("OMNI_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {redact_urls(str(exc))} "
+            "(set OMNI_DEBUG=1 for the traceback and report it).",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+#: The commands that open the MLflow tracking store.
+TRACKING_COMMANDS = {"train", "backtest", "forecast", "placement", "bench", "serve", "demo"}
+
+
+def _private_tracking_store() -> None:
+    """Create the embedded MLflow database readable by its owner only, before MLflow creates it
+    world-readable (it holds every run's parameters and the registry)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists() and path.parent.is_dir():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def generate_with_progress(config: GeneratorConfig, out_dir: Path) -> dict[str, int]:
+    """Run the generator with a progress bar of its days (on a terminal only)."""
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("simulating days", total=config.days)
+        return generate(config, out_dir, lambda n: bar.advance(task, n))
+
+
+def generated(config: GeneratorConfig, out_dir: Path) -> Path:
+    """A benchmark data set: generated into ``out_dir`` unless a complete one is there already."""
+    if not (out_dir / "_truth" / "corrupted_rows.json").exists():
+        generate_with_progress(config, out_dir)
+    return out_dir
+
+
+def identity_config() -> IdentityConfig:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DemoSaltWarning)
+        config = IdentityConfig.from_env()
+    for warning in caught:
+        err.print(f"[bold yellow]WARNING:[/] {warning.message}", highlight=False)
+    return config

@@ -1,0 +1,205 @@
+"""``omni bench``: speed, memory and accuracy figures for the docs (commands, not tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from experiments.benchmarks import runner as bench
+from experiments.cli.app import (
+    UsageError,
+    bench_app,
+    err,
+    generated,
+    out,
+)
+from experiments.cli.train import (
+    backtest_payload,
+    print_backtest,
+    print_skipped,
+)
+from experiments.synthetic import GeneratorConfig
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    concurrency: Annotated[int, typer.Option(help="Connections kept busy.")] = 16,
+    seconds: Annotated[float, typer.Option(help="Measured seconds per target.")] = 15.0,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+) -> None:
+    """Load-test /recommend and /events against a bare BentoML service (the floor)."""
+    from experiments.benchmarks import load
+    from experiments.deploy import process
+    from experiments.pipelines import training
+    from serving.registry import FORECASTER, RECOMMENDER
+
+    if any(training.champion_version(name) is None for name in (RECOMMENDER, FORECASTER)):
+        err.print("No champions yet: training both on the demo data first ...")
+        process.train_demo_models()
+    figures = load.benchmark(concurrency=concurrency, seconds=seconds)
+    figures["machine"] = bench.machine()
+    table = Table(
+        "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", title="omni bench serve"
+    )
+    for name, row in figures["results"].items():
+        table.add_row(
+            name, f"{row['throughput_rps']:.0f}", f"{row.get('events_per_s', '')}",
+            f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", str(row["errors"]),
+        )  # fmt: skip
+    out.print(table)
+    ratios = figures["recommend_vs_floor"]
+    out.print(
+        f"/recommend vs floor: throughput x{ratios['throughput_ratio']:.2f} (target >= 0.8), "
+        f"p99 x{ratios['p99_ratio']:.2f} (target <= 2); concurrency {concurrency}, "
+        f"{seconds:.0f} s each, {figures['machine']}."
+    )
+    out.print(
+        f"/events, one event per request, vs floor: throughput "
+        f"x{figures['events_vs_floor']['throughput_ratio']:.2f} (target >= 0.5)."
+    )
+    if metrics_out:
+        metrics_out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+@bench_app.command("placement")
+def bench_placement_cmd(
+    stores: Annotated[int, typer.Option(help="Stores in the chain.")] = 500,
+    items: Annotated[int, typer.Option(help="Items to allocate.")] = 10_000,
+) -> None:
+    """Time allocating every item across the chain (target: 500 x 10,000 in <= 10 s)."""
+    out.print_json(json.dumps(bench.run_placement_speed(stores, items)))
+
+
+@bench_app.command("forecaster")
+def bench_forecaster_cmd(
+    dataset: Annotated[
+        str, typer.Option(help="speed, synthetic, walmart or completejourney")
+    ] = "speed",
+    horizon: Annotated[int, typer.Option(help="Periods ahead (accuracy runs).")] = 4,
+    windows: Annotated[int, typer.Option(help="Backtest windows (accuracy runs).")] = 3,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+    cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
+    shared: Annotated[Path, typer.Option(help="The shared real data sets.")] = Path(
+        "../shared/data"
+    ),
+) -> None:
+    """Speed against mlforecast's preprocess, or weekly accuracy against the baselines and
+    mlforecast (LightGBM defaults, same lags and covariates; installed in its own venv)."""
+    from experiments.benchmarks import datasets
+    from experiments.benchmarks.mlforecast import mlforecast_runner
+    from experiments.pipelines import forecaster
+
+    if dataset == "speed":
+        figures = bench.run_forecaster_speed(bench.speed_panel(cache / "forecaster-speed.parquet"))
+        out.print_json(json.dumps(figures))
+        if metrics_out:
+            metrics_out.write_text(json.dumps(figures) + "\n")
+        return
+    if dataset == "synthetic":
+        config = GeneratorConfig(
+            customers=100_000, items=200, stores=5, days=540, seed=5, format="parquet"
+        )
+        data = generated(config, cache / "forecaster-synthetic")
+    elif dataset == "walmart":
+        data = datasets.prepare_walmart(
+            shared / "walmart_weekly" / "walmart_sales_weekly.csv", cache / "walmart"
+        )
+    elif dataset == "completejourney":
+        data = datasets.prepare_completejourney(
+            shared / "completejourney", cache / "completejourney"
+        )
+    else:
+        raise UsageError(
+            f"Unknown dataset {dataset!r}; use speed, synthetic, walmart or completejourney."
+        )
+    demand = forecaster.load_demand(data, "W")
+    result = forecaster.backtest(
+        demand, horizon=horizon, freq="W", windows=windows,
+        extra={"mlforecast": mlforecast_runner(horizon, "W")},
+    )  # fmt: skip
+    print_backtest(result, f"{dataset}: {windows} weekly windows of {horizon}")
+    if metrics_out:
+        metrics_out.write_text(json.dumps(backtest_payload(result)) + "\n")
+
+
+@bench_app.command("recommender")
+def bench_recommender_cmd(
+    dataset: Annotated[
+        str, typer.Option(help="movielens-100k, completejourney or synthetic")
+    ] = "movielens-100k",
+    events: Annotated[
+        int, typer.Option(help="synthetic: approximate number of events.")
+    ] = 1_000_000,
+    config: Annotated[Path | None, typer.Option(help="Candidates TOML.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the selected model's metrics.")
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
+    shared: Annotated[Path, typer.Option(help="The shared real data sets.")] = Path(
+        "../shared/data"
+    ),
+) -> None:
+    """Accuracy (movielens-100k against the published table; completejourney against
+    popularity) or speed (synthetic)."""
+    if dataset == "synthetic":
+        data = generated(bench.recommender_config(events), cache / f"recommender-{events}")
+        out.print_json(json.dumps(bench.run_recommender_speed(data)))
+        return
+    from experiments.benchmarks import recommenders
+    from experiments.pipelines.recommender import load_selection_config
+
+    selection = load_selection_config(config)
+    if dataset == "movielens-100k":
+        result = recommenders.benchmark_movielens(selection, cache)
+    elif dataset == "completejourney":
+        transactions = shared / "completejourney" / "transactions_sample.csv.gz"
+        if not transactions.exists():
+            raise UsageError(f"{transactions} does not exist; pass --shared DIR.")
+        result = recommenders.benchmark_completejourney(selection, transactions)
+    else:
+        known = "movielens-100k, completejourney or synthetic"
+        raise UsageError(f"Unknown dataset {dataset!r}; use {known}.")
+    table = Table("model", "MAP", "nDCG@10", "P@10", "R@10", "coverage", title=f"{dataset}, k=10")
+    for row in result.rows:
+        name = row["model"] + (" [selected]" if row is result.selected else "")
+        values = (row[m] for m in ("map", "ndcg@10", "precision@10", "recall@10", "coverage"))
+        table.add_row(name, *(f"{v:.3f}" for v in values))
+    if dataset == "movielens-100k":
+        for name, published in recommenders.PUBLISHED_MOVIELENS.items():
+            table.add_row(f"published: {name}", *(f"{v:.3f}" for v in published), "")
+    out.print(table)
+    selected = result.selected
+    metrics = {m: round(selected[m], 4) for m in ("ndcg@10", "map", "precision@10", "recall@10")}
+    if metrics_out:
+        payload = {
+            "model": selected["model"],
+            "metrics": metrics,
+            "seconds": round(result.seconds, 1),
+        }
+        metrics_out.write_text(json.dumps(payload) + "\n")
+    print_skipped(result.skipped)
+    out.print(f"selected on validation: {selected['model']}; {result.seconds:.0f} s")
+
+
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    events: Annotated[
+        int, typer.Option(help="Approximate number of events to generate.")
+    ] = 1_000_000,
+    data: Annotated[
+        Path | None, typer.Option(help="Use this data set instead of generating.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format")] = "parquet",
+    cache: Annotated[Path, typer.Option(help="Where generated bench data sets are kept.")] = Path(
+        ".omni/bench"
+    ),
+) -> None:
+    """Time validate + unify; print events/s and peak RSS (targets: 500k events/s, 4 GB)."""
+    if data is None:
+        data = generated(bench.ingest_config(events, fmt), cache / f"ingest-{events}-{fmt}")
+    result = bench.run_ingest(data)
+    out.print_json(json.dumps(result))

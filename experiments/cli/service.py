@@ -1,0 +1,81 @@
+"""``omni serve``, ``omni demo`` and ``omni keys``: running the service and its API keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from experiments.cli.app import (
+    Port,
+    app,
+    err,
+    identity_config,
+    keys_app,
+    out,
+)
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="recommend, plan or admin (repeatable).")
+    ],
+) -> None:
+    """Create a key and print it once; only its hash is kept (in $OMNI_KEYS_FILE)."""
+    from serving.keys import create_key, keys_file
+
+    key = create_key(scope)
+    out.print(key, highlight=False, soft_wrap=True)
+    err.print(f"Stored its hash in {keys_file()}; this is the only time the key is shown.")
+
+
+@app.command("serve")
+def serve_cmd(port: Port = 3000) -> None:
+    """Start the BentoML service on the MLflow champions (foreground; Ctrl-C stops it)."""
+    from experiments.deploy.process import serve_command
+
+    command = serve_command(port)
+    os.execv(command[0], command)
+
+
+@app.command("demo")
+def demo_cmd(port: Port = 3000) -> None:
+    """Train both models on data_samples, register the champions, create demo keys, start the
+    service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
+    from experiments.deploy import process as serve
+    from serving.keys import create_key, write_private
+
+    identity_config()
+    out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
+    for message in serve.train_demo_models():
+        out.print(message)
+    keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
+    keys_out = Path(".omni/demo/keys.json")
+    keys_out.parent.mkdir(parents=True, exist_ok=True)
+    write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start
+    out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).")
+    out.print(f"[bold]3/3[/] starting the service on port {port} ...")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does, workers too
+    process = serve.start(port)
+    try:
+        serve.wait_ready(port, process)
+        out.print(f"\n[bold green]ready[/] on http://127.0.0.1:{port} (docs: /docs). Try:\n")
+        for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
+            out.print(example, highlight=False, soft_wrap=True)
+        out.print("\nThe service keeps running; Ctrl-C stops it.", highlight=False)
+        sys.stdout.flush()
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.stop(process)  # the workers too: they run in sessions of their own
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

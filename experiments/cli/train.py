@@ -1,0 +1,172 @@
+"""``omni train``, ``omni backtest`` and ``omni forecast``: models logged, registered, used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from experiments.cli.app import (
+    DataOpt,
+    Freq,
+    Horizon,
+    UsageError,
+    app,
+    backtest_app,
+    identity_config,
+    out,
+    train_app,
+)
+
+
+@train_app.command("recommender")
+def train_recommender_cmd(
+    data: DataOpt,
+    config: Annotated[Path | None, typer.Option(help="Candidates TOML.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the selected model's metrics.")
+    ] = None,
+) -> None:
+    """Select a recommender on a time split, log every candidate, register the best."""
+    from experiments.pipelines import training
+
+    identity_config()  # warn about the demo salt before the long work
+    result = training.train_recommender(data, config)
+    metrics = {
+        m: round(result.selected.metrics[m], 4)
+        for m in ("ndcg@10", "map", "precision@10", "recall@10")
+    }
+    table = Table("metric", "value", title=f"selected: {result.selected.candidate.label}")
+    for name, value in result.selected.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    out.print(table)
+    print_skipped(result.skipped)
+    out.print(result.message)
+    if metrics_out:
+        payload = {
+            "model": result.selected.candidate.label,
+            "metrics": metrics,
+            "seconds": round(result.seconds, 1),
+        }
+        metrics_out.write_text(json.dumps(payload) + "\n")
+
+
+@train_app.command("forecaster")
+def train_forecaster_cmd(data: DataOpt, horizon: Horizon, freq: Freq = "D") -> None:
+    """Backtest, fit on all data, register demand_forecaster; champion only if it wins."""
+    from experiments.pipelines import training
+
+    result, version, promoted, champion = training.train_forecaster(
+        data, horizon=horizon, freq=freq
+    )
+    print_backtest(result, "backtest of the new forecaster")
+    name = training.FORECASTER_NAME
+    wape = result.metrics["wape"]
+    if champion is None:
+        out.print(f"registered {name} v{version}; it is now champion (there was none).")
+    elif promoted:
+        out.print(
+            f"registered {name} v{version}; it is now champion: WAPE {wape:.4f} <= {champion:.4f}."
+        )
+    else:
+        out.print(
+            f"registered {name} v{version}; the champion stays: WAPE {wape:.4f} > {champion:.4f}."
+        )
+
+
+@backtest_app.command("forecaster")
+def backtest_forecaster_cmd(
+    data: DataOpt,
+    horizon: Horizon,
+    freq: Freq = "D",
+    windows: Annotated[int, typer.Option(help="Test windows, ending at the last period.")] = 3,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON.")] = None,
+) -> None:
+    """Backtest the forecaster and its baselines; log to MLflow with plots."""
+    from experiments.pipelines import forecaster, training
+
+    demand = forecaster.load_demand(data, freq)
+    result = forecaster.backtest(demand, horizon=horizon, freq=freq, windows=windows)
+    training.log_backtest(
+        result, {"data": str(data), "horizon": horizon, "freq": freq, "windows": windows}
+    )
+    print_backtest(result, f"backtest: {windows} windows of {horizon} {freq}")
+    if metrics_out:
+        metrics_out.write_text(json.dumps(backtest_payload(result)) + "\n")
+
+
+@app.command("forecast")
+def forecast_cmd(
+    store: Annotated[str, typer.Option(help="Store id.")],
+    horizon: Annotated[
+        int | None, typer.Option(help="Periods ahead (default: the model's).")
+    ] = None,
+    items: Annotated[
+        list[str] | None, typer.Option("--items", help="Item ids (repeatable).")
+    ] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
+) -> None:
+    """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
+    model = champion_forecaster()
+    forecast = model.forecast(store, items, horizon)
+    table = Table("item", "period", "mean", "P10", "P50", "P90", "method", title=f"store {store}")
+    for row in forecast.to_dict(orient="records"):
+        table.add_row(
+            str(row["item_id"]), str(pd.Timestamp(row["ds"]).date()), f"{row['mean']:.1f}",
+            f"{row['p10']:.0f}", f"{row['p50']:.0f}", f"{row['p90']:.0f}", str(row["method"]),
+        )  # fmt: skip
+    out.print(table)
+    if out_file:
+        forecast.to_csv(out_file, index=False)
+        out.print(f"written to {out_file}")
+
+
+def champion_forecaster() -> Any:
+    import mlflow
+
+    from models.forecast import LightGBMForecaster
+    from serving.registry import FORECASTER, champion_dir
+
+    try:
+        return LightGBMForecaster.load(champion_dir(FORECASTER))
+    except mlflow.exceptions.MlflowException as exc:
+        message = f"No {FORECASTER} champion in the MLflow registry"
+        raise UsageError(f"{message}; run omni train forecaster first.") from exc
+
+
+def backtest_payload(result: Any) -> dict[str, Any]:
+    return {
+        "metrics": _rounded(result.metrics),
+        "baselines": {k: _rounded(v) for k, v in result.baselines.items()},
+        **({"others": {k: _rounded(v) for k, v in result.others.items()}} if result.others else {}),
+        "series": result.series,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+def print_backtest(result: Any, title: str) -> None:
+    table = Table("forecaster", "WAPE", "RMSSE", "bias", "pinball", "coverage 80%", title=title)
+    rows = {"lightgbm (ours)": result.metrics, **result.baselines, **result.others}
+    for name, m in rows.items():
+        values = (m["wape"], m["rmsse"], m["bias"], m["pinball"], m["coverage_80"])
+        table.add_row(name, *(f"{v:.4f}" for v in values))
+    out.print(table)
+    best = min(m["wape"] for m in result.baselines.values())
+    out.print(
+        f"WAPE {1 - result.metrics['wape'] / best:+.1%} below the best baseline; "
+        f"{result.series} series, {result.rows} test rows, {result.seconds:.0f} s."
+    )
+
+
+def print_skipped(skipped: list) -> None:
+    for candidate, reason in skipped:
+        out.print(f"skipped {candidate.label}: {reason}", highlight=False)
