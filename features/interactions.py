@@ -13,6 +13,9 @@ import scipy.sparse as sp
 
 from features.schema import EVENT_TYPES
 
+#: The column of :func:`build_popularity` tables: purchase lines per item and segment.
+POPULARITY = "purchases"
+
 
 @dataclass(frozen=True)
 class InteractionWeights:
@@ -145,28 +148,36 @@ def split_last_n(events: pd.DataFrame, n: int = 1) -> tuple[pd.DataFrame, pd.Dat
 
 
 def build_popularity(events: pd.DataFrame, *, days: int | None = 28) -> pd.DataFrame:
-    """Units bought per item — overall, per store and per channel — over the last ``days``.
+    """Purchases per item — overall, per store and per channel — over the last ``days``.
 
+    A purchase line counts once whatever its quantity: popularity is how many baskets hold an
+    item, so that one bulk line (89,638 litres of fuel) does not outrank what everyone buys.
     Anonymous purchases count here: the tills know what sells even when not to whom.
 
     Returns:
-        Columns ``segment_type`` (global / store / channel), ``segment``, ``item_id``, ``units``,
-        sorted by segment and units, most first.
+        Columns ``segment_type`` (global / store / channel), ``segment``, ``item_id``,
+        ``purchases``, sorted by segment and purchases, most first.
     """
     bought = events[events["event_type"] == "purchase"]
     if days is not None and len(bought):
         bought = bought[bought["event_time"] > bought["event_time"].max() - pd.Timedelta(days=days)]
     frames = [
-        bought.groupby("item_id")["quantity"]
-        .sum()
-        .reset_index()
+        bought.groupby("item_id").size().rename(POPULARITY).reset_index()
         .assign(segment_type="global", segment="all")
-    ]
+    ]  # fmt: skip
     for segment_type, column in (("store", "store_id"), ("channel", "channel")):
-        grouped = bought.groupby([column, "item_id"], observed=True)["quantity"].sum().reset_index()
-        frames.append(grouped.rename(columns={column: "segment"}).assign(segment_type=segment_type))
-    popularity = pd.concat(frames, ignore_index=True).rename(columns={"quantity": "units"})
-    popularity = popularity[["segment_type", "segment", "item_id", "units"]]
-    return popularity.sort_values(
-        ["segment_type", "segment", "units", "item_id"], ascending=[True, True, False, True]
-    ).reset_index(drop=True)
+        grouped = bought.groupby([column, "item_id"], observed=True).size().rename(POPULARITY)
+        frames.append(
+            grouped.reset_index()
+            .rename(columns={column: "segment"})
+            .assign(segment_type=segment_type)
+        )
+    popularity = pd.concat(frames, ignore_index=True)
+    popularity = popularity[["segment_type", "segment", "item_id", POPULARITY]]
+    return (
+        popularity.astype({POPULARITY: "float64"})
+        .sort_values(
+            ["segment_type", "segment", POPULARITY, "item_id"], ascending=[True, True, False, True]
+        )
+        .reset_index(drop=True)
+    )

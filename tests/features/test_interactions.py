@@ -104,9 +104,16 @@ def test_time_split_and_last_n_split() -> None:
     assert len(train) + len(test) == len(history)
 
 
-def test_popularity_per_segment_counts_anonymous_purchases() -> None:
+def test_popularity_per_segment_counts_purchase_lines_anonymous_ones_too() -> None:
     popular = build_popularity(EVENTS, days=None)
-    top = popular[popular["segment_type"] == "global"].iloc[0]
-    assert top["item_id"] == "z" and top["units"] == 5
+    overall = popular[popular["segment_type"] == "global"].set_index("item_id")["purchases"]
+    assert overall.to_dict() == {"x": 1, "y": 1, "z": 1}  # lines, not units (z was 5 units)
     assert set(popular["segment_type"]) == {"global", "store", "channel"}
-    assert np.isclose(popular.loc[popular["segment_type"] == "store", "units"].sum(), 8)
+    assert np.isclose(popular.loc[popular["segment_type"] == "store", "purchases"].sum(), 3)
+
+
+def test_one_bulk_line_does_not_outrank_what_many_households_buy() -> None:
+    bulk = events([("2024-01-01", "fleet", "fuel", "purchase", 89_638)])
+    milk = events([("2024-01-01", f"h{i}", "milk", "purchase", 1) for i in range(3)])
+    popular = build_popularity(pd.concat([bulk, milk]), days=None)
+    assert popular[popular["segment_type"] == "global"].iloc[0]["item_id"] == "milk"

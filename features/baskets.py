@@ -1,0 +1,87 @@
+"""Baskets: each household's purchases grouped into baskets in time order, and the time-decayed
+item vectors that TIFU-KNN (Hu et al., SIGIR 2020) builds from them. Pure functions.
+
+A basket line is ``customer_id, basket_id, item_id, time``; an item counts once per basket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.interactions import Interactions
+
+BASKET_COLUMNS = ["customer_id", "basket_id", "item_id", "time"]
+
+
+@dataclass(frozen=True)
+class Decay:
+    """TIFU-KNN's time decay: a household's baskets, newest first, fall into groups of
+    ``group_size``; within a group the basket ``p`` places before the group's newest weighs
+    ``within**p``, and the group ``g`` places before the newest group weighs ``across**g``."""
+
+    group_size: int = 7
+    within: float = 0.9
+    across: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or not (0 < self.within <= 1 and 0 < self.across <= 1):
+            raise ValueError("group_size must be >= 1 and the decays in (0, 1].")
+
+
+def basket_order(lines: pd.DataFrame) -> pd.DataFrame:
+    """Distinct (customer, basket, item) lines with the basket's position among the customer's
+    baskets counted back from the newest (``back``: 0 = newest) and the customer's basket count.
+    A basket's time is the earliest of its lines."""
+    lines = lines[BASKET_COLUMNS].drop_duplicates(["customer_id", "basket_id", "item_id"])
+    baskets = (
+        lines.groupby(["customer_id", "basket_id"], observed=True, sort=False)["time"]
+        .min()
+        .reset_index()
+        .sort_values(["customer_id", "time", "basket_id"], kind="stable")
+    )
+    per_customer = baskets.groupby("customer_id", observed=True, sort=False)
+    baskets["baskets"] = per_customer["basket_id"].transform("size")
+    baskets["back"] = baskets["baskets"] - 1 - per_customer.cumcount()
+    return lines.drop(columns="time").merge(
+        baskets[["customer_id", "basket_id", "back", "baskets"]],
+        on=["customer_id", "basket_id"],
+    )
+
+
+def decayed_vectors(
+    lines: pd.DataFrame,
+    decay: Decay = Decay(),
+    item_ids: pd.Index | None = None,
+) -> Interactions:
+    """Each customer's TIFU-KNN vector over items: the decay-weighted mean of their group
+    vectors, each the decay-weighted mean of its binary basket vectors (Hu et al., eq. 1-2).
+
+    Args:
+        lines: basket lines (:data:`BASKET_COLUMNS`).
+        decay: the decay rates and group size.
+        item_ids: the columns (default: the items in ``lines``); other items are left out.
+    """
+    ordered = basket_order(lines)
+    items = item_ids if item_ids is not None else pd.Index(np.sort(ordered["item_id"].unique()))
+    items = pd.Index(items, dtype="str")
+    customers = pd.Index(np.sort(ordered["customer_id"].astype(str).unique()), dtype="str")
+    back = ordered["back"].to_numpy()
+    baskets = ordered["baskets"].to_numpy()
+    group, place = np.divmod(back, decay.group_size)
+    groups = -(-baskets // decay.group_size)  # ceil
+    # The oldest group holds what is left over; every other group is full.
+    oldest = group == groups - 1
+    in_group = np.where(oldest, baskets - decay.group_size * (groups - 1), decay.group_size)
+    weight = decay.within**place / in_group * decay.across**group / groups
+    rows = customers.get_indexer(pd.Index(ordered["customer_id"].astype(str)))
+    cols = items.get_indexer(pd.Index(ordered["item_id"].astype(str)))
+    keep = cols >= 0
+    matrix = sp.csr_matrix(
+        (weight[keep].astype(np.float32), (rows[keep], cols[keep])),
+        shape=(len(customers), len(items)),
+    )
+    return Interactions(matrix, customers, items)
