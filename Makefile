@@ -6,15 +6,40 @@ STAMP := $(VENV)/.installed
 PORT ?= 3000
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint typecheck layers unit sample clean
+LOCK := requirements.lock
+SERVE_LOCK := requirements-serve.lock
+
+.PHONY: install lock demo test lint typecheck layers unit sample clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions (and hashes) of requirements.lock, then the project itself without resolving
+# again; `pip check` fails when pyproject.toml asks for something the lock lacks (run `make lock`).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml (core + extras dev and postgres) for CPython
+# 3.11 on Linux x86_64; versions already in the lock are kept when they still fit. The command:
+#   uv pip compile pyproject.toml --extra dev --extra postgres --python-version 3.11 \
+#     --python-platform x86_64-unknown-linux-gnu --generate-hashes --output-file requirements.lock
+# `make lock UPGRADE=--upgrade` moves every package to the newest version the ranges allow.
+# requirements-serve.lock, what a Bento installs (bentofile.yaml), is the same versions without
+# the dev tools.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra postgres $(UV_TARGET) \
+		--output-file $(LOCK) $(UPGRADE)
+	$(BIN)/uv pip compile pyproject.toml --extra postgres --constraint $(LOCK) $(UV_TARGET) \
+		--output-file $(SERVE_LOCK)
+
+UV_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	--custom-compile-command "make lock" --quiet
 
 demo: install
 	$(BIN)/omni validate --data data_samples/retail --out .omni/demo/quarantine

@@ -242,6 +242,7 @@ class EventLog:
         self._failure: tuple[str, float] | None = None  # the last failure and when
         self._quarantined: set[int] = set()
         if url.startswith(("postgresql://", "postgres://")):
+            _psycopg(self.url)  # a missing driver stops the start, not every call
             self._postgres, self._param = True, "%s"
         elif url.startswith("sqlite:///"):
             self._postgres, self._param = False, "?"
@@ -258,9 +259,7 @@ class EventLog:
     def _connect(self) -> Any:
         connection: Any
         if self._postgres:
-            import psycopg
-
-            connection = psycopg.connect(
+            connection = _psycopg(self.url).connect(
                 self._url, autocommit=False, connect_timeout=CONNECT_TIMEOUT
             )
             serial = "BIGSERIAL"
@@ -423,6 +422,18 @@ def _nullable(value: Any) -> Any:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
     return float(value) if isinstance(value, np.floating) else value
+
+
+def _psycopg(url: str) -> Any:
+    """The PostgreSQL driver, imported only for a ``postgresql://`` URL (the ``postgres`` extra)."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ValueError(
+            f"{EVENTS_URL_ENV}={url!r} needs the PostgreSQL driver: "
+            "pip install 'omnichannel-ml[postgres]'."
+        ) from exc
+    return psycopg
 
 
 def _is_store_failure(exc: BaseException) -> bool:

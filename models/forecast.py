@@ -282,7 +282,10 @@ class LightGBMForecaster(Forecaster):
         future = extended[extended[TARGET].isna()]
         features = build_features(extended, spec, freq=self.freq, items=self.items_)
         x = features.loc[future.index].drop(columns=[SERIES, PERIOD])
-        mean = np.clip(self.booster_.predict(x[self.feature_names_].to_numpy()), 0.0, None)
+        # One thread: a service predicts on many request threads, and an OpenMP team per thread
+        # beyond the cores slows every LightGBM call in the process, training included.
+        rows = x[self.feature_names_].to_numpy()
+        mean = np.clip(self.booster_.predict(rows, num_threads=1), 0.0, None)
         quantiles = negative_binomial_quantiles(mean, self.dispersion_)
         result = future[[SERIES, "store_id", "item_id", PERIOD]].reset_index(drop=True)
         result["mean"] = mean

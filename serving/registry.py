@@ -1,6 +1,9 @@
-"""Where registered models live in MLflow, and how a champion's files are fetched.
+"""Where registered models live in MLflow, and how the files of the ones to serve are fetched.
 
 The service loads what these names point at; training (``experiments``) registers under them.
+A Bento built by ``omni build`` carries copies of the champions of its build in BentoML's model
+store and names them in its arguments (:data:`PINNED_ARG`): served from that Bento, the service
+loads those and never asks MLflow.
 """
 
 from __future__ import annotations
@@ -16,12 +19,47 @@ MODEL_DIR = Path("artifacts") / "model"  # inside a registered pyfunc: the saved
 # Inside a recommender's model directory: what serving needs besides the model (key map, habits,
 # purchases, catalogue, latest stock, interaction weights), written by training.
 CONTEXT_DIR = "context"
+#: The Bento argument (``bentoml.use_arguments()``) naming, per registered model, the BentoML
+#: model that holds the version pinned at build: ``{"recommender": "recommender:<version>", ...}``.
+PINNED_ARG = "pinned_models"
+#: Labels of such a BentoML model: the registered model and version it is a copy of.
+NAME_LABEL = "mlflow_name"
+VERSION_LABEL = "mlflow_version"
 
 
-def champion_dir(name: str) -> Path:
-    """Download the ``@champion`` of a registered model; return its saved model directory.
+def model_to_serve(name: str) -> tuple[str, Path]:
+    """The MLflow version of the model to serve under ``name`` and its saved model directory:
+    the version pinned in the Bento being served, else the current ``@champion``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: when nothing is pinned and there is no champion.
+        bentoml.exceptions.NotFound: when the pinned model is not in BentoML's model store.
+    """
+    tag = pinned_models().get(name)
+    if tag is not None:
+        import bentoml
+
+        model = bentoml.models.get(tag)
+        return str(model.info.labels[VERSION_LABEL]), Path(model.path) / MODEL_DIR
+    return champion(name)
+
+
+def champion(name: str) -> tuple[str, Path]:
+    """The version the ``@champion`` alias of a registered model points at, and its saved model
+    directory (downloaded by number: the files are those of the version reported, even if the
+    alias moves meanwhile).
 
     Raises:
         mlflow.exceptions.MlflowException: when there is no champion.
     """
-    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}")) / MODEL_DIR
+    version = str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+    return version, Path(path) / MODEL_DIR
+
+
+def pinned_models() -> dict[str, str]:
+    """``{registered model name: BentoML model tag}`` of the Bento being served (empty when the
+    service runs from source)."""
+    import bentoml  # only here: `omni train` imports this module and needs no BentoML
+
+    return dict(getattr(bentoml.use_arguments(), PINNED_ARG, None) or {})

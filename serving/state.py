@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from mlflow import MlflowClient
 
 from features.customers import build_habits
 from features.eventlog import EventLog
@@ -28,7 +27,7 @@ from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
 from models.rules import BusinessRules
-from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion_dir
+from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, model_to_serve
 
 logger = logging.getLogger("omnichannel_ml")
 #: Events of customers without habits kept before their habits are built anyway.
@@ -184,17 +183,17 @@ class ServingState:
 
 
 def load_state() -> ServingState:
-    """Download both ``@champion`` models and their context (then :meth:`ServingState.catch_up`
-    replays the events logged since).
+    """Load both models and their context: the ``@champion`` of each from MLflow, or the
+    versions pinned in the Bento being served (:func:`serving.registry.model_to_serve`); then
+    :meth:`ServingState.catch_up` replays the events logged since.
 
     Raises:
         mlflow.exceptions.MlflowException: when a champion is missing or cannot be read.
+        bentoml.exceptions.NotFound: when a pinned model is not in BentoML's model store.
         UnusableModelError: when a champion's answers on the probe are empty or not finite.
     """
-    client = MlflowClient()
-    rec_version = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
-    fc_version = client.get_model_version_by_alias(FORECASTER, CHAMPION)
-    model_dir = champion_dir(RECOMMENDER)
+    rec_version, model_dir = model_to_serve(RECOMMENDER)
+    fc_version, forecaster_dir = model_to_serve(FORECASTER)
     recommender = Recommender.load(model_dir)
     context = _read_context(model_dir / CONTEXT_DIR)
     rules = BusinessRules.from_tables(
@@ -204,7 +203,7 @@ def load_state() -> ServingState:
         inventory=context.get("inventory"),
     )
     meta = context["meta"]
-    forecaster = LightGBMForecaster.load(champion_dir(FORECASTER))
+    forecaster = LightGBMForecaster.load(forecaster_dir)
     popularity = recommender.popularity_
     segments = {
         kind: set(popularity.loc[popularity["segment_type"] == kind, "segment"].astype(str))
@@ -212,9 +211,9 @@ def load_state() -> ServingState:
     }
     state = ServingState(
         recommender=recommender,
-        recommender_version=str(rec_version.version),
+        recommender_version=rec_version,
         forecaster=forecaster,
-        forecaster_version=str(fc_version.version),
+        forecaster_version=fc_version,
         rules=rules,
         key_ids=dict(zip(context["keys"]["key_id"], context["keys"]["customer_id"], strict=True)),
         habits=context["habits"].set_index("customer_id"),

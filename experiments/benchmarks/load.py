@@ -118,9 +118,9 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
     from features.identity import DEMO_SALT
     from models.recommenders import Recommender
     from serving.keys import create_key
-    from serving.registry import RECOMMENDER, champion_dir
+    from serving.registry import RECOMMENDER, champion
 
-    customers = list(Recommender.load(champion_dir(RECOMMENDER)).customer_ids_[:5000])
+    customers = list(Recommender.load(champion(RECOMMENDER)[1]).customer_ids_[:5000])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = {

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Benchmarks (speed, memory, accuracy); print figures for the README.")
+bench_app = typer.Typer(help="Speed, memory and accuracy figures for docs/benchmarks.md.")
 app.add_typer(bench_app, name="bench")
 train_app = typer.Typer(help="Train, log to MLflow, register; move the champion only if it wins.")
 app.add_typer(train_app, name="train")
@@ -35,16 +35,11 @@ app.add_typer(placement_app, name="placement")
 keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
 app.add_typer(keys_app, name="keys")
 
-
 out = Console()
 err = Console(stderr=True)
 
 Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
-
-
 DataOpt = Annotated[Path, typer.Option("--data", help="Directory with one file per table.")]
-
-
 Horizon = Annotated[int, typer.Option(help="Periods ahead.")]
 Freq = Annotated[str, typer.Option(help="D (daily) or W (weekly).")]
 
@@ -74,7 +69,9 @@ def main() -> None:
 
 
 #: The commands that open the MLflow tracking store.
-TRACKING_COMMANDS = {"train", "backtest", "forecast", "placement", "bench", "serve", "demo"}
+TRACKING_COMMANDS = {
+    "train", "backtest", "forecast", "placement", "bench", "serve", "build", "demo",
+}  # fmt: skip
 
 
 def _private_tracking_store() -> None:

@@ -1,4 +1,5 @@
-"""``omni serve``, ``omni demo`` and ``omni keys``: running the service and its API keys."""
+"""``omni serve``, ``omni build``, ``omni demo`` and ``omni keys``: running the service, building
+it into a Bento, and its API keys."""
 
 from __future__ import annotations
 
@@ -42,6 +43,28 @@ def serve_cmd(port: Port = 3000) -> None:
 
     command = serve_command(port)
     os.execv(command[0], command)
+
+
+@app.command("build")
+def build_cmd(
+    bentofile: Annotated[
+        Path | None, typer.Option(help="Build options (default: the project's bentofile.yaml).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="The Bento's version.")] = None,
+) -> None:
+    """Build a Bento serving the current MLflow champions, pinned: it serves exactly those
+    versions, with no MLflow at run time."""
+    from experiments.deploy.bento import BENTOFILE, build
+
+    built = build(bentofile or BENTOFILE, version)
+    for model in built.models:
+        out.print(f"pinned {model.name} v{model.version} (BentoML model {model.model_tag})")
+    out.print(f"built Bento {built.tag}", highlight=False)
+    err.print(
+        f"Serve it with: bentoml serve {built.tag}; make an image with: "
+        f"bentoml containerize {built.tag}",
+        highlight=False,
+    )
 
 
 @app.command("demo")

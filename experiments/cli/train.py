@@ -129,10 +129,10 @@ def champion_forecaster() -> Any:
     import mlflow
 
     from models.forecast import LightGBMForecaster
-    from serving.registry import FORECASTER, champion_dir
+    from serving.registry import FORECASTER, champion
 
     try:
-        return LightGBMForecaster.load(champion_dir(FORECASTER))
+        return LightGBMForecaster.load(champion(FORECASTER)[1])
     except mlflow.exceptions.MlflowException as exc:
         message = f"No {FORECASTER} champion in the MLflow registry"
         raise UsageError(f"{message}; run omni train forecaster first.") from exc

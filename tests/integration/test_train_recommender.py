@@ -38,8 +38,10 @@ def write(root: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(tracking: Path) -> None:
-    first = train_recommender(SAMPLE, write(tracking, "good.toml", GOOD))
+def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
+    own_tracking: Path,
+) -> None:
+    first = train_recommender(SAMPLE, write(own_tracking, "good.toml", GOOD))
     assert first.promoted and first.champion_metric is None
     client = MlflowClient()
     champion = client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION)
@@ -51,7 +53,7 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(track
         runs.columns
     )
 
-    second = train_recommender(SAMPLE, write(tracking, "worse.toml", WORSE))
+    second = train_recommender(SAMPLE, write(own_tracking, "worse.toml", WORSE))
     assert not second.promoted and "stays" in second.message
     assert second.champion_metric == pytest.approx(first.selected.metrics["ndcg@10"])
     assert str(client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION).version) == "1"

@@ -7,82 +7,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 import pytest
 
 from experiments.deploy import process as serve
 from features.eventlog import EventLog
+from tests.processes import get, post, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-TAG = "OMNI_TEST_SERVER_TAG"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def running(env: dict[str, str], log: Path) -> Iterator[tuple[int, subprocess.Popen]]:
-    """A ``bentoml serve`` process group on a free port, ready; stopped on exit, workers included.
-
-    Every process it starts carries a tag in its environment (inherited by the workers the
-    arbiter starts in sessions of their own): none may outlive the stop.
-    """
-    port = free_port()
-    tag = uuid.uuid4().hex
-    with log.open("ab") as out:
-        process = serve.start(
-            port,
-            env={**env, TAG: tag},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        serve.wait_ready(port, process)
-        yield port, process
-    finally:
-        serve.stop(process)
-        left = kill_tagged(tag)
-    assert not left, f"processes outlived the server: {left}"
-
-
-def kill_tagged(tag: str) -> list[str]:
-    """Kill the live processes whose environment carries this tag; what they were."""
-    left = []
-    for p in psutil.process_iter(["environ", "cmdline", "status"]):
-        if (p.info["environ"] or {}).get(TAG) != tag or p.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        left.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])}")
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    return left
-
-
-def post(port: int, path: str, body: dict, key: str) -> tuple[int, dict]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        connection.request("POST", path, json.dumps(body), headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        connection.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -95,7 +34,7 @@ def events_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_the_demo_curl_examples_answer(champions: Path, keys: dict[str, str], tmp_path) -> None:
     env = {**os.environ, "OMNI_EVENTS_URL": f"sqlite:///{tmp_path}/events.db"}
-    with running(env, tmp_path / "server.log") as (port, _):
+    with serving(env, tmp_path / "server.log") as (port, _):
         for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
             result = subprocess.run(
                 f"{example} -o /dev/null -w '%{{http_code}}'",
@@ -159,7 +98,7 @@ def test_kill_9_loses_no_acknowledged_event(
                     r["event_id"] for r in body["results"] if r["status"] == "stored"
                 )
 
-    with running(env, tmp_path / "server.log") as (port, process):
+    with serving(env, tmp_path / "server.log") as (port, process):
         writer = threading.Thread(target=stream, args=(port,))
         writer.start()
         deadline = time.monotonic() + 30
@@ -179,11 +118,7 @@ def test_kill_9_loses_no_acknowledged_event(
         log.close()
     assert not missing, f"{len(missing)} acknowledged events were lost"
 
-    with running(env, tmp_path / "server-restarted.log") as (port, _):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request(
-            "GET", "/model_info", headers={"Authorization": f"Bearer {keys['plan']}"}
-        )
-        info = json.loads(connection.getresponse().read())
-        connection.close()
+    with serving(env, tmp_path / "server-restarted.log") as (port, _):
+        status, info = get(port, "/model_info", keys["plan"])
+    assert status == 200, info
     assert info["events_applied_since_load"] == stored  # replayed on start, none twice

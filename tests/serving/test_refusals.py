@@ -14,16 +14,16 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from tests.serving.conftest import as_
+from tests.serving.conftest import as_, signed_in
 
 pytestmark = pytest.mark.integration
 POSTGRES = "postgresql://127.0.0.1:5432/test"
 
 
 @pytest.fixture
-def app(client: TestClient, keys: dict[str, str]) -> TestClient:
-    client.headers.update(as_(keys, "admin"))
-    return client
+def app(client: TestClient, keys: dict[str, str]) -> Iterator[TestClient]:
+    with signed_in(client, keys, "admin") as signed:
+        yield signed
 
 
 def test_unknown_store_or_channel_is_404_and_client_text_is_quoted(app: TestClient) -> None:

@@ -34,17 +34,6 @@ OPERATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def session_service_stays_current(client):
-    """BentoML keeps one current service per process and clears it when an app stops, as
-    schemathesis's app does after its calls; the session's service is made current again."""
-    from _bentoml_sdk.service import get_current_service, set_current_service
-
-    session = get_current_service()
-    yield
-    set_current_service(session)
-
-
 @pytest.fixture(scope="session")
 def api_schema(champions: Path):
     """A service app of its own: schemathesis runs the app's lifespan around its calls."""

@@ -4,6 +4,7 @@ MLflow registry and a temporary event log."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -11,21 +12,21 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import SAMPLE
-from tests.serving.conftest import as_
+from tests.serving.conftest import as_, signed_in
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(client: TestClient, keys: dict[str, str]) -> TestClient:
-    client.headers.update(as_(keys, "recommend"))
-    return client
+def app(client: TestClient, keys: dict[str, str]) -> Iterator[TestClient]:
+    with signed_in(client, keys, "recommend") as signed:
+        yield signed
 
 
 @pytest.fixture
-def planner(client: TestClient, keys: dict[str, str]) -> TestClient:
-    client.headers.update(as_(keys, "plan"))
-    return client
+def planner(client: TestClient, keys: dict[str, str]) -> Iterator[TestClient]:
+    with signed_in(client, keys, "plan") as signed:
+        yield signed
 
 
 @pytest.fixture(scope="module")
