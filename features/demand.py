@@ -279,14 +279,42 @@ def extend_with_future(
     )
 
 
+@dataclass(frozen=True)
+class Codes:
+    """The integer codes of stores, items and categories, learned once (when a model is fitted)
+    so that every later call codes a series as training did, whatever the panel holds; a value
+    not seen then has no code (NaN)."""
+
+    stores: tuple[str, ...]
+    items: tuple[str, ...]
+    categories: tuple[str, ...]
+
+    @classmethod
+    def learn(cls, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Codes:
+        categories = _categories(items) if items is not None else pd.Series(dtype="str")
+        return cls(
+            stores=tuple(sorted(panel["store_id"].astype(str).unique())),
+            items=tuple(sorted(panel["item_id"].astype(str).unique())),
+            categories=tuple(sorted(categories.dropna().astype(str).unique())),
+        )
+
+    def code(self, values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+        found = pd.Index(vocabulary, dtype="str").get_indexer(pd.Index(values.astype(str)))
+        return np.where(found < 0, np.nan, found)
+
+
 def build_features(
     panel: pd.DataFrame,
     spec: FeatureSpec,
     *,
     freq: str,
     items: pd.DataFrame | None = None,
+    codes: Codes | None = None,
 ) -> pd.DataFrame:
     """The model matrix for every panel row (history and future alike), deterministic names.
+
+    ``store_code``, ``item_code`` and ``category_code`` come from ``codes`` (a fitted model's;
+    by default learned from this panel), so that they mean the same in training and forecasting.
 
     Features: ``lag{k}``; ``rolling_mean_lag{k}_window{w}``; calendar (``week_of_year``,
     ``month``, ``day_of_week`` for daily data); ``unit_price``, ``price_ratio`` (to the series'
@@ -357,9 +385,13 @@ def build_features(
         put(price / regular.to_numpy(dtype=np.float64))
     for name in covariates:
         put(panel[name].to_numpy(dtype=np.float64))
-    put(store)
-    put(item)
-    put(category)
+    codes = codes or Codes.learn(panel, items)
+    put(codes.code(panel["store_id"], codes.stores))
+    put(codes.code(panel["item_id"], codes.items))
+    if items is not None:
+        put(codes.code(panel["item_id"].map(_categories(items)), codes.categories))
+    else:
+        put(codes.code(panel["item_id"], codes.items))
     for group in groups.values():
         n_groups = group.max() + 1 if len(group) else 0
         means = _rolling_mean(_group_mean(group, period, demand, n_groups, n_periods), short)

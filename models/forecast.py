@@ -14,6 +14,7 @@ the dispersion chosen so that 80% of a held-out window falls between P10 and P90
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -28,6 +29,7 @@ from features.demand import (
     PERIOD,
     SERIES,
     TARGET,
+    Codes,
     FeatureSpec,
     build_features,
     extend_with_future,
@@ -170,6 +172,7 @@ class LightGBMForecaster(Forecaster):
         """
         self._check(panel)
         self.items_ = items
+        self.codes_ = Codes.learn(panel, items)
         spec = self.spec()
         objectives = list(_OBJECTIVES) if self.objective == "auto" else [self.objective]
         self.objective_ = objectives[0]
@@ -234,7 +237,7 @@ class LightGBMForecaster(Forecaster):
         return np.concatenate(means), np.concatenate(actuals)
 
     def _train(self, panel: pd.DataFrame, spec: FeatureSpec, objective: str) -> lgb.Booster:
-        features = build_features(panel, spec, freq=self.freq, items=self.items_)
+        features = build_features(panel, spec, freq=self.freq, items=self.items_, codes=self.codes_)
         usable = (~panel["censored"].to_numpy()) & features[
             f"lag{min(spec.lags)}"
         ].notna().to_numpy()
@@ -265,7 +268,7 @@ class LightGBMForecaster(Forecaster):
         both = pd.concat([history, blank], ignore_index=True).sort_values(
             [SERIES, PERIOD], ignore_index=True
         )
-        features = build_features(both, spec, freq=self.freq, items=self.items_)
+        features = build_features(both, spec, freq=self.freq, items=self.items_, codes=self.codes_)
         keyed = features.set_index([SERIES, PERIOD]).loc[
             pd.MultiIndex.from_frame(future[[SERIES, PERIOD]])
         ]
@@ -280,7 +283,9 @@ class LightGBMForecaster(Forecaster):
         spec = self.spec()
         extended = extend_with_future(panel, self.horizon, self.freq, plan)
         future = extended[extended[TARGET].isna()]
-        features = build_features(extended, spec, freq=self.freq, items=self.items_)
+        features = build_features(
+            extended, spec, freq=self.freq, items=self.items_, codes=self.codes_
+        )
         x = features.loc[future.index].drop(columns=[SERIES, PERIOD])
         # One thread: a service predicts on many request threads, and an OpenMP team per thread
         # beyond the cores slows every LightGBM call in the process, training included.
@@ -330,6 +335,7 @@ class LightGBMForecaster(Forecaster):
             "params": params,
             "objective": self.objective_,
             "dispersion": self.dispersion_,
+            "codes": asdict(self.codes_),
         }
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         if self.items_ is not None:
@@ -352,6 +358,13 @@ class LightGBMForecaster(Forecaster):
         items = path / "items.parquet"
         model.items_ = pd.read_parquet(items) if items.exists() else None
         model.history_ = pd.read_parquet(path / "history.parquet")
+        # Saved before the codes were kept: those its forecasts were made with, from its history.
+        codes = meta.get("codes")
+        model.codes_ = (
+            Codes(**{k: tuple(v) for k, v in codes.items()})
+            if codes
+            else Codes.learn(model.history_, model.items_)
+        )
         return model
 
     def forecast(

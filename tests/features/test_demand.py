@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.demand import (
+    Codes,
     FeatureSpec,
     build_features,
     build_panel,
@@ -145,6 +146,25 @@ def test_features_are_pure_and_row_aligned() -> None:
     pd.testing.assert_frame_equal(panel, before)
     assert features.index.equals(panel.index)
     assert (features["unique_id"] == panel["unique_id"]).all()
+
+
+def test_a_fitted_models_codes_do_not_depend_on_what_the_panel_holds() -> None:
+    panel = random_panel()
+    items = pd.DataFrame({"item_id": sorted(panel["item_id"].unique())})
+    items["category"] = np.where(np.arange(len(items)) % 2, "dairy", "bakery")
+    codes = Codes.learn(panel, items)
+    spec = FeatureSpec(horizon=3, lags=(3,))
+    columns = ["store_code", "item_code", "category_code"]
+    full = build_features(panel, spec, freq="D", items=items, codes=codes)[columns]
+    # Without the first store and item, the others keep their codes (factorising the smaller
+    # panel again would shift them all down by one).
+    first_store, first_item = sorted(panel["store_id"].unique())[0], items["item_id"].iloc[0]
+    rest = panel[(panel["store_id"] != first_store) & (panel["item_id"] != first_item)]
+    part = build_features(rest, spec, freq="D", items=items, codes=codes)[columns]
+    pd.testing.assert_frame_equal(part, full.loc[rest.index])
+    unseen = rest.assign(store_id="S-new")
+    coded = build_features(unseen, spec, freq="D", items=items, codes=codes)
+    assert coded["store_code"].isna().all() and coded["item_code"].notna().all()
 
 
 def test_future_targets_cannot_leak_into_features() -> None:

@@ -141,6 +141,7 @@ def test_all_zero_series_forecast_zero_without_error() -> None:
 def test_save_load_round_trip_and_planner_view(fitted, tmp_path: Path) -> None:
     model, panel = fitted
     loaded = LightGBMForecaster.load(model.save(tmp_path / "f"))
+    assert loaded.codes_ == model.codes_
     pd.testing.assert_frame_equal(model.predict(panel), loaded.predict(panel))
     view = loaded.forecast("S1", ["I1", "I4"], horizon=3)
     assert set(view["item_id"]) == {"I1", "I4"} and view["ds"].nunique() == 3
