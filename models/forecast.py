@@ -14,6 +14,7 @@ the dispersion chosen so that 80% of a held-out window falls between P10 and P90
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar, Self
@@ -122,7 +123,9 @@ class LightGBMForecaster(Forecaster):
     """One global LightGBM model over every series (see the module docstring).
 
     Series with fewer than ``min_history`` observed periods are forecast by the moving average
-    and flagged ``method="moving_average (short history)"``.
+    and flagged ``method="moving_average (short history)"``. ``n_jobs`` are the threads of
+    training (-1: every core); forecasts after fitting run on one thread, as a service's request
+    threads each would otherwise start a team of their own.
     """
 
     name = "lightgbm"
@@ -140,6 +143,7 @@ class LightGBMForecaster(Forecaster):
         min_child_samples: int = 20,
         min_history: int | None = None,
         random_state: int = 0,
+        n_jobs: int = -1,
     ) -> None:
         self.horizon = horizon
         self.freq = freq
@@ -152,6 +156,7 @@ class LightGBMForecaster(Forecaster):
         self.min_child_samples = min_child_samples
         self.min_history = min_history
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def spec(self) -> FeatureSpec:
         default = FeatureSpec.default(self.horizon, self.freq)
@@ -250,7 +255,7 @@ class LightGBMForecaster(Forecaster):
             "min_child_samples": self.min_child_samples,
             "seed": self.random_state,
             "deterministic": True,
-            "num_threads": 2,
+            "num_threads": self._threads(),
             "verbose": -1,
         }
         if objective == "tweedie":
@@ -272,7 +277,15 @@ class LightGBMForecaster(Forecaster):
         keyed = features.set_index([SERIES, PERIOD]).loc[
             pd.MultiIndex.from_frame(future[[SERIES, PERIOD]])
         ]
-        return np.clip(booster.predict(keyed.to_numpy()), 0.0, None)
+        return np.clip(booster.predict(keyed.to_numpy(), num_threads=self._threads()), 0.0, None)
+
+    def _threads(self) -> int:
+        """LightGBM threads for training: ``n_jobs`` as scikit-learn reads it (-1: every core,
+        -2: all but one, ...)."""
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs must not be 0: -1 uses every core, 1 one thread.")
+        cores = os.cpu_count() or 1
+        return self.n_jobs if self.n_jobs > 0 else max(cores + 1 + self.n_jobs, 1)
 
     def predict(
         self, panel: pd.DataFrame | None = None, plan: pd.DataFrame | None = None

@@ -67,14 +67,19 @@ def train_forecaster_cmd(data: DataOpt, horizon: Horizon, freq: Freq = "D") -> N
     name = training.FORECASTER_NAME
     wape = result.metrics["wape"]
     if champion is None:
-        out.print(f"registered {name} v{version}; it is now champion (there was none).")
-    elif promoted:
         out.print(
-            f"registered {name} v{version}; it is now champion: WAPE {wape:.4f} <= {champion:.4f}."
+            f"registered {name} v{version}; it is now champion (there was none for this horizon "
+            "and frequency)."
         )
     else:
+        verdict = (
+            f"it is now champion: WAPE {wape:.4f} <="
+            if promoted
+            else (f"the champion stays: WAPE {wape:.4f} >")
+        )
         out.print(
-            f"registered {name} v{version}; the champion stays: WAPE {wape:.4f} > {champion:.4f}."
+            f"registered {name} v{version}; {verdict} {champion:.4f}, the champion's "
+            "configuration on the same backtest."
         )
 
 

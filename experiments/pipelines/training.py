@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 import features
 import models
 from experiments.pipelines import data as pipelines
-from experiments.pipelines.forecaster import BacktestResult, backtest, load_demand
+from experiments.pipelines.forecaster import BacktestResult, DemandData, backtest, load_demand
 from experiments.pipelines.recommender import (
     DEFAULT_CONFIG,
     Candidate,
@@ -46,7 +46,7 @@ from features.interactions import (
 from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
-from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER
+from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion
 
 REGISTERED_NAME = RECOMMENDER
 #: The share of the latest events that does not move the end of the validation window.
@@ -324,7 +324,8 @@ def train_forecaster(
     """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins.
 
     Returns the backtest, the registered version, whether it became champion and the champion's
-    backtest WAPE it was compared with (from the champion's tags; None without a champion).
+    backtest WAPE it was compared with: its configuration backtested on the same data and
+    windows (None without a champion, or when it forecasts another horizon or frequency).
     """
     data = load_demand(data_dir, freq, logged_events()[0])
     result = backtest(data, horizon=horizon, freq=freq, windows=windows)
@@ -332,7 +333,7 @@ def train_forecaster(
     log_backtest(result, params)
     final = LightGBMForecaster(horizon=horizon, freq=freq).fit(data.panel, items=data.items)
     probe_forecast(final.predict(final.history_))
-    champion_wape = _champion_tag(FORECASTER_NAME, "backtest_wape")
+    champion_wape = _champion_wape(final, result, data, windows)
     promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
     version = _register(
         FORECASTER_NAME,
@@ -353,10 +354,36 @@ def train_forecaster(
     return result, version, promoted, champion_wape
 
 
-def _champion_tag(name: str, tag: str) -> float | None:
-    version = champion_version(name)
-    value = version.tags.get(tag) if version is not None else None
-    return float(value) if value is not None else None
+def _champion_wape(
+    candidate: LightGBMForecaster, result: BacktestResult, data: DemandData, windows: int
+) -> float | None:
+    """The champion forecaster's WAPE on the candidate's backtest: its configuration refitted at
+    the same origins of the same data (a WAPE stored from another run measured other data). The
+    same configuration scores what the candidate scored; a champion for another horizon or
+    frequency is not compared (None)."""
+    if champion_version(FORECASTER_NAME) is None:
+        return None
+    current = LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
+    if (current.horizon, current.freq) != (candidate.horizon, candidate.freq):
+        return None
+    if _configuration(current) == _configuration(candidate):
+        return result.metrics["wape"]
+    config = current.get_params()
+    rescored = backtest(
+        data,
+        horizon=candidate.horizon,
+        freq=candidate.freq,
+        windows=windows,
+        model=lambda: LightGBMForecaster(**config),
+    )
+    return rescored.metrics["wape"]
+
+
+def _configuration(model: LightGBMForecaster) -> dict[str, Any]:
+    """What a forecaster is, whether its lags are given or the defaults (threads aside)."""
+    spec = model.spec()
+    params = model.get_params()
+    return {**params, "lags": spec.lags, "rolling": spec.rolling, "n_jobs": None}
 
 
 def _forecast_figure(result: BacktestResult) -> Any:

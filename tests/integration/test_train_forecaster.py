@@ -7,8 +7,15 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from sklearn.base import clone
 
-from experiments.pipelines.training import CHAMPION, FORECASTER_NAME, train_forecaster
+from experiments.pipelines.forecaster import backtest, load_demand
+from experiments.pipelines.training import (
+    CHAMPION,
+    FORECASTER_NAME,
+    _register,
+    train_forecaster,
+)
 from models.forecast import LightGBMForecaster
 from tests.conftest import SAMPLE
 
@@ -33,3 +40,23 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
     view = model.forecast("S001", horizon=2)
     assert len(view) > 0 and (view["p10"] <= view["p90"]).all()
+
+
+def test_the_champion_is_rescored_on_the_candidates_data(own_tracking: Path) -> None:
+    """A champion of another configuration is backtested again on the candidate's data: WAPEs
+    stored from other runs measured other data."""
+    data = load_demand(SAMPLE, "W")
+    weak = LightGBMForecaster(horizon=4, freq="W", n_estimators=5)
+    mlflow.set_experiment(FORECASTER_NAME)  # as training does before it registers
+    version = _register(
+        FORECASTER_NAME, "forecaster", weak.fit(data.panel, items=data.items).save,
+        run_name="a weak champion", params={}, metrics={},
+    )  # fmt: skip
+    MlflowClient().set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
+    result, _, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
+    expected = backtest(data, horizon=4, freq="W", windows=1, model=lambda: clone(weak))
+    assert champion == pytest.approx(expected.metrics["wape"])
+    assert champion > result.metrics["wape"] and promoted  # 5 rounds against 400
+    # The same configuration against itself: the candidate's own WAPE, no second backtest.
+    again, _, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
+    assert promoted and champion == again.metrics["wape"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,16 @@ def test_save_load_round_trip_and_planner_view(fitted, tmp_path: Path) -> None:
         loaded.forecast("S1", ["I999"])
     with pytest.raises(ValueError, match="horizon must be between 1 and 7"):
         loaded.forecast("S1", horizon=8)
+
+
+def test_n_jobs_sets_the_training_threads_not_the_answer() -> None:
+    panel = synthetic_panel(n_series=4, days=80)
+    one = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, n_jobs=1).fit(panel)
+    every = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, n_jobs=-1).fit(panel)
+    assert one._threads() == 1 and every._threads() == (os.cpu_count() or 1)
+    pd.testing.assert_frame_equal(one.predict(panel), every.predict(panel))  # deterministic
+    with pytest.raises(ValueError, match="n_jobs must not be 0"):
+        LightGBMForecaster(horizon=3, freq="D", n_jobs=0).fit(panel)
 
 
 def test_new_items_get_their_category_prior() -> None:
