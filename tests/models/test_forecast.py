@@ -15,6 +15,7 @@ from models.forecast import (
     LightGBMForecaster,
     MovingAverage,
     SeasonalNaive,
+    _coverage,
     negative_binomial_quantiles,
 )
 
@@ -152,6 +153,17 @@ def test_save_load_round_trip_and_planner_view(fitted, tmp_path: Path) -> None:
         loaded.forecast("S1", ["I999"])
     with pytest.raises(ValueError, match="horizon must be between 1 and 7"):
         loaded.forecast("S1", horizon=8)
+
+
+def test_coverage_read_on_the_cdf_is_the_coverage_of_the_quantiles() -> None:
+    rng = np.random.default_rng(4)
+    mean = rng.gamma(1.0, 5.0, 5000)
+    # Counts, and (as Walmart's dollars) values between counts.
+    actual = np.where(rng.random(5000) < 0.2, rng.poisson(mean) + 0.5, rng.poisson(mean))
+    for dispersion in (0.05, 1.0, 30.0, 2000.0):
+        low, _, high = negative_binomial_quantiles(mean, dispersion)
+        direct = np.mean((actual >= low) & (actual <= high))
+        assert _coverage(mean, actual, dispersion) == direct
 
 
 def test_n_jobs_sets_the_training_threads_not_the_answer() -> None:
