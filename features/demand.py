@@ -28,6 +28,7 @@ class Frequency:
     days: int
     season: int  # one seasonal cycle: a week of days, a year of weeks
     month: int  # about four weeks
+    short: int  # the short window of rolling means: a week of days, a month of weeks
 
     @property
     def step(self) -> np.timedelta64:
@@ -35,8 +36,8 @@ class Frequency:
 
 
 FREQUENCIES = {
-    "D": Frequency(days=1, season=7, month=28),
-    "W": Frequency(days=7, season=52, month=4),
+    "D": Frequency(days=1, season=7, month=28, short=7),
+    "W": Frequency(days=7, season=52, month=4, short=4),
 }
 
 
@@ -51,6 +52,10 @@ def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.
     """The origins of a rolling backtest, oldest first: ``windows`` test windows of ``horizon``
     periods each, back to back, the last ending at the panel's last period."""
     periods = np.sort(panel[PERIOD].unique())
+    if len(periods) < horizon * windows + 2:  # at least two periods of history before the first
+        raise ValueError(
+            f"{len(periods)} periods are too few for {windows} backtest windows of {horizon}."
+        )
     return [periods[len(periods) - horizon * w - 1] for w in range(windows, 0, -1)]
 
 
@@ -94,7 +99,7 @@ class FeatureSpec:
     def default(cls, horizon: int, freq: str) -> FeatureSpec:
         """Lags at the horizon and one season back; rolling means of a month and a quarter."""
         season = frequency(freq).season
-        short, long_ = (4, 13) if freq == "W" else (7, 28)
+        short, long_ = frequency(freq).short, (13 if freq == "W" else 28)
         lags = sorted(
             {horizon, horizon + 1, horizon + 2, max(horizon, season), max(horizon, 2 * season)}
         )
@@ -114,10 +119,8 @@ def period_end(dates: pd.Series, freq: str, last: pd.Timestamp) -> pd.Series:
     """The last day of each date's period. Weekly periods end on ``last``'s weekday, so the final
     period of the data is always whole."""
     dates = pd.to_datetime(dates).dt.normalize()
-    if freq == "D":
+    if frequency(freq).days == 1:
         return dates
-    if freq != "W":
-        raise ValueError(f"freq must be D or W, not {freq!r}.")
     days_before_last = (last.normalize() - dates).dt.days
     return last.normalize() - pd.to_timedelta((days_before_last // 7) * 7, unit="D")
 
@@ -343,7 +346,7 @@ def build_features(
         else item
     )
     lag = spec.horizon
-    short = min(min(spec.rolling.get(lag, (4,))), 4 if freq == "W" else 7)
+    short = min(min(spec.rolling.get(lag, (4,))), frequency(freq).short)
     groups = {
         # Compact codes: the grids below are groups x periods.
         "category_store": pd.factorize(store * (category.max() + 2) + (category + 1))[0],

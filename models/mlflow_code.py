@@ -20,7 +20,9 @@ from models.recommenders.base import Recommender
 
 LOADERS = {"recommender": Recommender.load, "forecaster": LightGBMForecaster.load}
 #: The distributions the saved models need at load and predict time.
-REQUIREMENTS = ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "implicit", "lightgbm")
+REQUIREMENTS = (
+    "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "threadpoolctl", "implicit", "lightgbm",
+)  # fmt: skip
 
 
 class SavedModel(PythonModel):

@@ -118,6 +118,15 @@ def test_the_service_and_the_cli_need_only_core_and_postgres(packages: tuple[str
     assert _missing(_needed(packages), _declared("postgres")) == {}
 
 
+def test_a_logged_model_requires_what_features_and_models_import() -> None:
+    """A registered model carries ``features`` and ``models`` as code and pins REQUIREMENTS."""
+    from models.mlflow_code import REQUIREMENTS
+
+    listed = {_normalise(d) for d in REQUIREMENTS} | {"mlflow"}  # MLflow adds itself
+    listed |= _declared("postgres") - _declared()  # the event log's driver: no model reads it
+    assert _missing(_needed(("features", "models")), listed) == {}
+
+
 def test_nothing_declared_goes_unused() -> None:
     """Each core dependency and runtime extra is imported somewhere (tools live in ``dev``)."""
     imported = {d for key in _needed(OWN) for d in key.split(" or ")}

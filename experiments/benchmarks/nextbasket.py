@@ -87,15 +87,16 @@ class BasketSplit:
 
 def split_last_baskets(lines: pd.DataFrame, min_baskets: int = MIN_BASKETS) -> BasketSplit:
     """Households with ``min_baskets`` or more: last basket target, the one before validation."""
+    if min_baskets < 3:
+        raise ValueError("min_baskets must be at least 3: a history, a validation and a target.")
     ordered = basket_order(lines)
     ordered = ordered[ordered["baskets"] >= min_baskets]
-    kept = lines.merge(ordered[["customer_id", "basket_id"]].drop_duplicates())
-    back = kept.merge(ordered[["customer_id", "basket_id", "back"]].drop_duplicates())["back"]
+    kept = lines.merge(ordered[["customer_id", "basket_id", "back"]].drop_duplicates())
     return BasketSplit(
-        history=kept[(back >= 2).to_numpy()],
+        history=kept[kept["back"] >= 2].drop(columns="back"),
         validation=_item_sets(ordered[ordered["back"] == 1]),
         target=_item_sets(ordered[ordered["back"] == 0]),
-        validation_lines=kept[(back == 1).to_numpy()],
+        validation_lines=kept[kept["back"] == 1].drop(columns="back"),
     )
 
 

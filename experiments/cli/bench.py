@@ -235,7 +235,7 @@ def bench_nextbasket_cmd(
     for row in rows:
         values = (f"{row.test[c]:.4f}" for c in columns.values())
         table.add_row(row.model, *values, f"{row.fit_seconds:.0f}", f"{row.peak_mb:.0f}")
-    out.print(table)
+    out.print(table, width=120)
     simple = next(r for r in rows if r.model == "P-TopFreq").test
     for row in rows:
         ratios = {m: row.test[m] / simple[m] for m in ("ndcg@10", "recall@20")}

@@ -41,8 +41,10 @@ def start(port: int, service: str = SERVICE, **popen: object) -> subprocess.Pope
     return subprocess.Popen(serve_command(port, service), **popen)  # type: ignore[call-overload]
 
 
-def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    """Block until ``/readyz`` answers 200.
+def wait_ready(
+    port: int, process: subprocess.Popen, timeout: float = 180.0, path: str = "/readyz"
+) -> None:
+    """Block until ``path`` (the service's ``/readyz`` by default) answers 200.
 
     Raises:
         RuntimeError: if the process exits first or the time runs out.
@@ -50,15 +52,15 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"The service exited with code {process.returncode} at start-up.")
+            raise RuntimeError(f"The process exited with code {process.returncode} at start-up.")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"The service on port {port} was not ready after {timeout:.0f} s.")
+    raise RuntimeError(f"Port {port} did not answer {path} with 200 within {timeout:.0f} s.")
 
 
 def stop(process: subprocess.Popen, *, graceful: bool = True, timeout: float = 45.0) -> None:

@@ -131,11 +131,6 @@ def backtest(
     """
     started = time.perf_counter()
     panel = data.panel
-    periods = panel[PERIOD].nunique()
-    if periods < horizon * windows + 2:
-        raise ValueError(
-            f"{periods} periods are too few for {windows} backtest windows of {horizon}."
-        )
     factories: dict[str, Factory] = {
         "model": model or (lambda: LightGBMForecaster(horizon=horizon, freq=freq)),
         "seasonal_naive": lambda: SeasonalNaive(horizon, freq),

@@ -275,12 +275,14 @@ class EASERecommender(Recommender):
 
 class TIFUKNNRecommender(Recommender):
     """TIFU-KNN (Hu et al., SIGIR 2020): a customer's own time-decayed item frequencies blended
-    with the mean of their ``neighbours`` nearest customers' (cosine), ``alpha`` on their own.
+    with the mean of their ``neighbours`` nearest customers' (cosine, among those who share an
+    item with them), ``alpha`` on their own.
 
     It scores the items a customer bought before — the repeat purchases most of a grocery
     basket is — as well as new ones, so it is meant for ``recommend(..., exclude_seen=False)``.
     Fit it on :func:`features.baskets.decayed_vectors`; any weights work. Scoring compares a
-    customer with every other one: its cost grows with the number of customers.
+    customer with every other one: its cost grows with the number of customers. A customer
+    scored with ``extra_history`` may count themself among their neighbours.
     """
 
     name = "tifu_knn"
@@ -292,28 +294,18 @@ class TIFUKNNRecommender(Recommender):
     def _fit(self, user_items: sp.csr_matrix) -> None:
         if not 0 <= self.alpha <= 1 or self.neighbours < 1:
             raise ValueError("alpha must be in [0, 1] and neighbours at least 1.")
-        self.unit_ = _unit_rows(user_items)
+        self._refresh_users(np.zeros(0, dtype=np.int64), user_items)
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
-        self.unit_ = _unit_rows(user_items)
+        # One snapshot: a concurrent reader never pairs new unit rows with old histories.
+        self.neighbourhood_ = (_unit_rows(user_items), user_items)
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        similarity = np.asarray((_unit_rows(user_items) @ self.unit_.T).todense())
-        known = rows >= 0
-        similarity[np.flatnonzero(known), rows[known]] = -np.inf  # nobody is their own neighbour
-        k = min(self.neighbours, max(similarity.shape[1] - 1, 1))
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        usable = np.isfinite(np.take_along_axis(similarity, nearest, axis=1))
-        mean = sp.csr_matrix(
-            (
-                (usable / np.maximum(usable.sum(axis=1, keepdims=True), 1)).ravel(),
-                nearest.ravel(),
-                np.arange(0, nearest.size + 1, k),
-            ),
-            shape=(len(rows), self.user_items_.shape[0]),
-        )
-        own = np.asarray(user_items.todense())
-        return self.alpha * own + (1 - self.alpha) * np.asarray((mean @ self.user_items_).todense())
+        unit, histories = self.neighbourhood_
+        similarity = sp.csr_matrix(_unit_rows(user_items) @ unit.T)
+        mean = _nearest_mean(similarity, rows, self.neighbours)
+        blended = self.alpha * user_items + (1 - self.alpha) * (mean @ histories)
+        return sp.csr_matrix(blended).toarray()
 
     def _similar_scores(self, columns: np.ndarray) -> np.ndarray:
         # Items bought by the same customers: cosine over the customers' vectors.
@@ -324,12 +316,32 @@ class TIFUKNNRecommender(Recommender):
         return {}
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.unit_ = _unit_rows(self.user_items_)
+        self._refresh_users(np.zeros(0, dtype=np.int64), self.user_items_)
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     return sp.csr_matrix(sp.diags(1 / np.maximum(norms, 1e-12)) @ matrix, dtype=np.float32)
+
+
+def _nearest_mean(similarity: sp.csr_matrix, rows: np.ndarray, k: int) -> sp.csr_matrix:
+    """Per row, equal weights on its ``k`` most similar customers with a positive similarity
+    (never the customer at ``rows``, their own row): the mean of their vectors, as a matrix."""
+    columns, weights, indptr = [], [], [0]
+    for i, own in enumerate(rows):
+        found = similarity.indices[similarity.indptr[i] : similarity.indptr[i + 1]]
+        values = similarity.data[similarity.indptr[i] : similarity.indptr[i + 1]]
+        keep = (values > 0) & (found != own)
+        found, values = found[keep], values[keep]
+        if len(found) > k:
+            found = found[np.argpartition(-values, k - 1)[:k]]
+        columns.append(found)
+        weights.append(np.full(len(found), 1 / max(len(found), 1), dtype=np.float32))
+        indptr.append(indptr[-1] + len(found))
+    return sp.csr_matrix(
+        (np.concatenate(weights), np.concatenate(columns), np.array(indptr)),
+        shape=similarity.shape,
+    )
 
 
 class PopularityRecommender(Recommender):

@@ -83,6 +83,8 @@ def test_tifu_knn_blends_own_decayed_frequencies_with_the_neighbours() -> None:
     assert own_first[:3] == ["milk", "soap", "tea"]  # 0.942, 0.7, 0.242
     neighbours_first = tifu_knn(decay, neighbours=2, alpha=0.2)(data, ["e"])["e"]
     assert neighbours_first[:3] == ["milk", "tea", "soap"]  # 0.846, 0.646, 0.2
+    # Asked for 3 neighbours, e has only 2 that share an item: f (cola) is no neighbour at all.
+    assert tifu_knn(decay, neighbours=3, alpha=0.2)(data, ["e"])["e"][:3] == ["milk", "tea", "soap"]
 
 
 def test_a_missing_data_wheel_is_one_sentence_with_the_command(tmp_path) -> None:

@@ -8,13 +8,9 @@ those champions from it. Every process is reaped and the database dropped afterw
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,7 +89,10 @@ def mlflow_server(mlflow_database: str, tmp_path: Path) -> Iterator[TrackingServ
             start_new_session=True,
         )  # fmt: skip
     try:
-        wait_healthy(port, process, log)
+        try:
+            serve.wait_ready(port, process, timeout=120, path="/health")
+        except RuntimeError as exc:
+            pytest.fail(f"mlflow server: {exc}\n{tail(log)}")
         yield TrackingServer(
             uri=f"http://127.0.0.1:{port}",
             artifacts=artifacts,
@@ -105,21 +104,6 @@ def mlflow_server(mlflow_database: str, tmp_path: Path) -> Iterator[TrackingServ
         serve.stop(process, timeout=20)  # SIGTERM to its group, SIGKILL for what outlives it
         left = kill_tagged(tag)
         assert not left, f"processes outlived the test: {left}"
-
-
-def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited ({process.returncode}):\n{tail(log)}")
-        with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.25)
-    pytest.fail(f"mlflow server not healthy after {timeout:.0f} s:\n{tail(log)}")
 
 
 def omni(*args: str) -> list[str]:
