@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 RECOMMENDER = "recommender"
 FORECASTER = "demand_forecaster"
@@ -24,6 +26,8 @@ CONTEXT_DIR = "context"
 PINNED_ARG = "pinned_models"
 #: Labels of such a BentoML model: the registered model and version it is a copy of.
 NAME_LABEL = "mlflow_name"
+#: What MLflow answers when a registered model or its alias does not exist.
+_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 VERSION_LABEL = "mlflow_version"
 
 
@@ -32,7 +36,8 @@ def model_to_serve(name: str) -> tuple[str, Path]:
     the version pinned in the Bento being served, else the current ``@champion``.
 
     Raises:
-        mlflow.exceptions.MlflowException: when nothing is pinned and there is no champion.
+        LookupError: when nothing is pinned and there is no champion.
+        mlflow.exceptions.MlflowException: when the registry cannot be read.
         bentoml.exceptions.NotFound: when the pinned model is not in BentoML's model store.
     """
     tag = pinned_models().get(name)
@@ -50,11 +55,30 @@ def champion(name: str) -> tuple[str, Path]:
     alias moves meanwhile).
 
     Raises:
-        mlflow.exceptions.MlflowException: when there is no champion.
+        LookupError: when there is no champion.
+        mlflow.exceptions.MlflowException: when the registry cannot be read.
     """
-    version = str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    found = champion_version(name)
+    if found is None:
+        raise LookupError(f"The MLflow registry has no {name}@{CHAMPION}.")
+    version = str(found.version)
     path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
     return version, Path(path) / MODEL_DIR
+
+
+def champion_version(name: str) -> ModelVersion | None:
+    """The model version the ``@champion`` alias points at; None when the registered model or
+    its alias does not exist (a registry that cannot be read raises).
+
+    Raises:
+        mlflow.exceptions.MlflowException: when the registry cannot be read.
+    """
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in _MISSING:
+            return None
+        raise
 
 
 def pinned_models() -> dict[str, str]:

@@ -34,10 +34,9 @@ def bench_serve_cmd(
     """Load-test /recommend and /events against a bare BentoML service (the floor)."""
     from experiments.benchmarks import load
     from experiments.deploy import process
-    from experiments.pipelines import training
-    from serving.registry import FORECASTER, RECOMMENDER
+    from serving.registry import FORECASTER, RECOMMENDER, champion_version
 
-    if any(training.champion_version(name) is None for name in (RECOMMENDER, FORECASTER)):
+    if any(champion_version(name) is None for name in (RECOMMENDER, FORECASTER)):
         err.print("No champions yet: training both on the demo data first ...")
         process.train_demo_models()
     figures = load.benchmark(concurrency=concurrency, seconds=seconds)

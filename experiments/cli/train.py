@@ -131,16 +131,13 @@ def forecast_cmd(
 
 
 def champion_forecaster() -> Any:
-    import mlflow
-
     from models.forecast import LightGBMForecaster
     from serving.registry import FORECASTER, champion
 
     try:
         return LightGBMForecaster.load(champion(FORECASTER)[1])
-    except mlflow.exceptions.MlflowException as exc:
-        message = f"No {FORECASTER} champion in the MLflow registry"
-        raise UsageError(f"{message}; run omni train forecaster first.") from exc
+    except LookupError as exc:
+        raise UsageError(f"{exc} Run omni train forecaster first.") from exc
 
 
 def backtest_payload(result: Any) -> dict[str, Any]:

@@ -24,13 +24,12 @@ from serving.registry import (
     PINNED_ARG,
     RECOMMENDER,
     VERSION_LABEL,
+    champion_version,
 )
 
 BENTOFILE = REPO / "bentofile.yaml"
 #: The ``omni train`` command that makes each registered model's champion.
 TRAIN_COMMANDS = {RECOMMENDER: "omni train recommender", FORECASTER: "omni train forecaster"}
-#: What MLflow answers when the registered model or its alias does not exist.
-_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 @dataclass(frozen=True)
@@ -90,17 +89,12 @@ def build(bentofile: Path = BENTOFILE, version: str | None = None) -> Built:
 
 
 def _champion_version(name: str) -> str:
-    import mlflow
-
-    try:
-        found = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code not in _MISSING:
-            raise
+    found = champion_version(name)
+    if found is None:
         raise ValueError(
             f"no champion yet: the MLflow registry has no {name}@{CHAMPION}; "
             f"run {TRAIN_COMMANDS[name]} first"
-        ) from exc
+        )
     return str(found.version)
 
 

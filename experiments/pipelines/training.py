@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 import features
 import models
@@ -46,7 +45,14 @@ from features.interactions import (
 from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
-from serving.registry import CHAMPION, CONTEXT_DIR, FORECASTER, RECOMMENDER, champion
+from serving.registry import (
+    CHAMPION,
+    CONTEXT_DIR,
+    FORECASTER,
+    RECOMMENDER,
+    champion,
+    champion_version,
+)
 
 REGISTERED_NAME = RECOMMENDER
 #: The share of the latest events that does not move the end of the validation window.
@@ -249,14 +255,6 @@ def _register(
             registered_model_name=name,
         )
     return str(info.registered_model_version)
-
-
-def champion_version(name: str) -> Any:
-    """The model version the ``champion`` alias points at, or None."""
-    try:
-        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
 
 
 def _champion_metric(

@@ -190,3 +190,19 @@ def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None
         capture_output=True, env={**os.environ, **env},
     )  # fmt: skip
     assert result.returncode == 0 and not (tmp_path / "sub" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("forecast", "--store", "S001"), "has no demand_forecaster@champion. Run omni train"),
+        (("build",), "no champion yet: the MLflow registry has no recommender@champion"),
+    ],
+)
+def test_commands_that_need_a_champion_say_so_when_there_is_none(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    result = omni(*args, env={**tracking, "BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
