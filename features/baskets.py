@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from features.interactions import Interactions
+from features.interactions import Interactions, from_triples
 
 BASKET_COLUMNS = ["customer_id", "basket_id", "item_id", "time"]
 
@@ -66,9 +65,6 @@ def decayed_vectors(
         item_ids: the columns (default: the items in ``lines``); other items are left out.
     """
     ordered = basket_order(lines)
-    items = item_ids if item_ids is not None else pd.Index(np.sort(ordered["item_id"].unique()))
-    items = pd.Index(items, dtype="str")
-    customers = pd.Index(np.sort(ordered["customer_id"].astype(str).unique()), dtype="str")
     back = ordered["back"].to_numpy()
     baskets = ordered["baskets"].to_numpy()
     group, place = np.divmod(back, decay.group_size)
@@ -77,11 +73,4 @@ def decayed_vectors(
     oldest = group == groups - 1
     in_group = np.where(oldest, baskets - decay.group_size * (groups - 1), decay.group_size)
     weight = decay.within**place / in_group * decay.across**group / groups
-    rows = customers.get_indexer(pd.Index(ordered["customer_id"].astype(str)))
-    cols = items.get_indexer(pd.Index(ordered["item_id"].astype(str)))
-    keep = cols >= 0
-    matrix = sp.csr_matrix(
-        (weight[keep].astype(np.float32), (rows[keep], cols[keep])),
-        shape=(len(customers), len(items)),
-    )
-    return Interactions(matrix, customers, items)
+    return from_triples(ordered["customer_id"], ordered["item_id"], weight, item_ids)

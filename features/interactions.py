@@ -101,18 +101,28 @@ def build_interactions(
         age_days = (reference - known["event_time"]).dt.total_seconds().to_numpy() / 86400.0
         weight = weight * np.power(0.5, np.maximum(age_days, 0.0) / weights.half_life_days)
 
-    customers = pd.Index(np.sort(known["customer_id"].astype("str").unique()))
-    items = item_ids if item_ids is not None else pd.Index(np.sort(known["item_id"].unique()))
-    rows = customers.get_indexer(pd.Index(known["customer_id"].astype("str")))
-    cols = items.get_indexer(pd.Index(known["item_id"]))
+    return from_triples(known["customer_id"], known["item_id"], weight, item_ids)
+
+
+def from_triples(
+    customers: pd.Series, items: pd.Series, values: np.ndarray, item_ids: pd.Index | None = None
+) -> Interactions:
+    """The customers x items matrix of (customer, item, value) rows: values of the same pair
+    summed, only positive sums kept. Rows and columns are the sorted ids (columns: ``item_ids``
+    when given; items outside them are left out)."""
+    customer_ids = pd.Index(np.sort(customers.astype("str").unique()), dtype="str")
+    columns = item_ids if item_ids is not None else np.sort(items.astype("str").unique())
+    columns = pd.Index(columns, dtype="str")
+    rows = customer_ids.get_indexer(pd.Index(customers.astype("str")))
+    cols = columns.get_indexer(pd.Index(items.astype("str")))
     inside = cols >= 0
     matrix = sp.coo_matrix(
-        (weight[inside], (rows[inside], cols[inside])), shape=(len(customers), len(items))
+        (np.asarray(values, dtype=np.float64)[inside], (rows[inside], cols[inside])),
+        shape=(len(customer_ids), len(columns)),
     ).tocsr()  # duplicates are summed here
     matrix.data[matrix.data < 0] = 0.0
     matrix.eliminate_zeros()
-    matrix = sp.csr_matrix(matrix, dtype=np.float32)
-    return Interactions(matrix, customers, items)
+    return Interactions(sp.csr_matrix(matrix, dtype=np.float32), customer_ids, columns)
 
 
 def event_weights(events: pd.DataFrame, weights: InteractionWeights) -> np.ndarray:

