@@ -1,9 +1,12 @@
-"""What serving needs to know about customers beyond the model: habits and purchases.
+"""What serving needs to know about customers beyond the model: habits, purchases, and which
+items they buy again.
 
 Pure builders over unified events (``customer_id`` pseudonyms only).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -45,3 +48,47 @@ def purchases(unified: pd.DataFrame) -> pd.DataFrame:
     """Distinct ``customer_id, item_id`` pairs each known customer has bought."""
     bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
     return bought[["customer_id", "item_id"]].astype("str").drop_duplicates().reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class RepurchaseEvidence:
+    """When purchases say an item is bought again: at least ``min_buyers`` known customers bought
+    it, and at least ``min_share`` of them bought it on two or more days. Fewer buyers are no
+    evidence either way (the item counts as not repurchasable, as without a catalogue flag)."""
+
+    min_buyers: int = 5
+    min_share: float = 0.1
+
+
+def repeat_buyers(unified: pd.DataFrame) -> pd.DataFrame:
+    """Per item bought by known customers: ``buyers`` and ``repeat_buyers`` (those who bought
+    it on two or more days)."""
+    bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
+    days = bought.assign(day=bought["event_time"].dt.floor("D"))
+    days = days.drop_duplicates(["customer_id", "item_id", "day"])
+    per_buyer = days.groupby(["item_id", "customer_id"], observed=True).size()
+    table = per_buyer.groupby(level="item_id", observed=True).agg(
+        buyers="size", repeat_buyers=lambda n: int((n >= 2).sum())
+    )
+    return table.reset_index().astype({"item_id": "str"})
+
+
+def with_learned_repurchase(
+    items: pd.DataFrame | None,
+    unified: pd.DataFrame,
+    evidence: RepurchaseEvidence = RepurchaseEvidence(),
+) -> pd.DataFrame:
+    """The items table with ``repurchasable`` learned from purchases wherever the catalogue does
+    not say (no column, an empty cell, or an item it does not list); a catalogue flag wins."""
+    catalogue = items if items is not None else pd.DataFrame({"item_id": pd.Series(dtype="str")})
+    counts = repeat_buyers(unified)
+    learned = (counts["buyers"] >= evidence.min_buyers) & (
+        counts["repeat_buyers"] >= evidence.min_share * counts["buyers"]
+    )
+    learned_by_item = pd.Series(learned.to_numpy(), index=counts["item_id"])
+    unlisted = counts.loc[~counts["item_id"].isin(catalogue["item_id"].astype(str)), ["item_id"]]
+    table = pd.concat([catalogue, unlisted], ignore_index=True)
+    flag = table["repurchasable"] if "repurchasable" in table else pd.Series(pd.NA, table.index)
+    from_data = table["item_id"].astype(str).map(learned_by_item).fillna(False)
+    table["repurchasable"] = flag.astype("boolean").fillna(from_data.astype("boolean"))
+    return table

@@ -30,7 +30,7 @@ from experiments.pipelines.recommender import (
     load_selection_config,
     select,
 )
-from features.customers import build_habits, purchases
+from features.customers import build_habits, purchases, with_learned_repurchase
 from features.demand import PERIOD, SERIES, TARGET
 from features.eventlog import EventLog
 from features.identity import IdentityConfig
@@ -203,14 +203,15 @@ def write_context(
     log_seq: int,
 ) -> None:
     """What serving needs beside the recommender: pseudonymous key map, habits, purchases,
-    the catalogue's rule columns, each store's latest stock, the interaction weights and the
-    event log position training read up to."""
+    the catalogue's rule columns (``repurchasable`` learned from purchases where the catalogue
+    is silent), each store's latest stock, the interaction weights and the event log position
+    training read up to."""
     out.mkdir(parents=True, exist_ok=True)
     result.resolution.nodes[["key_id", "customer_id"]].to_parquet(out / "customer_keys.parquet")
     build_habits(result.unified).to_parquet(out / "habits.parquet")
     purchases(result.unified).to_parquet(out / "purchases.parquet")
-    if "items" in extras:
-        extras["items"].accepted.to_parquet(out / "items.parquet")
+    catalogue = extras["items"].accepted if "items" in extras else None
+    with_learned_repurchase(catalogue, result.unified).to_parquet(out / "items.parquet")
     if "inventory" in extras:
         stock = extras["inventory"].accepted.sort_values("date")
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
