@@ -4,7 +4,8 @@
 * an item is offered only where it can be bought: at a store, that store's latest stock must be
   positive; online (any other channel), any node with stock will do; without an inventory table,
   or for a store the inventory never mentions, nothing is filtered;
-* optional category include / exclude lists;
+* optional category include / exclude lists and a price range (an item without a price is
+  outside every range);
 * an optional cap per category, for diversity.
 
 Forbidden items are masked before ranking, so a list can never contain one.
@@ -31,6 +32,7 @@ class BusinessRules:
         item_ids: the columns every mask refers to.
         repurchasable: per item; unknown items count as not repurchasable.
         category: per item (None when unknown).
+        price: per item, the catalogue's ``unit_price`` (NaN when unknown).
         promotable: per item; unknown items count as promotable only without an items table
             column saying otherwise.
         levels: per store, the latest on-hand units of each item (NaN where the store never
@@ -43,6 +45,7 @@ class BusinessRules:
     item_ids: pd.Index
     repurchasable: np.ndarray
     category: np.ndarray
+    price: np.ndarray
     promotable: np.ndarray
     levels: dict[str, np.ndarray]
     online_stock: np.ndarray | None
@@ -70,6 +73,7 @@ class BusinessRules:
         n = len(item_ids)
         repurchasable = np.zeros(n, dtype=bool)
         category = np.full(n, None, dtype=object)
+        price = np.full(n, np.nan)
         promotable = np.ones(n, dtype=bool)
         if items is not None and len(items):
             catalogue = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
@@ -77,6 +81,8 @@ class BusinessRules:
                 repurchasable = catalogue["repurchasable"].fillna(False).to_numpy(dtype=bool)
             if "promotable" in catalogue and catalogue["promotable"].notna().any():
                 promotable = catalogue["promotable"].fillna(False).to_numpy(dtype=bool)
+            if "unit_price" in catalogue:
+                price = pd.to_numeric(catalogue["unit_price"]).to_numpy(dtype=np.float64)
             if "category" in catalogue:
                 category = (
                     catalogue["category"]
@@ -107,7 +113,14 @@ class BusinessRules:
                 bought["customer_id"].astype("str")
             ).indices.items()
         }
-        return cls(item_ids, repurchasable, category, promotable, levels, online_stock, bought_by)
+        return cls(
+            item_ids, repurchasable, category, price, promotable, levels, online_stock, bought_by
+        )
+
+    @property
+    def categories(self) -> set[str]:
+        """The categories the catalogue names."""
+        return {str(c) for c in self.category if c is not None}
 
     def add_purchases(
         self, customer_ids: np.ndarray | pd.Index | list[str], item_ids: pd.Series | pd.Index
@@ -171,6 +184,8 @@ class BusinessRules:
         include_categories: list[str] | None = None,
         exclude_categories: list[str] | None = None,
         promotable_only: bool = False,
+        min_price: float | None = None,
+        max_price: float | None = None,
     ) -> np.ndarray:
         """Items that may be offered in this context, whoever the customer is."""
         mask = self.promotable.copy() if promotable_only else np.ones(len(self.item_ids), bool)
@@ -183,6 +198,10 @@ class BusinessRules:
             mask &= np.isin(self.category, include_categories)
         if exclude_categories:
             mask &= ~np.isin(self.category, exclude_categories)
+        if min_price is not None:
+            mask &= self.price >= min_price  # NaN: outside
+        if max_price is not None:
+            mask &= self.price <= max_price
         return mask
 
     def exclusions(self, customer_ids: list[str] | pd.Index) -> sp.csr_matrix:
@@ -256,9 +275,15 @@ def top_for_customer(
     promotable_only: bool = False,
     extra_history: sp.csr_matrix | None = None,
     exclude_columns: np.ndarray | None = None,
+    include_categories: list[str] | None = None,
+    exclude_categories: list[str] | None = None,
+    per_category: int | None = None,
+    min_price: float | None = None,
+    max_price: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One customer's best ``n`` items under every rule: what :func:`recommend_with_rules`
-    gives for a single customer, without tables (the service's per-request path).
+    gives for a single customer, without tables (the service's per-request path), plus a price
+    range.
 
     Returns:
         ``(columns, scores, fallback)``: item columns best first, their scores, and whether
@@ -267,15 +292,39 @@ def top_for_customer(
     scores, fallback = model.scores_for(
         customer_id, extra_history, store_id=store_id, channel=channel
     )
-    allowed = rules.allowed(channel=channel, store_id=store_id, promotable_only=promotable_only)
+    allowed = rules.allowed(
+        channel=channel, store_id=store_id, promotable_only=promotable_only,
+        include_categories=include_categories, exclude_categories=exclude_categories,
+        min_price=min_price, max_price=max_price,
+    )  # fmt: skip
     scores[~allowed] = -np.inf
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
         scores[bought[~rules.repurchasable[bought]]] = -np.inf
     if exclude_columns is not None:
         scores[exclude_columns] = -np.inf
+    if per_category is not None:
+        top = _capped(scores, rules.category, n, per_category)
+        return top, scores[top], fallback
     k = min(n, len(scores))
     top = np.argpartition(-scores, k - 1)[:k]
     top = top[np.lexsort((top, -scores[top]))]
     top = top[np.isfinite(scores[top])]
     return top, scores[top], fallback
+
+
+def _capped(scores: np.ndarray, category: np.ndarray, n: int, cap: int) -> np.ndarray:
+    """The best ``n`` finite scores with at most ``cap`` of one category (an item of unknown
+    category is a category of its own), best first."""
+    ranked = np.flatnonzero(np.isfinite(scores))
+    ranked = ranked[np.lexsort((ranked, -scores[ranked]))]
+    taken: dict[object, int] = {}
+    top = []
+    for column in ranked:
+        group = category[column] if category[column] is not None else ("item", column)
+        if taken.get(group, 0) < cap:
+            taken[group] = taken.get(group, 0) + 1
+            top.append(column)
+            if len(top) == n:
+                break
+    return np.array(top, dtype=np.int64)

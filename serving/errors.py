@@ -50,6 +50,12 @@ class Unavailable(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class Unprocessable(ServiceError):
+    """Well-formed, but naming what the service does not have where it must (e.g. a category)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 #: The status code of each kind of refusal (the most specific type listed wins).
 STATUS: dict[type[Exception], HTTPStatus] = {
     UnknownIdError: HTTPStatus.NOT_FOUND,

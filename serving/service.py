@@ -44,6 +44,7 @@ from serving.errors import (
     QuietRefusals,
     RequestIds,
     Unavailable,
+    Unprocessable,
     answers,
 )
 from serving.gate import DocumentedAPI, Gate
@@ -132,7 +133,46 @@ class _Customer(_Strict):
         return state.customer_of(str(self.channel), str(self.customer_key))
 
 
-class RecommendRequest(_Customer):
+Price = (
+    Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    | Annotated[int, Field(ge=0, le=10**9)]
+)
+
+
+class _Filters(_Strict):
+    """Business rules a caller may add: categories to keep or leave out (at most 50 each, every
+    one known to the catalogue), at most ``max_per_category`` items of one category, and a price
+    range (an item without a price is outside every range)."""
+
+    include_categories: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
+    exclude_categories: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
+    max_per_category: int | None = Field(default=None, ge=1, le=100, examples=[None])
+    min_price: Price | None = Field(default=None, examples=[None])
+    max_price: Price | None = Field(default=None, examples=[None])
+
+    def rules(self, state: ServingState) -> dict[str, Any]:
+        """The keyword arguments of :func:`top_for_customer` for these filters.
+
+        Raises:
+            Unprocessable: a category the catalogue does not name, or an empty price range.
+        """
+        named = [*self.include_categories, *self.exclude_categories]
+        unknown = sorted(set(named) - state.rules.categories)
+        if unknown:
+            raise Unprocessable(f"Unknown category {', '.join(map(repr, unknown[:5]))}.")
+        low, high = self.min_price, self.max_price
+        if low is not None and high is not None and low > high:
+            raise Unprocessable(f"min_price {low} is above max_price {high}.")
+        return {
+            "include_categories": self.include_categories or None,
+            "exclude_categories": self.exclude_categories or None,
+            "per_category": self.max_per_category,
+            "min_price": low,
+            "max_price": high,
+        }
+
+
+class RecommendRequest(_Customer, _Filters):
     channel: Id = Field(examples=["store"])
     n: int = Field(default=10, ge=1, le=100)
     store_id: OptionalId = Field(default=None, examples=["S001"])
@@ -144,7 +184,7 @@ class SimilarItemsRequest(_Strict):
     n: int = Field(default=10, ge=1, le=100)
 
 
-class OffersRequest(_Customer):
+class OffersRequest(_Customer, _Filters):
     n: int = Field(default=5, ge=1, le=50)
 
 
@@ -349,6 +389,7 @@ class OmnichannelService:
         if r.store_id is not None and r.store_id not in state.stores:
             raise NotFound(f"Unknown store {r.store_id!r}.")
         customer = r.resolve(state)
+        filters = r.rules(state)
         model = state.recommender
         context = np.zeros(0, dtype=np.int64)
         extra = None
@@ -363,6 +404,7 @@ class OmnichannelService:
         columns, scores, fallback = top_for_customer(
             model, state.rules, customer or "", r.n,
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
+            **filters,
         )  # fmt: skip
         items = model.item_ids_.to_numpy()[columns].tolist()
         where = state.rules.available_at(columns)
@@ -415,8 +457,9 @@ class OmnichannelService:
         channel = str(habit["channel"])
         model = state.recommender
         columns, scores, _ = top_for_customer(
-            model, state.rules, customer, r.n, channel=channel, promotable_only=True
-        )
+            model, state.rules, customer, r.n, channel=channel, promotable_only=True,
+            **r.rules(state),
+        )  # fmt: skip
         return {
             "customer_id": customer,
             "channel": channel,

@@ -109,6 +109,39 @@ def test_recommend_in_store_offers_only_what_the_store_has(app: TestClient) -> N
     assert all("S002" in i["available_at"] for i in recs if i["item_id"] in set(latest["item_id"]))
 
 
+def test_recommend_and_offers_obey_the_callers_categories_caps_and_prices(
+    app: TestClient, linked_keys
+) -> None:
+    catalogue = pd.read_csv(SAMPLE / "items.csv.gz").set_index("item_id")
+    _, app_key = linked_keys
+    who = {"customer_key": app_key, "channel": "app", "n": 12}
+
+    def items(route: str, **rules: object) -> list[str]:
+        response = app.post(route, json={**who, **rules})
+        assert response.status_code == 200, response.text
+        return [i["item_id"] for i in response.json()["items"]]
+
+    favourite = catalogue.loc[items("/recommend"), "category"].mode()[0]  # all frozen, here
+    other = sorted(set(catalogue["category"]) - {favourite})[0]
+    only = items("/recommend", include_categories=[other])
+    assert only and set(catalogue.loc[only, "category"]) == {other}
+    without = items("/recommend", exclude_categories=[favourite])
+    assert without and favourite not in set(catalogue.loc[without, "category"])
+    varied = items("/recommend", max_per_category=1)
+    assert len(varied) > 1 and catalogue.loc[varied, "category"].is_unique
+    cheap = items("/recommend", max_price=1.5, min_price=0.5)
+    assert cheap and catalogue.loc[cheap, "unit_price"].between(0.5, 1.5).all()
+    offered = items("/offers", include_categories=[other], n=5)
+    assert set(catalogue.loc[offered, "category"]) <= {other}
+    for route in ("/recommend", "/offers"):
+        unknown = app.post(route, json={**who, "exclude_categories": ["<script>"]})
+        assert unknown.status_code == 422 and unknown.json()["error"] == (
+            "Unknown category '<script>'."
+        )
+    empty = app.post("/recommend", json={**who, "min_price": 5, "max_price": 1})
+    assert empty.status_code == 422 and "above max_price" in empty.json()["error"]
+
+
 def test_context_items_steer_an_anonymous_visitor(app: TestClient) -> None:
     plain = app.post("/recommend", json={"customer_id": "visitor", "channel": "web"}).json()
     viewing = app.post(
