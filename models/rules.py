@@ -14,6 +14,7 @@ Forbidden items are masked before ranking, so a list can never contain one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,7 @@ class BusinessRules:
             item_ids, repurchasable, category, price, promotable, levels, online_stock, bought_by
         )
 
-    @property
+    @cached_property
     def categories(self) -> set[str]:
         """The categories the catalogue names."""
         return {str(c) for c in self.category if c is not None}

@@ -156,8 +156,8 @@ class _Filters(_Strict):
         Raises:
             Unprocessable: a category the catalogue does not name, or an empty price range.
         """
-        named = [*self.include_categories, *self.exclude_categories]
-        unknown = sorted(set(named) - state.rules.categories)
+        named = {*self.include_categories, *self.exclude_categories}
+        unknown = sorted(named - state.rules.categories) if named else []
         if unknown:
             raise Unprocessable(f"Unknown category {', '.join(map(repr, unknown[:5]))}.")
         low, high = self.min_price, self.max_price
