@@ -46,7 +46,7 @@ def build_habits(unified: pd.DataFrame, *, days: int = 90) -> pd.DataFrame:
 
 def purchases(unified: pd.DataFrame) -> pd.DataFrame:
     """Distinct ``customer_id, item_id`` pairs each known customer has bought."""
-    bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
+    bought = _known_purchases(unified)
     return bought[["customer_id", "item_id"]].astype("str").drop_duplicates().reset_index(drop=True)
 
 
@@ -63,14 +63,20 @@ class RepurchaseEvidence:
 def repeat_buyers(unified: pd.DataFrame) -> pd.DataFrame:
     """Per item bought by known customers: ``buyers`` and ``repeat_buyers`` (those who bought
     it on two or more days)."""
-    bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
+    bought = _known_purchases(unified)
     days = bought.assign(day=bought["event_time"].dt.floor("D"))
     days = days.drop_duplicates(["customer_id", "item_id", "day"])
     per_buyer = days.groupby(["item_id", "customer_id"], observed=True).size()
-    table = per_buyer.groupby(level="item_id", observed=True).agg(
-        buyers="size", repeat_buyers=lambda n: int((n >= 2).sum())
+    table = (
+        (per_buyer >= 2)
+        .groupby(level="item_id", observed=True)
+        .agg(buyers="size", repeat_buyers="sum")
     )
-    return table.reset_index().astype({"item_id": "str"})
+    return table.reset_index().astype({"item_id": "str", "repeat_buyers": "int64"})
+
+
+def _known_purchases(unified: pd.DataFrame) -> pd.DataFrame:
+    return unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
 
 
 def with_learned_repurchase(

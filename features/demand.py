@@ -9,6 +9,7 @@ I/O, inputs are not modified, deterministic output and column order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -301,8 +302,14 @@ class Codes:
             categories=tuple(sorted(categories.dropna().astype(str).unique())),
         )
 
-    def code(self, values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
-        found = pd.Index(vocabulary, dtype="str").get_indexer(pd.Index(values.astype(str)))
+    @cached_property
+    def _indexes(self) -> dict[str, pd.Index]:
+        names = ("stores", "items", "categories")
+        return {name: pd.Index(getattr(self, name), dtype="str") for name in names}
+
+    def code(self, values: pd.Series, vocabulary: str) -> np.ndarray:
+        """The codes of ``values`` in one vocabulary (``stores``, ``items`` or ``categories``)."""
+        found = self._indexes[vocabulary].get_indexer(pd.Index(values.astype(str)))
         return np.where(found < 0, np.nan, found)
 
 
@@ -340,11 +347,8 @@ def build_features(
 
     store = pd.factorize(panel["store_id"], sort=True)[0]
     item = pd.factorize(panel["item_id"], sort=True)[0]
-    category = (
-        pd.factorize(panel["item_id"].map(_categories(items)), sort=True)[0]
-        if items is not None
-        else item
-    )
+    item_category = panel["item_id"].map(_categories(items)) if items is not None else None
+    category = pd.factorize(item_category, sort=True)[0] if item_category is not None else item
     lag = spec.horizon
     short = min(min(spec.rolling.get(lag, (4,))), frequency(freq).short)
     groups = {
@@ -389,12 +393,10 @@ def build_features(
     for name in covariates:
         put(panel[name].to_numpy(dtype=np.float64))
     codes = codes or Codes.learn(panel, items)
-    put(codes.code(panel["store_id"], codes.stores))
-    put(codes.code(panel["item_id"], codes.items))
-    if items is not None:
-        put(codes.code(panel["item_id"].map(_categories(items)), codes.categories))
-    else:
-        put(codes.code(panel["item_id"], codes.items))
+    item_code = codes.code(panel["item_id"], "items")
+    put(codes.code(panel["store_id"], "stores"))
+    put(item_code)
+    put(codes.code(item_category, "categories") if item_category is not None else item_code)
     for group in groups.values():
         n_groups = group.max() + 1 if len(group) else 0
         means = _rolling_mean(_group_mean(group, period, demand, n_groups, n_periods), short)

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.ingest import REASON, validate_table
-from features.schema import EVENT_TYPES, EVENTS, Bounds
+from features.schema import EVENT_TYPES, EVENTS, MAX_ID_LENGTH, Bounds
 
 EVENTS_URL_ENV = "OMNI_EVENTS_URL"
 DEFAULT_PATH = Path(".omni") / "events.db"
@@ -84,7 +84,9 @@ CREATE TABLE IF NOT EXISTS omni_events (
 )"""
 
 
-def validate_events(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str | None]]:
+def validate_events(
+    records: Sequence[dict[str, Any]], bounds: Bounds | None = None
+) -> tuple[pd.DataFrame, list[str | None]]:
     """Check posted events against the events contract.
 
     Every event gets an ``event_id`` (a new UUID when it has none), so a retry can be recognised.
@@ -93,11 +95,13 @@ def validate_events(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, li
         ``(accepted, reasons)``: the typed accepted events (with ``event_id``), and per input
         event, in order, None when accepted or the reason it was rejected.
     """
-    rows, reasons = check_events(records)
+    rows, reasons = check_events(records, bounds or Bounds.from_env())
     return events_frame(rows), reasons
 
 
-def check_events(records: Sequence[dict[str, Any]]) -> tuple[list[tuple], list[str | None]]:
+def check_events(
+    records: Sequence[dict[str, Any]], bounds: Bounds
+) -> tuple[list[tuple], list[str | None]]:
     """:func:`validate_events` with the accepted events as rows (in :data:`COLUMNS` order), for
     callers that gather several requests' events into one frame (:func:`events_frame`).
 
@@ -106,10 +110,10 @@ def check_events(records: Sequence[dict[str, Any]]) -> tuple[list[tuple], list[s
     any other batch goes through exactly the file loader's checks and reasons.
     """
     if len(records) <= _FAST_BATCH:
-        rows = plain_rows(records, Bounds.from_env())
+        rows = plain_rows(records, bounds)
         if rows is not None:
             return rows, [None] * len(records)
-    accepted, reasons = _checked(records)
+    accepted, reasons = _checked(records, bounds)
     return list(accepted[list(COLUMNS)].itertuples(index=False, name=None)), reasons
 
 
@@ -129,7 +133,9 @@ def events_frame(rows: Sequence[tuple]) -> pd.DataFrame:
     )
 
 
-def _checked(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str | None]]:
+def _checked(
+    records: Sequence[dict[str, Any]], bounds: Bounds
+) -> tuple[pd.DataFrame, list[str | None]]:
     """:func:`validate_events` by the file loader's own checks."""
     rows = [
         {
@@ -142,7 +148,7 @@ def _checked(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str 
     raw = pa.table(
         {c: pa.array([row[c] for row in rows], pa.large_string()) for c in (*COLUMNS, _ROW)}
     )
-    accepted, quarantined = validate_table(raw, EVENTS, source="the posted events")
+    accepted, quarantined = validate_table(raw, EVENTS, source="the posted events", bounds=bounds)
     reasons: list[str | None] = [None] * len(records)
     for row, reason in zip(quarantined[_ROW], quarantined[REASON], strict=True):
         reasons[int(row)] = str(reason)
@@ -155,7 +161,9 @@ _ISO_TIME = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
 )
 # 1-256 characters, no control characters, no ASCII whitespace at either end (nothing to trim).
-_PLAIN_ID = re.compile(r"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x20\x7f])?")
+_PLAIN_ID = re.compile(
+    rf"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{{0,{MAX_ID_LENGTH - 2}}}[^\x00-\x20\x7f])?"
+)
 _OPTIONAL_IDS = ("customer_key", "store_id")
 
 

@@ -110,11 +110,11 @@ def from_triples(
     """The customers x items matrix of (customer, item, value) rows: values of the same pair
     summed, only positive sums kept. Rows and columns are the sorted ids (columns: ``item_ids``
     when given; items outside them are left out)."""
-    customer_ids = pd.Index(np.sort(customers.astype("str").unique()), dtype="str")
-    columns = item_ids if item_ids is not None else np.sort(items.astype("str").unique())
-    columns = pd.Index(columns, dtype="str")
-    rows = customer_ids.get_indexer(pd.Index(customers.astype("str")))
-    cols = columns.get_indexer(pd.Index(items.astype("str")))
+    customers, items = customers.astype("str"), items.astype("str")
+    customer_ids = pd.Index(np.sort(customers.unique()), dtype="str")
+    columns = pd.Index(item_ids if item_ids is not None else np.sort(items.unique()), dtype="str")
+    rows = customer_ids.get_indexer(pd.Index(customers))
+    cols = columns.get_indexer(pd.Index(items))
     inside = cols >= 0
     matrix = sp.coo_matrix(
         (np.asarray(values, dtype=np.float64)[inside], (rows[inside], cols[inside])),

@@ -332,6 +332,19 @@ class LightGBMForecaster(Forecaster):
         gain = self.booster_.feature_importance(importance_type="gain")
         return pd.Series(gain, index=self.feature_names_).sort_values(ascending=False)
 
+    def checked_horizon(self, horizon: int | None) -> int:
+        """``horizon`` (default: the model's own), if this model forecasts that far.
+
+        Raises:
+            BeyondModelError: for a horizon beyond the model's.
+        """
+        horizon = horizon or self.horizon
+        if not 1 <= horizon <= self.horizon:
+            raise BeyondModelError(
+                f"horizon must be between 1 and {self.horizon} (the model's), not {horizon}."
+            )
+        return horizon
+
     def save(self, path: Path | str) -> Path:
         """LightGBM's text model plus JSON parameters: no pickle."""
         check_is_fitted(self, "booster_")
@@ -398,11 +411,7 @@ class LightGBMForecaster(Forecaster):
             BeyondModelError: for a horizon beyond the model's.
         """
         check_is_fitted(self, "booster_")
-        horizon = horizon or self.horizon
-        if not 1 <= horizon <= self.horizon:
-            raise BeyondModelError(
-                f"horizon must be between 1 and {self.horizon} (the model's), not {horizon}."
-            )
+        horizon = self.checked_horizon(horizon)
         history = self.history_[self.history_["store_id"] == store_id]
         if history.empty:
             known = ", ".join(sorted(map(str, self.history_["store_id"].unique()))[:10])

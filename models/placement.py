@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from features.demand import PERIOD
-from models.errors import BeyondModelError, UnknownIdError
+from models.errors import UnknownIdError
 from models.forecast import LightGBMForecaster
 
 STORE_COLUMNS = ["store_id", "mean", "dispersion"]
@@ -492,11 +492,7 @@ def plan_item(
         raise UnknownIdError(
             f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
         )
-    horizon = horizon or model.horizon
-    if not 1 <= horizon <= model.horizon:
-        raise BeyondModelError(
-            f"horizon must be between 1 and {model.horizon} (the model's), not {horizon}."
-        )
+    horizon = model.checked_horizon(horizon)
     forecast = forecast[forecast["item_id"] == item_id]
     forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
     stores = coverage_distribution(forecast, model.dispersion_).drop(columns="item_id")

@@ -119,9 +119,23 @@ class BusinessRules:
         )
 
     @cached_property
-    def categories(self) -> set[str]:
-        """The categories the catalogue names."""
-        return {str(c) for c in self.category if c is not None}
+    def categories(self) -> dict[str, int]:
+        """The categories the catalogue names, each with its code (see :attr:`category_codes`)."""
+        names = sorted({str(c) for c in self.category if c is not None})
+        return {name: code for code, name in enumerate(names)}
+
+    @cached_property
+    def category_codes(self) -> np.ndarray:
+        """Per item, its category's code; an item of unknown category is a category of its own
+        (a code past every named one), so masks and caps compare integers, not strings."""
+        named = np.array(
+            [self.categories[str(c)] if c is not None else -1 for c in self.category], np.int64
+        )
+        own = len(self.categories) + np.arange(len(named))
+        return np.where(named >= 0, named, own)
+
+    def _codes_of(self, names: list[str]) -> list[int]:
+        return [self.categories[name] for name in names if name in self.categories]
 
     def add_purchases(
         self, customer_ids: np.ndarray | pd.Index | list[str], item_ids: pd.Series | pd.Index
@@ -196,9 +210,9 @@ class BusinessRules:
         elif self.online_stock is not None:
             mask &= self.online_stock
         if include_categories:
-            mask &= np.isin(self.category, include_categories)
+            mask &= np.isin(self.category_codes, self._codes_of(include_categories))
         if exclude_categories:
-            mask &= ~np.isin(self.category, exclude_categories)
+            mask &= ~np.isin(self.category_codes, self._codes_of(exclude_categories))
         if min_price is not None:
             mask &= self.price >= min_price  # NaN: outside
         if max_price is not None:
@@ -223,12 +237,9 @@ class BusinessRules:
 
     def cap_per_category(self, recommendations: pd.DataFrame, cap: int) -> pd.DataFrame:
         """Keep at most ``cap`` items of one category per customer, re-ranking what is left."""
-        category = pd.Series(self.category, index=self.item_ids)
         ranked = recommendations.sort_values(["customer_id", "rank"])
-        ranked = ranked.assign(_category=category.reindex(ranked["item_id"]).to_numpy())
-        # Items of an unknown category are each their own category.
-        unknown = ranked["_category"].isna()
-        ranked.loc[unknown, "_category"] = "\x00" + ranked.loc[unknown, "item_id"]
+        columns = self.item_ids.get_indexer(pd.Index(ranked["item_id"], dtype="str"))
+        ranked = ranked.assign(_category=self.category_codes[columns])
         within = ranked.groupby(["customer_id", "_category"]).cumcount()
         kept = ranked[within < cap].drop(columns="_category")
         kept["rank"] = kept.groupby("customer_id").cumcount() + 1
@@ -305,7 +316,7 @@ def top_for_customer(
     if exclude_columns is not None:
         scores[exclude_columns] = -np.inf
     if per_category is not None:
-        top = _capped(scores, rules.category, n, per_category)
+        top = _capped(scores, rules.category_codes, n, per_category)
         return top, scores[top], fallback
     k = min(n, len(scores))
     top = np.argpartition(-scores, k - 1)[:k]
@@ -315,14 +326,13 @@ def top_for_customer(
 
 
 def _capped(scores: np.ndarray, category: np.ndarray, n: int, cap: int) -> np.ndarray:
-    """The best ``n`` finite scores with at most ``cap`` of one category (an item of unknown
-    category is a category of its own), best first."""
+    """The best ``n`` finite scores with at most ``cap`` of one category code, best first."""
     ranked = np.flatnonzero(np.isfinite(scores))
     ranked = ranked[np.lexsort((ranked, -scores[ranked]))]
-    taken: dict[object, int] = {}
+    taken: dict[int, int] = {}
     top = []
     for column in ranked:
-        group = category[column] if category[column] is not None else ("item", column)
+        group = int(category[column])
         if taken.get(group, 0) < cap:
             taken[group] = taken.get(group, 0) + 1
             top.append(column)

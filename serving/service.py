@@ -157,7 +157,7 @@ class _Filters(_Strict):
             Unprocessable: a category the catalogue does not name, or an empty price range.
         """
         named = {*self.include_categories, *self.exclude_categories}
-        unknown = sorted(named - state.rules.categories) if named else []
+        unknown = sorted(named - state.rules.categories.keys()) if named else []
         if unknown:
             raise Unprocessable(f"Unknown category {', '.join(map(repr, unknown[:5]))}.")
         low, high = self.min_price, self.max_price
@@ -287,7 +287,8 @@ class Readiness:
 class OmnichannelService:
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
-        Bounds.from_env()  # a wrong OMNI_TIME_FLOOR etc. stops the start, not every request
+        # Read once: a wrong OMNI_TIME_FLOOR etc. stops the start, not every request.
+        self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()
         self.writer = GroupWriter(self.log, self._apply_stored)
         self.state: ServingState | None = None
@@ -312,7 +313,7 @@ class OmnichannelService:
                     self._next_attempt = time.monotonic() + LOAD_RETRY_SECONDS
                     self._loaded = load_state()
                 self._loaded.catch_up(self.log)
-                self.state, self._loaded, self.problem = self._loaded, None, None
+                self._serve(self._loaded)
         except EventStoreUnavailable as exc:
             self._store_failed(exc)
         except Exception as exc:
@@ -320,6 +321,10 @@ class OmnichannelService:
             log.error("%s", self.problem)
         finally:
             self._reload_lock.release()
+
+    def _serve(self, state: ServingState) -> None:
+        """Swap in a loaded and replayed state; nothing half-loaded is kept beside it."""
+        self.state, self._loaded, self.problem = state, None, None
 
     def _apply_stored(self, events: pd.DataFrame, seqs: np.ndarray) -> None:
         if self.state is not None:
@@ -484,7 +489,7 @@ class OmnichannelService:
         records = [event.model_dump() for event in r.events]
         # Async, with the work in threads: BentoML runs plain API methods one at a time per
         # worker, and concurrent posts must be able to share a commit (serving/writer.py).
-        rows, reasons = await run_in_threadpool(check_events, records)
+        rows, reasons = await run_in_threadpool(check_events, records, self.bounds)
         bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
         if bad:
             listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
@@ -602,7 +607,7 @@ class OmnichannelService:
                 ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
                 ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
                 return {"reloaded": False, "error": message}
-            self.state, self.problem = state, None
+            self._serve(state)
         return {
             "reloaded": True,
             "recommender_version": state.recommender_version,

@@ -214,7 +214,7 @@ def test_the_direct_path_accepts_only_what_the_file_checks_accept_alike(records)
         return
     fast = events_frame(rows)
     with_ids = [{**r, "event_id": e} for r, e in zip(records, fast["event_id"], strict=True)]
-    checked, reasons = _checked(with_ids)
+    checked, reasons = _checked(with_ids, Bounds.from_env())
     assert reasons == [None] * len(records)
     pd.testing.assert_frame_equal(fast, checked)
 

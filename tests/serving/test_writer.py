@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.eventlog import EventLog, check_events
+from features.schema import Bounds
 from serving.writer import GroupWriter
 
 EVENT = {"event_time": "2026-11-23T10:00:00", "channel": "app", "event_type": "view",
@@ -30,7 +31,7 @@ def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(tmp_path
     def post(i: int) -> None:
         # Request i repeats request i - 1's second id: stored once, by whichever came first.
         ids = [f"r{i}", f"shared-{i // 2}"]
-        rows, _ = check_events([{**EVENT, "event_id": e} for e in ids])
+        rows, _ = check_events([{**EVENT, "event_id": e} for e in ids], Bounds.from_env())
         answers[i] = writer.write(rows)
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(40)]
