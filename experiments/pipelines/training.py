@@ -360,9 +360,10 @@ def _champion_wape(
     the same origins of the same data (a WAPE stored from another run measured other data). The
     same configuration scores what the candidate scored; a champion for another horizon or
     frequency is not compared (None)."""
-    if champion_version(FORECASTER_NAME) is None:
+    try:
+        current = LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
+    except LookupError:
         return None
-    current = LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
     if (current.horizon, current.freq) != (candidate.horizon, candidate.freq):
         return None
     if _configuration(current) == _configuration(candidate):

@@ -6,20 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-OMNI = [sys.executable, "-c", "from experiments.cli import main; main()"]
-
-
-def omni(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "OMNI_SALT": "cli-test-salt", "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [*OMNI, *args], capture_output=True, text=True, env=full_env, check=False, timeout=300
-    )
+from tests.processes import OMNI, omni
 
 
 @pytest.fixture

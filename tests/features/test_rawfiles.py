@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from features import rawfiles
 from features.ingest import REASON, ContractError, LoadedTable, load_table
 from features.rawfiles import LINE, RAW_TEXT, RAW_TEXT_CHARS, read_raw
 from features.schema import EVENTS
+from tests.processes import omni
 
 HEADER = "event_time,channel,event_type,item_id,customer_key,quantity,unit_price,store_id,event_id"
 
@@ -163,12 +161,6 @@ def test_unknown_encoding_is_one_sentence(tmp_path: Path) -> None:
     for encoding in ("klingon", "zlib"):
         with pytest.raises(ValueError, match=f"Unknown text encoding '{encoding}'"):
             read_raw(path, encoding)
-
-
-def omni(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMNI_SALT": "rawfiles-test-salt", "COLUMNS": "200"}
-    command = [sys.executable, "-c", "from experiments.cli import main; main()", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
 def test_omni_validate_binary_file_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from serving.registry import CHAMPION, FORECASTER, RECOMMENDER
-from tests.processes import post, readyz, serving
+from tests.processes import OMNI, post, readyz, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-OMNI = [sys.executable, "-c", "from experiments.cli import main; main()"]
 NAMES = (RECOMMENDER, FORECASTER)
 
 

@@ -29,7 +29,7 @@ from tests.conftest import (
     postgres_admin,
     postgres_database_url,
 )
-from tests.processes import TAG, free_port, kill_tagged, post, readyz, serving, tail
+from tests.processes import OMNI, TAG, free_port, kill_tagged, post, readyz, serving, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SALT = "integration-salt"
@@ -106,11 +106,6 @@ def mlflow_server(mlflow_database: str, tmp_path: Path) -> Iterator[TrackingServ
         assert not left, f"processes outlived the test: {left}"
 
 
-def omni(*args: str) -> list[str]:
-    """The ``omni`` command of this interpreter's environment."""
-    return [str(Path(sys.executable).parent / "omni"), *args]
-
-
 def test_training_logs_to_the_server_and_the_service_loads_its_champions(
     mlflow_server: TrackingServer, tmp_path: Path
 ) -> None:
@@ -131,10 +126,26 @@ def test_training_logs_to_the_server_and_the_service_loads_its_champions(
     # Both trainings at once, as two machines would (one core each: LightGBM's two threads
     # would spin against the other training on a two-core runner).
     trainings = {
-        "recommender": omni("train", "recommender", "--data", str(SAMPLE), "--config", str(config)),
-        "forecaster": omni(
-            "train", "forecaster", "--data", str(SAMPLE), "--horizon", "4", "--freq", "W"
-        ),
+        "recommender": [
+            *OMNI,
+            "train",
+            "recommender",
+            "--data",
+            str(SAMPLE),
+            "--config",
+            str(config),
+        ],
+        "forecaster": [
+            *OMNI,
+            "train",
+            "forecaster",
+            "--data",
+            str(SAMPLE),
+            "--horizon",
+            "4",
+            "--freq",
+            "W",
+        ],
     }
     running = {}
     for name, command in trainings.items():

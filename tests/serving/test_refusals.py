@@ -9,15 +9,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import postgres_admin, postgres_database_url
 from tests.serving.conftest import as_, signed_in
 
 pytestmark = pytest.mark.integration
-POSTGRES = "postgresql://127.0.0.1:5432/test"
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def missing_database() -> Iterator[str]:
     """A PostgreSQL URL (with a password) whose database does not exist yet; dropped after."""
     name = f"omni_down_{uuid.uuid4().hex[:10]}"
     yield name
-    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+    with postgres_admin() as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -123,7 +123,9 @@ def test_the_service_outlives_its_event_store_and_never_shows_its_password(
     """Regression: with the database unreachable at start the worker restarted in a loop, and
     the store's URL (password included) reached /admin/reload's answer and the log."""
     password = "Sup3r-Secret-pw"
-    url = f"postgresql://postgres:{password}@127.0.0.1:5432/{missing_database}"
+    server = urlsplit(postgres_database_url(missing_database))
+    login = f"{server.username or 'postgres'}:{password}@{server.hostname}:{server.port or 5432}"
+    url = urlunsplit(server._replace(netloc=login))
     monkeypatch.setenv("OMNI_EVENTS_URL", url)
     monkeypatch.setattr("serving.service.LOAD_RETRY_SECONDS", 0.0)
     monkeypatch.setattr("features.eventlog.RECONNECT_SECONDS", 0.0)
@@ -151,7 +153,7 @@ def test_the_service_outlives_its_event_store_and_never_shows_its_password(
         for answer in (ready, posted, reload):
             assert password not in answer.text and "***" in answer.text
         # The database comes back: the service recovers by itself.
-        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        with postgres_admin() as admin:
             admin.execute(f"CREATE DATABASE {missing_database}")
         assert service.get("/readyz").json()["ready"] is True
         assert service.post("/events", json={"events": [event]}).json()["stored"] == 1
