@@ -11,9 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.interactions import Interactions, from_triples
+from features.interactions import Interactions, InteractionWeights, from_triples
 
 BASKET_COLUMNS = ["customer_id", "basket_id", "item_id", "time"]
+
+#: How posted events reach a model fitted on baskets: a purchase marks its item, nothing else
+#: counts (a view or a cart is no basket line).
+BASKET_WEIGHTS = InteractionWeights(
+    view=0.0, cart=0.0, purchase=1.0, return_=0.0, use_quantity=False, half_life_days=None
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,24 @@ class Decay:
     def __post_init__(self) -> None:
         if self.group_size < 1 or not (0 < self.within <= 1 and 0 < self.across <= 1):
             raise ValueError("group_size must be >= 1 and the decays in (0, 1].")
+
+
+def baskets_from_events(unified: pd.DataFrame) -> pd.DataFrame:
+    """Basket lines from unified events: a known customer's purchases on one calendar day (UTC)
+    are one basket. The data contract carries no basket id; one shop a day is what grocery
+    receipts mostly show (in the Complete Journey, 98% of a household's baskets fall on
+    distinct days)."""
+    bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
+    time = bought["event_time"]
+    return pd.DataFrame(
+        {
+            "customer_id": bought["customer_id"].astype("str"),
+            "basket_id": time.dt.floor("D"),
+            "item_id": bought["item_id"].astype("str"),
+            "time": time,
+        },
+        columns=BASKET_COLUMNS,
+    ).reset_index(drop=True)
 
 
 def basket_order(lines: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 HABIT_COLUMNS = ["customer_id", "channel", "weekday", "hour", "events"]
@@ -45,9 +46,11 @@ def build_habits(unified: pd.DataFrame, *, days: int = 90) -> pd.DataFrame:
 
 
 def purchases(unified: pd.DataFrame) -> pd.DataFrame:
-    """Distinct ``customer_id, item_id`` pairs each known customer has bought."""
+    """Distinct ``customer_id, item_id`` pairs each known customer has bought, with the ``time``
+    they last bought it."""
     bought = _known_purchases(unified)
-    return bought[["customer_id", "item_id"]].astype("str").drop_duplicates().reset_index(drop=True)
+    pairs = bought[["customer_id", "item_id"]].astype("str").assign(time=bought["event_time"])
+    return pairs.groupby(["customer_id", "item_id"], as_index=False).agg(time=("time", "max"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,20 @@ def repeat_buyers(unified: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().astype({"item_id": "str", "repeat_buyers": "int64"})
 
 
+def repurchase_intervals(unified: pd.DataFrame, min_gaps: int = 5) -> pd.Series:
+    """Per item, the median number of days between a customer's consecutive purchase days of
+    it (an item's usual interval), where at least ``min_gaps`` such gaps were seen."""
+    bought = _known_purchases(unified)
+    days = bought.assign(day=bought["event_time"].dt.floor("D"))
+    days = days[["customer_id", "item_id", "day"]].drop_duplicates()
+    days = days.sort_values(["customer_id", "item_id", "day"])
+    same = days.duplicated(["customer_id", "item_id"])  # not the pair's first day
+    gaps = days["day"].diff().dt.total_seconds().div(86_400)[same]
+    by_item = gaps.groupby(days["item_id"].astype("str")[same])
+    median = by_item.median()[by_item.size() >= min_gaps]
+    return median.rename("repurchase_days").rename_axis("item_id")
+
+
 def _known_purchases(unified: pd.DataFrame) -> pd.DataFrame:
     return unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
 
@@ -85,7 +102,8 @@ def with_learned_repurchase(
     evidence: RepurchaseEvidence = RepurchaseEvidence(),
 ) -> pd.DataFrame:
     """The items table with ``repurchasable`` learned from purchases wherever the catalogue does
-    not say (no column, an empty cell, or an item it does not list); a catalogue flag wins."""
+    not say (no column, an empty cell, or an item it does not list), and ``repurchase_days``,
+    the item's usual interval between purchases, likewise; what the catalogue says wins."""
     catalogue = items if items is not None else pd.DataFrame({"item_id": pd.Series(dtype="str")})
     counts = repeat_buyers(unified)
     learned = (counts["buyers"] >= evidence.min_buyers) & (
@@ -97,4 +115,10 @@ def with_learned_repurchase(
     flag = table["repurchasable"] if "repurchasable" in table else pd.Series(pd.NA, table.index)
     from_data = table["item_id"].astype(str).map(learned_by_item).fillna(False)
     table["repurchasable"] = flag.astype("boolean").fillna(from_data.astype("boolean"))
+    interval = repurchase_intervals(unified)
+    given = (
+        table["repurchase_days"] if "repurchase_days" in table else pd.Series(np.nan, table.index)
+    )
+    learned_days = table["item_id"].astype(str).map(interval)
+    table["repurchase_days"] = pd.to_numeric(given).fillna(learned_days).astype("float64")
     return table

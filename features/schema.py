@@ -151,6 +151,7 @@ ITEMS = TableSchema(
         _c("brand", Kind.TEXT),
         _c("unit_price", Kind.NONNEGATIVE),
         _c("repurchasable", Kind.BOOL),
+        _c("repurchase_days", Kind.NONNEGATIVE),
         _c("promotable", Kind.BOOL),
     ),
     unique=("item_id",),

@@ -1,6 +1,8 @@
 """Business rules, applied after scoring for every model.
 
 * an item the customer already bought is not offered again unless it is ``repurchasable``;
+  a repurchasable item just bought moves down its list and comes back as its usual interval
+  (``repurchase_days``) passes — given the time of the request (``now``);
 * an item is offered only where it can be bought: at a store, that store's latest stock must be
   positive; online (any other channel), any node with stock will do; without an inventory table,
   or for a store the inventory never mentions, nothing is filtered;
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.recommenders.base import Recommender
+from models.recommenders.base import RECOMMENDATION_COLUMNS, Recommender
 
 STORE_CHANNEL = "store"
 
@@ -40,7 +43,13 @@ class BusinessRules:
             reported it: no evidence, so not filtered); stores absent here are not filtered.
             Sales and returns recorded by :meth:`record_sales` move them at once.
         online_stock: in stock at any node, or None when there is no inventory.
-        bought_by: customer id -> column indices of items they bought.
+        bought_by: customer id -> column indices of items they bought (sorted, distinct).
+        bought_at: customer id -> when they last bought each of those (days since the epoch,
+            aligned with ``bought_by``; NaN when unknown).
+        interval: per item, its usual days between purchases (NaN when unknown: no timing).
+        timing: how far a repurchasable item just bought moves down: its score ``s`` becomes
+            ``s - timing * (1 - due) * |s|``, ``due`` the share of its interval elapsed since
+            the purchase (capped at 1); 0 turns timing off.
     """
 
     item_ids: pd.Index
@@ -51,6 +60,9 @@ class BusinessRules:
     levels: dict[str, np.ndarray]
     online_stock: np.ndarray | None
     bought_by: dict[str, np.ndarray]
+    bought_at: dict[str, np.ndarray]
+    interval: np.ndarray
+    timing: float = 1.0
 
     @classmethod
     def from_tables(
@@ -60,15 +72,19 @@ class BusinessRules:
         purchases: pd.DataFrame,
         items: pd.DataFrame | None = None,
         inventory: pd.DataFrame | None = None,
+        timing: float = 1.0,
     ) -> BusinessRules:
         """Build the rules from contract tables.
 
         Args:
             item_ids: the model's items.
-            purchases: ``customer_id, item_id`` of every purchase (returns already netted or not:
-                a returned item may be offered again only if repurchasable, as any other).
-            items: the items table (``repurchasable``, ``category``), if any.
+            purchases: ``customer_id, item_id`` of every purchase, and the ``time`` of the last
+                one if known (returns already netted or not: a returned item may be offered
+                again only if repurchasable, as any other).
+            items: the items table (``repurchasable``, ``repurchase_days``, ``category``,
+                ``unit_price``, ``promotable``), if any.
             inventory: the inventory table (``date, store_id, item_id, on_hand``), if any.
+            timing: see the class.
         """
         item_ids = pd.Index(item_ids, dtype="str")
         n = len(item_ids)
@@ -76,6 +92,7 @@ class BusinessRules:
         category = np.full(n, None, dtype=object)
         price = np.full(n, np.nan)
         promotable = np.ones(n, dtype=bool)
+        interval = np.full(n, np.nan)
         if items is not None and len(items):
             catalogue = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
             if "repurchasable" in catalogue:
@@ -84,6 +101,9 @@ class BusinessRules:
                 promotable = catalogue["promotable"].fillna(False).to_numpy(dtype=bool)
             if "unit_price" in catalogue:
                 price = pd.to_numeric(catalogue["unit_price"]).to_numpy(dtype=np.float64)
+            if "repurchase_days" in catalogue:
+                days = pd.to_numeric(catalogue["repurchase_days"]).to_numpy(dtype=np.float64)
+                interval = np.where(days > 0, days, np.nan)
             if "category" in catalogue:
                 category = (
                     catalogue["category"]
@@ -106,17 +126,13 @@ class BusinessRules:
                 levels[str(store)] = level
             online_stock = np.zeros(n, dtype=bool)
             online_stock[columns[on_hand > 0]] = True
-        bought = purchases[purchases["item_id"].isin(item_ids)]
-        bought_columns = item_ids.get_indexer(pd.Index(bought["item_id"]))
-        bought_by = {
-            str(customer): np.unique(bought_columns[rows])
-            for customer, rows in bought.groupby(
-                bought["customer_id"].astype("str")
-            ).indices.items()
-        }
-        return cls(
-            item_ids, repurchasable, category, price, promotable, levels, online_stock, bought_by
-        )
+        rules = cls(
+            item_ids, repurchasable, category, price, promotable, levels, online_stock, {}, {},
+            interval, timing,
+        )  # fmt: skip
+        times = purchases["time"] if "time" in purchases else pd.Series(pd.NaT, purchases.index)
+        rules.add_purchases(purchases["customer_id"], purchases["item_id"], times)
+        return rules
 
     @cached_property
     def categories(self) -> dict[str, int]:
@@ -138,14 +154,31 @@ class BusinessRules:
         return [self.categories[name] for name in names if name in self.categories]
 
     def add_purchases(
-        self, customer_ids: np.ndarray | pd.Index | list[str], item_ids: pd.Series | pd.Index
+        self,
+        customer_ids: np.ndarray | pd.Index | pd.Series | list[str],
+        item_ids: pd.Series | pd.Index,
+        times: pd.Series | pd.Index,
     ) -> None:
-        """Record purchases at once (pairs, row-aligned); items outside the index are ignored."""
+        """Record purchases at once (row-aligned customers, items and times; a NaT time is
+        unknown); items outside the index are ignored."""
         columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
-        pairs = pd.DataFrame({"customer": pd.Index(customer_ids, dtype="str"), "column": columns})
+        pairs = pd.DataFrame(
+            {
+                "customer": pd.Index(customer_ids, dtype="str"),
+                "column": columns,
+                "day": _days(pd.DatetimeIndex(times)),
+            }
+        )
         for customer, group in pairs[pairs["column"] >= 0].groupby("customer"):
-            before = self.bought_by.get(str(customer), np.zeros(0, dtype=np.int64))
-            self.bought_by[str(customer)] = np.union1d(before, group["column"].to_numpy())
+            customer = str(customer)
+            known = self.bought_by.get(customer, np.zeros(0, dtype=np.int64))
+            every = np.concatenate([known, group["column"].to_numpy()])
+            days = np.concatenate([self.bought_at.get(customer, known * np.nan), group["day"]])
+            bought, slot = np.unique(every, return_inverse=True)
+            last = np.full(len(bought), -np.inf)
+            np.fmax.at(last, slot, days)  # the latest known time; NaN only when none is
+            self.bought_at[customer] = np.where(np.isinf(last), np.nan, last)
+            self.bought_by[customer] = bought  # the columns last: readers pair them with times
 
     def record_sales(
         self, store_ids: pd.Series | np.ndarray, item_ids: pd.Series, units: np.ndarray
@@ -219,61 +252,57 @@ class BusinessRules:
             mask &= self.price <= max_price
         return mask
 
-    def exclusions(self, customer_ids: list[str] | pd.Index) -> sp.csr_matrix:
-        """Per customer (rows, in order), the items they bought that are not repurchasable."""
-        rows, cols = [], []
-        for row, customer in enumerate(pd.Index(customer_ids, dtype="str")):
-            bought = self.bought_by.get(customer)
-            if bought is not None:
-                once = bought[~self.repurchasable[bought]]
-                rows.append(np.full(len(once), row))
-                cols.append(once)
-        if not rows:
-            return sp.csr_matrix((len(customer_ids), len(self.item_ids)), dtype=bool)
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        return sp.csr_matrix(
-            (np.ones(len(r), bool), (r, c)), shape=(len(customer_ids), len(self.item_ids))
-        )
+    def move_down_recent(
+        self, scores: np.ndarray, customer_id: str, bought: np.ndarray, now: pd.Timestamp
+    ) -> None:
+        """Lower, in place, the scores of the repurchasable items ``customer_id`` bought (their
+        ``bought`` columns) less than an interval before ``now`` (see the class)."""
+        days = self.bought_at.get(customer_id)
+        if days is None or len(days) != len(bought):  # a concurrent purchase: next time
+            return
+        elapsed = _days(pd.DatetimeIndex([now]))[0] - days
+        due = np.clip(elapsed / self.interval[bought], 0.0, 1.0)
+        recent = self.repurchasable[bought] & (due < 1)  # NaN (unknown) is never recent
+        columns = bought[recent]
+        scores[columns] -= self.timing * (1 - due[recent]) * np.abs(scores[columns])
 
-    def cap_per_category(self, recommendations: pd.DataFrame, cap: int) -> pd.DataFrame:
-        """Keep at most ``cap`` items of one category per customer, re-ranking what is left."""
-        ranked = recommendations.sort_values(["customer_id", "rank"])
-        columns = self.item_ids.get_indexer(pd.Index(ranked["item_id"], dtype="str"))
-        ranked = ranked.assign(_category=self.category_codes[columns])
-        within = ranked.groupby(["customer_id", "_category"]).cumcount()
-        kept = ranked[within < cap].drop(columns="_category")
-        kept["rank"] = kept.groupby("customer_id").cumcount() + 1
-        return kept.reset_index(drop=True)
+
+def _days(times: pd.DatetimeIndex) -> np.ndarray:
+    """Days since the epoch (NaN for NaT); naive times are taken as UTC."""
+    if times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    return np.asarray(
+        (times - pd.Timestamp("1970-01-01")).total_seconds().to_numpy(np.float64) / 86_400
+    )
 
 
 def recommend_with_rules(
     model: Recommender,
     rules: BusinessRules,
-    customer_ids: list[str] | pd.Index,
+    customer_ids: list[str] | pd.Index | np.ndarray,
     n: int = 10,
     *,
-    channel: str | None = None,
-    store_id: str | None = None,
-    include_categories: list[str] | None = None,
-    exclude_categories: list[str] | None = None,
-    per_category: int | None = None,
+    now: pd.Timestamp | None = None,
+    **context: Any,
 ) -> pd.DataFrame:
-    """Recommendations that obey every rule (fewer than ``n`` when the rules leave fewer)."""
-    allowed = rules.allowed(
-        channel=channel,
-        store_id=store_id,
-        include_categories=include_categories,
-        exclude_categories=exclude_categories,
-    )
-    exclude = rules.exclusions(customer_ids)
-    depth = n if per_category is None else min(len(rules.item_ids), n * 10)
-    recs = model.recommend(
-        customer_ids, n=depth, exclude_seen=False, exclude=exclude, allowed=allowed,
-        store_id=store_id, channel=channel,
-    )  # fmt: skip
-    if per_category is not None:
-        recs = rules.cap_per_category(recs, per_category)
-    return recs[recs["rank"] <= n].reset_index(drop=True)
+    """:func:`top_for_customer` for many customers, as a table (``customer_id, item_id, score,
+    rank, fallback``): exactly what the service answers each of them."""
+    frames = []
+    for customer in pd.Index(customer_ids, dtype="str"):
+        columns, scores, fallback = top_for_customer(model, rules, customer, n, now=now, **context)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "customer_id": customer,
+                    "item_id": model.item_ids_.to_numpy()[columns],
+                    "score": scores,
+                    "rank": np.arange(1, len(columns) + 1),
+                    "fallback": fallback,
+                }
+            )
+        )
+    empty = pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else empty
 
 
 def top_for_customer(
@@ -292,10 +321,12 @@ def top_for_customer(
     per_category: int | None = None,
     min_price: float | None = None,
     max_price: float | None = None,
+    now: pd.Timestamp | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One customer's best ``n`` items under every rule: what :func:`recommend_with_rules`
-    gives for a single customer, without tables (the service's per-request path), plus a price
-    range.
+    """One customer's best ``n`` items under every rule (the service's per-request path).
+
+    ``now`` is the time of the request: a repurchasable item bought shortly before moves down
+    (see :class:`BusinessRules`); None leaves timing out.
 
     Returns:
         ``(columns, scores, fallback)``: item columns best first, their scores, and whether
@@ -313,6 +344,8 @@ def top_for_customer(
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
         scores[bought[~rules.repurchasable[bought]]] = -np.inf
+        if now is not None and rules.timing:
+            rules.move_down_recent(scores, customer_id, bought, now)
     if exclude_columns is not None:
         scores[exclude_columns] = -np.inf
     if per_category is not None:

@@ -401,7 +401,7 @@ class OmnichannelService:
         if r.context_item_ids:
             context = model.item_ids_.get_indexer(pd.Index(r.context_item_ids, dtype="str"))
             context = np.unique(context[context >= 0])
-            weight = state.weights.view
+            weight = state.weights.view or 1.0  # a basket model counts no views: one look
             extra = sp.csr_matrix(
                 (np.full(len(context), weight, np.float32), (np.zeros(len(context)), context)),
                 shape=(1, len(model.item_ids_)),
@@ -409,7 +409,7 @@ class OmnichannelService:
         columns, scores, fallback = top_for_customer(
             model, state.rules, customer or "", r.n,
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
-            **filters,
+            now=state.clock(), **filters,
         )  # fmt: skip
         items = model.item_ids_.to_numpy()[columns].tolist()
         where = state.rules.available_at(columns)
@@ -463,7 +463,7 @@ class OmnichannelService:
         model = state.recommender
         columns, scores, _ = top_for_customer(
             model, state.rules, customer, r.n, channel=channel, promotable_only=True,
-            **r.rules(state),
+            now=state.clock(), **r.rules(state),
         )  # fmt: skip
         return {
             "customer_id": customer,

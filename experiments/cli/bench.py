@@ -213,6 +213,9 @@ def bench_nextbasket_cmd(
         ".omni/cache"
     ),
     metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="The `omni train recommender` TOML the served row uses.")
+    ] = None,
 ) -> None:
     """Next-basket accuracy on real grocery receipts against G-TopFreq and P-TopFreq (Li et al.
     2023 protocol: last basket target, the one before validation); logged to MLflow."""
@@ -224,7 +227,7 @@ def bench_nextbasket_cmd(
         raise UsageError(f"Unknown dataset {dataset!r}; use completejourney.")
     lines = nextbasket.load_completejourney(cache)
     rows = nextbasket.run(
-        lines, progress=lambda line: err.print(line, highlight=False, soft_wrap=True)
+        lines, progress=lambda line: err.print(line, highlight=False, soft_wrap=True), config=config
     )
     columns = {
         "nDCG@10": "ndcg@10", "R@10": "recall@10", "nDCG@20": "ndcg@20", "R@20": "recall@20",

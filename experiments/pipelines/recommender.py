@@ -1,4 +1,5 @@
-"""Recommender selection: candidates from TOML, evaluated on a held-out split."""
+"""Recommender selection: candidates from TOML, fitted on what each expects and scored on a
+held-out split."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from features.interactions import Interactions
+from features.baskets import Decay, baskets_from_events, decayed_vectors
+from features.interactions import (
+    Interactions,
+    InteractionWeights,
+    build_interactions,
+    build_popularity,
+)
 from models.evaluation import catalogue_coverage, ranking_metrics
 from models.recommenders import Recommender
+from models.rules import BusinessRules, recommend_with_rules
 
 DEFAULT_CONFIG = Path(__file__).with_name("recommender.toml")
 
@@ -76,6 +84,34 @@ def load_selection_config(path: Path | None = None) -> SelectionConfig:
     )
 
 
+@dataclass(frozen=True)
+class TrainingInput:
+    """What candidates fit on, built once from unified events: weighted interactions (with
+    popularity per store and channel) for most models, basket lines for models that fit on
+    baskets (``fits_on``), over the same item columns."""
+
+    interactions: Interactions
+    baskets: pd.DataFrame
+
+    @classmethod
+    def from_events(cls, events: pd.DataFrame, weights: InteractionWeights) -> TrainingInput:
+        matrix = build_interactions(events, weights=weights)
+        interactions = Interactions(
+            matrix.matrix, matrix.customer_ids, matrix.item_ids, build_popularity(events)
+        )
+        return cls(interactions, baskets_from_events(events))
+
+    def fit(self, model: Recommender) -> Recommender:
+        """``model`` fitted on the input it expects."""
+        if model.fits_on != "baskets":
+            return model.fit(self.interactions)
+        items = self.interactions.item_ids
+        vectors = decayed_vectors(self.baskets, getattr(model, "decay", Decay()), items)
+        return model.fit(
+            Interactions(vectors.matrix, vectors.customer_ids, items, self.interactions.popularity)
+        )
+
+
 @dataclass
 class CandidateResult:
     candidate: Candidate
@@ -85,9 +121,29 @@ class CandidateResult:
 
 
 def evaluate(model: Recommender, relevant: pd.DataFrame, k: int) -> dict[str, float]:
-    """Ranking metrics of ``model`` for the customers in ``relevant`` (history excluded)."""
+    """Ranking metrics of ``model`` for the customers in ``relevant`` (history excluded: the
+    protocol of the published MovieLens benchmarks)."""
     customers = relevant["customer_id"].unique()
-    recs = model.recommend(customers, n=k, exclude_seen=True)
+    return _metrics(model.recommend(customers, n=k, exclude_seen=True), model, relevant, k)
+
+
+def evaluate_served(
+    model: Recommender,
+    rules: BusinessRules,
+    relevant: pd.DataFrame,
+    k: int,
+    now: pd.Timestamp | None,
+) -> dict[str, float]:
+    """Ranking metrics of what the service would answer each customer in ``relevant`` at
+    ``now`` — the same rules, repeats included where the rules allow them."""
+    customers = relevant["customer_id"].unique()
+    recs = recommend_with_rules(model, rules, customers, n=k, now=now)
+    return _metrics(recs, model, relevant, k)
+
+
+def _metrics(
+    recs: pd.DataFrame, model: Recommender, relevant: pd.DataFrame, k: int
+) -> dict[str, float]:
     metrics = ranking_metrics(recs, relevant, k=k)
     metrics["coverage"] = catalogue_coverage(recs, len(model.item_ids_))
     return metrics
@@ -95,11 +151,11 @@ def evaluate(model: Recommender, relevant: pd.DataFrame, k: int) -> dict[str, fl
 
 def select(
     config: SelectionConfig,
-    train: Interactions,
-    relevant: pd.DataFrame,
+    fit: Callable[[Recommender], Recommender],
+    score: Callable[[Recommender], dict[str, float]],
     on_result: Callable[[CandidateResult], None] | None = None,
 ) -> tuple[list[CandidateResult], list[tuple[Candidate, str]]]:
-    """Fit every candidate on ``train`` and score it on ``relevant``.
+    """Fit every candidate (``fit``) and score it (``score``, the metrics by name).
 
     Returns:
         The results, best first by the metric; and the candidates that refused this data
@@ -109,12 +165,12 @@ def select(
     for candidate in config.candidates:
         started = time.perf_counter()
         try:
-            model = candidate.build().fit(train)
+            model = fit(candidate.build())
         except ValueError as exc:
             skipped.append((candidate, str(exc)))
             continue
         seconds = time.perf_counter() - started
-        result = CandidateResult(candidate, evaluate(model, relevant, config.k), seconds, model)
+        result = CandidateResult(candidate, score(model), seconds, model)
         results.append(result)
         if on_result:
             on_result(result)

@@ -26,25 +26,23 @@ from experiments.pipelines.recommender import (
     Candidate,
     CandidateResult,
     SelectionConfig,
-    evaluate,
+    TrainingInput,
+    evaluate_served,
     load_selection_config,
     select,
 )
+from features.baskets import BASKET_WEIGHTS
 from features.customers import build_habits, purchases, with_learned_repurchase
 from features.demand import PERIOD, SERIES, TARGET
 from features.eventlog import EventLog
 from features.identity import IdentityConfig
 from features.ingest import LoadedTable, load_dataset
-from features.interactions import (
-    Interactions,
-    InteractionWeights,
-    build_interactions,
-    build_popularity,
-    split_by_time,
-)
+from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
+from models.recommenders import Recommender
+from models.rules import BusinessRules
 from serving.registry import (
     CHAMPION,
     CONTEXT_DIR,
@@ -71,11 +69,19 @@ class TrainResult:
     skipped: list[tuple[Candidate, str]]
 
 
-def split_for_validation(
-    events: pd.DataFrame, days: int, weights: InteractionWeights
-) -> tuple[Interactions, pd.DataFrame]:
-    """Train on everything before the last ``days``; validate on the new items each known
-    customer bought in those days (items they had no history with: what a recommender is for).
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Events before ``cutoff`` to fit on; what each known customer bought from then on
+    (``relevant``: repeats and new items alike — what the next weeks' lists should hold)."""
+
+    before: pd.DataFrame
+    relevant: pd.DataFrame
+    cutoff: pd.Timestamp
+
+
+def split_for_validation(events: pd.DataFrame, days: int) -> ValidationSplit:
+    """Hold out the last ``days``: customers known before them are scored on everything they
+    bought in them.
 
     The data's end is where all but its latest 0.1% of events lie, not its latest event: a few
     events posted to the service after the files were exported (or a till with a wrong clock)
@@ -85,43 +91,118 @@ def split_for_validation(
     end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
     cutoff = end - pd.Timedelta(days=days)
     before, after = split_by_time(events, cutoff)
-    train = build_interactions(before, weights=weights)
-    train = Interactions(train.matrix, train.customer_ids, train.item_ids, build_popularity(before))
     bought = after[(after["event_type"] == "purchase") & after["customer_id"].notna()]
     relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()
-    relevant = relevant[relevant["customer_id"].isin(train.customer_ids)]
-    rows = train.rows_of(pd.Index(relevant["customer_id"]))
-    cols = train.columns_of(pd.Index(relevant["item_id"]))
-    known = cols >= 0
-    seen = pd.Series(False, index=relevant.index)
-    seen[known] = np.asarray(train.matrix[rows[known], cols[known]]).ravel() > 0
-    return train, relevant[~seen.to_numpy()]
+    known = before["customer_id"].dropna().astype("str").unique()
+    relevant = relevant[relevant["customer_id"].isin(known)].reset_index(drop=True)
+    return ValidationSplit(before, relevant, cutoff)
 
 
-def load_training_options(path: Path | None) -> tuple[SelectionConfig, InteractionWeights, int]:
-    """The selection config plus the ``[interactions]`` weights and ``validation_days``."""
+def rules_from_events(
+    events: pd.DataFrame, item_ids: pd.Index, catalogue: pd.DataFrame | None, timing: float
+) -> BusinessRules:
+    """The rules the service holds after training on ``events`` (the tables
+    :func:`write_context` writes): purchases with their times, and repurchase flags and
+    intervals learned from them where the catalogue is silent. Stock is left out."""
+    return BusinessRules.from_tables(
+        item_ids,
+        purchases=purchases(events),
+        items=with_learned_repurchase(catalogue, events),
+        timing=timing,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Everything ``omni train recommender`` reads from its TOML: the candidates, the
+    ``[interactions]`` weights, ``validation_days``, and the rules' ``[rules] timing`` values
+    to choose from (:class:`models.rules.BusinessRules`; candidates are scored with the first)."""
+
+    selection: SelectionConfig
+    weights: InteractionWeights
+    validation_days: int = 28
+    timings: tuple[float, ...] = (0.25,)
+
+    def as_params(self) -> dict[str, Any]:
+        return {**self.weights.as_params(), "validation_days": self.validation_days}
+
+
+def load_training_options(path: Path | None) -> TrainingOptions:
     path = Path(path) if path else DEFAULT_CONFIG
     raw = tomllib.loads(path.read_text())
-    weights = InteractionWeights(**raw.get("interactions", {}))
-    days = int(raw.get("selection", {}).get("validation_days", 28))
-    return load_selection_config(path), weights, days
+    return TrainingOptions(
+        load_selection_config(path),
+        InteractionWeights(**raw.get("interactions", {})),
+        int(raw.get("selection", {}).get("validation_days", 28)),
+        tuple(float(t) for t in np.atleast_1d(raw.get("rules", {}).get("timing", 0.25))),
+    )
+
+
+@dataclass
+class Selection:
+    """What selection found: the candidates' results (best first), those that refused the
+    data with the reason, the rules' timing chosen for the best, and a scorer of any other
+    configuration on the same split (for the champion)."""
+
+    results: list[CandidateResult]
+    skipped: list[tuple[Candidate, str]]
+    timing: float
+    rescore: Callable[[Candidate], float]
+
+
+def select_recommender(
+    unified: pd.DataFrame,
+    catalogue: pd.DataFrame | None,
+    options: TrainingOptions,
+    on_result: Callable[[CandidateResult], None] | None = None,
+) -> Selection:
+    """Every candidate fitted on the events before the validation window and scored on what
+    customers bought in it, through the service's own rules at the window's start; then the
+    rules' timing that scores the best candidate highest."""
+    split = split_for_validation(unified, options.validation_days)
+    if split.relevant.empty:
+        raise ValueError(
+            f"no known customer bought anything in the last {options.validation_days} days, so "
+            "there is nothing to validate on; lower validation_days or add data."
+        )
+    data = TrainingInput.from_events(split.before, options.weights)
+    # The rules as the service would hold them at the cutoff (stock then is not known).
+    rules = rules_from_events(
+        split.before, data.interactions.item_ids, catalogue, options.timings[0]
+    )
+    k, metric = options.selection.k, options.selection.metric
+
+    def score(model: Recommender, timing: float = options.timings[0]) -> dict[str, float]:
+        rules.timing = timing
+        return evaluate_served(model, rules, split.relevant, k, split.cutoff)
+
+    def rescore(candidate: Candidate) -> float:
+        return score(data.fit(candidate.build()))[metric]
+
+    results, skipped = select(options.selection, data.fit, score, on_result)
+    best = results[0].model
+    timing = max(options.timings, key=lambda t: score(best, t)[metric])  # ties: the first
+    return Selection(results, skipped, timing, rescore)
+
+
+def fit_final(
+    unified: pd.DataFrame, candidate: Candidate, weights: InteractionWeights
+) -> Recommender:
+    """``candidate`` fitted on every event: the model to register."""
+    return TrainingInput.from_events(unified, weights).fit(candidate.build())
 
 
 def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainResult:
     """Validate + unify ``data_dir``, select a model, register it, move the champion if it wins."""
     started = time.perf_counter()
-    config, weights, days = load_training_options(config_path)
+    options = load_training_options(config_path)
     logged, log_seq = logged_events()
     unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged)
     unified = unify_result.unified
-    train, relevant = split_for_validation(unified, days, weights)
-    if relevant.empty:
-        raise ValueError(
-            f"{data_dir}: no customer bought a new item in the last {days} days, so there is "
-            "nothing to validate on; lower validation_days or add data."
-        )
+    extras = load_dataset(data_dir, ("items", "inventory"))
+    catalogue = extras["items"].accepted if "items" in extras else None
     mlflow.set_experiment(EXPERIMENT)
-    common = {**weights.as_params(), "validation_days": days, "data": str(data_dir)}
+    common = {**options.as_params(), "data": str(data_dir)}
 
     def log_candidate(result: CandidateResult) -> None:
         with mlflow.start_run(run_name=result.candidate.label):
@@ -132,23 +213,24 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
             mlflow.log_metric("fit_seconds", result.fit_seconds)
             mlflow.log_figure(_metrics_figure(result), "metrics.png")
 
-    results, skipped = select(config, train, relevant, on_result=log_candidate)
-    best = results[0]
-    metric = config.metric
-    champion_metric = _champion_metric(train, relevant, config)
+    try:
+        selection = select_recommender(unified, catalogue, options, log_candidate)
+    except ValueError as exc:
+        raise ValueError(f"{data_dir}: {exc}") from exc
+    best, skipped = selection.results[0], selection.skipped
+    metric = options.selection.metric
+    champion_metric = _champion_metric(selection.rescore)
     promoted = champion_metric is None or best.metrics[metric] >= champion_metric
 
-    all_events = build_interactions(unified, weights=weights)
-    all_events = Interactions(
-        all_events.matrix, all_events.customer_ids, all_events.item_ids, build_popularity(unified)
-    )
-    final = best.candidate.build().fit(all_events)
+    final = fit_final(unified, best.candidate, options.weights)
     probe_recommender(final)  # never register a model that answers NaN or nothing
-    extras = load_dataset(data_dir, ("items", "inventory"))
 
     def save(path: Path) -> Path:
         final.save(path)
-        write_context(path / CONTEXT_DIR, unify_result, extras, weights, log_seq)
+        write_context(
+            path / CONTEXT_DIR, unify_result, extras, final, options.weights, selection.timing,
+            log_seq,
+        )  # fmt: skip
         return path
 
     version = _register(
@@ -156,7 +238,12 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
         "recommender",
         save,
         run_name=f"register {best.candidate.label}",
-        params={"model": best.candidate.model, **best.candidate.params, **common},
+        params={
+            "model": best.candidate.model,
+            **best.candidate.params,
+            **common,
+            "timing": selection.timing,
+        },
         metrics={_metric_key(k): v for k, v in best.metrics.items()},
     )
     client = MlflowClient()
@@ -199,13 +286,16 @@ def write_context(
     out: Path,
     result: pipelines.UnifyResult,
     extras: dict[str, LoadedTable],
+    model: Recommender,
     weights: InteractionWeights,
+    timing: float,
     log_seq: int,
 ) -> None:
-    """What serving needs beside the recommender: pseudonymous key map, habits, purchases,
-    the catalogue's rule columns (``repurchasable`` learned from purchases where the catalogue
-    is silent), each store's latest stock, the interaction weights and the event log position
-    training read up to."""
+    """What serving needs beside the recommender: pseudonymous key map, habits, purchases (with
+    their last times), the catalogue's rule columns (``repurchasable`` and ``repurchase_days``
+    learned from purchases where the catalogue is silent), each store's latest stock, how
+    posted events count for this model, the rules' timing and the event log position training
+    read up to."""
     out.mkdir(parents=True, exist_ok=True)
     result.resolution.nodes[["key_id", "customer_id"]].to_parquet(out / "customer_keys.parquet")
     build_habits(result.unified).to_parquet(out / "habits.parquet")
@@ -217,8 +307,10 @@ def write_context(
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
         latest.to_parquet(out / "inventory.parquet")
     unified = result.unified
+    posted = BASKET_WEIGHTS if model.fits_on == "baskets" else weights
     meta = {
-        "weights": asdict(weights),
+        "weights": asdict(posted),
+        "timing": timing,
         "log_seq": log_seq,
         "stores": sorted(unified["store_id"].dropna().astype(str).unique()),
         "channels": sorted(unified["channel"].astype(str).unique()),
@@ -258,9 +350,7 @@ def _register(
     return str(info.registered_model_version)
 
 
-def _champion_metric(
-    train: Interactions, relevant: pd.DataFrame, config: SelectionConfig
-) -> float | None:
+def _champion_metric(rescore: Callable[[Candidate], float]) -> float | None:
     """The champion's configuration, refitted on this training split and scored on this
     validation split — the same data the challenger was scored on."""
     version = champion_version(REGISTERED_NAME)
@@ -268,8 +358,7 @@ def _champion_metric(
     if raw is None:
         return None
     spec = json.loads(raw)
-    model = Candidate(spec["model"], spec["params"]).build().fit(train)
-    return evaluate(model, relevant, config.k)[config.metric]
+    return rescore(Candidate(spec["model"], spec["params"]))
 
 
 def _candidate_json(candidate: Candidate) -> dict[str, Any]:

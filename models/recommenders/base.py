@@ -45,6 +45,9 @@ class Recommender(BaseEstimator):
 
     registry: ClassVar[dict[str, type[Recommender]]] = {}
     name: ClassVar[str] = "base"
+    #: What ``fit`` expects: "interactions" (weighted events, :func:`build_interactions`) or
+    #: "baskets" (decayed basket vectors, :func:`features.baskets.decayed_vectors`).
+    fits_on: ClassVar[str] = "interactions"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,12 +99,14 @@ class Recommender(BaseEstimator):
         rows[rows < 0] = len(self.customer_ids_) + np.arange(len(new))
         n_rows = len(self.customer_ids_) + len(new)
         delta = sp.coo_matrix(additions, dtype=np.float32)
-        user_items = sp.csr_matrix(
-            sp.vstack([self.user_items_, sp.csr_matrix((len(new), len(self.item_ids_)))])
-            + sp.csr_matrix(
+        user_items = self._merged(
+            sp.csr_matrix(
+                sp.vstack([self.user_items_, sp.csr_matrix((len(new), len(self.item_ids_)))]),
+                dtype=np.float32,
+            ),
+            sp.csr_matrix(
                 (delta.data, (rows[delta.row], delta.col)), shape=(n_rows, len(self.item_ids_))
             ),
-            dtype=np.float32,
         )
         user_items.data[user_items.data < 0] = 0.0
         user_items.eliminate_zeros()
@@ -113,6 +118,10 @@ class Recommender(BaseEstimator):
             self.customer_ids_ = self.customer_ids_.append(new)
             self._row_of().update(zip(new, range(first, first + len(new)), strict=True))
         return self
+
+    def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
+        """Histories with posted additions (same shape): by default their sum."""
+        return sp.csr_matrix(histories + additions, dtype=np.float32)
 
     def _row_of(self) -> dict[str, int]:
         """customer id -> matrix row, as a dict (a pandas lookup costs ~100 us per call)."""

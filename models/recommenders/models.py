@@ -18,6 +18,7 @@ from implicit.recommender_base import ModelFitError as ImplicitFitError
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
+from features.baskets import Decay
 from models.recommenders.base import ModelFitError, Recommender
 
 
@@ -280,29 +281,56 @@ class TIFUKNNRecommender(Recommender):
 
     It scores the items a customer bought before — the repeat purchases most of a grocery
     basket is — as well as new ones, so it is meant for ``recommend(..., exclude_seen=False)``.
-    Fit it on :func:`features.baskets.decayed_vectors`; any weights work. Scoring compares a
-    customer with every other one: its cost grows with the number of customers. A customer
-    scored with ``extra_history`` may count themself among their neighbours.
+    It fits on baskets (``fits_on``): :func:`features.baskets.decayed_vectors` with its
+    :attr:`decay`. A purchase posted later enters as a new newest group: the customer's vector
+    decays by ``across`` and the bought items take the rest. Scoring compares a customer with
+    every other one: its cost grows with the number of customers. A customer scored with
+    ``extra_history`` may count themself among their neighbours.
     """
 
     name = "tifu_knn"
+    fits_on = "baskets"
 
-    def __init__(self, neighbours: int = 300, alpha: float = 0.7) -> None:
+    def __init__(
+        self,
+        neighbours: int = 300,
+        alpha: float = 0.7,
+        group_size: int = 7,
+        within: float = 0.9,
+        across: float = 0.7,
+    ) -> None:
         self.neighbours = neighbours
         self.alpha = alpha
+        self.group_size = group_size
+        self.within = within
+        self.across = across
+
+    @property
+    def decay(self) -> Decay:
+        return Decay(self.group_size, self.within, self.across)
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         if not 0 <= self.alpha <= 1 or self.neighbours < 1:
             raise ValueError("alpha must be in [0, 1] and neighbours at least 1.")
+        self.decay  # noqa: B018 -- checks the decay parameters
         self._refresh_users(np.zeros(0, dtype=np.int64), user_items)
+
+    def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
+        basket = sp.csr_matrix(additions > 0, dtype=np.float32)
+        bought = np.asarray(basket.getnnz(axis=1) > 0)
+        keep = sp.diags(np.where(bought, self.across, 1.0).astype(np.float32))
+        merged = sp.csr_matrix(keep @ histories + (1 - self.across) * basket, dtype=np.float32)
+        returned = sp.csr_matrix(additions < 0, dtype=np.float32)  # out of the history
+        return sp.csr_matrix(merged - merged.multiply(returned), dtype=np.float32)
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
         # One snapshot: a concurrent reader never pairs new unit rows with old histories.
-        self.neighbourhood_ = (_unit_rows(user_items), user_items)
+        unit = _unit_rows(user_items)
+        self.neighbourhood_ = (sp.csr_matrix(unit.T), user_items)
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        unit, histories = self.neighbourhood_
-        similarity = sp.csr_matrix(_unit_rows(user_items) @ unit.T)
+        unit_by_item, histories = self.neighbourhood_
+        similarity = sp.csr_matrix(_unit_rows(user_items) @ unit_by_item)
         mean = _nearest_mean(similarity, rows, self.neighbours)
         blended = self.alpha * user_items + (1 - self.alpha) * (mean @ histories)
         return sp.csr_matrix(blended).toarray()

@@ -15,7 +15,6 @@ from experiments.benchmarks.nextbasket import (
     split_last_baskets,
     tifu_knn,
 )
-from features.baskets import Decay
 
 
 def lines(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
@@ -78,13 +77,14 @@ def test_tifu_knn_blends_own_decayed_frequencies_with_the_neighbours() -> None:
     # milk alpha + (1 - alpha) 0.8075, soap alpha, tea (1 - alpha) 0.8075, cola 0.
     weekly = [(c, f"{c}{w}", item, w) for c in "cd" for w in range(4) for item in ("milk", "tea")]
     data = lines([*weekly, ("e", "e0", "milk", 0), ("e", "e0", "soap", 0), ("f", "f0", "cola", 1)])
-    decay = Decay(group_size=2, within=0.9, across=0.7)
-    own_first = tifu_knn(decay, neighbours=2, alpha=0.7)(data, ["e"])["e"]
+    decay = {"group_size": 2, "within": 0.9, "across": 0.7}
+    own_first = tifu_knn(**decay, neighbours=2, alpha=0.7)(data, ["e"])["e"]
     assert own_first[:3] == ["milk", "soap", "tea"]  # 0.942, 0.7, 0.242
-    neighbours_first = tifu_knn(decay, neighbours=2, alpha=0.2)(data, ["e"])["e"]
+    neighbours_first = tifu_knn(**decay, neighbours=2, alpha=0.2)(data, ["e"])["e"]
     assert neighbours_first[:3] == ["milk", "tea", "soap"]  # 0.846, 0.646, 0.2
     # Asked for 3 neighbours, e has only 2 that share an item: f (cola) is no neighbour at all.
-    assert tifu_knn(decay, neighbours=3, alpha=0.2)(data, ["e"])["e"][:3] == ["milk", "tea", "soap"]
+    three = tifu_knn(**decay, neighbours=3, alpha=0.2)(data, ["e"])["e"]
+    assert three[:3] == ["milk", "tea", "soap"]
 
 
 def test_a_missing_data_wheel_is_one_sentence_with_the_command(tmp_path) -> None:

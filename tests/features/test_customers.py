@@ -25,6 +25,7 @@ def test_habits_follow_recent_engagement_and_the_usual_hour() -> None:
     assert purchases(events(rows)).to_dict(orient="list") == {
         "customer_id": ["c"],
         "item_id": ["i"],
+        "time": [pd.Timestamp("2024-01-05 10:00")],  # the last purchase
     }
 
 
@@ -69,4 +70,8 @@ def test_repurchase_is_learned_where_the_catalogue_is_silent_and_its_flag_wins()
 def test_without_a_catalogue_every_bought_item_gets_a_learned_flag() -> None:
     rows = [(f"c{c}", "milk", f"2024-01-0{d}") for c in range(5) for d in (1, 2)]
     table = with_learned_repurchase(None, purchases_of(rows))
-    assert table.to_dict(orient="list") == {"item_id": ["milk"], "repurchasable": [True]}
+    assert table.to_dict(orient="list") == {
+        "item_id": ["milk"],
+        "repurchasable": [True],
+        "repurchase_days": [1.0],  # five customers, each one day apart
+    }

@@ -200,3 +200,17 @@ def test_an_unknown_customer_with_context_is_scored_from_it(name: str) -> None:
     context = sp.csr_matrix((np.ones(5, np.float32), ([0] * 5, [6, 7, 8, 9, 10])), shape=(1, 12))
     top = model.recommend(["stranger"], n=1, extra_history=context)
     assert top["item_id"].tolist() == ["i11"] and not top["fallback"].any()
+
+
+def test_a_purchase_posted_to_tifu_knn_is_a_new_newest_group() -> None:
+    model = TIFUKNNRecommender(neighbours=5, alpha=0.5, across=0.6).fit(checkerboard())
+    before = model.user_items_[0].toarray().ravel()  # c00: items 1-5, weight 1 each
+    # c00 buys i00 (any quantity, and a view beside it counts the same: a basket is binary).
+    model.partial_fit_users(["c00"], sp.csr_matrix(([3.0, 1.0], ([0, 0], [0, 1])), shape=(1, 12)))
+    after = model.user_items_[0].toarray().ravel()
+    expected = 0.6 * before
+    expected[[0, 1]] += 0.4
+    np.testing.assert_allclose(after, expected, rtol=1e-6)
+    # c00's own vector now holds i00, so TIFU scores it (repeat purchases are its point).
+    scores, fallback = model.scores_for("c00")
+    assert not fallback and scores[0] > 0

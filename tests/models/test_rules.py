@@ -117,8 +117,9 @@ def test_no_recommendation_ever_breaks_a_rule_on_the_sample(channel: str) -> Non
 
 
 @pytest.mark.parametrize("name", ["ease", "als", "item_knn", "popularity"])
-def test_the_one_customer_path_ranks_as_the_batch_path(name: str) -> None:
-    """The service's per-request path gives the batch path's list, for every model family."""
+def test_the_one_customer_path_ranks_as_the_models_batch_path(name: str) -> None:
+    """The service's per-request path gives the model's own batch ranking with the bought,
+    not repurchasable items excluded, for every model family."""
     from models.recommenders import ALSRecommender, ItemKNNRecommender
     from models.rules import top_for_customer
 
@@ -136,7 +137,9 @@ def test_the_one_customer_path_ranks_as_the_batch_path(name: str) -> None:
     purchases = pd.DataFrame({"customer_id": ["c00", "c01"], "item_id": ["i03", "i04"]})
     r = BusinessRules.from_tables(items, purchases=purchases)
     for customer in ["c00", "c01", "c07", "stranger"]:
-        batch = recommend_with_rules(fitted, r, [customer], n=7, channel="web")
+        bought = r.bought_by.get(customer, np.zeros(0, dtype=np.int64))
+        exclude = sp.csr_matrix((np.ones(len(bought), bool), ([0] * len(bought), bought)), (1, 30))
+        batch = fitted.recommend([customer], n=7, exclude_seen=False, exclude=exclude)
         columns, scores, fallback = top_for_customer(fitted, r, customer, 7, channel="web")
         assert list(items[columns]) == list(batch["item_id"]), customer
         np.testing.assert_allclose(scores, batch["score"].to_numpy(), rtol=1e-5)

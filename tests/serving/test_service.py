@@ -419,3 +419,41 @@ def test_selling_a_stores_last_units_takes_the_item_off_its_list(app: TestClient
     elsewhere = app.post("/recommend", json=online)
     listed = {i["item_id"]: i["available_at"] for i in elsewhere.json()["items"]}
     assert "S003" not in listed.get(top["item_id"], [])
+
+
+def test_a_consumable_just_bought_moves_down_until_its_usual_interval_has_passed(
+    app: TestClient, client: TestClient, linked_keys, monkeypatch
+) -> None:
+    """Bought at the till: a durable item leaves the app's list for good; a consumable moves
+    down at once and is back when its usual interval has passed (a simulated clock)."""
+    store_key, app_key = linked_keys
+    state = client.service._state()
+    bought_at = pd.Timestamp("2026-11-23T09:00:00")
+
+    def ranks(hours_later: float) -> dict[str, int]:
+        monkeypatch.setattr(state, "clock", lambda: bought_at + pd.Timedelta(hours=hours_later))
+        ask = {"customer_key": app_key, "channel": "app", "n": 100}
+        return {i["item_id"]: i["rank"] for i in app.post("/recommend", json=ask).json()["items"]}
+
+    before = ranks(-1)
+    rules = state.rules
+    columns = rules.item_ids.get_indexer(pd.Index(list(before)))
+    kinds = {
+        "durable": ~rules.repurchasable[columns],
+        "consumable": rules.repurchasable[columns] & (rules.interval[columns] >= 2),
+    }
+    chosen = {kind: list(before)[int(mask.argmax())] for kind, mask in kinds.items() if mask.any()}
+    assert set(chosen) == {"durable", "consumable"}, "the sample should offer both kinds"
+    events = [
+        {"event_time": bought_at.isoformat(), "channel": "store", "event_type": "purchase",
+         "item_id": item, "customer_key": store_key, "quantity": 1, "store_id": "S001"}
+        for item in chosen.values()
+    ]  # fmt: skip
+    assert app.post("/events", json={"events": events}).json()["stored"] == 2
+
+    consumable = chosen["consumable"]
+    days = float(rules.interval[rules.item_ids.get_loc(consumable)])
+    just_after, once_due = ranks(1), ranks(24 * days + 1)
+    assert chosen["durable"] not in just_after and chosen["durable"] not in once_due
+    assert consumable in once_due
+    assert just_after.get(consumable, 10**6) > once_due[consumable]
