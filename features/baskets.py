@@ -39,9 +39,8 @@ class Decay:
 
 def baskets_from_events(unified: pd.DataFrame) -> pd.DataFrame:
     """Basket lines from unified events: a known customer's purchases on one calendar day (UTC)
-    are one basket. The data contract carries no basket id; one shop a day is what grocery
-    receipts mostly show (in the Complete Journey, 98% of a household's baskets fall on
-    distinct days)."""
+    are one basket. The data contract carries no basket id, so two shops on one day count as
+    one (in the Complete Journey, 155,848 receipts fall on 126,824 household-days)."""
     bought = unified[(unified["event_type"] == "purchase") & unified["customer_id"].notna()]
     time = bought["event_time"]
     return pd.DataFrame(
