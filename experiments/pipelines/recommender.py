@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.baskets import Decay, baskets_from_events, decayed_vectors
+from features.baskets import baskets_from_events
 from features.interactions import (
     Interactions,
     InteractionWeights,
@@ -21,7 +21,7 @@ from features.interactions import (
     build_popularity,
 )
 from models.evaluation import catalogue_coverage, ranking_metrics
-from models.recommenders import Recommender
+from models.recommenders import Recommender, TIFUKNNRecommender
 from models.rules import BusinessRules, recommend_with_rules
 
 DEFAULT_CONFIG = Path(__file__).with_name("recommender.toml")
@@ -87,8 +87,8 @@ def load_selection_config(path: Path | None = None) -> SelectionConfig:
 @dataclass(frozen=True)
 class TrainingInput:
     """What candidates fit on, built once from unified events: weighted interactions (with
-    popularity per store and channel) for most models, basket lines for models that fit on
-    baskets (``fits_on``), over the same item columns."""
+    popularity per store and channel) for most models, basket lines for the TIFU-KNN family,
+    over the same item columns."""
 
     interactions: Interactions
     baskets: pd.DataFrame
@@ -103,13 +103,10 @@ class TrainingInput:
 
     def fit(self, model: Recommender) -> Recommender:
         """``model`` fitted on the input it expects."""
-        if model.fits_on != "baskets":
-            return model.fit(self.interactions)
-        items = self.interactions.item_ids
-        vectors = decayed_vectors(self.baskets, getattr(model, "decay", Decay()), items)
-        return model.fit(
-            Interactions(vectors.matrix, vectors.customer_ids, items, self.interactions.popularity)
-        )
+        if isinstance(model, TIFUKNNRecommender):
+            data = self.interactions
+            return model.fit_baskets(self.baskets, data.item_ids, data.popularity)
+        return model.fit(self.interactions)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
-from models.recommenders import Recommender
+from models.recommenders import Recommender, TIFUKNNRecommender
 from models.rules import BusinessRules
 from serving.registry import (
     CHAMPION,
@@ -307,7 +307,7 @@ def write_context(
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
         latest.to_parquet(out / "inventory.parquet")
     unified = result.unified
-    posted = BASKET_WEIGHTS if model.fits_on == "baskets" else weights
+    posted = BASKET_WEIGHTS if isinstance(model, TIFUKNNRecommender) else weights
     meta = {
         "weights": asdict(posted),
         "timing": timing,

@@ -9,6 +9,7 @@ from models.recommenders.models import (
     PopularityRecommender,
     TIFUKNNRecommender,
 )
+from models.recommenders.ranked import RankedTIFURecommender
 
 __all__ = [
     "ALSRecommender",
@@ -17,6 +18,7 @@ __all__ = [
     "ItemKNNRecommender",
     "ModelFitError",
     "PopularityRecommender",
+    "RankedTIFURecommender",
     "Recommender",
     "TIFUKNNRecommender",
     "UnknownItemError",

@@ -45,9 +45,6 @@ class Recommender(BaseEstimator):
 
     registry: ClassVar[dict[str, type[Recommender]]] = {}
     name: ClassVar[str] = "base"
-    #: What ``fit`` expects: "interactions" (weighted events, :func:`build_interactions`) or
-    #: "baskets" (decayed basket vectors, :func:`features.baskets.decayed_vectors`).
-    fits_on: ClassVar[str] = "interactions"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

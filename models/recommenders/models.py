@@ -8,8 +8,10 @@ implicit (the CLI and the Makefile do).
 from __future__ import annotations
 
 import warnings
+from typing import Self
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 from implicit.bpr import BayesianPersonalizedRanking
@@ -18,7 +20,8 @@ from implicit.recommender_base import ModelFitError as ImplicitFitError
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from features.baskets import Decay
+from features.baskets import Decay, decayed_vectors
+from features.interactions import Interactions
 from models.recommenders.base import ModelFitError, Recommender
 
 
@@ -281,15 +284,16 @@ class TIFUKNNRecommender(Recommender):
 
     It scores the items a customer bought before — the repeat purchases most of a grocery
     basket is — as well as new ones, so it is meant for ``recommend(..., exclude_seen=False)``.
-    It fits on baskets (``fits_on``): :func:`features.baskets.decayed_vectors` with its
-    :attr:`decay`. A purchase posted later enters as a new newest group: the customer's vector
-    decays by ``across`` and the bought items take the rest. Scoring compares a customer with
-    every other one: its cost grows with the number of customers. A customer scored with
-    ``extra_history`` may count themself among their neighbours.
+    It fits on baskets (:meth:`fit_baskets`): their decayed vectors
+    (:func:`features.baskets.decayed_vectors` with its :attr:`decay`); ``fit`` takes such
+    vectors (or any weights) directly, each customer's row counting as one basket. Purchases
+    posted later enter as a new newest group (:meth:`_merged`). Scoring
+    compares a customer with every other one: its cost grows with the number of customers. A
+    customer scored with ``extra_history`` may count themself among their neighbours.
     """
 
     name = "tifu_knn"
-    fits_on = "baskets"
+    baskets_: np.ndarray  # per customer: their number of baskets
 
     def __init__(
         self,
@@ -309,18 +313,39 @@ class TIFUKNNRecommender(Recommender):
     def decay(self) -> Decay:
         return Decay(self.group_size, self.within, self.across)
 
+    def fit_baskets(
+        self, lines: pd.DataFrame, item_ids: pd.Index, popularity: pd.DataFrame | None = None
+    ) -> Self:
+        """Fit on basket lines (``customer_id, basket_id, item_id, time``): their decayed
+        vectors over the columns ``item_ids``, with ``popularity`` for the fallback."""
+        vectors = decayed_vectors(lines, self.decay, item_ids)
+        self.fit(Interactions(vectors.matrix, vectors.customer_ids, vectors.item_ids, popularity))
+        baskets = lines.groupby(lines["customer_id"].astype("str"))["basket_id"].nunique()
+        self.baskets_ = baskets.reindex(self.customer_ids_).to_numpy(np.float32)
+        return self
+
     def _fit(self, user_items: sp.csr_matrix) -> None:
         if not 0 <= self.alpha <= 1 or self.neighbours < 1:
             raise ValueError("alpha must be in [0, 1] and neighbours at least 1.")
+        self.baskets_ = np.ones(user_items.shape[0], dtype=np.float32)  # fit_baskets counts
         self.decay  # noqa: B018 -- checks the decay parameters
         self._refresh_users(np.zeros(0, dtype=np.int64), user_items)
 
     def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
+        """The posted purchases of each customer as a new newest group of their vector, the
+        mean of ``G`` decayed groups: ``(basket + across * G * vector) / (G + 1)``. A returned
+        item leaves the vector."""
         basket = sp.csr_matrix(additions > 0, dtype=np.float32)
         bought = np.asarray(basket.getnnz(axis=1) > 0)
-        keep = sp.diags(np.where(bought, self.across, 1.0).astype(np.float32))
-        merged = sp.csr_matrix(keep @ histories + (1 - self.across) * basket, dtype=np.float32)
-        returned = sp.csr_matrix(additions < 0, dtype=np.float32)  # out of the history
+        baskets = np.zeros(histories.shape[0], dtype=np.float32)
+        baskets[: len(self.baskets_)] = self.baskets_
+        groups = np.ceil(baskets / self.group_size)
+        keep = np.where(bought, self.across * groups / (groups + 1), 1.0)
+        fresh = np.where(bought, 1 / (groups + 1), 0.0)
+        merged = sp.diags(keep.astype(np.float32)) @ histories
+        merged = sp.csr_matrix(merged + sp.diags(fresh.astype(np.float32)) @ basket)
+        returned = sp.csr_matrix(additions < 0, dtype=np.float32)
+        self.baskets_ = baskets + bought
         return sp.csr_matrix(merged - merged.multiply(returned), dtype=np.float32)
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
@@ -341,10 +366,11 @@ class TIFUKNNRecommender(Recommender):
         return np.asarray((items[columns] @ items.T).todense(), dtype=np.float32)
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {}
+        return {"baskets": self.baskets_}
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self._refresh_users(np.zeros(0, dtype=np.int64), self.user_items_)
+        self.baskets_ = state["baskets"]
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:

@@ -17,6 +17,7 @@ from models.recommenders import (
     ItemKNNRecommender,
     ModelFitError,
     PopularityRecommender,
+    RankedTIFURecommender,
     Recommender,
     TIFUKNNRecommender,
     UnknownItemError,
@@ -30,6 +31,8 @@ PERSONALISED = {
     "cosine": lambda: ItemKNNRecommender(similarity="cosine", neighbours=20),
     "ease": lambda: EASERecommender(l2=1.0),
     "tifu_knn": lambda: TIFUKNNRecommender(neighbours=10, alpha=0.5),
+    # Fitted on a matrix, without baskets: its first stage (the ranker: tests/models/test_ranked).
+    "tifu_ranked": lambda: RankedTIFURecommender(neighbours=10, alpha=0.5),
 }
 ALL = {**PERSONALISED, "popularity": PopularityRecommender}
 
@@ -204,13 +207,15 @@ def test_an_unknown_customer_with_context_is_scored_from_it(name: str) -> None:
 
 def test_a_purchase_posted_to_tifu_knn_is_a_new_newest_group() -> None:
     model = TIFUKNNRecommender(neighbours=5, alpha=0.5, across=0.6).fit(checkerboard())
-    before = model.user_items_[0].toarray().ravel()  # c00: items 1-5, weight 1 each
+    before = model.user_items_[0].toarray().ravel()  # c00: items 1-5; a row is one basket
     # c00 buys i00 (any quantity, and a view beside it counts the same: a basket is binary).
     model.partial_fit_users(["c00"], sp.csr_matrix(([3.0, 1.0], ([0, 0], [0, 1])), shape=(1, 12)))
     after = model.user_items_[0].toarray().ravel()
-    expected = 0.6 * before
-    expected[[0, 1]] += 0.4
-    np.testing.assert_allclose(after, expected, rtol=1e-6)
+    basket = np.zeros(12)
+    basket[[0, 1]] = 1
+    # Two groups now, the old one decayed: (basket + 0.6 * 1 * before) / 2.
+    np.testing.assert_allclose(after, (basket + 0.6 * before) / 2, rtol=1e-6)
+    assert model.baskets_[0] == 2
     # c00's own vector now holds i00, so TIFU scores it (repeat purchases are its point).
     scores, fallback = model.scores_for("c00")
     assert not fallback and scores[0] > 0
