@@ -294,7 +294,7 @@ def recommend_with_rules(
             pd.DataFrame(
                 {
                     "customer_id": customer,
-                    "item_id": model.item_ids_.to_numpy()[columns],
+                    "item_id": model.item_ids_.take(columns).to_numpy(),
                     "score": scores,
                     "rank": np.arange(1, len(columns) + 1),
                     "fallback": fallback,

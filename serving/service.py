@@ -411,7 +411,7 @@ class OmnichannelService:
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
             now=state.clock(), **filters,
         )  # fmt: skip
-        items = model.item_ids_.to_numpy()[columns].tolist()
+        items = model.item_ids_.take(columns).tolist()  # not the whole index per request
         where = state.rules.available_at(columns)
         reason = _reason(fallback, bool(len(context)), r.store_id, str(r.channel))
         return {
@@ -472,7 +472,7 @@ class OmnichannelService:
             "items": [
                 {"item_id": item, "score": float(score), "rank": rank}
                 for rank, (item, score) in enumerate(
-                    zip(model.item_ids_.to_numpy()[columns], scores, strict=True), start=1
+                    zip(model.item_ids_.take(columns), scores, strict=True), start=1
                 )
             ],
             "model_version": state.recommender_version,

@@ -291,14 +291,28 @@ def as_events(lines: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def served(split: BasketSplit, config: Path | None = None) -> tuple[Row, dict[str, list[str]]]:
+def served(
+    split: BasketSplit,
+    config: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[Row, dict[str, list[str]]]:
     """What ``omni train recommender`` selects and fits on everything before the targets, and
     what /recommend then answers each household when it comes to shop (``now``: its target
     basket's time): the same functions, rules and timing."""
     started = time.perf_counter()
     events = as_events(pd.concat([split.history, split.validation_lines], ignore_index=True))
     options = load_training_options(config)
-    selection = select_recommender(events, None, options)
+    selection = select_recommender(
+        events,
+        None,
+        options,
+        lambda r: progress(
+            f"as served, {r.candidate.label}: validation {options.selection.metric} "
+            f"{r.metrics[options.selection.metric]:.4f}, fit {r.fit_seconds:.0f} s"
+        ),
+    )
+    for candidate, reason in selection.skipped:
+        progress(f"as served, {candidate.label} skipped: {reason}")
     best = selection.results[0]
     model = fit_final(events, best.candidate, options.weights)
     rules = rules_from_events(events, model.item_ids_, None, selection.timing)
@@ -354,7 +368,7 @@ def run(
         )
         progress(f"{name}: test nDCG@10 {rows[-1].test['ndcg@10']:.4f}")
     tracemalloc.start()
-    row, ranked = served(split, config)
+    row, ranked = served(split, config, progress)
     row.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     row.test = scores(ranked, split.target, before_target)

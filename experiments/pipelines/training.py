@@ -218,6 +218,10 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     except ValueError as exc:
         raise ValueError(f"{data_dir}: {exc}") from exc
     best, skipped = selection.results[0], selection.skipped
+    for candidate, reason in skipped:  # in MLflow too, not only on the console
+        with mlflow.start_run(run_name=f"skipped {candidate.label}"):
+            mlflow.log_params({"model": candidate.model, **candidate.params, **common})
+            mlflow.set_tag("skipped", reason)
     metric = options.selection.metric
     champion_metric = _champion_metric(selection.rescore)
     promoted = champion_metric is None or best.metrics[metric] >= champion_metric

@@ -114,6 +114,7 @@ class RankedTIFURecommender(TIFUKNNRecommender):
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         super()._fit(user_items)
+        self.__dict__.pop("_popular", None)
         self.ranker_ = None
         bought = sp.csr_matrix(user_items > 0, dtype=np.float32)
         self.counts_, self.last_ = bought, bought.copy()
@@ -150,6 +151,15 @@ class RankedTIFURecommender(TIFUKNNRecommender):
             out.append(scores)
         return np.vstack(out)
 
+    def _popular_columns(self) -> np.ndarray:
+        """The ``popular`` most bought items' columns (computed once)."""
+        columns = self.__dict__.get("_popular")
+        if columns is None:
+            popularity = self._fallback_scores(None, None)
+            columns = np.argsort(-popularity, kind="stable")[: self.popular]
+            self.__dict__["_popular"] = columns
+        return columns
+
     def _state(self) -> dict[str, np.ndarray]:
         text = self.ranker_.model_to_string() if self.ranker_ is not None else ""
         state = {**super()._state(), "ranker": np.frombuffer(text.encode(), dtype=np.uint8)}
@@ -184,13 +194,12 @@ def _candidates(
     own = user_items.toarray()
     neighbours = sp.csr_matrix(mean @ histories).toarray()
     blend = model.alpha * own + (1 - model.alpha) * neighbours
-    popularity = model._fallback_scores(None, None)
     proposed = np.zeros(blend.shape, dtype=bool)
     k = min(model.candidates, blend.shape[1])
     best = np.argpartition(-blend, k - 1, axis=1)[:, :k]
     np.put_along_axis(proposed, best, True, axis=1)
     proposed &= blend > 0
-    proposed[:, np.argsort(-popularity, kind="stable")[: model.popular]] = True
+    proposed[:, model._popular_columns()] = True
     r, c = np.nonzero(proposed)  # row-major: each customer's pairs together
     known = rows >= 0
     at = np.maximum(rows, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -10,7 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from experiments.pipelines.training import CHAMPION, REGISTERED_NAME, train_recommender
-from models.recommenders import Recommender
+from features.baskets import BASKET_WEIGHTS
+from models.recommenders import RankedTIFURecommender, Recommender
+from serving.registry import CONTEXT_DIR
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.integration
@@ -67,3 +71,57 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}@{CHAMPION}")
     predicted = pyfunc.predict(pd.DataFrame({"customer_id": list(model.customer_ids_[:3])}))
     assert set(predicted["customer_id"]) == set(model.customer_ids_[:3])
+
+
+REPEATS = """
+[selection]
+metric = "ndcg@10"
+validation_days = 28
+[rules]
+timing = [0.25, 1.0]
+[[candidates]]
+model = "tifu_ranked"
+grid = { neighbours = [50], rounds = [30] }
+"""
+
+
+def test_a_two_stage_champion_is_served_with_basket_weights_timing_and_intervals(
+    own_tracking: Path,
+) -> None:
+    result = train_recommender(SAMPLE, write(own_tracking, "repeats.toml", REPEATS))
+    assert result.promoted and result.selected.candidate.model == "tifu_ranked"
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_NAME}@{CHAMPION}"))
+    files = local / "artifacts" / "model"
+    model = Recommender.load(files)
+    assert isinstance(model, RankedTIFURecommender) and model.ranker_ is not None
+    meta = json.loads((files / CONTEXT_DIR / "meta.json").read_text())
+    assert meta["weights"] == asdict(BASKET_WEIGHTS)  # posted views do not enter baskets
+    assert meta["timing"] in (0.25, 1.0)
+    assert pd.read_parquet(files / CONTEXT_DIR / "items.parquet")["repurchase_days"].notna().any()
+    # Its lists hold what customers bought before: repeat purchases are recommended.
+    bought = pd.read_parquet(files / CONTEXT_DIR / "purchases.parquet")
+    customers = bought["customer_id"].drop_duplicates().head(20)
+    recs = model.recommend(customers, n=10, exclude_seen=False)
+    repeats = recs.merge(bought, on=["customer_id", "item_id"])
+    assert len(repeats) >= len(recs) // 4
+
+
+SKIPS = """
+[selection]
+metric = "ndcg@10"
+[[candidates]]
+model = "popularity"
+[[candidates]]
+model = "ease"
+grid = { max_items = [10] }
+"""
+
+
+def test_a_candidate_that_refuses_the_data_is_skipped_with_its_reason_in_mlflow(
+    own_tracking: Path,
+) -> None:
+    result = train_recommender(SAMPLE, write(own_tracking, "skips.toml", SKIPS))
+    assert result.selected.candidate.model == "popularity" and len(result.skipped) == 1
+    runs = mlflow.search_runs(experiment_names=["recommender"])
+    skipped = runs[runs["tags.mlflow.runName"].str.startswith("skipped")]
+    assert len(skipped) == 1 and "max_items=10" in skipped["tags.skipped"].iloc[0]
