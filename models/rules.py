@@ -15,6 +15,7 @@ Forbidden items are masked before ranking, so a list can never contain one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -282,14 +283,16 @@ def recommend_with_rules(
     customer_ids: list[str] | pd.Index | np.ndarray,
     n: int = 10,
     *,
-    now: pd.Timestamp | None = None,
+    now: pd.Timestamp | Mapping[str, pd.Timestamp] | None = None,
     **context: Any,
 ) -> pd.DataFrame:
     """:func:`top_for_customer` for many customers, as a table (``customer_id, item_id, score,
-    rank, fallback``): exactly what the service answers each of them."""
+    rank, fallback``): exactly what the service answers each of them, asked at ``now`` (one
+    time for all, or each customer's)."""
     frames = []
     for customer in pd.Index(customer_ids, dtype="str"):
-        columns, scores, fallback = top_for_customer(model, rules, customer, n, now=now, **context)
+        when = now.get(customer) if isinstance(now, Mapping) else now
+        columns, scores, fallback = top_for_customer(model, rules, customer, n, now=when, **context)
         frames.append(
             pd.DataFrame(
                 {

@@ -324,8 +324,8 @@ def served(
         )
         ranked[household] = list(items[columns])
     row = Row(
-        f"as served ({best.candidate.label})",
-        {**best.candidate.params, "timing": selection.timing},
+        "as served",
+        {"model": best.candidate.model, **best.candidate.params, "timing": selection.timing},
         best.metrics[options.selection.metric],
         {},
         time.perf_counter() - started,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,10 +129,11 @@ def evaluate_served(
     rules: BusinessRules,
     relevant: pd.DataFrame,
     k: int,
-    now: pd.Timestamp | None,
+    now: pd.Timestamp | Mapping[str, pd.Timestamp] | None,
 ) -> dict[str, float]:
     """Ranking metrics of what the service would answer each customer in ``relevant`` at
-    ``now`` — the same rules, repeats included where the rules allow them."""
+    ``now`` (one time, or each customer's) — the same rules, repeats included where the rules
+    allow them."""
     customers = relevant["customer_id"].unique()
     recs = recommend_with_rules(model, rules, customers, n=k, now=now)
     return _metrics(recs, model, relevant, k)

@@ -69,33 +69,50 @@ class TrainResult:
     skipped: list[tuple[Candidate, str]]
 
 
+#: What a customer's list is scored against: their next basket after the cutoff (the items they
+#: bought on their first purchase day in the window, the list asked for as that day began), or
+#: everything they bought in the window (the list asked for at the cutoff).
+TARGETS = ("next_basket", "window")
+
+
 @dataclass(frozen=True)
 class ValidationSplit:
-    """Events before ``cutoff`` to fit on; what each known customer bought from then on
-    (``relevant``: repeats and new items alike — what the next weeks' lists should hold)."""
+    """Events before ``cutoff`` to fit on; per known customer, the items their list is scored
+    against (``relevant``: repeats and new items alike) and the time it is asked for (``now``)."""
 
     before: pd.DataFrame
     relevant: pd.DataFrame
     cutoff: pd.Timestamp
+    now: dict[str, pd.Timestamp]
 
 
-def split_for_validation(events: pd.DataFrame, days: int) -> ValidationSplit:
-    """Hold out the last ``days``: customers known before them are scored on everything they
-    bought in them.
+def split_for_validation(
+    events: pd.DataFrame, days: int, target: str = "next_basket"
+) -> ValidationSplit:
+    """Hold out the last ``days``; customers known before them are scored on their next basket
+    in them or on all they bought in them (:data:`TARGETS`).
 
     The data's end is where all but its latest 0.1% of events lie, not its latest event: a few
     events posted to the service after the files were exported (or a till with a wrong clock)
     would otherwise leave the files' own last weeks out of the window, and it would be empty.
     """
+    if target not in TARGETS:
+        raise ValueError(f"Unknown validation target {target!r}; use one of {', '.join(TARGETS)}.")
     times = events["event_time"].sort_values().to_numpy()
     end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
     cutoff = end - pd.Timedelta(days=days)
     before, after = split_by_time(events, cutoff)
-    bought = after[(after["event_type"] == "purchase") & after["customer_id"].notna()]
-    relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()
     known = before["customer_id"].dropna().astype("str").unique()
-    relevant = relevant[relevant["customer_id"].isin(known)].reset_index(drop=True)
-    return ValidationSplit(before, relevant, cutoff)
+    bought = after[(after["event_type"] == "purchase") & after["customer_id"].isin(known)]
+    bought = bought.assign(customer_id=bought["customer_id"].astype("str"))
+    if target == "next_basket":
+        day = bought["event_time"].dt.floor("D")
+        bought = bought[day == day.groupby(bought["customer_id"]).transform("min")]
+        now = bought["event_time"].dt.floor("D").groupby(bought["customer_id"]).min().to_dict()
+    else:
+        now = dict.fromkeys(bought["customer_id"].unique(), cutoff)
+    relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()
+    return ValidationSplit(before, relevant.reset_index(drop=True), cutoff, now)
 
 
 def rules_from_events(
@@ -115,25 +132,33 @@ def rules_from_events(
 @dataclass(frozen=True)
 class TrainingOptions:
     """Everything ``omni train recommender`` reads from its TOML: the candidates, the
-    ``[interactions]`` weights, ``validation_days``, and the rules' ``[rules] timing`` values
-    to choose from (:class:`models.rules.BusinessRules`; candidates are scored with the first)."""
+    ``[interactions]`` weights, ``[selection] validation_days`` and ``target``
+    (:data:`TARGETS`), and the rules' ``[rules] timing`` values to choose from
+    (:class:`models.rules.BusinessRules`; candidates are scored with the first)."""
 
     selection: SelectionConfig
     weights: InteractionWeights
     validation_days: int = 28
+    target: str = "next_basket"
     timings: tuple[float, ...] = (0.25,)
 
     def as_params(self) -> dict[str, Any]:
-        return {**self.weights.as_params(), "validation_days": self.validation_days}
+        return {
+            **self.weights.as_params(),
+            "validation_days": self.validation_days,
+            "validation_target": self.target,
+        }
 
 
 def load_training_options(path: Path | None) -> TrainingOptions:
     path = Path(path) if path else DEFAULT_CONFIG
     raw = tomllib.loads(path.read_text())
+    selection = raw.get("selection", {})
     return TrainingOptions(
         load_selection_config(path),
         InteractionWeights(**raw.get("interactions", {})),
-        int(raw.get("selection", {}).get("validation_days", 28)),
+        int(selection.get("validation_days", 28)),
+        str(selection.get("target", "next_basket")),
         tuple(float(t) for t in np.atleast_1d(raw.get("rules", {}).get("timing", 0.25))),
     )
 
@@ -157,9 +182,9 @@ def select_recommender(
     on_result: Callable[[CandidateResult], None] | None = None,
 ) -> Selection:
     """Every candidate fitted on the events before the validation window and scored on what
-    customers bought in it, through the service's own rules at the window's start; then the
-    rules' timing that scores the best candidate highest."""
-    split = split_for_validation(unified, options.validation_days)
+    customers bought in it (:func:`split_for_validation`) through the service's own rules;
+    then the rules' timing that scores the best candidate highest."""
+    split = split_for_validation(unified, options.validation_days, options.target)
     if split.relevant.empty:
         raise ValueError(
             f"no known customer bought anything in the last {options.validation_days} days, so "
@@ -174,7 +199,7 @@ def select_recommender(
 
     def score(model: Recommender, timing: float = options.timings[0]) -> dict[str, float]:
         rules.timing = timing
-        return evaluate_served(model, rules, split.relevant, k, split.cutoff)
+        return evaluate_served(model, rules, split.relevant, k, split.now)
 
     def rescore(candidate: Candidate) -> float:
         return score(data.fit(candidate.build()))[metric]

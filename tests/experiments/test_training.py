@@ -32,3 +32,26 @@ def test_a_few_events_posted_today_do_not_empty_the_validation_window() -> None:
     split = split_for_validation(with_live, 28)
     assert len(split.relevant) >= len(expected) > 0
     assert split.before["event_time"].max() < split.cutoff < pd.Timestamp("2024-10-01")
+
+
+def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> None:
+    rows = [
+        ("a", "milk", "2024-03-01 09:00"),  # before the cutoff: known
+        ("b", "milk", "2024-03-02 09:00"),
+        ("a", "tea", "2024-03-20 18:00"),  # a's next basket: one day, two items
+        ("a", "eggs", "2024-03-20 18:05"),
+        ("a", "soap", "2024-03-25 10:00"),  # a later basket
+        ("c", "jam", "2024-03-21 10:00"),  # never seen before the cutoff: not scored
+    ]
+    events = pd.DataFrame(rows, columns=["customer_id", "item_id", "event_time"])
+    events = events.assign(event_time=pd.to_datetime(events["event_time"]), event_type="purchase")
+    nxt = split_for_validation(events, 10)
+    # The end is where all but the latest 0.1% of events lie: here all but the very last.
+    assert nxt.cutoff == pd.Timestamp("2024-03-21 10:00") - pd.Timedelta(days=10)
+    assert sorted(map(tuple, nxt.relevant.to_numpy())) == [("a", "eggs"), ("a", "tea")]
+    assert nxt.now == {"a": pd.Timestamp("2024-03-20")}
+    window = split_for_validation(events, 10, "window")
+    assert sorted(window.relevant["item_id"]) == ["eggs", "soap", "tea"]
+    assert window.now == {"a": window.cutoff}
+    with pytest.raises(ValueError, match="next_basket, window"):
+        split_for_validation(events, 10, "month")
