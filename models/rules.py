@@ -27,6 +27,8 @@ import scipy.sparse as sp
 from models.recommenders.base import RECOMMENDATION_COLUMNS, Recommender
 
 STORE_CHANNEL = "store"
+#: How far a repurchasable item just bought moves down, unless training chose otherwise.
+DEFAULT_TIMING = 0.25
 
 
 @dataclass
@@ -63,7 +65,7 @@ class BusinessRules:
     bought_by: dict[str, np.ndarray]
     bought_at: dict[str, np.ndarray]
     interval: np.ndarray
-    timing: float = 1.0
+    timing: float = DEFAULT_TIMING
 
     @classmethod
     def from_tables(
@@ -73,7 +75,7 @@ class BusinessRules:
         purchases: pd.DataFrame,
         items: pd.DataFrame | None = None,
         inventory: pd.DataFrame | None = None,
-        timing: float = 1.0,
+        timing: float = DEFAULT_TIMING,
     ) -> BusinessRules:
         """Build the rules from contract tables.
 

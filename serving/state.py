@@ -27,7 +27,7 @@ from features.interactions import InteractionWeights, event_weights
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
-from models.rules import BusinessRules
+from models.rules import DEFAULT_TIMING, BusinessRules
 from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, model_to_serve
 
 logger = logging.getLogger("omnichannel_ml")
@@ -208,7 +208,7 @@ def load_state() -> ServingState:
         purchases=context["purchases"],
         items=context.get("items"),
         inventory=context.get("inventory"),
-        timing=float(context["meta"].get("timing", 1.0)),
+        timing=float(context["meta"].get("timing", DEFAULT_TIMING)),
     )
     meta = context["meta"]
     forecaster = LightGBMForecaster.load(forecaster_dir)

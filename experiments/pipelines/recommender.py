@@ -21,7 +21,7 @@ from features.interactions import (
     build_popularity,
 )
 from models.evaluation import catalogue_coverage, ranking_metrics
-from models.recommenders import Recommender, TIFUKNNRecommender
+from models.recommenders import ModelFitError, Recommender, TIFUKNNRecommender
 from models.rules import BusinessRules, recommend_with_rules
 
 DEFAULT_CONFIG = Path(__file__).with_name("recommender.toml")
@@ -157,14 +157,14 @@ def select(
 
     Returns:
         The results, best first by the metric; and the candidates that refused this data
-        (e.g. EASE above its catalogue limit), with the reason.
+        (e.g. EASE above its catalogue limit) or could not be fitted on it, with the reason.
     """
     results, skipped = [], []
     for candidate in config.candidates:
         started = time.perf_counter()
         try:
             model = fit(candidate.build())
-        except ValueError as exc:
+        except (ValueError, ModelFitError) as exc:
             skipped.append((candidate, str(exc)))
             continue
         seconds = time.perf_counter() - started

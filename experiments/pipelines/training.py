@@ -42,7 +42,7 @@ from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender, TIFUKNNRecommender
-from models.rules import BusinessRules
+from models.rules import DEFAULT_TIMING, BusinessRules
 from serving.registry import (
     CHAMPION,
     CONTEXT_DIR,
@@ -89,8 +89,8 @@ class ValidationSplit:
 def split_for_validation(
     events: pd.DataFrame, days: int, target: str = "next_basket"
 ) -> ValidationSplit:
-    """Hold out the last ``days``; customers known before them are scored on their next basket
-    in them or on all they bought in them (:data:`TARGETS`).
+    """Hold out the last ``days`` (from midnight); customers known before them are scored on
+    their next basket in them or on all they bought in them (:data:`TARGETS`).
 
     The data's end is where all but its latest 0.1% of events lie, not its latest event: a few
     events posted to the service after the files were exported (or a till with a wrong clock)
@@ -100,7 +100,7 @@ def split_for_validation(
         raise ValueError(f"Unknown validation target {target!r}; use one of {', '.join(TARGETS)}.")
     times = events["event_time"].sort_values().to_numpy()
     end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
-    cutoff = end - pd.Timedelta(days=days)
+    cutoff = (end - pd.Timedelta(days=days)).floor("D")  # a day's basket is never split
     before, after = split_by_time(events, cutoff)
     known = before["customer_id"].dropna().astype("str").unique()
     bought = after[(after["event_type"] == "purchase") & after["customer_id"].isin(known)]
@@ -140,7 +140,7 @@ class TrainingOptions:
     weights: InteractionWeights
     validation_days: int = 28
     target: str = "next_basket"
-    timings: tuple[float, ...] = (0.25,)
+    timings: tuple[float, ...] = (DEFAULT_TIMING,)
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -159,7 +159,7 @@ def load_training_options(path: Path | None) -> TrainingOptions:
         InteractionWeights(**raw.get("interactions", {})),
         int(selection.get("validation_days", 28)),
         str(selection.get("target", "next_basket")),
-        tuple(float(t) for t in np.atleast_1d(raw.get("rules", {}).get("timing", 0.25))),
+        tuple(float(t) for t in np.atleast_1d(raw.get("rules", {}).get("timing", DEFAULT_TIMING))),
     )
 
 

@@ -287,13 +287,16 @@ class TIFUKNNRecommender(Recommender):
     It fits on baskets (:meth:`fit_baskets`): their decayed vectors
     (:func:`features.baskets.decayed_vectors` with its :attr:`decay`); ``fit`` takes such
     vectors (or any weights) directly, each customer's row counting as one basket. Purchases
-    posted later enter as a new newest group (:meth:`_merged`). Scoring
+    posted later enter as a new newest group per customer and update (:meth:`_merged`; the
+    service applies each posted batch, or each stretch of the log another worker wrote, as one
+    update, so two batches on one day count as two baskets until the next training). Scoring
     compares a customer with every other one: its cost grows with the number of customers. A
     customer scored with ``extra_history`` may count themself among their neighbours.
     """
 
     name = "tifu_knn"
     baskets_: np.ndarray  # per customer: their number of baskets
+    groups_: np.ndarray  # per customer: the decay groups their vector is the mean of
 
     def __init__(
         self,
@@ -322,30 +325,32 @@ class TIFUKNNRecommender(Recommender):
         self.fit(Interactions(vectors.matrix, vectors.customer_ids, vectors.item_ids, popularity))
         baskets = lines.groupby(lines["customer_id"].astype("str"))["basket_id"].nunique()
         self.baskets_ = baskets.reindex(self.customer_ids_).to_numpy(np.float32)
+        self.groups_ = np.ceil(self.baskets_ / self.group_size)
         return self
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         if not 0 <= self.alpha <= 1 or self.neighbours < 1:
             raise ValueError("alpha must be in [0, 1] and neighbours at least 1.")
         self.baskets_ = np.ones(user_items.shape[0], dtype=np.float32)  # fit_baskets counts
+        self.groups_ = self.baskets_.copy()
         self.decay  # noqa: B018 -- checks the decay parameters
         self._refresh_users(np.zeros(0, dtype=np.int64), user_items)
 
     def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
-        """The posted purchases of each customer as a new newest group of their vector, the
-        mean of ``G`` decayed groups: ``(basket + across * G * vector) / (G + 1)``. A returned
-        item leaves the vector."""
+        """The purchases posted for each customer (one call: one basket) as a new newest group
+        of their vector, the mean of ``G`` decayed groups: ``(basket + across * G * vector) /
+        (G + 1)``. Negative additions (returns) take an item out of the vector."""
         basket = sp.csr_matrix(additions > 0, dtype=np.float32)
         bought = np.asarray(basket.getnnz(axis=1) > 0)
-        baskets = np.zeros(histories.shape[0], dtype=np.float32)
-        baskets[: len(self.baskets_)] = self.baskets_
-        groups = np.ceil(baskets / self.group_size)
+        n = histories.shape[0]
+        groups = _padded(self.groups_, n)
         keep = np.where(bought, self.across * groups / (groups + 1), 1.0)
         fresh = np.where(bought, 1 / (groups + 1), 0.0)
         merged = sp.diags(keep.astype(np.float32)) @ histories
         merged = sp.csr_matrix(merged + sp.diags(fresh.astype(np.float32)) @ basket)
         returned = sp.csr_matrix(additions < 0, dtype=np.float32)
-        self.baskets_ = baskets + bought
+        self.groups_ = groups + bought
+        self.baskets_ = _padded(self.baskets_, n) + bought
         return sp.csr_matrix(merged - merged.multiply(returned), dtype=np.float32)
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
@@ -366,11 +371,21 @@ class TIFUKNNRecommender(Recommender):
         return np.asarray((items[columns] @ items.T).todense(), dtype=np.float32)
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"baskets": self.baskets_}
+        return {"baskets": self.baskets_, "groups": self.groups_}
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self._refresh_users(np.zeros(0, dtype=np.int64), self.user_items_)
-        self.baskets_ = state["baskets"]
+        # Models saved before baskets were counted: every row one basket.
+        ones = np.ones(self.user_items_.shape[0], dtype=np.float32)
+        self.baskets_ = state.get("baskets", ones)
+        self.groups_ = state.get("groups", np.ceil(self.baskets_ / self.group_size))
+
+
+def _padded(values: np.ndarray, n: int) -> np.ndarray:
+    """``values`` followed by zeros up to length ``n`` (rows of customers new since)."""
+    out = np.zeros(n, dtype=np.float32)
+    out[: len(values)] = values
+    return out
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:

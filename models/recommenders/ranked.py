@@ -5,9 +5,10 @@ The ranker learns from each customer's last basket: the first stage is fitted on
 before it, the candidates it proposes for that basket are labelled by what was in it, and the
 ranker learns to order them. Its features are what the model keeps for every customer and item
 — own and neighbours' decayed frequencies and their blend, in how many of their baskets the
-customer bought the item and how many baskets ago last, how widely an item is bought and how
-often bought again — all moved at once by a purchase posted later (:meth:`_merged`), so the
-ranker's answers change at once too.
+customer bought the item and how many baskets ago last (moved at once by a purchase posted
+later, :meth:`_merged`), how widely an item is bought and how often bought again (as of the
+fit). A request with context items is scored as a history the model has no row for: without
+the customer's basket counts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.baskets import basket_order
+from models.recommenders.base import ModelFitError
 from models.recommenders.models import TIFUKNNRecommender, _nearest_mean, _unit_rows
 
 FEATURES = [
@@ -263,4 +265,7 @@ def _train_ranker(first: RankedTIFURecommender, target: pd.DataFrame) -> lgb.Boo
         "verbosity": -1,
         "seed": 0,
     }
-    return lgb.train(params, data, num_boost_round=first.rounds)
+    try:
+        return lgb.train(params, data, num_boost_round=first.rounds)
+    except lgb.basic.LightGBMError as exc:
+        raise ModelFitError(f"The ranker could not be trained ({exc}).") from exc

@@ -46,8 +46,9 @@ def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> N
     events = pd.DataFrame(rows, columns=["customer_id", "item_id", "event_time"])
     events = events.assign(event_time=pd.to_datetime(events["event_time"]), event_type="purchase")
     nxt = split_for_validation(events, 10)
-    # The end is where all but the latest 0.1% of events lie: here all but the very last.
-    assert nxt.cutoff == pd.Timestamp("2024-03-21 10:00") - pd.Timedelta(days=10)
+    # The end is where all but the latest 0.1% of events lie (here all but the very last); the
+    # window starts at the midnight before it, so no day's basket is split.
+    assert nxt.cutoff == pd.Timestamp("2024-03-11")
     assert sorted(map(tuple, nxt.relevant.to_numpy())) == [("a", "eggs"), ("a", "tea")]
     assert nxt.now == {"a": pd.Timestamp("2024-03-20")}
     window = split_for_validation(events, 10, "window")
