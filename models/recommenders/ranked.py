@@ -221,7 +221,7 @@ def _candidates(
             model.item_reach_[c],
             model.item_repeat_[c],
             baskets[r],
-            np.asarray((own > 0).sum(axis=1))[r],
+            np.asarray(user_items.getnnz(axis=1))[r],
         ]
     ).astype(np.float32)
     return (r, c), features, blend
