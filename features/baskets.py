@@ -15,10 +15,10 @@ from features.interactions import Interactions, InteractionWeights, from_triples
 
 BASKET_COLUMNS = ["customer_id", "basket_id", "item_id", "time"]
 
-#: How posted events reach a model fitted on baskets: a purchase marks its item, nothing else
-#: counts (a view or a cart is no basket line).
+#: How posted events reach a model fitted on baskets: a purchase marks its item, a return
+#: takes it out; a view or a cart is no basket line.
 BASKET_WEIGHTS = InteractionWeights(
-    view=0.0, cart=0.0, purchase=1.0, return_=0.0, use_quantity=False, half_life_days=None
+    view=0.0, cart=0.0, purchase=1.0, return_=-1.0, use_quantity=False, half_life_days=None
 )
 
 

@@ -219,3 +219,15 @@ def test_a_purchase_posted_to_tifu_knn_is_a_new_newest_group() -> None:
     # c00's own vector now holds i00, so TIFU scores it (repeat purchases are its point).
     scores, fallback = model.scores_for("c00")
     assert not fallback and scores[0] > 0
+
+
+def test_a_return_posted_to_tifu_knn_takes_the_item_out_of_the_vector() -> None:
+    from features.baskets import BASKET_WEIGHTS
+    from features.interactions import event_weights
+
+    model = TIFUKNNRecommender(neighbours=5, alpha=0.5).fit(checkerboard())
+    returned = pd.DataFrame({"event_type": ["return"], "quantity": [2.0]})
+    weight = event_weights(returned, BASKET_WEIGHTS)  # what the service adds for a return
+    model.partial_fit_users(["c00"], sp.csr_matrix((weight, ([0], [1])), shape=(1, 12)))
+    assert model.user_items_[0, 1] == 0 and model.user_items_[0, 2] > 0
+    assert model.baskets_[0] == 1  # a return is no new basket
