@@ -87,7 +87,13 @@ def decayed_vectors(
         decay: the decay rates and group size.
         item_ids: the columns (default: the items in ``lines``); other items are left out.
     """
-    ordered = basket_order(lines)
+    return ordered_vectors(basket_order(lines), decay, item_ids)
+
+
+def ordered_vectors(
+    ordered: pd.DataFrame, decay: Decay = Decay(), item_ids: pd.Index | None = None
+) -> Interactions:
+    """:func:`decayed_vectors` of lines already in :func:`basket_order`."""
     back = ordered["back"].to_numpy()
     baskets = ordered["baskets"].to_numpy()
     group, place = np.divmod(back, decay.group_size)

@@ -66,9 +66,24 @@ class RepurchaseEvidence:
 def repeat_buyers(unified: pd.DataFrame) -> pd.DataFrame:
     """Per item bought by known customers: ``buyers`` and ``repeat_buyers`` (those who bought
     it on two or more days)."""
+    return _repeat_buyers(_purchase_days(unified))
+
+
+def repurchase_intervals(unified: pd.DataFrame, min_gaps: int = 5) -> pd.Series:
+    """Per item, the median number of days between a customer's consecutive purchase days of
+    it (an item's usual interval), where at least ``min_gaps`` such gaps were seen."""
+    return _intervals(_purchase_days(unified), min_gaps)
+
+
+def _purchase_days(unified: pd.DataFrame) -> pd.DataFrame:
+    """Distinct ``customer_id, item_id, day`` of known customers' purchases, in that order."""
     bought = _known_purchases(unified)
     days = bought.assign(day=bought["event_time"].dt.floor("D"))
-    days = days.drop_duplicates(["customer_id", "item_id", "day"])
+    days = days[["customer_id", "item_id", "day"]].drop_duplicates()
+    return days.sort_values(["customer_id", "item_id", "day"])
+
+
+def _repeat_buyers(days: pd.DataFrame) -> pd.DataFrame:
     per_buyer = days.groupby(["item_id", "customer_id"], observed=True).size()
     table = (
         (per_buyer >= 2)
@@ -78,13 +93,7 @@ def repeat_buyers(unified: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().astype({"item_id": "str", "repeat_buyers": "int64"})
 
 
-def repurchase_intervals(unified: pd.DataFrame, min_gaps: int = 5) -> pd.Series:
-    """Per item, the median number of days between a customer's consecutive purchase days of
-    it (an item's usual interval), where at least ``min_gaps`` such gaps were seen."""
-    bought = _known_purchases(unified)
-    days = bought.assign(day=bought["event_time"].dt.floor("D"))
-    days = days[["customer_id", "item_id", "day"]].drop_duplicates()
-    days = days.sort_values(["customer_id", "item_id", "day"])
+def _intervals(days: pd.DataFrame, min_gaps: int = 5) -> pd.Series:
     same = days.duplicated(["customer_id", "item_id"])  # not the pair's first day
     gaps = days["day"].diff().dt.total_seconds().div(86_400)[same]
     by_item = gaps.groupby(days["item_id"].astype("str")[same])
@@ -105,7 +114,8 @@ def with_learned_repurchase(
     not say (no column, an empty cell, or an item it does not list), and ``repurchase_days``,
     the item's usual interval between purchases, likewise; what the catalogue says wins."""
     catalogue = items if items is not None else pd.DataFrame({"item_id": pd.Series(dtype="str")})
-    counts = repeat_buyers(unified)
+    days = _purchase_days(unified)  # once, for both what is bought again and how often
+    counts = _repeat_buyers(days)
     learned = (counts["buyers"] >= evidence.min_buyers) & (
         counts["repeat_buyers"] >= evidence.min_share * counts["buyers"]
     )
@@ -113,12 +123,12 @@ def with_learned_repurchase(
     unlisted = counts.loc[~counts["item_id"].isin(catalogue["item_id"].astype(str)), ["item_id"]]
     table = pd.concat([catalogue, unlisted], ignore_index=True)
     flag = table["repurchasable"] if "repurchasable" in table else pd.Series(pd.NA, table.index)
-    from_data = table["item_id"].astype(str).map(learned_by_item).fillna(False)
+    item_ids = table["item_id"].astype(str)
+    from_data = item_ids.map(learned_by_item).fillna(False)
     table["repurchasable"] = flag.astype("boolean").fillna(from_data.astype("boolean"))
-    interval = repurchase_intervals(unified)
     given = (
         table["repurchase_days"] if "repurchase_days" in table else pd.Series(np.nan, table.index)
     )
-    learned_days = table["item_id"].astype(str).map(interval)
+    learned_days = item_ids.map(_intervals(days))
     table["repurchase_days"] = pd.to_numeric(given).fillna(learned_days).astype("float64")
     return table

@@ -30,6 +30,7 @@ class Frequency:
     season: int  # one seasonal cycle: a week of days, a year of weeks
     month: int  # about four weeks
     short: int  # the short window of rolling means: a week of days, a month of weeks
+    long: int  # the long window: four weeks of days, a quarter of weeks
 
     @property
     def step(self) -> np.timedelta64:
@@ -37,8 +38,8 @@ class Frequency:
 
 
 FREQUENCIES = {
-    "D": Frequency(days=1, season=7, month=28, short=7),
-    "W": Frequency(days=7, season=52, month=4, short=4),
+    "D": Frequency(days=1, season=7, month=28, short=7, long=28),
+    "W": Frequency(days=7, season=52, month=4, short=4, long=13),
 }
 
 
@@ -99,8 +100,8 @@ class FeatureSpec:
     @classmethod
     def default(cls, horizon: int, freq: str) -> FeatureSpec:
         """Lags at the horizon and one season back; rolling means of a month and a quarter."""
-        season = frequency(freq).season
-        short, long_ = frequency(freq).short, (13 if freq == "W" else 28)
+        spec = frequency(freq)
+        season, short, long_ = spec.season, spec.short, spec.long
         lags = sorted(
             {horizon, horizon + 1, horizon + 2, max(horizon, season), max(horizon, 2 * season)}
         )

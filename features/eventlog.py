@@ -250,7 +250,7 @@ class EventLog:
         self._failure: tuple[str, float] | None = None  # the last failure and when
         self._quarantined: set[int] = set()
         if url.startswith(("postgresql://", "postgres://")):
-            _psycopg(self.url)  # a missing driver stops the start, not every call
+            self._driver = _psycopg(self.url)  # a missing driver stops the start
             self._postgres, self._param = True, "%s"
         elif url.startswith("sqlite:///"):
             self._postgres, self._param = False, "?"
@@ -267,7 +267,7 @@ class EventLog:
     def _connect(self) -> Any:
         connection: Any
         if self._postgres:
-            connection = _psycopg(self.url).connect(
+            connection = self._driver.connect(
                 self._url, autocommit=False, connect_timeout=CONNECT_TIMEOUT
             )
             serial = "BIGSERIAL"

@@ -172,15 +172,19 @@ class BusinessRules:
                 "day": _days(pd.DatetimeIndex(times)),
             }
         )
-        for customer, group in pairs[pairs["column"] >= 0].groupby("customer"):
+        latest = pairs[pairs["column"] >= 0].groupby(["customer", "column"])["day"].max()
+        columns = latest.index.get_level_values("column").to_numpy(np.int64)
+        days = latest.to_numpy(np.float64)  # the latest known time; NaN only when none is
+        for customer, rows in latest.groupby(level="customer").indices.items():
             customer = str(customer)
-            known = self.bought_by.get(customer, np.zeros(0, dtype=np.int64))
-            every = np.concatenate([known, group["column"].to_numpy()])
-            days = np.concatenate([self.bought_at.get(customer, known * np.nan), group["day"]])
-            bought, slot = np.unique(every, return_inverse=True)
-            last = np.full(len(bought), -np.inf)
-            np.fmax.at(last, slot, days)  # the latest known time; NaN only when none is
-            self.bought_at[customer] = np.where(np.isinf(last), np.nan, last)
+            bought, at = columns[rows], days[rows]
+            known = self.bought_by.get(customer)
+            if known is not None:  # merge with what the customer bought before
+                bought, slot = np.unique(np.concatenate([known, bought]), return_inverse=True)
+                last = np.full(len(bought), -np.inf)
+                np.fmax.at(last, slot, np.concatenate([self.bought_at[customer], at]))
+                at = np.where(np.isinf(last), np.nan, last)
+            self.bought_at[customer] = at
             self.bought_by[customer] = bought  # the columns last: readers pair them with times
 
     def record_sales(
@@ -263,20 +267,27 @@ class BusinessRules:
         days = self.bought_at.get(customer_id)
         if days is None or len(days) != len(bought):  # a concurrent purchase: next time
             return
-        elapsed = _days(pd.DatetimeIndex([now]))[0] - days
+        elapsed = _day(now) - days
         due = np.clip(elapsed / self.interval[bought], 0.0, 1.0)
         recent = self.repurchasable[bought] & (due < 1)  # NaN (unknown) is never recent
         columns = bought[recent]
         scores[columns] -= self.timing * (1 - due[recent]) * np.abs(scores[columns])
 
 
+def _day(time: pd.Timestamp) -> float:
+    """:func:`_days` of one time, without building an index (the per-request path)."""
+    utc = time.tz_convert("UTC").tz_localize(None) if time.tz is not None else time
+    return (utc - _EPOCH).total_seconds() / 86_400
+
+
+_EPOCH = pd.Timestamp("1970-01-01")
+
+
 def _days(times: pd.DatetimeIndex) -> np.ndarray:
     """Days since the epoch (NaN for NaT); naive times are taken as UTC."""
     if times.tz is not None:
         times = times.tz_convert("UTC").tz_localize(None)
-    return np.asarray(
-        (times - pd.Timestamp("1970-01-01")).total_seconds().to_numpy(np.float64) / 86_400
-    )
+    return np.asarray((times - _EPOCH).total_seconds().to_numpy(np.float64) / 86_400)
 
 
 def recommend_with_rules(
@@ -291,23 +302,31 @@ def recommend_with_rules(
     """:func:`top_for_customer` for many customers, as a table (``customer_id, item_id, score,
     rank, fallback``): exactly what the service answers each of them, asked at ``now`` (one
     time for all, or each customer's)."""
-    frames = []
-    for customer in pd.Index(customer_ids, dtype="str"):
-        when = now.get(customer) if isinstance(now, Mapping) else now
-        columns, scores, fallback = top_for_customer(model, rules, customer, n, now=when, **context)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "customer_id": customer,
-                    "item_id": model.item_ids_.take(columns).to_numpy(),
-                    "score": scores,
-                    "rank": np.arange(1, len(columns) + 1),
-                    "fallback": fallback,
-                }
-            )
+    ids = pd.Index(customer_ids, dtype="str")
+    answers = [
+        top_for_customer(
+            model,
+            rules,
+            customer,
+            n,
+            now=now.get(customer) if isinstance(now, Mapping) else now,
+            **context,
         )
-    empty = pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
-    return pd.concat(frames, ignore_index=True) if frames else empty
+        for customer in ids
+    ]
+    sizes = np.array([len(columns) for columns, _, _ in answers], dtype=np.int64)
+    if not sizes.sum():
+        return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+    return pd.DataFrame(
+        {
+            "customer_id": np.repeat(ids.to_numpy(), sizes),
+            "item_id": model.item_ids_.take(np.concatenate([a[0] for a in answers])).to_numpy(),
+            "score": np.concatenate([a[1] for a in answers]),
+            "rank": np.concatenate([np.arange(1, size + 1) for size in sizes]),
+            "fallback": np.repeat([a[2] for a in answers], sizes),
+        },
+        columns=RECOMMENDATION_COLUMNS,
+    )
 
 
 def top_for_customer(

@@ -293,6 +293,7 @@ def as_events(lines: pd.DataFrame) -> pd.DataFrame:
 
 def served(
     split: BasketSplit,
+    lines: pd.DataFrame,
     config: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[Row, dict[str, list[str]]]:
@@ -300,7 +301,7 @@ def served(
     what /recommend then answers each household when it comes to shop (``now``: its target
     basket's time): the same functions, rules and timing."""
     started = time.perf_counter()
-    events = as_events(pd.concat([split.history, split.validation_lines], ignore_index=True))
+    events = as_events(lines)
     options = load_training_options(config)
     selection = select_recommender(
         events,
@@ -368,7 +369,7 @@ def run(
         )
         progress(f"{name}: test nDCG@10 {rows[-1].test['ndcg@10']:.4f}")
     tracemalloc.start()
-    row, ranked = served(split, config, progress)
+    row, ranked = served(split, full, config, progress)
     row.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     row.test = scores(ranked, split.target, before_target)

@@ -8,6 +8,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,19 @@ class SelectionConfig:
 def load_selection_config(path: Path | None = None) -> SelectionConfig:
     """Read candidates and their grids from TOML; every grid combination is one candidate."""
     path = Path(path) if path else DEFAULT_CONFIG
+    return selection_config(read_config(path), path)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A selection TOML, parsed (one sentence when it cannot be)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path} is not a readable TOML file ({exc}).") from exc
+
+
+def selection_config(raw: dict[str, Any], path: Path) -> SelectionConfig:
+    """The candidates of a parsed selection TOML (``path`` names it in errors)."""
     selection = raw.get("selection", {})
     candidates = []
     for entry in raw.get("candidates", []):
@@ -91,7 +101,7 @@ class TrainingInput:
     over the same item columns."""
 
     interactions: Interactions
-    baskets: pd.DataFrame
+    events: pd.DataFrame
 
     @classmethod
     def from_events(cls, events: pd.DataFrame, weights: InteractionWeights) -> TrainingInput:
@@ -99,7 +109,12 @@ class TrainingInput:
         interactions = Interactions(
             matrix.matrix, matrix.customer_ids, matrix.item_ids, build_popularity(events)
         )
-        return cls(interactions, baskets_from_events(events))
+        return cls(interactions, events)
+
+    @cached_property
+    def baskets(self) -> pd.DataFrame:
+        """Basket lines, built when a model first needs them."""
+        return baskets_from_events(self.events)
 
     def fit(self, model: Recommender) -> Recommender:
         """``model`` fitted on the input it expects."""

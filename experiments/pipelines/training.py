@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -28,10 +27,10 @@ from experiments.pipelines.recommender import (
     SelectionConfig,
     TrainingInput,
     evaluate_served,
-    load_selection_config,
+    read_config,
     select,
+    selection_config,
 )
-from features.baskets import BASKET_WEIGHTS
 from features.customers import build_habits, purchases, with_learned_repurchase
 from features.demand import PERIOD, SERIES, TARGET
 from features.eventlog import EventLog
@@ -41,7 +40,7 @@ from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
-from models.recommenders import Recommender, TIFUKNNRecommender
+from models.recommenders import Recommender
 from models.rules import DEFAULT_TIMING, BusinessRules
 from serving.registry import (
     CHAMPION,
@@ -152,10 +151,10 @@ class TrainingOptions:
 
 def load_training_options(path: Path | None) -> TrainingOptions:
     path = Path(path) if path else DEFAULT_CONFIG
-    raw = tomllib.loads(path.read_text())
+    raw = read_config(path)
     selection = raw.get("selection", {})
     return TrainingOptions(
-        load_selection_config(path),
+        selection_config(raw, path),
         InteractionWeights(**raw.get("interactions", {})),
         int(selection.get("validation_days", 28)),
         str(selection.get("target", "next_basket")),
@@ -202,11 +201,15 @@ def select_recommender(
         return evaluate_served(model, rules, split.relevant, k, split.now)
 
     def rescore(candidate: Candidate) -> float:
-        return score(data.fit(candidate.build()))[metric]
+        scored = next((r.metrics[metric] for r in results if r.candidate == candidate), None)
+        return scored if scored is not None else score(data.fit(candidate.build()))[metric]
 
     results, skipped = select(options.selection, data.fit, score, on_result)
-    best = results[0].model
-    timing = max(options.timings, key=lambda t: score(best, t)[metric])  # ties: the first
+    best = results[0]
+    scored = {options.timings[0]: best.metrics[metric]}  # candidates were scored with it
+    for timing in options.timings[1:]:
+        scored.setdefault(timing, score(best.model, timing)[metric])
+    timing = max(scored, key=scored.__getitem__)  # ties: the first
     return Selection(results, skipped, timing, rescore)
 
 
@@ -336,9 +339,8 @@ def write_context(
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
         latest.to_parquet(out / "inventory.parquet")
     unified = result.unified
-    posted = BASKET_WEIGHTS if isinstance(model, TIFUKNNRecommender) else weights
     meta = {
-        "weights": asdict(posted),
+        "weights": asdict(model.posted_weights or weights),
         "timing": timing,
         "log_seq": log_seq,
         "stores": sorted(unified["store_id"].dropna().astype(str).unique()),

@@ -22,7 +22,7 @@ from implicit.cpu.topk import topk as implicit_topk
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from features.interactions import POPULARITY, Interactions
+from features.interactions import POPULARITY, Interactions, InteractionWeights
 from models.errors import UnknownIdError
 
 RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
@@ -45,6 +45,8 @@ class Recommender(BaseEstimator):
 
     registry: ClassVar[dict[str, type[Recommender]]] = {}
     name: ClassVar[str] = "base"
+    #: How events posted to the service count for this model (None: as in training).
+    posted_weights: ClassVar[InteractionWeights | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -20,7 +20,7 @@ from implicit.recommender_base import ModelFitError as ImplicitFitError
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from features.baskets import Decay, decayed_vectors
+from features.baskets import BASKET_WEIGHTS, Decay, basket_order, ordered_vectors
 from features.interactions import Interactions
 from models.recommenders.base import ModelFitError, Recommender
 
@@ -295,6 +295,7 @@ class TIFUKNNRecommender(Recommender):
     """
 
     name = "tifu_knn"
+    posted_weights = BASKET_WEIGHTS
     baskets_: np.ndarray  # per customer: their number of baskets
     groups_: np.ndarray  # per customer: the decay groups their vector is the mean of
 
@@ -321,9 +322,16 @@ class TIFUKNNRecommender(Recommender):
     ) -> Self:
         """Fit on basket lines (``customer_id, basket_id, item_id, time``): their decayed
         vectors over the columns ``item_ids``, with ``popularity`` for the fallback."""
-        vectors = decayed_vectors(lines, self.decay, item_ids)
+        return self._fit_ordered(basket_order(lines), item_ids, popularity)
+
+    def _fit_ordered(
+        self, ordered: pd.DataFrame, item_ids: pd.Index, popularity: pd.DataFrame | None
+    ) -> Self:
+        """:meth:`fit_baskets` on lines already in :func:`features.baskets.basket_order`."""
+        vectors = ordered_vectors(ordered, self.decay, item_ids)
         self.fit(Interactions(vectors.matrix, vectors.customer_ids, vectors.item_ids, popularity))
-        baskets = lines.groupby(lines["customer_id"].astype("str"))["basket_id"].nunique()
+        first = ordered.drop_duplicates("customer_id")
+        baskets = pd.Series(first["baskets"].to_numpy(), index=first["customer_id"].astype("str"))
         self.baskets_ = baskets.reindex(self.customer_ids_).to_numpy(np.float32)
         self.groups_ = np.ceil(self.baskets_ / self.group_size)
         return self
@@ -359,11 +367,17 @@ class TIFUKNNRecommender(Recommender):
         self.neighbourhood_ = (sp.csr_matrix(unit.T), user_items)
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        own, neighbours = self._parts(rows, user_items)
+        return sp.csr_matrix(self.alpha * own + (1 - self.alpha) * neighbours).toarray()
+
+    def _parts(
+        self, rows: np.ndarray, user_items: sp.csr_matrix
+    ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The customers' own vectors and the mean of their nearest neighbours' (sparse)."""
         unit_by_item, histories = self.neighbourhood_
         similarity = sp.csr_matrix(_unit_rows(user_items) @ unit_by_item)
         mean = _nearest_mean(similarity, rows, self.neighbours)
-        blended = self.alpha * user_items + (1 - self.alpha) * (mean @ histories)
-        return sp.csr_matrix(blended).toarray()
+        return user_items, sp.csr_matrix(mean @ histories)
 
     def _similar_scores(self, columns: np.ndarray) -> np.ndarray:
         # Items bought by the same customers: cosine over the customers' vectors.

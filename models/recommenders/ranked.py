@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from features.baskets import basket_order
 from models.recommenders.base import ModelFitError
-from models.recommenders.models import TIFUKNNRecommender, _nearest_mean, _unit_rows
+from models.recommenders.models import TIFUKNNRecommender
 
 FEATURES = [
     "own", "neighbours", "blend", "blend_share", "baskets_with", "basket_share",
@@ -81,7 +81,10 @@ class RankedTIFURecommender(TIFUKNNRecommender):
         ranker = None
         if target["customer_id"].nunique() >= self.min_customers:
             earlier = ordered.drop(index=target.index)
-            earlier = basket_order(earlier.assign(time=-earlier["back"]))
+            moved = earlier["customer_id"].isin(target["customer_id"]).astype(int)
+            earlier = earlier.assign(
+                back=earlier["back"] - moved, baskets=earlier["baskets"] - moved
+            )
             first = self.__class__(**self.get_params())
             # Popularity from those baskets too: the targets' purchases must not leak into it.
             first._fit_ordered(earlier, item_ids, None)
@@ -92,10 +95,9 @@ class RankedTIFURecommender(TIFUKNNRecommender):
 
     def _fit_ordered(
         self, ordered: pd.DataFrame, item_ids: pd.Index, popularity: pd.DataFrame | None
-    ) -> None:
-        """The first stage and the basket counts, from :func:`basket_order` lines (their order
-        stands for time)."""
-        super().fit_baskets(ordered.assign(time=-ordered["back"]), item_ids, popularity)
+    ) -> Self:
+        """The first stage, and each customer's counts of baskets holding each item."""
+        super()._fit_ordered(ordered, item_ids, popularity)
         pairs = (
             ordered.assign(number=ordered["baskets"] - ordered["back"])
             .groupby(["customer_id", "item_id"], observed=True)
@@ -113,6 +115,7 @@ class RankedTIFURecommender(TIFUKNNRecommender):
             for name in ("count", "last")
         )
         self._item_stats()
+        return self
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         super()._fit(user_items)
@@ -190,11 +193,8 @@ def _candidates(
     """The first stage for these customers (``rows``, -1 for a history the model has no row
     for): the proposed (row, item) pairs, their :data:`FEATURES` (one row per pair) and the
     dense TIFU-KNN blend."""
-    unit_by_item, histories = model.neighbourhood_
-    similarity = sp.csr_matrix(_unit_rows(user_items) @ unit_by_item)
-    mean = _nearest_mean(similarity, rows, model.neighbours)
-    own = user_items.toarray()
-    neighbours = sp.csr_matrix(mean @ histories).toarray()
+    own_part, neighbours_part = model._parts(rows, user_items)
+    own, neighbours = own_part.toarray(), neighbours_part.toarray()
     blend = model.alpha * own + (1 - model.alpha) * neighbours
     proposed = np.zeros(blend.shape, dtype=bool)
     k = min(model.candidates, blend.shape[1])
@@ -205,8 +205,9 @@ def _candidates(
     r, c = np.nonzero(proposed)  # row-major: each customer's pairs together
     known = rows >= 0
     at = np.maximum(rows, 0)
-    counts = model.counts_[at].toarray() * known[:, None]
-    last = model.last_[at].toarray() * known[:, None]
+    # Only the proposed pairs' entries, not dense rows over the catalogue.
+    counts = np.asarray(model.counts_[at[r], c]).ravel() * known[r]
+    last = np.asarray(model.last_[at[r], c]).ravel() * known[r]
     baskets = np.where(known, model.baskets_[at], 0.0)
     top = np.maximum(blend.max(axis=1), 1e-12)
     features = np.column_stack(
@@ -215,9 +216,9 @@ def _candidates(
             neighbours[r, c],
             blend[r, c],
             blend[r, c] / top[r],
-            counts[r, c],
-            counts[r, c] / np.maximum(baskets[r], 1),
-            np.where(last[r, c] > 0, baskets[r] - last[r, c], -1),
+            counts,
+            counts / np.maximum(baskets[r], 1),
+            np.where(last > 0, baskets[r] - last, -1),
             model.item_reach_[c],
             model.item_repeat_[c],
             baskets[r],
