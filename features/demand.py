@@ -70,6 +70,33 @@ def split_at(
     return history, panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= end)]
 
 
+def series_profile(panel: pd.DataFrame, freq: str) -> pd.DataFrame:
+    """Per series, over its observed periods in the panel's last quarter (13 weeks, 28 days):
+    ``volume``, the mean demand, and ``volatility``, the mean absolute change from one period
+    to the next (the scale of MASE). Indexed by series; a series with one such period has
+    volatility 0."""
+    spec = frequency(freq)
+    recent = panel[
+        (panel[PERIOD] > panel[PERIOD].max() - spec.step * spec.long) & ~panel["censored"]
+    ].sort_values([SERIES, PERIOD])
+    grouped = recent.groupby(SERIES, observed=True)[TARGET]
+    change = grouped.diff().abs()
+    return pd.DataFrame(
+        {
+            "volume": grouped.mean(),
+            "volatility": change.groupby(recent[SERIES], observed=True).mean().fillna(0.0),
+        }
+    )
+
+
+def spans_a_year(panel: pd.DataFrame, horizon: int, freq: str) -> bool:
+    """Whether the panel spans more than a year and a horizon: only then has its history seen
+    the weeks a forecast covers, so that week of the year and month can mean something (before,
+    trees extrapolate them from other weeks)."""
+    days = frequency(freq).days
+    return bool(panel[PERIOD].nunique() * days > 365 + horizon * days)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which features to build (logged verbatim as parameters).
@@ -81,12 +108,14 @@ class FeatureSpec:
         horizon: periods ahead.
         lags: target lags.
         rolling: lag -> windows for rolling means of the target ending at that lag.
-        season: periods per year-ish cycle used by calendar features (7 daily weekday, 52 weekly).
+        calendar: week of the year and month as features (a model should read them only when
+            its history holds the weeks it forecasts: more than a year).
     """
 
     horizon: int
     lags: tuple[int, ...]
     rolling: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    calendar: bool = True
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -114,6 +143,7 @@ class FeatureSpec:
             "rolling": ";".join(
                 f"{k}:{','.join(map(str, v))}" for k, v in sorted(self.rolling.items())
             ),
+            "calendar": int(self.calendar),
         }
 
 
@@ -327,9 +357,10 @@ def build_features(
     ``store_code``, ``item_code`` and ``category_code`` come from ``codes`` (a fitted model's;
     by default learned from this panel), so that they mean the same in training and forecasting.
 
-    Features: ``lag{k}``; ``rolling_mean_lag{k}_window{w}``; calendar (``week_of_year``,
-    ``month``, ``day_of_week`` for daily data); ``unit_price``, ``price_ratio`` (to the series'
-    median price), ``on_promo``, ``x_*``; ``store_code``, ``item_code``, ``category_code``; and
+    Features: ``lag{k}``; ``rolling_mean_lag{k}_window{w}``; calendar (``week_of_year`` and
+    ``month`` when ``spec.calendar``, ``day_of_week`` for daily data); ``unit_price``,
+    ``price_ratio`` (to the series' median price), ``on_promo``, ``x_*``; ``store_code``,
+    ``item_code``, ``category_code``; and
     aggregates lagged like the target: ``category_store_rolling_mean_lag{h}_window{w}`` (the
     item's category at its store, per item) and ``item_stores_rolling_mean_lag{h}_window{w}``
     (the item across stores, per store).
@@ -363,7 +394,8 @@ def build_features(
     names = [
         *(f"lag{k}" for k in spec.lags),
         *(f"rolling_mean_lag{k}_window{w}" for k, ws in sorted(spec.rolling.items()) for w in ws),
-        "week_of_year", "month", *(["day_of_week"] if freq == "D" else []),
+        *(["week_of_year", "month"] if spec.calendar else []),
+        *(["day_of_week"] if freq == "D" else []),
         *(["unit_price", "price_ratio"] if "unit_price" in panel else []),
         *covariates, "store_code", "item_code", "category_code",
         *(f"{name}_rolling_mean_lag{lag}_window{short}" for name in groups),
@@ -382,8 +414,9 @@ def build_features(
         for w in windows:
             put(_lagged(_rolling_mean(grid, w).ravel(), cell, period, k))
     calendar = pd.DatetimeIndex(first + step * np.arange(n_periods))
-    put(calendar.isocalendar().week.to_numpy(dtype=np.float64)[period])
-    put(calendar.month.to_numpy(dtype=np.float64)[period])
+    if spec.calendar:
+        put(calendar.isocalendar().week.to_numpy(dtype=np.float64)[period])
+        put(calendar.month.to_numpy(dtype=np.float64)[period])
     if freq == "D":
         put(calendar.day_of_week.to_numpy(dtype=np.float64)[period])
     if "unit_price" in panel:

@@ -13,11 +13,13 @@ the dispersion chosen so that 80% of a held-out window falls between P10 and P90
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -35,14 +37,15 @@ from features.demand import (
     build_features,
     extend_with_future,
     frequency,
-    rolling_origins,
-    split_at,
+    series_profile,
+    spans_a_year,
 )
 from models.errors import BeyondModelError, UnknownIdError
 
 QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
 _OBJECTIVES = ("tweedie", "poisson", "regression")
+STRATEGIES = ("recursive", "direct")
 
 
 class Forecaster(BaseEstimator):
@@ -120,12 +123,21 @@ class MovingAverage(_Baseline):
 
 
 class LightGBMForecaster(Forecaster):
-    """One global LightGBM model over every series (see the module docstring).
+    """Global LightGBM models over every series (see the module docstring).
 
     Series with fewer than ``min_history`` observed periods are forecast by the moving average
     and flagged ``method="moving_average (short history)"``. ``n_jobs`` are the threads of
     training (-1: every core); forecasts after fitting run on one thread, as a service's request
     threads each would otherwise start a team of their own.
+
+    With ``strategy="direct"`` (the default) each lead bucket has its own model, which reads
+    nothing more recent than the bucket's last lead (see :meth:`buckets`): a 39-week forecast is
+    made by four models, for weeks 1-4, 5-13, 14-26 and 27-39, and its first 13 weeks are
+    exactly a 13-week forecast's. ``strategy="recursive"`` is one model of the next period that
+    reads its own forecasts for the periods after. ``quantiles`` names the interval method, or
+    ``"auto"`` to choose it on held-out history (see :meth:`fit`); ``refit`` trains the models
+    again on the whole panel after calibration (off: the models forecast exactly as they were
+    calibrated, but the last held-out periods' sales are never learned from).
     """
 
     name = "lightgbm"
@@ -136,7 +148,7 @@ class LightGBMForecaster(Forecaster):
         freq: str = "D",
         lags: tuple[int, ...] | None = None,
         rolling: dict[int, tuple[int, ...]] | None = None,
-        objective: str = "auto",
+        objective: str = "tweedie",
         n_estimators: int = 400,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
@@ -144,6 +156,9 @@ class LightGBMForecaster(Forecaster):
         min_history: int | None = None,
         random_state: int = 0,
         n_jobs: int = -1,
+        quantiles: str = "auto",
+        strategy: str = "direct",
+        refit: bool = True,
     ) -> None:
         self.horizon = horizon
         self.freq = freq
@@ -157,97 +172,223 @@ class LightGBMForecaster(Forecaster):
         self.min_history = min_history
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.quantiles = quantiles
+        self.strategy = strategy
+        self.refit = refit
 
-    def spec(self) -> FeatureSpec:
-        default = FeatureSpec.default(self.horizon, self.freq)
-        return FeatureSpec(
-            horizon=self.horizon,
-            lags=tuple(self.lags) if self.lags else default.lags,
-            rolling={int(k): tuple(v) for k, v in (self.rolling or default.rolling).items()},
-        )
+    def buckets(self) -> list[int]:
+        """The last lead each direct model serves, in order: a month (4 weeks, 7 days), a
+        quarter (13 weeks, 28 days), then a quarter each, the last cut at the horizon."""
+        spec = frequency(self.freq)
+        ends = [spec.short, *range(spec.long, self.horizon + spec.long, spec.long)]
+        return sorted({min(end, self.horizon) for end in ends})
+
+    def spec(self, lead: int | None = None) -> FeatureSpec:
+        """The features of the direct model whose last lead is ``lead`` (default: the first
+        model's): every lag and rolling mean at least that far back."""
+        lead = lead or self.models()[0]
+        default = FeatureSpec.default(lead, self.freq)
+        lags = sorted({max(int(k), lead) for k in self.lags}) if self.lags else default.lags
+        rolling: dict[int, tuple[int, ...]] = {}
+        for k, windows in (self.rolling or default.rolling).items():
+            rolling[max(int(k), lead)] = tuple(windows)
+        calendar = getattr(self, "calendar_", True)
+        return FeatureSpec(horizon=lead, lags=tuple(lags), rolling=rolling, calendar=calendar)
 
     def fit(self, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
-        """Choose the objective and calibrate the quantiles on held-out history, then fit on all.
+        """Fit the models, and calibrate the intervals on held-out history.
 
-        The last few horizons of the panel are held out (enough for about 300 observations,
-        at most 4 horizons); a model trained before them forecasts each in turn from the history
-        up to its origin — the way it will be used. With ``objective="auto"`` the objective with
-        the lowest WAPE there is kept (tweedie, poisson or squared error); the negative-binomial
-        dispersion is the one whose P10-P90 interval covers 80% of those held-out actuals.
+        The last periods of the panel (enough for about 600 observations, at least the
+        horizon — or for direct models the first bucket — and at most four times that) are held
+        out: the models trained before them forecast them as they will be used (the recursive
+        model from origins a horizon apart, feeding its own forecasts back), and their errors
+        calibrate the intervals — per volume band of series (quintiles of recent demand) and
+        lead bucket. With ``objective="auto"`` the objective with the lowest WAPE there is kept
+        (tweedie, poisson or squared error; three more trainings). Then, with ``refit``, every
+        model is trained again on the whole panel. When the history is too short to hold any
+        periods out, a :class:`CalibrationWarning` says so and the intervals are the documented
+        default (negative binomial, dispersion 1).
         """
         self._check(panel)
+        if self.quantiles not in ("auto", *INTERVAL_METHODS):
+            named = ", ".join(("auto", *INTERVAL_METHODS))
+            raise ValueError(f"quantiles must be one of {named}, not {self.quantiles!r}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}."
+            )
         self.items_ = items
         self.codes_ = Codes.learn(panel, items)
-        spec = self.spec()
-        objectives = list(_OBJECTIVES) if self.objective == "auto" else [self.objective]
-        self.objective_ = objectives[0]
-        self.dispersion_ = 1.0
-        held = self._held_out_blocks(panel)
-        if held:
-            first_origin = held[0]
-            early = panel[panel[PERIOD] <= first_origin]
-            scores = {}
-            for objective in objectives:
-                booster = self._train(early, spec, objective)
-                mean, actual = self._forecast_blocks(booster, panel, held, spec)
-                scores[objective] = (
-                    np.abs(actual - mean).sum() / max(actual.sum(), 1e-9),
-                    mean,
-                    actual,
+        self.calendar_ = spans_a_year(panel, self.horizon, self.freq)
+        self.objective_ = "tweedie" if self.objective == "auto" else self.objective
+        self.selection_wape_: dict[str, float] = {}
+        start = self._held_out_start(panel)
+        held: list[pd.DataFrame] = []
+        self.boosters_ = []
+        for index, lead in enumerate(self.models()):
+            x, y, usable, period = self._matrix(panel, self.spec(lead))
+            booster = None
+            if start is not None:
+                before = usable & (period < start)
+                after = usable & (period >= start)
+                if before.sum() >= 2 * self.min_child_samples and after.any():
+                    if index == 0 and self.objective == "auto":
+                        self._select_objective(x, y, before, after)
+                    booster = self._train(x[before], y[before], self.objective_)
+                    if self.strategy == "recursive":
+                        held.append(self._recursive_errors(booster, panel, start))
+                    else:
+                        held.append(
+                            pd.DataFrame(
+                                {
+                                    SERIES: panel[SERIES].to_numpy()[after],
+                                    "bucket": index,
+                                    "mean": self._predict(booster, x[after]),
+                                    "actual": y[after],
+                                }
+                            )
+                        )
+            if usable.sum() < 2 * self.min_child_samples:
+                raise ValueError(
+                    f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
+                    f"{lead} periods ahead: its model reads nothing more recent than {lead} "
+                    "periods back."
                 )
-            self.objective_ = min(scores, key=lambda k: scores[k][0])
-            _, mean, actual = scores[self.objective_]
-            self.dispersion_ = _calibrate_dispersion(mean, actual)
-            self.selection_wape_ = {k: float(v[0]) for k, v in scores.items()}
-        self.booster_ = self._train(panel, spec, self.objective_)
-        self.feature_names_ = self.booster_.feature_name()
-        # Enough recent history to forecast from later without the data (lags, means, median price).
-        keep = (
-            max(*spec.lags, *(lag + max(w) for lag, w in spec.rolling.items()))
-            + 2 * frequency(self.freq).season
+            if self.refit or booster is None:
+                booster = self._train(x[usable], y[usable], self.objective_)
+            self.boosters_.append(booster)
+        self.leads_ = self.models()
+        self.feature_names_ = self.boosters_[0].feature_name()
+        before_start = panel if start is None else panel[panel[PERIOD] < start]
+        self.intervals_ = self._calibrate(
+            pd.concat(held, ignore_index=True) if held else None, before_start
         )
+        self.dispersion_ = self.intervals_.dispersion
+        # Enough recent history to forecast from later without the data (lags, means, median price).
+        keep = max(self._reach(lead) for lead in self.models()) + 2 * frequency(self.freq).season
         periods = np.sort(panel[PERIOD].unique())
         self.history_ = panel[panel[PERIOD] >= periods[max(len(periods) - keep, 0)]].reset_index(
             drop=True
         )
         return self
 
-    def _held_out_blocks(self, panel: pd.DataFrame) -> list[np.datetime64]:
-        """Origins of the held-out horizons, oldest first (none when history is too short)."""
-        periods = np.sort(panel[PERIOD].unique())
-        n_series = max(panel[SERIES].nunique(), 1)
-        blocks = int(np.clip(np.ceil(300 / (n_series * self.horizon)), 1, 4))
-        while blocks and len(periods) <= (blocks + 2) * self.horizon + min(self.spec().lags):
-            blocks -= 1
-        return rolling_origins(panel, self.horizon, blocks)
+    def models(self) -> list[int]:
+        """The last lead each model serves: one recursive model (lead 1, fed its own forecasts
+        for the leads after), or one direct model per lead bucket."""
+        return [1] if self.strategy == "recursive" else self.buckets()
 
-    def _forecast_blocks(
+    def _reach(self, lead: int) -> int:
+        """How many periods back the features of the model for ``lead`` read."""
+        spec = self.spec(lead)
+        return max(*spec.lags, *(lag + max(w) for lag, w in spec.rolling.items()))
+
+    @property
+    def booster_(self) -> lgb.Booster:
+        """The first model."""
+        return self.boosters_[0]
+
+    def _held_out_start(self, panel: pd.DataFrame) -> np.datetime64 | None:
+        """The first held-out period (see :meth:`fit`); None when the history before it would
+        be shorter than three times the first model's lead (or three periods)."""
+        periods = np.sort(panel[PERIOD].unique())
+        first = self.models()[0]
+        shortest = self.horizon if self.strategy == "recursive" else first
+        n_series = max(panel[SERIES].nunique(), 1)
+        length = int(np.clip(np.ceil(600 / n_series), shortest, 4 * shortest))
+        while length and len(periods) - length < 3 * max(first, self.buckets()[0]):
+            length -= 1
+        return periods[len(periods) - length] if length else None
+
+    def _recursive_errors(
+        self, booster: lgb.Booster, panel: pd.DataFrame, start: np.datetime64
+    ) -> pd.DataFrame:
+        """Held-out errors of the recursive model: forecasts of up to a horizon from origins a
+        horizon apart, from the period before ``start`` on."""
+        step = frequency(self.freq).step
+        periods = np.sort(panel[PERIOD].unique())
+        origins = periods[(periods >= start - step) & (periods < periods[-1])][:: self.horizon]
+        frames = []
+        for origin in origins:
+            history = panel[panel[PERIOD] <= origin]
+            actual = panel[
+                (panel[PERIOD] > origin)
+                & (panel[PERIOD] <= origin + step * self.horizon)
+                & ~panel["censored"]
+                & panel[SERIES].isin(history[SERIES])
+            ]
+            steps = int((actual[PERIOD].max() - origin) // step)
+            plan = actual.drop(columns=[TARGET, "censored"]).rename(columns={PERIOD: "date"})
+            forecast = self._recursive(booster, history, plan, steps, threads=None)
+            joined = actual[[SERIES, PERIOD, TARGET]].merge(forecast, on=[SERIES, PERIOD])
+            lead = ((joined[PERIOD] - origin) // step).to_numpy()
+            frames.append(
+                pd.DataFrame(
+                    {
+                        SERIES: joined[SERIES].to_numpy(),
+                        "bucket": np.searchsorted(self.buckets(), lead),
+                        "mean": joined["mean"].to_numpy(),
+                        "actual": joined[TARGET].to_numpy(),
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    def _recursive(
         self,
         booster: lgb.Booster,
         panel: pd.DataFrame,
-        origins: list[np.datetime64],
-        spec: FeatureSpec,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Forecast each held-out horizon from the history up to its origin; uncensored rows."""
-        means, actuals = [], []
-        for origin in origins:
-            history, block = split_at(panel, origin, self.horizon, self.freq)
-            block = block[block[SERIES].isin(history[SERIES]) & ~block["censored"]]
-            if block.empty:
-                continue
-            means.append(self._mean(booster, history, block, spec))
-            actuals.append(block[TARGET].to_numpy())
-        if not means:
-            return np.zeros(0), np.zeros(0)
-        return np.concatenate(means), np.concatenate(actuals)
+        plan: pd.DataFrame | None,
+        steps: int,
+        threads: int | None = 1,
+    ) -> pd.DataFrame:
+        """The mean forecast of ``steps`` periods after ``panel``, one step at a time, each
+        step reading the forecasts before it as if they were sales."""
+        step = frequency(self.freq).step
+        last = panel[PERIOD].max()
+        tail = panel[panel[PERIOD] > last - step * (self._reach(1) + 1)]
+        extended = extend_with_future(tail, steps, self.freq, plan)
+        future = extended[TARGET].isna().to_numpy()
+        lead = ((extended[PERIOD] - last) // step).to_numpy()
+        target = extended[TARGET].to_numpy(dtype=np.float64, copy=True)
+        spec = self.spec(1)
+        for h in range(1, steps + 1):
+            features = build_features(
+                extended.assign(**{TARGET: target}),
+                spec,
+                freq=self.freq,
+                items=self.items_,
+                codes=self.codes_,
+            )
+            rows = future & (lead == h)
+            target[rows] = self._predict(
+                booster, features.drop(columns=[SERIES, PERIOD])[rows], threads
+            )
+        result = extended.loc[future, [SERIES, "store_id", "item_id", PERIOD]]
+        return result.assign(mean=target[future]).reset_index(drop=True)
 
-    def _train(self, panel: pd.DataFrame, spec: FeatureSpec, objective: str) -> lgb.Booster:
+    def _matrix(
+        self, panel: pd.DataFrame, spec: FeatureSpec
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+        """Features, target, which rows can train (uncensored, nearest lag known) and periods."""
         features = build_features(panel, spec, freq=self.freq, items=self.items_, codes=self.codes_)
-        usable = (~panel["censored"].to_numpy()) & features[
+        usable = (~panel["censored"].to_numpy(dtype=bool)) & features[
             f"lag{min(spec.lags)}"
         ].notna().to_numpy()
-        x = features.drop(columns=[SERIES, PERIOD])[usable]
-        y = panel[TARGET].to_numpy()[usable]
+        x = features.drop(columns=[SERIES, PERIOD])
+        return x, panel[TARGET].to_numpy(dtype=np.float64), usable, panel[PERIOD].to_numpy()
+
+    def _select_objective(
+        self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray
+    ) -> None:
+        for objective in _OBJECTIVES:
+            mean = self._predict(self._train(x[before], y[before], objective), x[after])
+            actual = y[after]
+            self.selection_wape_[objective] = float(
+                np.abs(actual - mean).sum() / max(actual.sum(), 1e-9)
+            )
+        self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
+
+    def _train(self, x: pd.DataFrame, y: np.ndarray, objective: str) -> lgb.Booster:
         params = {
             "objective": objective,
             "learning_rate": self.learning_rate,
@@ -265,19 +406,27 @@ class LightGBMForecaster(Forecaster):
         )
         return lgb.train(params, dataset, num_boost_round=self.n_estimators)
 
-    def _mean(
-        self, booster: lgb.Booster, history: pd.DataFrame, future: pd.DataFrame, spec: FeatureSpec
+    def _predict(
+        self, booster: lgb.Booster, x: pd.DataFrame, threads: int | None = None
     ) -> np.ndarray:
-        """Mean forecast for ``future`` rows (which follow ``history``), from history only."""
-        blank = future.assign(**{TARGET: np.nan})
-        both = pd.concat([history, blank], ignore_index=True).sort_values(
-            [SERIES, PERIOD], ignore_index=True
-        )
-        features = build_features(both, spec, freq=self.freq, items=self.items_, codes=self.codes_)
-        keyed = features.set_index([SERIES, PERIOD]).loc[
-            pd.MultiIndex.from_frame(future[[SERIES, PERIOD]])
-        ]
-        return np.clip(booster.predict(keyed.to_numpy(), num_threads=self._threads()), 0.0, None)
+        rows = x[booster.feature_name()].to_numpy()
+        return np.clip(booster.predict(rows, num_threads=threads or self._threads()), 0.0, None)
+
+    def _calibrate(self, held: pd.DataFrame | None, history: pd.DataFrame) -> Intervals:
+        """The interval method with the least pinball loss on the held-out errors."""
+        if held is None or len(held) < MIN_CELL:
+            warnings.warn(
+                CalibrationWarning(
+                    "The history is too short to hold periods out, so the intervals are not "
+                    "calibrated: they are a negative binomial with dispersion 1 around the mean."
+                ),
+                stacklevel=3,
+            )
+            return Intervals.default()
+        profile = series_profile(history, self.freq).reindex(held[SERIES]).fillna(0.0)
+        held = pd.concat([held, profile.reset_index(drop=True)], axis=1)
+        methods = INTERVAL_METHODS if self.quantiles == "auto" else (self.quantiles,)
+        return Intervals.calibrate(held, methods, len(self.buckets()))
 
     def _threads(self) -> int:
         """LightGBM threads for training: ``n_jobs`` as scikit-learn reads it (-1: every core,
@@ -291,24 +440,12 @@ class LightGBMForecaster(Forecaster):
         self, panel: pd.DataFrame | None = None, plan: pd.DataFrame | None = None
     ) -> pd.DataFrame:
         """Forecast the horizon after ``panel`` (default: the history kept at fit time)."""
-        check_is_fitted(self, "booster_")
+        check_is_fitted(self, "boosters_")
         panel = self.history_ if panel is None else panel
-        spec = self.spec()
-        extended = extend_with_future(panel, self.horizon, self.freq, plan)
-        future = extended[extended[TARGET].isna()]
-        features = build_features(
-            extended, spec, freq=self.freq, items=self.items_, codes=self.codes_
-        )
-        x = features.loc[future.index].drop(columns=[SERIES, PERIOD])
-        # One thread: a service predicts on many request threads, and an OpenMP team per thread
-        # beyond the cores slows every LightGBM call in the process, training included.
-        rows = x[self.feature_names_].to_numpy()
-        mean = np.clip(self.booster_.predict(rows, num_threads=1), 0.0, None)
-        quantiles = negative_binomial_quantiles(mean, self.dispersion_)
-        result = future[[SERIES, "store_id", "item_id", PERIOD]].reset_index(drop=True)
-        result["mean"] = mean
-        for q, values in zip(("p10", "p50", "p90"), quantiles, strict=True):
-            result[q] = values
+        if self.strategy == "recursive":
+            result = self._recursive(self.boosters_[0], panel, plan, self.horizon)
+        else:
+            result = self._direct(panel, plan)
         result["method"] = self.name
         short = self._short_series(panel)
         if len(short):
@@ -318,8 +455,34 @@ class LightGBMForecaster(Forecaster):
                 .predict(panel[panel[SERIES].isin(short)])
             )
             fallback["method"] = "moving_average (short history)"
-            result = pd.concat([result[~result[SERIES].isin(short)], fallback], ignore_index=True)
+            result = pd.concat(
+                [result[~result[SERIES].isin(short)], fallback[result.columns]], ignore_index=True
+            ).sort_values([SERIES, PERIOD], ignore_index=True)
+        step = frequency(self.freq).step
+        lead = ((result[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
+        profile = series_profile(panel, self.freq).reindex(result[SERIES]).fillna(0.0)
+        bucket = np.searchsorted(self.buckets(), lead)
+        low, middle, high = self.intervals_.quantiles(result["mean"].to_numpy(), profile, bucket)
+        result["p10"], result["p50"], result["p90"] = low, middle, high
         return result[FORECAST_COLUMNS].sort_values([SERIES, PERIOD], ignore_index=True)
+
+    def _direct(self, panel: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
+        """The mean forecast of the horizon after ``panel``, each lead by its bucket's model."""
+        extended = extend_with_future(panel, self.horizon, self.freq, plan)
+        future = extended[TARGET].isna().to_numpy()
+        step = frequency(self.freq).step
+        lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()[future]
+        mean = np.zeros(int(future.sum()))
+        first = 1
+        for booster, last in zip(self.boosters_, self.leads_, strict=True):
+            x = build_features(
+                extended, self.spec(last), freq=self.freq, items=self.items_, codes=self.codes_
+            ).drop(columns=[SERIES, PERIOD])[future]
+            rows = (lead >= first) & (lead <= last)
+            mean[rows] = self._predict(booster, x[rows], threads=1)
+            first = last + 1
+        result = extended.loc[future, [SERIES, "store_id", "item_id", PERIOD]]
+        return result.assign(mean=mean).reset_index(drop=True)
 
     def _short_series(self, panel: pd.DataFrame) -> pd.Index:
         needed = self.min_history or (min(self.spec().lags) + 1)
@@ -328,7 +491,7 @@ class LightGBMForecaster(Forecaster):
         return everything.difference(counts[counts >= needed].index)
 
     def feature_importance(self) -> pd.Series:
-        check_is_fitted(self, "booster_")
+        check_is_fitted(self, "boosters_")
         gain = self.booster_.feature_importance(importance_type="gain")
         return pd.Series(gain, index=self.feature_names_).sort_values(ascending=False)
 
@@ -347,20 +510,22 @@ class LightGBMForecaster(Forecaster):
 
     def save(self, path: Path | str) -> Path:
         """LightGBM's text model plus JSON parameters: no pickle."""
-        check_is_fitted(self, "booster_")
+        check_is_fitted(self, "boosters_")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(path / "model.txt")
-        params = {
-            **self.get_params(),
-            "rolling": {str(k): list(v) for k, v in self.spec().rolling.items()},
-        }
-        params["lags"] = list(self.spec().lags)
+        for bucket, booster in enumerate(self.boosters_):
+            booster.save_model(path / _model_file(bucket))
+        params = self.get_params()
+        if self.rolling:
+            params["rolling"] = {str(k): list(v) for k, v in self.rolling.items()}
         meta = {
             "model": self.name,
             "params": params,
             "objective": self.objective_,
             "dispersion": self.dispersion_,
+            "intervals": self.intervals_.as_dict(),
+            "calendar": self.calendar_,
+            "leads": self.leads_,
             "codes": asdict(self.codes_),
         }
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
@@ -374,12 +539,26 @@ class LightGBMForecaster(Forecaster):
         path = Path(path)
         meta = json.loads((path / "forecaster.json").read_text())
         params = meta["params"]
-        params["lags"] = tuple(params["lags"])
-        params["rolling"] = {int(k): tuple(v) for k, v in params["rolling"].items()}
+        if params.get("lags"):
+            params["lags"] = tuple(params["lags"])
+        if params.get("rolling"):
+            params["rolling"] = {int(k): tuple(v) for k, v in params["rolling"].items()}
         model = cls(**params)
-        model.booster_ = lgb.Booster(model_file=str(path / "model.txt"))
+        model.calendar_ = meta.get("calendar", True)  # saved before it was decided at fit
+        model.leads_ = meta.get("leads", [model.horizon])  # saved before buckets: one model
+        model.boosters_ = [
+            lgb.Booster(model_file=str(path / _model_file(bucket)))
+            for bucket in range(len(model.leads_))
+        ]
         model.feature_names_ = model.booster_.feature_name()
         model.dispersion_ = float(meta["dispersion"])
+        # Saved before intervals were calibrated per band: its one dispersion.
+        intervals = meta.get("intervals")
+        model.intervals_ = (
+            Intervals.from_dict(intervals)
+            if intervals
+            else Intervals(method="negative_binomial", dispersion=model.dispersion_)
+        )
         model.objective_ = meta["objective"]
         items = path / "items.parquet"
         model.items_ = pd.read_parquet(items) if items.exists() else None
@@ -410,7 +589,7 @@ class LightGBMForecaster(Forecaster):
             UnknownIdError: naming the unknown store or items.
             BeyondModelError: for a horizon beyond the model's.
         """
-        check_is_fitted(self, "booster_")
+        check_is_fitted(self, "boosters_")
         horizon = self.checked_horizon(horizon)
         history = self.history_[self.history_["store_id"] == store_id]
         if history.empty:
@@ -460,8 +639,10 @@ class LightGBMForecaster(Forecaster):
                 raise BeyondModelError(
                     f"Store {store_id!r} has no recent sales in the category of {item!r}."
                 )
-            p10, p50, p90 = negative_binomial_quantiles(
-                np.full(len(periods), mean), self.dispersion_
+            p10, p50, p90 = self.intervals_.quantiles(
+                np.full(len(periods), mean),
+                pd.DataFrame({"volume": mean, "volatility": 0.0}, index=range(len(periods))),
+                np.searchsorted(self.buckets(), np.arange(1, len(periods) + 1)),
             )
             frame = pd.DataFrame({PERIOD: periods, "p10": p10, "p50": p50, "p90": p90})
             frame[SERIES], frame["store_id"], frame["item_id"] = (
@@ -472,6 +653,212 @@ class LightGBMForecaster(Forecaster):
             frame["mean"], frame["method"] = mean, "category prior"
             rows.append(frame)
         return pd.concat(rows, ignore_index=True)[FORECAST_COLUMNS]
+
+
+class CalibrationWarning(UserWarning):
+    """The intervals could not be calibrated on held-out history; the default is used."""
+
+
+INTERVAL_METHODS = ("conformal", "negative_binomial")
+#: How a conformal interval's errors are scaled before their quantiles are read.
+SCALES = {
+    "none": "1",
+    "sqrt_mean": "sqrt(mean + 1)",
+    "mean": "mean + 1",
+    "volatility": "the series' recent volatility",
+}
+MIN_CELL = 30
+BANDS = 5
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """P10 / P50 / P90 around a forecast mean, and how they were calibrated.
+
+    ``conformal``: the held-out errors of the series' volume band (``edges``: quintiles of
+    recent demand) and lead bucket, each divided by its ``scale`` (:data:`SCALES`), give the
+    quantiles ``mean + z_q * scale`` (never below 0; split-conformal levels, so a cell with n
+    errors reads its ceil((n + 1) * 0.9)-th smallest for P90). A cell with fewer than
+    ``MIN_CELL`` errors uses its band over every bucket, then every error.
+    ``negative_binomial``: the quantiles of a negative binomial with that mean and one
+    ``dispersion`` (variance = mean + mean^2 / dispersion). ``dispersion`` is calibrated either
+    way: placement reads it.
+    """
+
+    method: str
+    dispersion: float = 1.0
+    scale: str = "none"
+    edges: tuple[float, ...] = ()
+    table: tuple[tuple[tuple[float, float, float], ...], ...] = ()
+    calibrated: bool = True
+    held_out: int = 0
+    pinball: dict[str, float] = field(default_factory=dict)
+    coverage: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls) -> Intervals:
+        return cls(method="negative_binomial", dispersion=1.0, calibrated=False)
+
+    @property
+    def label(self) -> str:
+        """The method, as the forecast names it."""
+        if self.method == "conformal":
+            return (
+                f"conformal: held-out errors / {SCALES[self.scale]}, per volume band "
+                f"({len(self.edges) + 1}) and lead bucket ({len(self.table)})"
+            )
+        state = "" if self.calibrated else ", not calibrated"
+        return f"negative binomial (dispersion {self.dispersion:.3g}{state})"
+
+    def quantiles(
+        self, mean: np.ndarray, profile: pd.DataFrame, bucket: np.ndarray
+    ) -> list[np.ndarray]:
+        """P10, P50, P90 for forecasts with this mean, series profile (``volume``,
+        ``volatility``; see :func:`features.demand.series_profile`) and lead bucket (index).
+        Ordered by construction: they never cross."""
+        mean = np.asarray(mean, dtype=np.float64)
+        if self.method != "conformal":
+            return negative_binomial_quantiles(mean, self.dispersion)
+        table = np.asarray(self.table)
+        band = np.searchsorted(np.asarray(self.edges), profile["volume"].to_numpy(), side="right")
+        z = table[np.minimum(np.asarray(bucket), len(table) - 1), band]
+        scale = _scale(self.scale, mean, profile["volatility"].to_numpy())
+        values = np.maximum(mean[:, None] + z * scale[:, None], 0.0)
+        return [values[:, 0], values[:, 1], values[:, 2]]
+
+    @classmethod
+    def calibrate(
+        cls,
+        held: pd.DataFrame,
+        methods: tuple[str, ...],
+        n_buckets: int,
+    ) -> Intervals:
+        """The candidate with the least pinball loss on the held-out errors (``held``: series,
+        bucket, mean, actual, volume, volatility), each scored cross-fitted: calibrated on half
+        the series, scored on the other half, and the other way round. A candidate whose P10-P90
+        covers less than 60% or more than 97% there is degenerate and left out; when every one
+        is, a :class:`CalibrationWarning` says so and the default is used."""
+        candidates = [
+            (method, scale)
+            for method in methods
+            for scale in (SCALES if method == "conformal" else ("none",))
+        ]
+        fold = pd.util.hash_array(held[SERIES].to_numpy(dtype=object)) % 2 == 1
+        actual = held["actual"].to_numpy()
+        pinball: dict[str, float] = {}
+        coverage: dict[str, float] = {}
+        for method, scale in candidates:
+            name = method if method != "conformal" else f"conformal/{scale}"
+            loss, covered = 0.0, 0
+            for part in (fold, ~fold):
+                fitted = cls._fit(method, scale, held[~part], n_buckets)
+                low, middle, high = fitted.quantiles(
+                    held["mean"].to_numpy()[part], held[part], held["bucket"].to_numpy()[part]
+                )
+                loss += pinball_loss(actual[part], (low, middle, high)) * part.sum()
+                covered += int(np.sum((actual[part] >= low) & (actual[part] <= high)))
+            pinball[name] = loss / len(held)
+            coverage[name] = covered / len(held)
+        usable = [
+            (candidate, name)
+            for candidate, name in zip(candidates, pinball, strict=True)
+            if 0.6 <= coverage[name] <= 0.97
+        ]
+        if not usable:
+            warnings.warn(
+                CalibrationWarning(
+                    "Every interval method is degenerate on the held-out history (80% interval "
+                    f"coverage {coverage}); the intervals are the default negative binomial "
+                    "with dispersion 1."
+                ),
+                stacklevel=4,
+            )
+            return cls(
+                method="negative_binomial",
+                calibrated=False,
+                held_out=len(held),
+                pinball=pinball,
+                coverage=coverage,
+            )
+        (method, scale), _ = min(usable, key=lambda pair: pinball[pair[1]])
+        return dataclasses.replace(
+            cls._fit(method, scale, held, n_buckets),
+            dispersion=_calibrate_dispersion(held["mean"].to_numpy(), actual),
+            held_out=len(held),
+            pinball=pinball,
+            coverage=coverage,
+        )
+
+    @classmethod
+    def _fit(cls, method: str, scale: str, held: pd.DataFrame, n_buckets: int) -> Intervals:
+        mean, actual = held["mean"].to_numpy(), held["actual"].to_numpy()
+        if method != "conformal":
+            return cls(method=method, dispersion=_calibrate_dispersion(mean, actual))
+        volume, bucket = held["volume"].to_numpy(), held["bucket"].to_numpy()
+        edges = tuple(float(e) for e in np.unique(np.quantile(volume, np.arange(1, BANDS) / BANDS)))
+        band = np.searchsorted(np.asarray(edges), volume, side="right")
+        errors = (actual - mean) / _scale(scale, mean, held["volatility"].to_numpy())
+        table = []
+        for b in range(n_buckets):
+            # A bucket without held-out errors (too little history) reads the last one that had.
+            b = min(b, int(bucket.max()))
+            rows = []
+            for v in range(len(edges) + 1):
+                cell = errors[(bucket == b) & (band == v)]
+                if len(cell) < MIN_CELL:
+                    cell = errors[band == v]
+                if len(cell) < MIN_CELL:
+                    cell = errors
+                rows.append(_conformal_quantiles(cell))
+            table.append(tuple(rows))
+        return cls(method=method, scale=scale, edges=edges, table=tuple(table))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Intervals:
+        table = tuple(tuple(tuple(cell) for cell in row) for row in values.pop("table"))
+        return cls(**{**values, "edges": tuple(values["edges"]), "table": table})
+
+
+def _scale(kind: str, mean: np.ndarray, volatility: np.ndarray) -> np.ndarray:
+    """The scale of each forecast's error (:data:`SCALES`); a series that has not moved lately
+    still gets 5% of its mean plus one, so that no scale is zero."""
+    if kind == "none":
+        return np.ones_like(mean)
+    if kind == "sqrt_mean":
+        return np.sqrt(mean + 1.0)
+    if kind == "mean":
+        return mean + 1.0
+    return np.maximum(volatility, 0.05 * (mean + 1.0))
+
+
+def _conformal_quantiles(errors: np.ndarray) -> tuple[float, float, float]:
+    """Split-conformal P10, P50, P90 of held-out errors: the floor((n + 1) q)-th and
+    ceil((n + 1) q)-th order statistics, so that the interval covers at least 80%."""
+    ordered = np.sort(errors)
+    n = len(ordered)
+    low = ordered[max(int(np.floor((n + 1) * QUANTILES[0])) - 1, 0)]
+    high = ordered[min(int(np.ceil((n + 1) * QUANTILES[-1])) - 1, n - 1)]
+    return float(low), float(np.median(ordered)), float(high)
+
+
+def pinball_loss(actual: np.ndarray, quantiles: tuple[np.ndarray, ...]) -> float:
+    """Mean pinball loss over P10, P50, P90."""
+    return float(
+        np.mean(
+            [
+                np.mean(np.maximum(q * (actual - values), (q - 1) * (actual - values)))
+                for q, values in zip(QUANTILES, quantiles, strict=True)
+            ]
+        )
+    )
+
+
+def _model_file(bucket: int) -> str:
+    """The first bucket's model keeps the name models were saved under before buckets."""
+    return "model.txt" if bucket == 0 else f"model_{bucket}.txt"
 
 
 def negative_binomial_quantiles(mean: np.ndarray, dispersion: float) -> list[np.ndarray]:
@@ -486,7 +873,7 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
     """The dispersion whose P10-P90 interval covers ``target`` of the held-out actuals (closest)."""
     if len(actual) == 0:
         return 1.0
-    candidates = np.geomspace(0.02, 5000.0, 160)
+    candidates = np.geomspace(0.02, 5000.0, 80)
     coverage = [_coverage(mean, actual, k) for k in candidates]
     return float(candidates[int(np.argmin(np.abs(np.array(coverage) - target)))])
 

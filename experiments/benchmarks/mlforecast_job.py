@@ -2,7 +2,8 @@
 
 mlforecast requires pandas < 3, this project pandas 3, so the benchmark keeps mlforecast in its
 own virtual environment (made on first use) and talks to it through Parquet files. This file
-imports nothing from the project.
+imports nothing from the project (and no project module may be named like a package it
+imports: this file's folder comes first on its path).
 
 Usage: python mlforecast_job.py HISTORY.parquet FUTURE.parquet SPEC.json OUT.parquet
 """
@@ -25,7 +26,11 @@ def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> 
     future = pd.read_parquet(future_path)
     exogenous = spec["exogenous"]
     forecaster = MLForecast(
-        models={"lgbm": LGBMRegressor(verbosity=-1, random_state=0)},
+        models={
+            "lgbm": LGBMRegressor(
+                verbosity=-1, random_state=0, n_estimators=spec.get("n_estimators", 100)
+            )
+        },
         freq=spec["freq"],
         lags=spec["lags"],
         lag_transforms={
@@ -44,7 +49,9 @@ def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> 
         result = {"seconds": seconds, "peak_rss_mb": peak, "shape": list(features.shape)}
         Path(out_path).write_text(json.dumps(result))
         return
+    started = time.perf_counter()  # preprocess + fit, as the forecaster's fit is timed
     forecaster.fit(history, id_col="unique_id", time_col="ds", target_col="y", static_features=[])
+    Path(out_path + ".seconds").write_text(str(time.perf_counter() - started))
     x_future = None
     if exogenous:
         x_future = forecaster.make_future_dataframe(h=spec["horizon"]).merge(

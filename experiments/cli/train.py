@@ -17,6 +17,7 @@ from experiments.cli.app import (
     UsageError,
     app,
     backtest_app,
+    err,
     identity_config,
     out,
     train_app,
@@ -141,8 +142,17 @@ def champion_forecaster() -> Any:
 
 
 def backtest_payload(result: Any) -> dict[str, Any]:
+    model = result.model
     return {
         "metrics": _rounded(result.metrics),
+        "intervals": {
+            "method": model.intervals_.label,
+            "held_out_rows": model.intervals_.held_out,
+            "pinball_by_method": _rounded(model.intervals_.pinball),
+            "coverage_by_method": _rounded(model.intervals_.coverage),
+        },
+        "objective": model.objective_,
+        "warnings": result.warnings,
         "baselines": {k: _rounded(v) for k, v in result.baselines.items()},
         **({"others": {k: _rounded(v) for k, v in result.others.items()}} if result.others else {}),
         "series": result.series,
@@ -156,12 +166,21 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def print_backtest(result: Any, title: str) -> None:
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", highlight=False)
     table = Table("forecaster", "WAPE", "RMSSE", "bias", "pinball", "coverage 80%", title=title)
     rows = {"lightgbm (ours)": result.metrics, **result.baselines, **result.others}
     for name, m in rows.items():
         values = (m["wape"], m["rmsse"], m["bias"], m["pinball"], m["coverage_80"])
         table.add_row(name, *(f"{v:.4f}" for v in values))
     out.print(table)
+    m = result.metrics
+    quintiles = [m[f"coverage_80_q{q}"] for q in range(1, 6) if f"coverage_80_q{q}" in m]
+    out.print(
+        f"intervals: {result.model.intervals_.label}; pinball {m['pinball_vs_point']:.3f} x the "
+        f"point forecast's; 80% coverage by volume quintile (lowest first) "
+        f"{', '.join(f'{c:.3f}' for c in quintiles)}."
+    )
     best = min(m["wape"] for m in result.baselines.values())
     out.print(
         f"WAPE {1 - result.metrics['wape'] / best:+.1%} below the best baseline; "

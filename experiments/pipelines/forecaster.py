@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,21 @@ from features.demand import (
     SERIES,
     TARGET,
     build_panel,
+    frequency,
     rolling_origins,
     sales_from_events,
     split_at,
 )
 from features.eventlog import with_logged
 from features.ingest import ContractError, load_dataset
-from models.forecast import Forecaster, LightGBMForecaster, MovingAverage, SeasonalNaive
-
-QUANTILE_COLUMNS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+from models.forecast import (
+    CalibrationWarning,
+    Forecaster,
+    LightGBMForecaster,
+    MovingAverage,
+    SeasonalNaive,
+    pinball_loss,
+)
 
 
 @dataclass
@@ -70,32 +77,43 @@ def latest_on_hand(data_dir: Path, item_id: str) -> pd.Series | None:
 def accuracy(
     actual: pd.DataFrame, forecast: pd.DataFrame, history: pd.DataFrame
 ) -> dict[str, float]:
-    """WAPE, RMSSE, bias (of the ``mean`` forecast), mean pinball loss (P10 / P50 / P90) and 80%
-    coverage, over uncensored actuals.
+    """Accuracy of a forecast over uncensored actuals.
 
-    RMSSE is M5's: per series, the RMSE scaled by the in-sample one-step naive RMSE, averaged
-    over series whose history is not constant. Pinball is averaged over P10 / P50 / P90.
+    ``wape``, ``rmsse`` and ``bias`` are of the ``mean`` forecast. RMSSE is M5's: per series,
+    the RMSE scaled by the in-sample one-step naive RMSE, averaged over series whose history is
+    not constant. ``pinball`` is the mean pinball loss over P10 / P50 / P90 and
+    ``pinball_vs_point`` its ratio to the pinball of the mean used for all three (below 1: the
+    quantiles add something). ``coverage_80`` is the share of actuals between P10 and P90,
+    overall and per volume quintile of series (``coverage_80_q1`` the lowest fifth, by mean
+    demand over ``history``).
     """
     joined = actual[~actual["censored"]].merge(forecast, on=[SERIES, PERIOD], how="inner")
     y = joined[TARGET].to_numpy()
     p50 = joined["mean"].to_numpy()  # the point forecast: expected demand
     total = y.sum()
-    pinball = np.mean(
-        [
-            np.mean(np.maximum(q * (y - joined[c]), (q - 1) * (y - joined[c])))
-            for c, q in QUANTILE_COLUMNS.items()
-        ]
-    )
+    pinball = pinball_loss(y, tuple(joined[c].to_numpy() for c in ("p10", "p50", "p90")))
+    point = pinball_loss(y, (p50, p50, p50))
     naive = history.sort_values([SERIES, PERIOD]).groupby(SERIES, observed=True)[TARGET].diff()
     scale = (naive**2).groupby(history[SERIES], observed=True).mean()
     errors = joined.assign(se=(y - p50) ** 2).groupby(SERIES, observed=True)["se"].mean()
     scaled = (errors / scale.reindex(errors.index)).replace([np.inf, -np.inf], np.nan).dropna()
+    covered = (y >= joined["p10"].to_numpy()) & (y <= joined["p90"].to_numpy())
+    volume = history.groupby(SERIES, observed=True)[TARGET].mean().reindex(joined[SERIES].unique())
+    rank = volume.rank(method="first").to_numpy() - 1
+    quintile = joined[SERIES].map(dict(zip(volume.index, rank * 5 // len(volume), strict=True)))
+    quintile = quintile.to_numpy()
     return {
         "wape": float(np.abs(y - p50).sum() / total) if total else float("nan"),
         "rmsse": float(np.sqrt(scaled).mean()) if len(scaled) else float("nan"),
         "bias": float((p50.sum() - total) / total) if total else float("nan"),
-        "pinball": float(pinball),
-        "coverage_80": float(np.mean((y >= joined["p10"]) & (y <= joined["p90"]))),
+        "pinball": pinball,
+        "pinball_vs_point": pinball / point if point else float("nan"),
+        "coverage_80": float(np.mean(covered)),
+        **{
+            f"coverage_80_q{q + 1}": float(np.mean(covered[quintile == q]))
+            for q in range(5)
+            if (quintile == q).any()
+        },
     }
 
 
@@ -110,6 +128,8 @@ class BacktestResult:
     last_forecast: pd.DataFrame
     last_actual: pd.DataFrame
     model: Forecaster
+    fit_seconds: float = 0.0  # the model's fits, every origin
+    warnings: list[str] = field(default_factory=list)  # calibration warnings, once each
 
 
 Factory = Callable[[], Forecaster]
@@ -139,6 +159,8 @@ def backtest(
     forecasts: dict[str, list[pd.DataFrame]] = {name: [] for name in [*factories, *(extra or {})]}
     actuals, histories = [], []
     fitted: Forecaster | None = None
+    fit_seconds = 0.0
+    caught: list[str] = []
     for origin in rolling_origins(panel, horizon, windows):
         history, future = split_at(panel, origin, horizon, freq)
         future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
@@ -146,7 +168,12 @@ def backtest(
         for name, factory in factories.items():
             forecaster = factory()
             if isinstance(forecaster, LightGBMForecaster):
-                forecaster.fit(history, items=data.items)
+                fit_started = time.perf_counter()
+                with warnings.catch_warnings(record=True) as raised:
+                    warnings.simplefilter("always", CalibrationWarning)
+                    forecaster.fit(history, items=data.items)
+                fit_seconds += time.perf_counter() - fit_started
+                caught += [str(w.message) for w in raised if str(w.message) not in caught]
                 fitted = forecaster
             else:
                 forecaster.fit(history)
@@ -172,4 +199,50 @@ def backtest(
         last_forecast=forecasts["model"][-1],
         last_actual=actuals[-1],
         model=fitted,
+        fit_seconds=fit_seconds,
+        warnings=caught,
     )
+
+
+def lead_time_check(
+    data: DemandData,
+    *,
+    freq: str,
+    near: int = 13,
+    far: int = 39,
+    references: dict[str, Callable[[int], Callable[[pd.DataFrame, DemandData], pd.DataFrame]]]
+    | None = None,
+) -> dict[str, dict[str, float]]:
+    """WAPE on the first ``near`` periods of a ``far``-period forecast against a ``near``-period
+    forecast of the same periods, from one origin ``far`` periods before the end (the model,
+    and each reference made for a horizon: ``references[name](horizon)``)."""
+    panel = data.panel
+    origin = rolling_origins(panel, far, 1)[0]
+    history, future = split_at(panel, origin, far, freq)
+    future = future[future[SERIES].isin(history[SERIES])]
+    first = future[future[PERIOD] <= origin + frequency(freq).step * near]
+    known = known_covariates(future)
+    runners: dict[str, Callable[[int], Callable[[pd.DataFrame, DemandData], pd.DataFrame]]] = {
+        "model": lambda h: (
+            lambda history, _: (
+                LightGBMForecaster(horizon=h, freq=freq)
+                .fit(history, items=data.items)
+                .predict(history, plan=known)
+            )
+        ),
+        **(references or {}),
+    }
+    result = {}
+    for name, runner in runners.items():
+        wape = {
+            horizon: accuracy(
+                first, runner(horizon)(history, DemandData(future, data.items, known)), history
+            )["wape"]
+            for horizon in (near, far)
+        }
+        result[name] = {
+            f"wape_{near}_of_{far}": wape[far],
+            f"wape_{near}": wape[near],
+            "ratio": wape[far] / wape[near],
+        }
+    return result

@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
+from experiments.benchmarks.datasets import load_completejourney
 from experiments.benchmarks.nextbasket import (
-    load_completejourney,
     p_topfreq,
     scores,
     split_last_baskets,

@@ -10,13 +10,12 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData
-from features.demand import PERIOD, SERIES, TARGET
+from features.demand import PERIOD, SERIES, TARGET, spans_a_year
 from models.forecast import LightGBMForecaster
 
 MLFORECAST_VENV = Path(".omni/mlforecast-venv")
@@ -45,31 +44,39 @@ def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
 
 
 def mlforecast_spec(history: pd.DataFrame, horizon: int, freq: str) -> dict:
-    """mlforecast's settings: LightGBM defaults, our lags (those this history can fill, since
-    mlforecast drops rows with a missing feature), rolling means, calendar and known covariates."""
+    """mlforecast's settings: LightGBM defaults but our number of rounds; our lags (those this
+    history can fill, since mlforecast drops rows with a missing feature), rolling means,
+    calendar and known covariates."""
     spec = LightGBMForecaster(horizon=horizon, freq=freq).spec()
     n_periods = history[PERIOD].nunique()
     last = history[PERIOD].max()
     return {
         "horizon": horizon,
+        "n_estimators": LightGBMForecaster().n_estimators,
         "freq": "D" if freq == "D" else f"W-{last.day_name()[:3].upper()}",
         "lags": [lag for lag in spec.lags if lag < n_periods // 2] or [horizon],
         "rolling": {str(lag): list(windows) for lag, windows in spec.rolling.items()},
-        "date_features": ["month", "week"] + (["dayofweek"] if freq == "D" else []),
+        "date_features": (["month", "week"] if spans_a_year(history, horizon, freq) else [])
+        + (["dayofweek"] if freq == "D" else []),
         "exogenous": [
             c for c in history.columns if c in ("unit_price", "on_promo") or c.startswith("x_")
         ],
     }
 
 
-def mlforecast_runner(
-    horizon: int, freq: str
-) -> Callable[[pd.DataFrame, DemandData], pd.DataFrame]:
-    """mlforecast (LightGBM, default settings) with the same lags and known covariates."""
-    python = mlforecast_python()
+class MLForecastRunner:
+    """mlforecast (LightGBM, default settings, our rounds) with the same lags and known
+    covariates: ``runner(history, future)`` forecasts; ``fit_seconds`` collects the time of each
+    preprocess + fit."""
 
-    def run(history: pd.DataFrame, future: DemandData) -> pd.DataFrame:
-        spec = mlforecast_spec(history, horizon, freq)
+    def __init__(self, horizon: int, freq: str) -> None:
+        self.horizon = horizon
+        self.freq = freq
+        self.python = mlforecast_python()
+        self.fit_seconds: list[float] = []
+
+    def __call__(self, history: pd.DataFrame, future: DemandData) -> pd.DataFrame:
+        spec = mlforecast_spec(history, self.horizon, self.freq)
         columns = [SERIES, PERIOD, TARGET, *spec["exogenous"]]
         frame = history[columns].copy()
         if "unit_price" in frame:
@@ -86,15 +93,16 @@ def mlforecast_runner(
             frame.to_parquet(paths[0])
             known.to_parquet(paths[1])
             paths[2].write_text(json.dumps(spec))
-            subprocess.run(
-                [str(python), str(MLFORECAST_JOB), *map(str, paths)],
-                check=True,
+            done = subprocess.run(
+                [str(self.python), str(MLFORECAST_JOB), *map(str, paths)],
                 capture_output=True,
+                text=True,
             )
+            if done.returncode:
+                raise RuntimeError(f"The mlforecast job failed: {done.stderr.strip()[-2000:]}")
             predicted = pd.read_parquet(paths[3])
+            self.fit_seconds.append(float(Path(f"{paths[3]}.seconds").read_text()))
         point = predicted["point"].clip(lower=0).to_numpy()
         out = predicted[[SERIES, PERIOD]].copy()
         out["mean"] = out["p10"] = out["p50"] = out["p90"] = point
         return out
-
-    return run
