@@ -235,24 +235,24 @@ class LightGBMForecaster(Forecaster):
                     if index == 0 and self.objective == "auto":
                         self._select_objective(x, y, before, after)
                     booster = self._train(x[before], y[before], self.objective_)
-                    if self.strategy == "recursive":
-                        held.append(self._recursive_errors(booster, panel, start))
-                    else:
-                        held.append(
-                            pd.DataFrame(
-                                {
-                                    SERIES: panel[SERIES].to_numpy()[after],
-                                    "bucket": index,
-                                    "mean": self._predict(booster, x[after]),
-                                    "actual": y[after],
-                                }
-                            )
+                    held.append(
+                        self._recursive_errors(booster, panel, start)
+                        if self.strategy == "recursive"
+                        else pd.DataFrame(
+                            {
+                                SERIES: panel[SERIES].to_numpy()[after],
+                                "bucket": index,
+                                "mean": self._predict(booster, x[after]),
+                                "actual": y[after],
+                            }
                         )
+                    )
             if usable.sum() < 2 * self.min_child_samples:
                 raise ValueError(
                     f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
-                    f"{lead} periods ahead: its model reads nothing more recent than {lead} "
-                    "periods back."
+                    f"{lead} periods ahead (its model reads nothing more recent than {lead} "
+                    f"periods back); the longest horizon they support is "
+                    f"{self._longest_lead(panel)}."
                 )
             if self.refit or booster is None:
                 booster = self._train(x[usable], y[usable], self.objective_)
@@ -271,6 +271,15 @@ class LightGBMForecaster(Forecaster):
             drop=True
         )
         return self
+
+    def _longest_lead(self, panel: pd.DataFrame) -> int:
+        """The longest lead whose model would have enough rows to train on: rows at least that
+        many periods after their series' first (uncensored), at least twice min_child_samples."""
+        first = panel.groupby(SERIES, observed=True)[PERIOD].transform("min")
+        days = (panel[PERIOD] - first).dt.days[~panel["censored"]].to_numpy()
+        offset = days // frequency(self.freq).days
+        rows_from = np.cumsum(np.bincount(offset)[::-1])[::-1]  # rows at offset >= k
+        return int(np.flatnonzero(rows_from >= 2 * self.min_child_samples).max(initial=0))
 
     def models(self) -> list[int]:
         """The last lead each model serves: one recursive model (lead 1, fed its own forecasts

@@ -1,9 +1,10 @@
 """Stock placement: allocate limited units of an item across stores from demand forecasts.
 
 **The demand distribution.** Each store's demand over the coverage period is a negative binomial
-with the forecast's ``mean`` and ``dispersion`` (variance = mean + mean² / dispersion) — the same
-distribution the forecaster's P10 / P50 / P90 come from. Given only quantiles, the mean is the
-P50 and the dispersion is the one whose P90 matches (see :func:`from_quantiles`).
+with the forecast's ``mean`` and ``dispersion`` (variance = mean + mean² / dispersion), matched to
+the forecast's own calibrated intervals (see :func:`coverage_distribution`). Given only
+quantiles, the mean is the P50 and the dispersion is the one whose P90 matches (see
+:func:`from_quantiles`).
 
 **The allocation.** With ``S`` units at a store, one more unit sells with probability
 ``P(D > S)``. Its value is ``margin x P(D > S) - holding x P(D <= S)`` — decreasing in ``S``, so
@@ -134,7 +135,10 @@ def expected_outcomes(mean: np.ndarray, dispersion: np.ndarray, stock: np.ndarra
     return pd.DataFrame(
         {
             "expected_sales": sales,
-            "expected_fill_rate": np.where(mean > 0, sales / np.maximum(mean, 1e-12), 1.0),
+            # sales <= mean in exact arithmetic; the clip keeps float noise from reporting 1+.
+            "expected_fill_rate": np.where(
+                mean > 0, np.minimum(sales / np.maximum(mean, 1e-12), 1.0), 1.0
+            ),
             "expected_lost": np.maximum(mean - sales, 0.0),
             "expected_leftover": stock - sales,
         }
@@ -444,16 +448,23 @@ def rebalance(
     )
 
 
-def coverage_distribution(forecast: pd.DataFrame, dispersion: float) -> pd.DataFrame:
+def coverage_distribution(forecast: pd.DataFrame, dispersion: float | None = None) -> pd.DataFrame:
     """Per store and item, the demand over the whole coverage period as one negative binomial.
 
-    The periods' demands are taken as independent negative binomials with the forecast means
-    and the forecaster's dispersion; their sum is matched by mean and variance:
-    mean = sum of means, variance = sum of (mean + mean^2 / dispersion).
+    The periods' demands are taken as independent, each with the forecast's mean and a variance
+    read from its own interval: the P50-P90 spread of a normal, ((P90 - P50) / 1.2816)^2, at
+    least the mean (Poisson) — so a band whose calibrated interval is wide stays wide. With a
+    ``dispersion`` instead, each period's variance is mean + mean^2 / dispersion. The sum is
+    matched by mean and variance.
     """
-    frame = forecast.assign(variance=forecast["mean"] + forecast["mean"] ** 2 / dispersion)
+    if dispersion is None:
+        spread = ((forecast["p90"] - forecast["p50"]) / stats.norm.ppf(0.9)) ** 2
+        variance = np.maximum(spread, forecast["mean"])
+    else:
+        variance = forecast["mean"] + forecast["mean"] ** 2 / dispersion
     total = (
-        frame.groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]
+        forecast.assign(variance=variance)
+        .groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]
         .sum()
         .reset_index()
     )
@@ -495,7 +506,7 @@ def plan_item(
     horizon = model.checked_horizon(horizon)
     forecast = forecast[forecast["item_id"] == item_id]
     forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
-    stores = coverage_distribution(forecast, model.dispersion_).drop(columns="item_id")
+    stores = coverage_distribution(forecast).drop(columns="item_id")
     if on_hand is not None:
         stores["on_hand"] = stores["store_id"].map(on_hand).fillna(0).astype(int)
     if limits is not None and len(limits):

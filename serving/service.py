@@ -535,6 +535,7 @@ class OmnichannelService:
                 }
                 for row in frame.to_dict(orient="records")
             ],
+            "interval": state.forecaster.intervals_.label,
             "model_version": state.forecaster_version,
         }
 
@@ -587,6 +588,7 @@ class OmnichannelService:
                 "horizon": state.forecaster.horizon,
                 "freq": state.forecaster.freq,
                 "series": int(state.forecaster.history_[SERIES].nunique()),
+                "interval": state.forecaster.intervals_.label,
             },
             "events_applied_since_load": state.events_applied,
             "event_log": self.log.url.split(":", 1)[0],

@@ -23,7 +23,7 @@ from features.eventlog import EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN = ("features", "models", "serving", "experiments")
-#: Runs in a venv of its own with mlforecast (``experiments/benchmarks/mlforecast_reference.py`` starts it).
+#: Runs in a venv of its own with mlforecast (started by ``mlforecast_reference.py``).
 EXCLUDED = {ROOT / "experiments" / "benchmarks" / "mlforecast_job.py"}
 LOCK = ROOT / "requirements.lock"
 SERVE_LOCK = ROOT / "requirements-serve.lock"  # what a Bento installs

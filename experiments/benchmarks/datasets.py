@@ -85,9 +85,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def prepare_completejourney(cache: Path, out: Path, min_store_units: int = 5000) -> Path:
+def prepare_completejourney(
+    cache: Path, out: Path, *, by: str = "department", products: int = 200,
+    min_store_units: int = 5000,
+) -> Path:  # fmt: skip
     """The full Complete Journey receipts as a contract ``sales`` table: units (quantity) per
-    store x department per day, for stores that sold at least ``min_store_units`` in the year
+    store x department (``by="department"``) or x product (``by="product"``: the ``products``
+    best-selling ones) per day, for stores that sold at least ``min_store_units`` in the year
     (104 of 457); the panel builder aggregates them to weeks. Fuel and miscellaneous lines are
     left out (their quantity is gallons or coupon amounts, up to 89,638), as are zero
     quantities."""
@@ -95,10 +99,15 @@ def prepare_completejourney(cache: Path, out: Path, min_store_units: int = 5000)
     lines = lines[(lines["quantity"] >= 1) & ~lines["department"].isin(["FUEL", "MISCELLANEOUS"])]
     volume = lines.groupby("store_id")["quantity"].sum()
     lines = lines[lines["store_id"].isin(volume.index[volume >= min_store_units])]
+    if by == "product":
+        best = lines.groupby("item_id")["quantity"].sum().nlargest(products).index
+        lines = lines[lines["item_id"].isin(best)]
+    else:
+        lines = lines.assign(item_id=lines["department"])
     sales = (
         lines.assign(date=lines["time"].dt.strftime("%Y-%m-%d"))
-        .groupby(["date", "store_id", "department"])["quantity"].sum().reset_index()
-        .rename(columns={"department": "item_id", "quantity": "units"})
+        .groupby(["date", "store_id", "item_id"])["quantity"].sum().reset_index()
+        .rename(columns={"quantity": "units"})
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     sales.to_csv(out / "sales.csv", index=False)

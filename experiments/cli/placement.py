@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -30,9 +30,8 @@ def placement_simulate_cmd(
     windows: Annotated[int, typer.Option(help="Origins, ending at the last period.")] = 4,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
 ) -> None:
-    """Backtest placement: our policy against proportional and equal splits, at equal stock."""
-    import mlflow
-
+    """Backtest placement: our policy against proportional and equal splits and the oracle
+    that knows the demand, at equal stock."""
     from experiments.pipelines import placement
 
     try:
@@ -40,6 +39,16 @@ def placement_simulate_cmd(
     except ValueError as exc:
         raise UsageError(f"--supply must be numbers separated by commas, not {supply!r}.") from exc
     result = placement.simulate(data, horizon=horizon, freq=freq, supply=ratios, windows=windows)
+    params = {"data": str(data), "horizon": horizon, "freq": freq, "supply": supply}
+    report_simulation(result, {**params, "windows": windows}, metrics_out)
+
+
+def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | None) -> None:
+    """The placement backtest's table and verdicts, logged to MLflow and written as JSON."""
+    import mlflow
+
+    from experiments.pipelines import placement
+
     table = Table(
         "supply",
         "allocation",
@@ -58,33 +67,34 @@ def placement_simulate_cmd(
                 f"{m['leftover_units']:,.0f}",
             )
     out.print(table)
+    closed = result.gap_closed()
     for ratio, blocks in result.by_supply.items():
-        cut = 1 - blocks["policy"]["lost_units"] / max(blocks["proportional"]["lost_units"], 1e-9)
-        out.print(f"supply {ratio:g}: {cut:.1%} fewer lost units than proportional allocation.")
+        lost = {p: blocks[p]["lost_units"] for p in blocks}
+        fewer = {p: 1 - lost["policy"] / max(lost[p], 1e-9) for p in placement.SIMPLE}
+        out.print(
+            f"supply {ratio:g}: {fewer['proportional']:.1%} fewer lost units than proportional, "
+            f"{fewer['equal']:.1%} fewer than equal; {closed[ratio]:.1%} of the gap between the "
+            "best simple split and the oracle closed."
+        )
     totals = result.totals()
     payload = {
         "policy": totals["policy"],
-        "baselines": {k: totals[k] for k in ("proportional", "equal")},
-        "supply": list(ratios),
+        "baselines": {k: totals[k] for k in placement.SIMPLE},
+        "oracle": totals["oracle"],
+        "gap_closed": {f"{r:g}": v for r, v in closed.items()},
+        "supply": list(result.by_supply),
         "by_supply": {f"{r:g}": blocks for r, blocks in result.by_supply.items()},
         "items": result.items,
-        "windows": windows,
+        "windows": result.windows,
         "seconds": round(result.seconds, 1),
     }
     mlflow.set_experiment("placement")
-    with mlflow.start_run(run_name=f"simulate h={horizon}"):
-        mlflow.log_params(
-            {
-                "data": str(data),
-                "horizon": horizon,
-                "freq": freq,
-                "supply": supply,
-                "windows": windows,
-            }
-        )
+    with mlflow.start_run(run_name=f"simulate h={params.get('horizon')}"):
+        mlflow.log_params(params)
         for ratio, blocks in result.by_supply.items():
             for policy, m in blocks.items():
                 mlflow.log_metrics({f"{policy}_{k}_supply{ratio:g}": v for k, v in m.items()})
+            mlflow.log_metric(f"gap_closed_supply{ratio:g}", closed[ratio])
     if metrics_out:
         metrics_out.write_text(json.dumps(payload, default=float) + "\n")
 

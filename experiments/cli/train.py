@@ -126,6 +126,7 @@ def forecast_cmd(
             f"{row['p10']:.0f}", f"{row['p50']:.0f}", f"{row['p90']:.0f}", str(row["method"]),
         )  # fmt: skip
     out.print(table)
+    out.print(f"P10-P90: {model.intervals_.label}.", highlight=False)
     if out_file:
         forecast.to_csv(out_file, index=False)
         out.print(f"written to {out_file}")

@@ -98,10 +98,7 @@ def accuracy(
     errors = joined.assign(se=(y - p50) ** 2).groupby(SERIES, observed=True)["se"].mean()
     scaled = (errors / scale.reindex(errors.index)).replace([np.inf, -np.inf], np.nan).dropna()
     covered = (y >= joined["p10"].to_numpy()) & (y <= joined["p90"].to_numpy())
-    volume = history.groupby(SERIES, observed=True)[TARGET].mean().reindex(joined[SERIES].unique())
-    rank = volume.rank(method="first").to_numpy() - 1
-    quintile = joined[SERIES].map(dict(zip(volume.index, rank * 5 // len(volume), strict=True)))
-    quintile = quintile.to_numpy()
+    quintile = volume_quintile(joined[SERIES], history)
     return {
         "wape": float(np.abs(y - p50).sum() / total) if total else float("nan"),
         "rmsse": float(np.sqrt(scaled).mean()) if len(scaled) else float("nan"),
@@ -117,6 +114,26 @@ def accuracy(
     }
 
 
+def volume_quintile(series: pd.Series, history: pd.DataFrame) -> np.ndarray:
+    """The volume quintile (0 = the lowest fifth) of each row's series, by the series' mean
+    demand over ``history``; each series counts once."""
+    volume = history.groupby(SERIES, observed=True)[TARGET].mean().reindex(series.unique())
+    rank = volume.rank(method="first").to_numpy() - 1
+    quintiles = dict(zip(volume.index, rank * 5 // max(len(volume), 1), strict=True))
+    return series.map(quintiles).to_numpy()
+
+
+def coverage_table(
+    actual: pd.DataFrame, forecast: pd.DataFrame, history: pd.DataFrame
+) -> pd.DataFrame:
+    """80% interval coverage per volume quintile of series (rows, 1 = the lowest fifth) and
+    lead (columns) of a forecast with a ``lead`` column, over uncensored actuals."""
+    joined = actual[~actual["censored"]].merge(forecast, on=[SERIES, PERIOD], how="inner")
+    joined["quintile"] = volume_quintile(joined[SERIES], history) + 1
+    joined["covered"] = (joined[TARGET] >= joined["p10"]) & (joined[TARGET] <= joined["p90"])
+    return joined.pivot_table(index="quintile", columns="lead", values="covered", aggfunc="mean")
+
+
 @dataclass
 class BacktestResult:
     metrics: dict[str, float]
@@ -128,6 +145,7 @@ class BacktestResult:
     last_forecast: pd.DataFrame
     last_actual: pd.DataFrame
     model: Forecaster
+    coverage: pd.DataFrame = field(default_factory=pd.DataFrame)  # see coverage_table
     fit_seconds: float = 0.0  # the model's fits, every origin
     warnings: list[str] = field(default_factory=list)  # calibration warnings, once each
 
@@ -177,7 +195,9 @@ def backtest(
                 fitted = forecaster
             else:
                 forecaster.fit(history)
-            forecasts[name].append(forecaster.predict(history, plan=known))
+            forecast = forecaster.predict(history, plan=known)
+            lead = (forecast[PERIOD] - origin) // frequency(freq).step
+            forecasts[name].append(forecast.assign(lead=lead))
         for name, run in (extra or {}).items():
             forecasts[name].append(run(history, DemandData(future, data.items, known)))
         actuals.append(future)
@@ -188,6 +208,7 @@ def backtest(
         name: accuracy(actual, pd.concat(f, ignore_index=True), history_all)
         for name, f in forecasts.items()
     }
+    coverage = coverage_table(actual, pd.concat(forecasts["model"], ignore_index=True), history_all)
     assert fitted is not None
     return BacktestResult(
         metrics=scores.pop("model"),
@@ -199,6 +220,7 @@ def backtest(
         last_forecast=forecasts["model"][-1],
         last_actual=actuals[-1],
         model=fitted,
+        coverage=coverage,
         fit_seconds=fit_seconds,
         warnings=caught,
     )

@@ -14,7 +14,8 @@ from features.demand import PERIOD, SERIES, TARGET, period_end, rolling_origins,
 from models.forecast import LightGBMForecaster
 from models.placement import Economics, allocate, coverage_distribution, plan_item
 
-POLICIES = ("policy", "proportional", "equal")
+POLICIES = ("policy", "proportional", "equal", "oracle")
+SIMPLE = ("proportional", "equal")
 
 
 def split(total: int, weights: np.ndarray) -> np.ndarray:
@@ -29,12 +30,32 @@ def split(total: int, weights: np.ndarray) -> np.ndarray:
     return units
 
 
+def oracle(total: int, demand: np.ndarray) -> np.ndarray:
+    """The hard bound: ``total`` units placed knowing the realised demand — each store gets its
+    demand while the units last (in proportion to it when they fall short), the rest in
+    proportion to it. Nothing is lost that the total could have covered."""
+    demand = np.asarray(demand, dtype=np.int64)
+    if total <= demand.sum():
+        return np.minimum(split(total, demand), demand)
+    return demand + split(total - int(demand.sum()), demand)
+
+
 @dataclass
 class SimulationResult:
     by_supply: dict[float, dict[str, dict[str, float]]]
     windows: int
     items: int
     seconds: float
+
+    def gap_closed(self) -> dict[float, float]:
+        """Per supply ratio, the share of the gap in lost units between the best simple split
+        and the oracle that the policy closes (1: as good as knowing the demand)."""
+        closed = {}
+        for ratio, blocks in self.by_supply.items():
+            simple = min(blocks[p]["lost_units"] for p in SIMPLE)
+            gap = simple - blocks["oracle"]["lost_units"]
+            closed[ratio] = (simple - blocks["policy"]["lost_units"]) / gap if gap > 0 else 1.0
+        return closed
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every policy's outcome summed over the supply ratios."""
@@ -65,8 +86,9 @@ def simulate(
     At each origin the forecaster is trained on the history only and forecasts the coverage
     period (``horizon`` periods); for each item, a total stock equal to the realised total
     demand x the supply ratio is placed across the stores by our policy (marginal value on the
-    forecast distribution), by last period's sales (proportional) and equally; then the realised
-    demand plays: sales = min(demand, stock). Realised demand is the generator's uncensored truth
+    forecast distribution), by last period's sales (proportional), equally, and by an oracle that
+    knows the realised demand (the bound); then the realised demand plays: sales = min(demand,
+    stock). Realised demand is the generator's uncensored truth
     when the data set has one (``_truth/demand``), else the recorded sales.
     """
     started = time.perf_counter()
@@ -86,7 +108,7 @@ def simulate(
         realised = window.groupby(["store_id", "item_id"], observed=True)[TARGET].sum()
         model = LightGBMForecaster(horizon=horizon, freq=freq).fit(history, items=data.items)
         forecast = model.predict(history, plan=known_covariates(known))
-        distribution = coverage_distribution(forecast, model.dispersion_)
+        distribution = coverage_distribution(forecast)
         last_period = history[history[PERIOD] == origin].set_index(["store_id", "item_id"])[TARGET]
         for item, stores in distribution.groupby("item_id", observed=True):
             demand = (
@@ -113,6 +135,7 @@ def simulate(
                     )["send"].to_numpy(),
                     "proportional": split(total, recent),
                     "equal": split(total, np.zeros(len(stores))),
+                    "oracle": oracle(total, demand),
                 }
                 for policy, units in stock.items():
                     sold = np.minimum(demand, units)

@@ -428,12 +428,27 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
     with mlflow.start_run(run_name=f"backtest h={params.get('horizon')}") as run:
         model = result.model
         mlflow.log_params({**params, **model.spec().as_params(), "objective": model.objective_})
-        mlflow.log_params({"dispersion": round(model.dispersion_, 4), "series": result.series})
+        intervals = model.intervals_
+        mlflow.log_params(
+            {
+                "dispersion": round(model.dispersion_, 4),
+                "series": result.series,
+                "interval": intervals.label,
+                "interval_held_out_rows": intervals.held_out,
+            }
+        )
+        mlflow.set_tag("calibration", " ".join(result.warnings) or "calibrated")
         mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics({f"interval_pinball_{k}": v for k, v in intervals.pinball.items()})
         for name, metrics in {**result.baselines, **result.others}.items():
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(_forecast_figure(result), "forecast_vs_actual.png")
         mlflow.log_figure(_importance_figure(model), "feature_importance.png")
+        mlflow.log_figure(_calibration_figure(result.coverage), "calibration.png")
+        mlflow.log_dict(
+            {str(q): {str(k): v for k, v in row.items()} for q, row in result.coverage.iterrows()},
+            "coverage_by_volume_quintile_and_lead.json",
+        )
         return str(run.info.run_id)
 
 
@@ -525,6 +540,27 @@ def _forecast_figure(result: BacktestResult) -> Any:
     axis.set_title(f"{largest}: last backtest window", fontsize=9)
     axis.legend(fontsize=7)
     figure.autofmt_xdate()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _calibration_figure(coverage: pd.DataFrame) -> Any:
+    """80% interval coverage by lead, one line per volume quintile of series, and the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for quintile, row in coverage.iterrows():
+        axis.plot(row.index, row.to_numpy(), marker="o", label=f"volume quintile {quintile}")
+    axis.axhline(0.8, color="k", linestyle="--", linewidth=0.8, label="target 0.8")
+    axis.axhspan(0.72, 0.88, color="k", alpha=0.06)
+    axis.set_xlabel("lead (periods)")
+    axis.set_ylabel("P10-P90 coverage")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=6)
     figure.tight_layout()
     plt.close(figure)
     return figure

@@ -145,6 +145,11 @@ def test_placement_simulate_writes_the_documented_json(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["supply"] == [0.9, 1.1]
     assert set(figures["baselines"]) == {"proportional", "equal"}
+    assert set(figures["gap_closed"]) == {"0.9", "1.1"}
+    for ratio, blocks in figures["by_supply"].items():  # the oracle is the bound
+        assert blocks["oracle"]["lost_units"] <= min(b["lost_units"] for b in blocks.values())
+        if ratio == "1.1":
+            assert blocks["oracle"]["lost_units"] == 0
     policy, proportional = figures["policy"], figures["baselines"]["proportional"]
     assert set(policy) == {"fill_rate", "lost_units", "leftover_units"}
     # Equal total stock: what one policy loses less, it leaves over less.

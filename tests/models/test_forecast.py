@@ -12,11 +12,14 @@ import pytest
 from experiments.pipelines.forecaster import accuracy
 from features.demand import build_panel
 from models.forecast import (
+    CalibrationWarning,
+    Intervals,
     LightGBMForecaster,
     MovingAverage,
     SeasonalNaive,
     _coverage,
     negative_binomial_quantiles,
+    pinball_loss,
 )
 
 
@@ -203,3 +206,138 @@ def test_accuracy_excludes_censored_actuals() -> None:
     assert metrics["bias"] == pytest.approx(-1 / 5)
     assert metrics["coverage_80"] == 1.0
     assert metrics["rmsse"] == pytest.approx(1.0)  # error 1 over a naive step of 1
+
+
+def known_demand_panel(
+    n_series: int = 150, days: int = 280, dispersion: float = 5.0, seed: int = 7
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Daily demand whose distribution is known: per series a level from 0.5 to 100 a day,
+    busier weekends, negative binomial around it (size ``dispersion``). Also the true means."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2024-01-01", periods=days, freq="D")
+    level = np.exp(rng.uniform(np.log(0.5), np.log(100.0), n_series))
+    weekly = 1 + 0.6 * (dates.day_of_week.to_numpy() >= 5)
+    mean = level[:, None] * weekly[None, :]
+    units = rng.negative_binomial(dispersion, dispersion / (dispersion + mean))
+    sales = pd.DataFrame(
+        {
+            "date": np.tile(dates, n_series),
+            "store_id": np.repeat([f"S{s % 4}" for s in range(n_series)], days),
+            "item_id": np.repeat([f"I{s}" for s in range(n_series)], days),
+            "units": units.ravel().astype(float),
+        }
+    )
+    return build_panel(sales), mean
+
+
+def test_intervals_cover_80_percent_in_every_volume_quintile_of_known_demand() -> None:
+    panel, mean = known_demand_panel()
+    horizon, dispersion = 14, 5.0
+    cut = panel["ds"].max() - pd.Timedelta(days=horizon)
+    history, actual = panel[panel["ds"] <= cut], panel[panel["ds"] > cut]
+    model = LightGBMForecaster(horizon=horizon, freq="D", n_estimators=80).fit(history)
+    assert model.intervals_.calibrated and model.intervals_.method == "conformal"
+    forecast = model.predict(history)
+    joined = actual.merge(
+        forecast[["unique_id", "ds", "p10", "p50", "p90"]], on=["unique_id", "ds"]
+    )
+    y = joined["y"].to_numpy()
+    ours = (y >= joined["p10"]) & (y <= joined["p90"])
+    # The true P10 and P90 of each row's negative binomial: what a perfect forecaster says.
+    true_mean = mean[
+        joined["item_id"].str[1:].astype(int), (joined["ds"] - panel["ds"].min()).dt.days
+    ]
+    true_low, _, true_high = negative_binomial_quantiles(true_mean, dispersion)
+    truth = (y >= true_low) & (y <= true_high)  # up to 0.94 in the lowest fifth
+    volume = history.groupby("unique_id")["y"].mean()
+    rank = volume.rank(method="first").reindex(joined["unique_id"]).to_numpy() - 1
+    quintile = (rank * 5 // len(volume)).astype(int)
+    true_quantiles = negative_binomial_quantiles(true_mean, dispersion)
+    for q in range(5):
+        rows = quintile == q
+        # Calibrated in every fifth, though a perfect forecaster's interval covers up to 0.94 of
+        # the lowest fifth's weeks (its counts are small and whole); and nearly as sharp.
+        assert 0.72 <= ours[rows].mean() <= 0.88, (q, ours[rows].mean(), truth[rows].mean())
+        loss = pinball_loss(
+            y[rows], tuple(joined[c].to_numpy()[rows] for c in ("p10", "p50", "p90"))
+        )
+        best = pinball_loss(y[rows], tuple(t[rows] for t in true_quantiles))
+        assert loss <= 1.1 * best  # measured: within 1-5% of the true quantiles' loss
+
+
+def test_quantiles_never_cross_whatever_the_method() -> None:
+    rng = np.random.default_rng(3)
+    mean = rng.gamma(0.7, 20.0, 2000)
+    profile = pd.DataFrame(
+        {"volume": rng.gamma(0.7, 20.0, 2000), "volatility": rng.gamma(1, 3, 2000)}
+    )
+    bucket = rng.integers(0, 3, 2000)
+    held = pd.DataFrame(
+        {
+            "unique_id": rng.integers(0, 300, 2000).astype(str),
+            "bucket": bucket,
+            "mean": mean,
+            "actual": rng.poisson(mean),
+            **{c: profile[c] for c in profile},
+        }
+    )
+    for method in ("conformal", "negative_binomial"):
+        intervals = Intervals.calibrate(held, (method,), n_buckets=3)
+        low, middle, high = intervals.quantiles(mean, profile, bucket)
+        assert (low >= 0).all() and (low <= middle).all() and (middle <= high).all()
+
+
+def test_calibration_that_cannot_run_warns_and_uses_the_documented_default() -> None:
+    short = synthetic_panel(n_series=3, days=12)  # no room to hold a week out before a week ahead
+    with pytest.warns(CalibrationWarning, match="too short to hold periods out"):
+        model = LightGBMForecaster(horizon=7, freq="D", n_estimators=10, min_child_samples=2).fit(
+            short
+        )
+    assert not model.intervals_.calibrated and "not calibrated" in model.intervals_.label
+    # Perfect held-out forecasts make every interval zero-wide: degenerate, rejected.
+    held = pd.DataFrame(
+        {"unique_id": [str(i % 40) for i in range(400)], "bucket": 0, "mean": 3.0, "actual": 3.0,
+         "volume": 3.0, "volatility": 0.0}
+    )  # fmt: skip
+    with pytest.warns(CalibrationWarning, match="degenerate"):
+        assert Intervals.calibrate(held, ("conformal",), n_buckets=1) == Intervals(
+            method="negative_binomial", calibrated=False, held_out=400,
+            pinball={"conformal/none": 0.0, "conformal/sqrt_mean": 0.0, "conformal/mean": 0.0,
+                     "conformal/volatility": 0.0},
+            coverage={"conformal/none": 1.0, "conformal/sqrt_mean": 1.0, "conformal/mean": 1.0,
+                      "conformal/volatility": 1.0},
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["direct", "recursive"])
+def test_a_long_horizons_first_weeks_are_the_short_horizons_forecast(strategy, tmp_path) -> None:
+    weeks = pd.date_range("2021-01-03", periods=150, freq="W")
+    rng = np.random.default_rng(2)
+    sales = pd.concat(
+        pd.DataFrame(
+            {
+                "date": weeks,
+                "store_id": f"S{s % 2}",
+                "item_id": f"I{s}",
+                "units": rng.poisson((5 + s) * (1.5 + np.sin(np.arange(150) * 2 * np.pi / 52))),
+            }
+        )
+        for s in range(12)
+    )
+    panel = build_panel(sales, freq="W")
+    short = LightGBMForecaster(horizon=13, freq="W", n_estimators=30, strategy=strategy)
+    long = LightGBMForecaster(horizon=39, freq="W", n_estimators=30, strategy=strategy)
+    near = short.fit(panel).predict(panel)
+    far = LightGBMForecaster.load(long.fit(panel).save(tmp_path / "long")).predict(panel)
+    assert len(long.boosters_) == (
+        4 if strategy == "direct" else 1
+    )  # weeks 1-4, 5-13, 14-26, 27-39
+    first = far[far["ds"] <= near["ds"].max()].reset_index(drop=True)
+    np.testing.assert_allclose(first["mean"], near["mean"])
+    assert far["ds"].nunique() == 39 and far["mean"].notna().all()
+
+
+def test_a_horizon_the_history_cannot_support_names_the_longest_it_can() -> None:
+    panel = synthetic_panel(n_series=12, days=60)  # 12 x (60 - k) rows lie k days after the start
+    with pytest.raises(ValueError, match="the longest horizon they support is 56"):
+        LightGBMForecaster(horizon=80, freq="D", n_estimators=5).fit(panel)

@@ -18,6 +18,7 @@ from models.placement import (
     Economics,
     PlacementError,
     allocate,
+    coverage_distribution,
     expected_outcomes,
     from_quantiles,
     rebalance,
@@ -280,3 +281,26 @@ def test_allocate_all_still_places_the_whole_supply() -> None:
     frame = stores([0.5, 0.2], dispersion=1.0)
     assert allocate(frame, 400, economics=SERVICE, allocate_all=True)["send"].sum() == 400
     assert allocate(frame, 400, economics=SERVICE)["send"].sum() < 100
+
+
+def test_the_coverage_demand_keeps_each_forecasts_own_interval() -> None:
+    # Two stores, same mean; the second's calibrated interval is more than twice as wide.
+    forecast = pd.DataFrame(
+        {
+            "store_id": ["A", "A", "B", "B"],
+            "item_id": "X",
+            "mean": 10.0,
+            "p10": [6.0, 6.0, 0.0, 0.0],
+            "p50": [10.0, 10.0, 10.0, 10.0],
+            "p90": [15.0, 15.0, 22.0, 22.0],
+        }
+    )
+    total = coverage_distribution(forecast).set_index("store_id")
+    assert (total["mean"] == 20.0).all()
+    variance = total["mean"] + total["mean"] ** 2 / total["dispersion"]
+    # Each period's variance ((P90 - P50) / 1.2816)^2, summed over the two periods.
+    expected = 2 * (np.array([5.0, 12.0]) / stats.norm.ppf(0.9)) ** 2
+    np.testing.assert_allclose(variance.to_numpy(), expected)
+    # A forecast narrower than Poisson is read as Poisson (variance = mean).
+    narrow = forecast.assign(p90=forecast["p50"] + 0.1)
+    np.testing.assert_allclose(coverage_distribution(narrow)["dispersion"], 1e6)
