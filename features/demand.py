@@ -55,8 +55,10 @@ def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.
     periods each, back to back, the last ending at the panel's last period."""
     periods = np.sort(panel[PERIOD].unique())
     if len(periods) < horizon * windows + 2:  # at least two periods of history before the first
+        longest = max((len(periods) - 2) // max(windows, 1), 0)
         raise ValueError(
-            f"{len(periods)} periods are too few for {windows} backtest windows of {horizon}."
+            f"{len(periods)} periods are too few for {windows} backtest windows of {horizon}: "
+            f"the longest horizon they allow for {windows} windows is {longest}."
         )
     return [periods[len(periods) - horizon * w - 1] for w in range(windows, 0, -1)]
 

@@ -11,8 +11,11 @@ quantiles, the mean is the P50 and the dispersion is the one whose P90 matches (
 each store's value is concave, and the total is separable across stores. For a separable concave
 objective, giving each next pack to the store where it adds the most (marginal-value greedy) is
 optimal: that is what :func:`allocate` does, after the presentation minimums, within capacities
-and never beyond the units available. With a ``service_level`` instead of economics, a store's
-units stop adding value once ``P(D <= S)`` reaches it (and the rest is placed by sell-through).
+and never beyond the units available — for single units by a threshold on that value found by
+bisection (the same answer, at a cost set by the number of stores; see
+:func:`_threshold_allocation`), for packs pack by pack. With a ``service_level`` instead of
+economics, a store's units stop adding value once ``P(D <= S)`` reaches it (and the rest is
+placed by sell-through).
 
 **A unit that almost surely never sells is not worth sending.** Unless ``allocate_all``, a unit
 whose chance of selling ``P(D > S)`` is below :data:`MIN_SELL_PROBABILITY` (1e-9) adds no value
@@ -56,12 +59,17 @@ class PlacementError(ValueError):
     """Inputs that cannot describe a real allocation (one sentence naming the problem)."""
 
 
+DEFAULT_HOLDING = 0.25
+"""A unit left over costs a quarter of a sale's margin (holding, markdown, the trip back): so a
+store is stocked to about its P80 (margin / (margin + holding)) and the rest stays at the DC."""
+
+
 @dataclass(frozen=True)
 class Economics:
     """Margin lost per unit short and cost per unit left over; or a target service level."""
 
     unit_margin: float = 1.0
-    unit_holding: float = 0.0
+    unit_holding: float = DEFAULT_HOLDING
     service_level: float | None = None
 
     def __post_init__(self) -> None:
@@ -109,9 +117,12 @@ def _survival_table(mean: np.ndarray, dispersion: np.ndarray, levels: int) -> np
         if np.isfinite(flat).all():
             levels = min(levels, max(_SMALL_TABLE, int(flat.max()) + 2))
     k = np.arange(levels - 1, dtype=np.float64)[None, :]
-    ratios = (k + r) / (k + 1.0) * (1.0 - p)  # pmf(k+1) / pmf(k)
-    first = p**r
-    pmf = np.concatenate([first, first * np.cumprod(ratios, axis=1)], axis=1)
+    # In logs: pmf(k+1) / pmf(k) = (k + r) / (k + 1) (1 - p) multiplies past 1e308 for a large
+    # mean near Poisson (e^mean before p^r brings it back), and p^r underflows.
+    with np.errstate(divide="ignore"):  # a zero mean: p = 1, every later pmf 0
+        log_ratios = np.log(k + r) - np.log(k + 1.0) + np.log1p(-p)
+    log_first = r * np.log(p)
+    pmf = np.exp(np.concatenate([log_first, log_first + np.cumsum(log_ratios, axis=1)], axis=1))
     survival = np.cumsum(pmf, axis=1, out=pmf)
     np.subtract(1.0, survival, out=survival)
     return np.clip(survival, 0.0, 1.0, out=survival)
@@ -123,15 +134,18 @@ def _clamped(levels: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def expected_outcomes(mean: np.ndarray, dispersion: np.ndarray, stock: np.ndarray) -> pd.DataFrame:
-    """Expected sales, fill rate, lost units and leftover for each store's final stock."""
+    """Expected sales, fill rate, lost units and leftover for each store's final stock.
+
+    Expected sales E[min(D, S)] in closed form, so the cost does not grow with the stock: with
+    k pmf_r(k) = mean pmf_{r+1}(k - 1) for the negative binomial, E[(D - S)+] = mean P(D' >= S - 1)
+    - S P(D >= S), D' ~ NB(r + 1, p).
+    """
     stock = np.asarray(stock, dtype=np.int64)
-    levels = int(stock.max()) + 1 if len(stock) else 1
-    survival = _survival_table(mean, dispersion, max(levels, 2))
-    # E[min(D, S)] = sum over s < S of P(D > s); beyond the table, P(D > s) is its last column.
-    cumulative = np.concatenate([np.zeros((len(stock), 1)), np.cumsum(survival, axis=1)], axis=1)
-    inside = np.minimum(stock, survival.shape[1])
-    sales = cumulative[np.arange(len(stock)), inside] + (stock - inside) * survival[:, -1]
     mean = np.asarray(mean, dtype=np.float64)
+    r = np.asarray(dispersion, dtype=np.float64)
+    p = r / (r + np.maximum(mean, 1e-12))
+    short = mean * stats.nbinom.sf(stock - 2, r + 1, p) - stock * stats.nbinom.sf(stock - 1, r, p)
+    sales = np.clip(mean - short, 0.0, np.minimum(mean, stock))
     return pd.DataFrame(
         {
             "expected_sales": sales,
@@ -188,7 +202,16 @@ def allocate(
     room = np.floor((np.minimum(capacity, on_hand + available) - on_hand - send) / pack_size)
     room = np.maximum(room, 0).astype(np.int64)
     packs_left = (available - int(send.sum())) // pack_size
-    if packs_left > 0 and room.sum() > 0:
+    if packs_left > 0 and room.sum() > 0 and _by_threshold(pack_size, economics, allocate_all):
+        send += _threshold_allocation(
+            frame["mean"].to_numpy(dtype=np.float64),
+            frame["dispersion"].to_numpy(dtype=np.float64),
+            on_hand + send,
+            room,
+            packs_left,
+            economics,
+        )
+    elif packs_left > 0 and room.sum() > 0:
         mean = frame["mean"].to_numpy(dtype=np.float64)[None, :]
         dispersion = frame["dispersion"].to_numpy(dtype=np.float64)[None, :]
         packs = np.array([packs_left])
@@ -207,6 +230,66 @@ def allocate(
     outcome = expected_outcomes(frame["mean"].to_numpy(), frame["dispersion"].to_numpy(), final)
     result = frame.assign(send=send, final_stock=final)
     return pd.concat([result.reset_index(drop=True), outcome], axis=1)
+
+
+def _by_threshold(pack_size: int, economics: Economics, allocate_all: bool) -> bool:
+    """Whether :func:`_threshold_allocation` answers: single units, margin and holding, and only
+    the units worth sending (the others go pack by pack: :func:`_greedy_packs`)."""
+    return pack_size == 1 and economics.service_level is None and not allocate_all
+
+
+def _threshold_allocation(
+    mean: np.ndarray,
+    dispersion: np.ndarray,
+    start: np.ndarray,
+    room: np.ndarray,
+    units: int,
+    economics: Economics,
+) -> np.ndarray:
+    """Units per store, the same as the unit-by-unit greedy, at a cost set by the stores alone.
+
+    A unit at stock s is worth sending when its value ``(margin + holding) P(D > s) - holding``
+    beats a threshold, i.e. when its chance of selling beats ``tau``; each store's count of such
+    units is read off its quantile function (no table of levels). ``tau`` starts where a unit
+    stops paying (and never below :data:`MIN_SELL_PROBABILITY`); if more units qualify than
+    there are, it is raised by bisection until they fit, and the few left (those whose chance
+    falls between the last two thresholds) go one at a time to the store whose next unit is
+    most likely to sell — lower store first on a tie, as the greedy does.
+    """
+    margin, holding = economics.unit_margin, economics.unit_holding
+    r = np.asarray(dispersion, dtype=np.float64)
+    p = r / (r + np.maximum(mean, 1e-12))
+
+    def counts(tau: float) -> np.ndarray:  # units above ``tau`` per store, within its room
+        above = np.nan_to_num(stats.nbinom.isf(tau, r, p), posinf=np.iinfo(np.int64).max // 4)
+        return np.clip(above.astype(np.int64) - start, 0, room)
+
+    low = max(holding / (margin + holding), MIN_SELL_PROBABILITY)
+    taken = counts(low)
+    if taken.sum() <= units:
+        return taken
+    high = 1.0  # no unit's chance of selling beats 1
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        if counts(middle).sum() > units:
+            low = middle
+        else:
+            high = middle
+    taken = counts(high)
+    chance = np.where(taken < room, stats.nbinom.sf(start + taken, r, p), -np.inf)
+    for _ in range(units - int(taken.sum())):
+        best = int(np.argmax(chance))
+        if chance[best] == -np.inf:  # every store is full
+            break
+        taken[best] += 1
+        chance[best] = (
+            stats.nbinom.sf(start[best] + taken[best], r[best], p[best])
+            if taken[best] < room[best]
+            else -np.inf
+        )
+    return taken
 
 
 def _greedy_packs(

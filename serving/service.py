@@ -36,7 +36,7 @@ from features.eventlog import (
     redact_urls,
 )
 from features.schema import MAX_ID_LENGTH, Bounds
-from models.placement import Economics, plan_item
+from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
 from serving.errors import (
     RETRY_AFTER,
@@ -233,7 +233,7 @@ class Constraints(_Strict):
     pack_size: int = Field(default=1, ge=1, le=10**6)
     # Inclusive bounds only: exclusive ones do not survive BentoML's OpenAPI 3.0 document.
     unit_margin: float = Field(default=1.0, ge=1e-9, le=1e9, allow_inf_nan=False)
-    unit_holding: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+    unit_holding: float = Field(default=DEFAULT_HOLDING, ge=0, le=1e9, allow_inf_nan=False)
     service_level: ServiceLevel = None
     stores: dict[str, StoreLimit] = Field(  # unknown stores: 404
         default_factory=dict,
@@ -565,6 +565,7 @@ class OmnichannelService:
             "item_id": r.item_id,
             "units_available": r.units_available,
             "units_sent": int(frame["send"].sum()),
+            "units_kept_at_dc": r.units_available - int(frame["send"].sum()),
             "horizon": r.horizon,
             "stores": [
                 {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}

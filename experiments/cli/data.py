@@ -80,11 +80,18 @@ def generate_cmd(
     seed: int = 0,
     fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "csv",
     bad_fraction: float = 0.001,
+    store_variety: Annotated[
+        float,
+        typer.Option(
+            help="0: stores alike; 1: sizes, assortments, tastes, channel mix and "
+            "promotion response differ as real stores' do."
+        ),
+    ] = 0.0,
 ) -> None:
     """Generate a synthetic omnichannel retailer (deterministic for a seed)."""
     config = GeneratorConfig(
         customers=customers, items=items, stores=stores, days=days, seed=seed, format=fmt,
-        bad_fraction=bad_fraction,
+        bad_fraction=bad_fraction, store_variety=store_variety,
     )  # fmt: skip
     rows = generate_with_progress(config, out_dir)
     out.print(", ".join(f"{name}: {n} rows" for name, n in rows.items()) + f" -> {out_dir}")

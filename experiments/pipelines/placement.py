@@ -109,21 +109,22 @@ def simulate(
         model = LightGBMForecaster(horizon=horizon, freq=freq).fit(history, items=data.items)
         forecast = model.predict(history, plan=known_covariates(known))
         distribution = coverage_distribution(forecast)
-        last_period = history[history[PERIOD] == origin].set_index(["store_id", "item_id"])[TARGET]
+        last_period = (
+            history[history[PERIOD] == origin]
+            .groupby(["store_id", "item_id"], observed=True)[TARGET]
+            .sum()
+        )
+        keys = ["store_id", "item_id"]
+        distribution = distribution.join(realised.rename("demand"), on=keys).join(
+            last_period.rename("recent"), on=keys
+        )
+        distribution[["demand", "recent"]] = distribution[["demand", "recent"]].fillna(0.0)
         for item, stores in distribution.groupby("item_id", observed=True):
-            demand = (
-                realised.reindex(list(zip(stores["store_id"], stores["item_id"], strict=True)))
-                .fillna(0.0)
-                .to_numpy()
-            )
+            demand = stores["demand"].to_numpy()
             if demand.sum() <= 0:
                 continue
             items_seen.add(str(item))
-            recent = (
-                last_period.reindex(list(zip(stores["store_id"], stores["item_id"], strict=True)))
-                .fillna(0.0)
-                .to_numpy()
-            )
+            recent = stores["recent"].to_numpy()
             for ratio in supply:
                 total = int(np.rint(demand.sum() * ratio))
                 stock = {

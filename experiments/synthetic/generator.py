@@ -15,6 +15,9 @@ events plus the per-(node, item) stock state, whatever the number of days.
   of web/app orders are click-and-collect: fulfilled by the customer's home store.
 * Every fulfilling node holds stock, refilled weekly to an order-up-to level (sometimes a delivery
   fails); demand beyond stock is lost — censored — and recorded only in ``_truth/demand``.
+* With ``store_variety`` (0 by default: stores alike), stores differ as real ones do — sizes,
+  local assortments and tastes, channel mix, response to promotions — so that a placement
+  backtest has something to find (see ``_vary_stores``).
 * ``bad_fraction`` of the ``events`` and ``sales`` rows are corrupted on purpose (unparseable time,
   unknown event type, negative or non-numeric quantity, missing id, over-long id, duplicate id).
 
@@ -26,6 +29,7 @@ customer of every key, the uncensored daily demand and the count of corrupted ro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -65,6 +69,8 @@ class GeneratorConfig:
     trip_rate: float = 0.04  # mean shopping trips per customer per day
     plan_days: int = 28
     promo_share: float = 0.06  # promotable items on promotion in a given week
+    store_variety: float = 0.0  # 0: stores alike; 1: sizes, assortments, tastes, channel mix and
+    # promotion response differ as real stores' do (see _vary_stores)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -74,6 +80,8 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if not 0 <= self.bad_fraction < 0.5:
             raise ValueError(f"bad_fraction must be in [0, 0.5), not {self.bad_fraction}.")
+        if not 0 <= self.store_variety <= 2:
+            raise ValueError(f"store_variety must be in [0, 2], not {self.store_variety}.")
 
 
 class _TableWriter:
@@ -141,6 +149,8 @@ class _World:
     keys: np.ndarray  # (4, customers) object: the channel's key, or None (anonymous / guest)
     promo: np.ndarray  # (weeks, items) discount, 0 = none
     flyer: np.ndarray  # (weeks, items) bool
+    node_taste: np.ndarray | None = None  # (nodes, items) local taste; 0 = not carried there
+    node_promo_response: np.ndarray | None = None  # (nodes,) exponent on the promotion lift
 
 
 def generate(
@@ -255,7 +265,7 @@ def _build_world(config: GeneratorConfig, rng: np.random.Generator) -> _World:
             f"{KEY_PREFIX[channel]}-", np.char.zfill(token[has_key[channel]].astype(str), 8)
         ).astype(object)
     n_stores = config.stores
-    return _World(
+    world = _World(
         item_ids=np.char.add("I", np.char.zfill(np.arange(n_items).astype(str), 6)).astype(object),
         item_category=item_category,
         item_price=item_price,
@@ -276,6 +286,36 @@ def _build_world(config: GeneratorConfig, rng: np.random.Generator) -> _World:
         keys=keys,
         promo=promo,
         flyer=flyer,
+    )
+    return _vary_stores(config, world, channel_pref) if config.store_variety else world
+
+
+def _vary_stores(config: GeneratorConfig, world: _World, channel_pref: np.ndarray) -> _World:
+    """Stores that differ as real ones do, scaled by ``store_variety`` (v): sizes (the share of
+    customers homed there, lognormal with sigma 0.8 v), local assortments (each store leaves out
+    10% v of the items) and tastes (a lognormal multiplier per store and item, sigma 0.6 v),
+    channel mix (the web and app preference of a store's customers times a lognormal digital
+    affinity, sigma 0.6 v) and promotion response (each store's promotion lift raised to a power
+    from 1 - 0.7 v to 1 + 0.7 v). A generator of its own, so the rest of the data set is drawn
+    exactly as without variety."""
+    v = config.store_variety
+    rng = np.random.default_rng([config.seed, 7])
+    n_stores, n_items = config.stores, len(world.item_ids)
+    size = rng.lognormal(0.0, 0.8 * v, n_stores)
+    home = rng.choice(n_stores, len(world.home), p=size / size.sum())
+    taste = rng.lognormal(0.0, 0.6 * v, (n_stores, n_items))
+    taste[rng.random((n_stores, n_items)) < 0.1 * min(v, 1.0)] = 0.0
+    digital = rng.lognormal(0.0, 0.6 * v, n_stores)[home]
+    preference = channel_pref.copy()
+    preference[:, [WEB, APP]] *= digital[:, None]
+    preference /= preference.sum(axis=1, keepdims=True)
+    response = rng.uniform(1 - 0.7 * v, 1 + 0.7 * v, n_stores)
+    return dataclasses.replace(
+        world,
+        home=home,
+        channel_cum=np.cumsum(preference, axis=1),
+        node_taste=np.vstack([taste, np.ones((1, n_items))]),  # online carries everything
+        node_promo_response=np.append(response, 1.0),
     )
 
 
@@ -381,12 +421,12 @@ def _item_weights(world: _World, day: int, date: np.datetime64) -> tuple[np.ndar
     price = world.item_price * (1 - discount)
     doy = (date - date.astype("datetime64[Y]")).astype(int)
     season = 1 + world.category_amplitude * np.cos(2 * np.pi * (doy - world.category_peak) / 365.0)
-    weight = (
-        world.item_popularity
-        * season[world.item_category]
-        * (1 - discount) ** (-world.item_elasticity)
-        * np.where(world.flyer[week], 1.3, 1.0)
-    )
+    lift = (1 - discount) ** (-world.item_elasticity) * np.where(world.flyer[week], 1.3, 1.0)
+    weight = world.item_popularity * season[world.item_category] * lift
+    if world.node_taste is not None and world.node_promo_response is not None:
+        # Per node: its taste, and its own response to the promotion (lift ** response).
+        exponent = world.node_promo_response[:, None] - 1.0
+        weight = weight[None, :] * world.node_taste * lift[None, :] ** exponent
     return weight, price
 
 
@@ -429,7 +469,14 @@ def _simulate_demand(
     category = np.where(
         explore, rng.integers(0, n_cat, len(trip)), world.favourite[lc, np.minimum(fav_slot, 2)]
     )
-    item = _sample_items(world, weight, category, rng)
+    if weight.ndim == 1:
+        item = _sample_items(world, weight, category, rng)
+    else:  # each node's own weights (stores that differ)
+        item = np.empty(len(trip), dtype=np.int64)
+        line_node = node[trip]
+        for n in np.unique(line_node):
+            at = line_node == n
+            item[at] = _sample_items(world, weight[n], category[at], rng)
     qty = np.where(world.item_repurchasable[item], 1 + rng.poisson(0.4, len(trip)), 1)
     return {
         "cust": lc,

@@ -143,3 +143,30 @@ def test_tastes_make_purchases_predictable(tables: dict[str, pd.DataFrame]) -> N
     )
     n_categories = tables["items"]["category"].nunique()
     assert share.dropna().median() > 1 / n_categories + 0.2
+
+
+def test_stores_that_vary_differ_in_size_assortment_and_taste(tmp_path: Path) -> None:
+    base = dict(customers=3000, items=60, stores=6, days=60, seed=4, bad_fraction=0.0)
+    generate(GeneratorConfig(**base), tmp_path / "alike")
+    generate(GeneratorConfig(**base, store_variety=1.0), tmp_path / "vary")
+    # Its own random numbers: the catalogue is drawn exactly as without variety.
+    for name in ("items.csv", "stores.csv"):
+        assert (tmp_path / "alike" / name).read_bytes() == (tmp_path / "vary" / name).read_bytes()
+
+    def sales(kind: str) -> pd.DataFrame:
+        frame = pd.read_csv(tmp_path / kind / "sales.csv")
+        return frame[frame["store_id"] != "ONLINE"].pivot_table(
+            index="store_id", columns="item_id", values="units", aggfunc="sum", fill_value=0
+        )
+
+    alike, vary = sales("alike"), sales("vary")
+    size = vary.sum(axis=1)
+    assert size.std() / size.mean() > 2 * (alike.sum(axis=1).std() / alike.sum(axis=1).mean())
+
+    # Each store's mix of items: alike stores share one; stores that vary drift apart.
+    def spread(table: pd.DataFrame) -> float:
+        shares = table.div(table.sum(axis=1), axis=0)
+        return float((shares - shares.mean()).abs().sum(axis=1).mean())
+
+    assert spread(vary) > 1.5 * spread(alike)
+    assert (vary == 0).sum().sum() > (alike == 0).sum().sum()  # local assortments

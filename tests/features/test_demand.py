@@ -13,6 +13,7 @@ from features.demand import (
     build_panel,
     extend_with_future,
     period_end,
+    rolling_origins,
     sales_from_events,
 )
 
@@ -207,3 +208,11 @@ def test_extend_uses_the_plan_and_falls_back_where_it_is_silent() -> None:
     future = extend_with_future(panel, 2, "D", plan).tail(2)
     assert future["unit_price"].tolist() == [1.5, 2.0]  # Jan 4 has no plan row: last price
     assert future["on_promo"].tolist() == [1.0, 0.0] and future["x_ad"].tolist() == [1.0, 0.0]
+
+
+def test_a_backtest_too_long_for_the_data_names_the_longest_horizon_it_allows() -> None:
+    days = pd.date_range("2024-01-01", periods=20, freq="D")
+    panel = build_panel(pd.DataFrame({"date": days, "store_id": "S", "item_id": "A", "units": 1.0}))
+    with pytest.raises(ValueError, match="the longest horizon they allow for 3 windows is 6"):
+        rolling_origins(panel, horizon=7, windows=3)
+    assert len(rolling_origins(panel, horizon=6, windows=3)) == 3

@@ -17,6 +17,8 @@ from models.placement import (
     MIN_SELL_PROBABILITY,
     Economics,
     PlacementError,
+    _greedy_packs,
+    _threshold_allocation,
     allocate,
     coverage_distribution,
     expected_outcomes,
@@ -26,7 +28,7 @@ from models.placement import (
 
 HUGE = 10**9  # what POST /placement accepts as units_available
 LARGE = 10**7
-SERVICE = Economics(unit_margin=1, unit_holding=0, service_level=None)  # the service's default
+SERVICE = Economics(unit_margin=1, unit_holding=0, service_level=None)  # no cost left over
 
 
 def stores(means: list[float], dispersion: float = 5.0, **columns: list[float]) -> pd.DataFrame:
@@ -304,3 +306,67 @@ def test_the_coverage_demand_keeps_each_forecasts_own_interval() -> None:
     # A forecast narrower than Poisson is read as Poisson (variance = mean).
     narrow = forecast.assign(p90=forecast["p50"] + 0.1)
     np.testing.assert_allclose(coverage_distribution(narrow)["dispersion"], 1e6)
+
+
+def test_by_default_a_unit_that_would_lose_money_stays_at_the_dc() -> None:
+    """A unit left over costs a quarter of a sale's margin by default, so a store takes units
+    while P(D > S) > 0.2 — up to about its P80 — and plenty stays at the DC."""
+    frame = stores([15.9, 3.0, 200.0], dispersion=2.0)
+    result = allocate(frame, 10_000)
+    final = result["final_stock"].to_numpy()
+    r, p = 2.0, 2.0 / (2.0 + frame["mean"].to_numpy())
+    assert (stats.nbinom.sf(final - 1, r, p) > 0.2).all()  # the last unit sent was worth it
+    assert (stats.nbinom.sf(final, r, p) <= 0.2).all()  # the next would lose money
+    assert result["send"].sum() < 1_000
+    assert (result["expected_fill_rate"] <= 1.0).all()
+
+
+def test_regression_a_large_near_poisson_demand_overflowed_the_survival_table() -> None:
+    """A coverage demand of 2,000 units read as Poisson (from a narrow forecast interval) made
+    the pmf recursion overflow to NaN: placement then sent nothing sensible."""
+    frame = stores([2000.0, 5.0], dispersion=1e6)
+    result = allocate(frame, 2100, economics=SERVICE, allocate_all=True)
+    assert result[["expected_sales", "expected_fill_rate"]].notna().all().all()
+    big, small = result["send"].tolist()
+    assert big + small == 2100 and big > 2050 and 5 <= small <= 15  # equal chances of selling
+    outcome = expected_outcomes(np.array([2000.0]), np.array([1e6]), np.array([2000]))
+    exact = stats.nbinom(1e6, 1e6 / (1e6 + 2000.0)).sf(np.arange(2000)).sum()  # E[min(D, S)]
+    assert outcome["expected_sales"].iloc[0] == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("economics", [Economics(), SERVICE], ids=["default", "no holding cost"])
+def test_a_billion_units_across_a_thousand_stores_in_under_a_second(economics: Economics) -> None:
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame(
+        {
+            "store_id": [f"S{i:04d}" for i in range(1000)],
+            "mean": rng.lognormal(1.5, 1.2, 1000),
+            "dispersion": rng.uniform(0.5, 20.0, 1000),
+        }
+    )
+    result, seconds, peak = measured(lambda: allocate(frame, HUGE, economics=economics))
+    send = result["send"].to_numpy()
+    assert seconds < 1.0 and peak < 200.0, f"{seconds:.2f} s, {peak:.0f} MB"
+    assert 0 < send.sum() < 10**6 and (result["expected_fill_rate"] <= 1.0).all()
+    assert (allocate(frame, 10**7, economics=economics)["send"].to_numpy() == send).all()
+
+
+def test_the_threshold_allocation_is_the_unit_by_unit_greedy() -> None:
+    """Property: on random small chains, bisection on the threshold sends exactly what placing
+    one unit at a time where it adds the most would."""
+    rng = np.random.default_rng(12)
+    for _ in range(300):
+        n = int(rng.integers(1, 7))
+        mean = rng.lognormal(1.0, 1.0, n)
+        dispersion = rng.uniform(0.3, 30.0, n)
+        start = rng.integers(0, 6, n)
+        room = np.where(rng.random(n) < 0.3, rng.integers(0, 15, n), 10**6)
+        units = int(rng.integers(0, 80))
+        economics = Economics(unit_margin=float(rng.uniform(0.5, 3)), unit_holding=float(
+            rng.choice([0.0, rng.uniform(0.05, 2.0)])))  # fmt: skip
+        greedy = _greedy_packs(
+            mean[None, :], dispersion[None, :], start[None, :], np.minimum(room, units)[None, :],
+            np.array([units]), 1, economics, False,
+        )[0]  # fmt: skip
+        threshold = _threshold_allocation(mean, dispersion, start, room, units, economics)
+        assert threshold.tolist() == greedy.tolist(), (mean, dispersion, start, room, units)

@@ -314,6 +314,7 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
     plan = response.json()
     sent = sum(s["send"] for s in plan["stores"])
     assert plan["units_sent"] == sent <= 60 and len(plan["stores"]) >= 2
+    assert plan["units_kept_at_dc"] == 60 - sent
     assert all(s["final_stock"] == s["on_hand"] + s["send"] for s in plan["stores"])
     store = plan["stores"][0]["store_id"]
     capped = {**body, "constraints": {"stores": {store: {"max_units": 0}}}}
