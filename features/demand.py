@@ -103,8 +103,8 @@ def spans_a_year(panel: pd.DataFrame, horizon: int, freq: str) -> bool:
 class FeatureSpec:
     """Which features to build (logged verbatim as parameters).
 
-    Lags are in periods and must all be >= ``horizon``: a forecast made at the origin never reads
-    a target it could not know (one model serves every step of the horizon).
+    Lags are in periods and must all be >= ``horizon`` (the last lead its model serves): a
+    forecast made at the origin never reads a target it could not know.
 
     Attributes:
         horizon: periods ahead.
@@ -342,8 +342,10 @@ class Codes:
 
     def code(self, values: pd.Series, vocabulary: str) -> np.ndarray:
         """The codes of ``values`` in one vocabulary (``stores``, ``items`` or ``categories``)."""
-        found = self._indexes[vocabulary].get_indexer(pd.Index(values.astype(str)))
-        return np.where(found < 0, np.nan, found)
+        # Look up each distinct value once (a panel repeats its few ids over millions of rows).
+        rows, distinct = pd.factorize(values, use_na_sentinel=False)
+        found = self._indexes[vocabulary].get_indexer(pd.Index(distinct.astype(str)))
+        return np.where(found < 0, np.nan, found)[rows]
 
 
 def build_features(

@@ -5,10 +5,10 @@ forecasts the ``horizon`` periods after the panel's last period, returning per s
 the expected demand ``mean`` (the point forecast accuracy is measured on), ``p10, p50, p90``
 (never crossing) and a ``method`` flag. Censored periods never enter a loss.
 
-The LightGBM model is *direct*: every lag it reads is at least the horizon, so one model serves
-every step without feeding its own forecasts back (no recursion, no leakage). Its point forecast is
-the mean of a Tweedie model; its quantiles are those of a negative binomial around that mean, with
-the dispersion chosen so that 80% of a held-out window falls between P10 and P90.
+The LightGBM forecaster is *direct* by default: one model per bucket of leads, each reading no
+lag shorter than its bucket's last lead, so no model feeds its own forecasts back and none reads
+a target it could not know. Its point forecast is the mean of a Tweedie model; its P10 / P50 / P90
+are calibrated on held-out history (:class:`Intervals`).
 """
 
 from __future__ import annotations
@@ -177,8 +177,9 @@ class LightGBMForecaster(Forecaster):
         self.refit = refit
 
     def buckets(self) -> list[int]:
-        """The last lead each direct model serves, in order: a month (4 weeks, 7 days), a
-        quarter (13 weeks, 28 days), then a quarter each, the last cut at the horizon."""
+        """The last lead each direct model serves, in order: the frequency's short window (4
+        weeks; 7 days), its long one (13 weeks; 28 days), then one long window each, the last
+        cut at the horizon."""
         spec = frequency(self.freq)
         ends = [spec.short, *range(spec.long, self.horizon + spec.long, spec.long)]
         return sorted({min(end, self.horizon) for end in ends})
@@ -189,10 +190,11 @@ class LightGBMForecaster(Forecaster):
         lead = lead or self.models()[0]
         default = FeatureSpec.default(lead, self.freq)
         lags = sorted({max(int(k), lead) for k in self.lags}) if self.lags else default.lags
-        rolling: dict[int, tuple[int, ...]] = {}
+        merged: dict[int, set[int]] = {}
         for k, windows in (self.rolling or default.rolling).items():
-            rolling[max(int(k), lead)] = tuple(windows)
-        calendar = getattr(self, "calendar_", True)
+            merged.setdefault(max(int(k), lead), set()).update(windows)
+        rolling = {k: tuple(sorted(windows)) for k, windows in merged.items()}
+        calendar = getattr(self, "calendar_", {}).get(lead, True)  # decided at fit
         return FeatureSpec(horizon=lead, lags=tuple(lags), rolling=rolling, calendar=calendar)
 
     def fit(self, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
@@ -219,7 +221,9 @@ class LightGBMForecaster(Forecaster):
             )
         self.items_ = items
         self.codes_ = Codes.learn(panel, items)
-        self.calendar_ = spans_a_year(panel, self.horizon, self.freq)
+        # Per model: week of year and month only where the history has seen the weeks it
+        # forecasts — the same for a model whatever the horizon it is part of.
+        self.calendar_ = {lead: spans_a_year(panel, lead, self.freq) for lead in self.models()}
         self.objective_ = "tweedie" if self.objective == "auto" else self.objective
         self.selection_wape_: dict[str, float] = {}
         start = self._held_out_start(panel)
@@ -232,9 +236,11 @@ class LightGBMForecaster(Forecaster):
                 before = usable & (period < start)
                 after = usable & (period >= start)
                 if before.sum() >= 2 * self.min_child_samples and after.any():
-                    if index == 0 and self.objective == "auto":
+                    booster = (
                         self._select_objective(x, y, before, after)
-                    booster = self._train(x[before], y[before], self.objective_)
+                        if index == 0 and self.objective == "auto"
+                        else self._train(x[before], y[before], self.objective_)
+                    )
                     held.append(
                         self._recursive_errors(booster, panel, start)
                         if self.strategy == "recursive"
@@ -263,7 +269,6 @@ class LightGBMForecaster(Forecaster):
         self.intervals_ = self._calibrate(
             pd.concat(held, ignore_index=True) if held else None, before_start
         )
-        self.dispersion_ = self.intervals_.dispersion
         # Enough recent history to forecast from later without the data (lags, means, median price).
         keep = max(self._reach(lead) for lead in self.models()) + 2 * frequency(self.freq).season
         periods = np.sort(panel[PERIOD].unique())
@@ -298,7 +303,7 @@ class LightGBMForecaster(Forecaster):
 
     def _held_out_start(self, panel: pd.DataFrame) -> np.datetime64 | None:
         """The first held-out period (see :meth:`fit`); None when the history before it would
-        be shorter than three times the first model's lead (or three periods)."""
+        be shorter than three times the first bucket."""
         periods = np.sort(panel[PERIOD].unique())
         first = self.models()[0]
         shortest = self.horizon if self.strategy == "recursive" else first
@@ -388,14 +393,17 @@ class LightGBMForecaster(Forecaster):
 
     def _select_objective(
         self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray
-    ) -> None:
+    ) -> lgb.Booster:
+        """Keep the objective with the lowest held-out WAPE; its model trained before."""
+        boosters = {}
         for objective in _OBJECTIVES:
-            mean = self._predict(self._train(x[before], y[before], objective), x[after])
-            actual = y[after]
+            boosters[objective] = self._train(x[before], y[before], objective)
+            mean, actual = self._predict(boosters[objective], x[after]), y[after]
             self.selection_wape_[objective] = float(
                 np.abs(actual - mean).sum() / max(actual.sum(), 1e-9)
             )
         self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
+        return boosters[self.objective_]
 
     def _train(self, x: pd.DataFrame, y: np.ndarray, objective: str) -> lgb.Booster:
         params = {
@@ -531,9 +539,8 @@ class LightGBMForecaster(Forecaster):
             "model": self.name,
             "params": params,
             "objective": self.objective_,
-            "dispersion": self.dispersion_,
             "intervals": self.intervals_.as_dict(),
-            "calendar": self.calendar_,
+            "calendar": [self.calendar_[lead] for lead in self.leads_],
             "leads": self.leads_,
             "codes": asdict(self.codes_),
         }
@@ -553,20 +560,21 @@ class LightGBMForecaster(Forecaster):
         if params.get("rolling"):
             params["rolling"] = {int(k): tuple(v) for k, v in params["rolling"].items()}
         model = cls(**params)
-        model.calendar_ = meta.get("calendar", True)  # saved before it was decided at fit
         model.leads_ = meta.get("leads", [model.horizon])  # saved before buckets: one model
+        # Saved before the calendar was decided at fit: every model had it.
+        calendar = meta.get("calendar", [True] * len(model.leads_))
+        model.calendar_ = dict(zip(model.leads_, calendar, strict=True))
         model.boosters_ = [
             lgb.Booster(model_file=str(path / _model_file(bucket)))
             for bucket in range(len(model.leads_))
         ]
         model.feature_names_ = model.booster_.feature_name()
-        model.dispersion_ = float(meta["dispersion"])
         # Saved before intervals were calibrated per band: its one dispersion.
         intervals = meta.get("intervals")
         model.intervals_ = (
             Intervals.from_dict(intervals)
             if intervals
-            else Intervals(method="negative_binomial", dispersion=model.dispersion_)
+            else Intervals(method="negative_binomial", dispersion=float(meta["dispersion"]))
         )
         model.objective_ = meta["objective"]
         items = path / "items.parquet"
@@ -690,8 +698,8 @@ class Intervals:
     errors reads its ceil((n + 1) * 0.9)-th smallest for P90). A cell with fewer than
     ``MIN_CELL`` errors uses its band over every bucket, then every error.
     ``negative_binomial``: the quantiles of a negative binomial with that mean and one
-    ``dispersion`` (variance = mean + mean^2 / dispersion). ``dispersion`` is calibrated either
-    way: placement reads it.
+    ``dispersion`` (variance = mean + mean^2 / dispersion), the one whose P10-P90 covers 80% of
+    the held-out actuals.
     """
 
     method: str
@@ -716,7 +724,13 @@ class Intervals:
                 f"conformal: held-out errors / {SCALES[self.scale]}, per volume band "
                 f"({len(self.edges) + 1}) and lead bucket ({len(self.table)})"
             )
-        state = "" if self.calibrated else ", not calibrated"
+        state = (
+            ""
+            if self.calibrated
+            else ", not calibrated"
+            if not self.held_out
+            else ", every method degenerate"
+        )
         return f"negative binomial (dispersion {self.dispersion:.3g}{state})"
 
     def quantiles(
@@ -744,15 +758,18 @@ class Intervals:
     ) -> Intervals:
         """The candidate with the least pinball loss on the held-out errors (``held``: series,
         bucket, mean, actual, volume, volatility), each scored cross-fitted: calibrated on half
-        the series, scored on the other half, and the other way round. A candidate whose P10-P90
-        covers less than 60% or more than 97% there is degenerate and left out; when every one
-        is, a :class:`CalibrationWarning` says so and the default is used."""
+        the series (half the rows, when too few series to halve), scored on the other half, and
+        the other way round. A candidate whose P10-P90 covers less than 60% or more than 97%
+        there is degenerate and left out; when every one is, a :class:`CalibrationWarning` says
+        so and the intervals are the negative binomial whose P10-P90 covers 80% of the errors."""
         candidates = [
             (method, scale)
             for method in methods
             for scale in (SCALES if method == "conformal" else ("none",))
         ]
         fold = pd.util.hash_array(held[SERIES].to_numpy(dtype=object)) % 2 == 1
+        if min(fold.sum(), (~fold).sum()) < MIN_CELL:  # too few series to halve: halve the rows
+            fold = np.arange(len(held)) % 2 == 1
         actual = held["actual"].to_numpy()
         pinball: dict[str, float] = {}
         coverage: dict[str, float] = {}
@@ -777,26 +794,18 @@ class Intervals:
             warnings.warn(
                 CalibrationWarning(
                     "Every interval method is degenerate on the held-out history (80% interval "
-                    f"coverage {coverage}); the intervals are the default negative binomial "
-                    "with dispersion 1."
+                    f"coverage {coverage}); the intervals are a negative binomial whose P10-P90 "
+                    "covers 80% of it."
                 ),
                 stacklevel=4,
             )
-            return cls(
-                method="negative_binomial",
-                calibrated=False,
-                held_out=len(held),
-                pinball=pinball,
-                coverage=coverage,
+            fallback = cls._fit("negative_binomial", "none", held, n_buckets)
+            return dataclasses.replace(
+                fallback, calibrated=False, held_out=len(held), pinball=pinball, coverage=coverage
             )
         (method, scale), _ = min(usable, key=lambda pair: pinball[pair[1]])
-        return dataclasses.replace(
-            cls._fit(method, scale, held, n_buckets),
-            dispersion=_calibrate_dispersion(held["mean"].to_numpy(), actual),
-            held_out=len(held),
-            pinball=pinball,
-            coverage=coverage,
-        )
+        chosen = cls._fit(method, scale, held, n_buckets)
+        return dataclasses.replace(chosen, held_out=len(held), pinball=pinball, coverage=coverage)
 
     @classmethod
     def _fit(cls, method: str, scale: str, held: pd.DataFrame, n_buckets: int) -> Intervals:

@@ -531,20 +531,16 @@ def rebalance(
     )
 
 
-def coverage_distribution(forecast: pd.DataFrame, dispersion: float | None = None) -> pd.DataFrame:
+def coverage_distribution(forecast: pd.DataFrame) -> pd.DataFrame:
     """Per store and item, the demand over the whole coverage period as one negative binomial.
 
     The periods' demands are taken as independent, each with the forecast's mean and a variance
     read from its own interval: the P50-P90 spread of a normal, ((P90 - P50) / 1.2816)^2, at
-    least the mean (Poisson) — so a band whose calibrated interval is wide stays wide. With a
-    ``dispersion`` instead, each period's variance is mean + mean^2 / dispersion. The sum is
-    matched by mean and variance.
+    least the mean (Poisson) — so a band whose calibrated interval is wide stays wide. The sum
+    is matched by mean and variance.
     """
-    if dispersion is None:
-        spread = ((forecast["p90"] - forecast["p50"]) / stats.norm.ppf(0.9)) ** 2
-        variance = np.maximum(spread, forecast["mean"])
-    else:
-        variance = forecast["mean"] + forecast["mean"] ** 2 / dispersion
+    spread = ((forecast["p90"] - forecast["p50"]) / stats.norm.ppf(0.9)) ** 2
+    variance = np.maximum(spread, forecast["mean"])
     total = (
         forecast.assign(variance=variance)
         .groupby(["store_id", "item_id"], observed=True)[["mean", "variance"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,7 +82,7 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
         "policy": totals["policy"],
         "baselines": {k: totals[k] for k in placement.SIMPLE},
         "oracle": totals["oracle"],
-        "gap_closed": {f"{r:g}": v for r, v in closed.items()},
+        "gap_closed": {f"{r:g}": (None if math.isnan(v) else v) for r, v in closed.items()},
         "supply": list(result.by_supply),
         "by_supply": {f"{r:g}": blocks for r, blocks in result.by_supply.items()},
         "items": result.items,

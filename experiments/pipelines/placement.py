@@ -34,7 +34,7 @@ def oracle(total: int, demand: np.ndarray) -> np.ndarray:
     """The hard bound: ``total`` units placed knowing the realised demand — each store gets its
     demand while the units last (in proportion to it when they fall short), the rest in
     proportion to it. Nothing is lost that the total could have covered."""
-    demand = np.asarray(demand, dtype=np.int64)
+    demand = np.rint(demand).astype(np.int64)  # whole units, as the stock is
     if total <= demand.sum():
         return np.minimum(split(total, demand), demand)
     return demand + split(total - int(demand.sum()), demand)
@@ -54,7 +54,8 @@ class SimulationResult:
         for ratio, blocks in self.by_supply.items():
             simple = min(blocks[p]["lost_units"] for p in SIMPLE)
             gap = simple - blocks["oracle"]["lost_units"]
-            closed[ratio] = (simple - blocks["policy"]["lost_units"]) / gap if gap > 0 else 1.0
+            # No gap (the best split already loses nothing more than the oracle): undefined.
+            closed[ratio] = (simple - blocks["policy"]["lost_units"]) / gap if gap > 0 else np.nan
         return closed
 
     def totals(self) -> dict[str, dict[str, float]]:

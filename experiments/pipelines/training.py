@@ -431,7 +431,6 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
         intervals = model.intervals_
         mlflow.log_params(
             {
-                "dispersion": round(model.dispersion_, 4),
                 "series": result.series,
                 "interval": intervals.label,
                 "interval_held_out_rows": intervals.held_out,

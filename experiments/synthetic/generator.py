@@ -80,8 +80,8 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if not 0 <= self.bad_fraction < 0.5:
             raise ValueError(f"bad_fraction must be in [0, 0.5), not {self.bad_fraction}.")
-        if not 0 <= self.store_variety <= 2:
-            raise ValueError(f"store_variety must be in [0, 2], not {self.store_variety}.")
+        if not 0 <= self.store_variety <= 1:
+            raise ValueError(f"store_variety must be in [0, 1], not {self.store_variety}.")
 
 
 class _TableWriter:

@@ -26,7 +26,11 @@ def test_gap_closed_is_the_share_of_the_way_from_the_best_split_to_the_oracle() 
                   "oracle": block(10)},
             1.1: {"policy": block(0), "proportional": block(5), "equal": block(5),
                   "oracle": block(0)},
+            1.3: {"policy": block(2), "proportional": block(0), "equal": block(0),
+                  "oracle": block(0)},
         },
         windows=1, items=1, seconds=0.0,
     )  # fmt: skip
-    assert result.gap_closed() == {0.9: pytest.approx(0.4), 1.1: 1.0}  # (20 - 16) / (20 - 10)
+    closed = result.gap_closed()
+    assert closed[0.9] == pytest.approx(0.4) and closed[1.1] == 1.0  # (20 - 16) / (20 - 10)
+    assert np.isnan(closed[1.3])  # no gap to close: undefined, not "100% closed"

@@ -12,6 +12,7 @@ import pytest
 from experiments.pipelines.forecaster import accuracy
 from features.demand import build_panel
 from models.forecast import (
+    MIN_CELL,
     CalibrationWarning,
     Intervals,
     LightGBMForecaster,
@@ -300,13 +301,25 @@ def test_calibration_that_cannot_run_warns_and_uses_the_documented_default() -> 
          "volume": 3.0, "volatility": 0.0}
     )  # fmt: skip
     with pytest.warns(CalibrationWarning, match="degenerate"):
-        assert Intervals.calibrate(held, ("conformal",), n_buckets=1) == Intervals(
-            method="negative_binomial", calibrated=False, held_out=400,
-            pinball={"conformal/none": 0.0, "conformal/sqrt_mean": 0.0, "conformal/mean": 0.0,
-                     "conformal/volatility": 0.0},
-            coverage={"conformal/none": 1.0, "conformal/sqrt_mean": 1.0, "conformal/mean": 1.0,
-                      "conformal/volatility": 1.0},
-        )  # fmt: skip
+        fallback = Intervals.calibrate(held, ("conformal",), n_buckets=1)
+    assert fallback.method == "negative_binomial" and not fallback.calibrated
+    assert "every method degenerate" in fallback.label and fallback.held_out == 400
+    assert set(fallback.coverage.values()) == {1.0}
+
+
+def test_one_series_is_calibrated_on_halves_of_its_rows() -> None:
+    """Regression: cross-fitting halves the series; with one series a half was empty."""
+    weeks = pd.date_range("2021-01-03", periods=120, freq="W")
+    rng = np.random.default_rng(5)
+    panel = build_panel(
+        pd.DataFrame({"date": weeks, "store_id": "S", "item_id": "A",
+                      "units": rng.poisson(20 + 10 * np.sin(np.arange(120) / 8.0))}),
+        freq="W",
+    )  # fmt: skip
+    model = LightGBMForecaster(horizon=13, freq="W", n_estimators=20, min_child_samples=5)
+    assert model.fit(panel).intervals_.held_out >= MIN_CELL
+    forecast = model.predict(panel)
+    assert (forecast["p10"] <= forecast["p90"]).all() and len(forecast) == 13
 
 
 @pytest.mark.parametrize("strategy", ["direct", "recursive"])
