@@ -482,6 +482,7 @@ def train_forecaster(
     )
     client.set_model_version_tag(FORECASTER_NAME, version, "freq", freq)
     client.set_model_version_tag(FORECASTER_NAME, version, "horizon", str(horizon))
+    client.set_model_version_tag(FORECASTER_NAME, version, "interval", final.intervals_.label)
     if promoted:
         client.set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
     return result, version, promoted, champion_wape

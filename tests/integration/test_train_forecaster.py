@@ -34,7 +34,10 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     backtest_run = runs[runs["tags.mlflow.runName"].str.startswith("backtest")].iloc[0]
     assert {"metrics.wape", "metrics.moving_average_wape", "params.lags"} <= set(runs.columns)
     artifacts = {a.path for a in client.list_artifacts(backtest_run["run_id"])}
-    assert {"forecast_vs_actual.png", "feature_importance.png"} <= artifacts
+    assert {"forecast_vs_actual.png", "feature_importance.png", "calibration.png"} <= artifacts
+    assert backtest_run["tags.calibration"] == "calibrated"
+    assert backtest_run["params.interval"].startswith(("conformal", "negative binomial"))
+    assert alias.tags["interval"].startswith(("conformal", "negative binomial"))
 
     local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
     model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
