@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,22 @@ import numpy as np
 import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData, known_covariates, load_demand
-from features.demand import PERIOD, SERIES, TARGET, period_end, rolling_origins, split_at
+from experiments.synthetic.generator import GeneratorConfig, demand_distribution
+from features.demand import (
+    PERIOD,
+    SERIES,
+    TARGET,
+    frequency,
+    period_end,
+    rolling_origins,
+    split_at,
+)
 from models.forecast import LightGBMForecaster
 from models.placement import Economics, allocate, coverage_distribution, plan_item
 
 POLICIES = ("policy", "proportional", "equal", "oracle")
 SIMPLE = ("proportional", "equal")
+TRUE_DISTRIBUTION = "true_distribution"  # generated data only: the attainable bound
 
 
 def split(total: int, weights: np.ndarray) -> np.ndarray:
@@ -47,13 +58,14 @@ class SimulationResult:
     items: int
     seconds: float
 
-    def gap_closed(self) -> dict[float, float]:
+    def gap_closed(self, bound: str = "oracle") -> dict[float, float]:
         """Per supply ratio, the share of the gap in lost units between the best simple split
-        and the oracle that the policy closes (1: as good as knowing the demand)."""
+        and a bound — the oracle, or the allocation from the true demand distribution — that
+        the policy closes (1: as good as the bound)."""
         closed = {}
         for ratio, blocks in self.by_supply.items():
             simple = min(blocks[p]["lost_units"] for p in SIMPLE)
-            gap = simple - blocks["oracle"]["lost_units"]
+            gap = simple - blocks[bound]["lost_units"]
             # No gap (the best split already loses nothing more than the oracle): undefined.
             closed[ratio] = (simple - blocks["policy"]["lost_units"]) / gap if gap > 0 else np.nan
         return closed
@@ -61,7 +73,7 @@ class SimulationResult:
     def totals(self) -> dict[str, dict[str, float]]:
         """Every policy's outcome summed over the supply ratios."""
         out = {}
-        for policy in POLICIES:
+        for policy in next(iter(self.by_supply.values())):
             blocks = [b[policy] for b in self.by_supply.values()]
             demand = sum(b["demand_units"] for b in blocks)
             lost = sum(b["lost_units"] for b in blocks)
@@ -96,9 +108,11 @@ def simulate(
     data = load_demand(data_dir, freq)
     panel = data.panel
     truth = _true_demand(data_dir, freq, panel)
+    generated = _generator_config(data_dir)
+    policies = (*POLICIES, TRUE_DISTRIBUTION) if generated else POLICIES
     totals = {
         ratio: {
-            p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0} for p in POLICIES
+            p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0} for p in policies
         }
         for ratio in supply
     }
@@ -120,6 +134,18 @@ def simulate(
             last_period.rename("recent"), on=keys
         )
         distribution[["demand", "recent"]] = distribution[["demand", "recent"]].fillna(0.0)
+        if generated:
+            days = horizon * frequency(freq).days
+            first = np.datetime64(pd.Timestamp(origin).date(), "D") + 1
+            exact = pd.DataFrame(demand_distribution(generated, first, days))
+            excess = (exact["variance"] - exact["mean"]).clip(lower=1e-9)
+            exact["true_dispersion"] = (exact["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
+            distribution = distribution.join(
+                exact.set_index(keys)[["mean", "true_dispersion"]].rename(
+                    columns={"mean": "true_mean"}
+                ),
+                on=keys,
+            )
         for item, stores in distribution.groupby("item_id", observed=True):
             demand = stores["demand"].to_numpy()
             if demand.sum() <= 0:
@@ -139,6 +165,16 @@ def simulate(
                     "equal": split(total, np.zeros(len(stores))),
                     "oracle": oracle(total, demand),
                 }
+                if generated:
+                    exact = stores[["store_id", "true_mean", "true_dispersion"]].fillna(
+                        {"true_mean": 0.0, "true_dispersion": 1e6}
+                    )
+                    stock[TRUE_DISTRIBUTION] = allocate(
+                        exact.set_axis(["store_id", "mean", "dispersion"], axis=1),
+                        total,
+                        economics=economics,
+                        allocate_all=True,
+                    )["send"].to_numpy()
                 for policy, units in stock.items():
                     sold = np.minimum(demand, units)
                     block = totals[ratio][policy]
@@ -158,6 +194,12 @@ def simulate(
         for ratio, blocks in totals.items()
     }
     return SimulationResult(by_supply, windows, len(items_seen), time.perf_counter() - started)
+
+
+def _generator_config(data_dir: Path) -> GeneratorConfig | None:
+    """The generator's configuration when the data set was generated (``_truth/config.json``)."""
+    path = Path(data_dir) / "_truth" / "config.json"
+    return GeneratorConfig(**json.loads(path.read_text())) if path.exists() else None
 
 
 def _true_demand(data_dir: Path, freq: str, panel: pd.DataFrame) -> pd.DataFrame:

@@ -165,6 +165,7 @@ def generate(
     """
     out = Path(out)
     (out / "_truth").mkdir(parents=True, exist_ok=True)
+    (out / "_truth" / "config.json").write_text(json.dumps(dataclasses.asdict(config)) + "\n")
     rng = np.random.default_rng(config.seed)
     world = _build_world(config, rng)
     fmt = config.format
@@ -317,6 +318,36 @@ def _vary_stores(config: GeneratorConfig, world: _World, channel_pref: np.ndarra
         node_taste=np.vstack([taste, np.ones((1, n_items))]),  # online carries everything
         node_promo_response=np.append(response, 1.0),
     )
+
+
+def demand_distribution(
+    config: GeneratorConfig, first: np.datetime64, days: int, replicas: int = 100
+) -> dict[str, np.ndarray]:
+    """The true distribution of each node's demand for each item over ``days`` days from
+    ``first``: those days simulated ``replicas`` times from the data set's own world (its
+    customers, tastes, promotions and seasons), each time with fresh randomness. Returns
+    ``store_id``, ``item_id``, and the ``mean`` and ``variance`` of the total, per node x item.
+    """
+    world = _build_world(config, np.random.default_rng(config.seed))
+    offset = int((first.astype("datetime64[D]") - np.datetime64(config.start, "D")).astype(int))
+    n_nodes, n_items = len(world.node_ids), len(world.item_ids)
+    totals = np.zeros((replicas, n_nodes, n_items))
+    for replica in range(replicas):
+        rng = np.random.default_rng([config.seed, 99, replica])
+        for day in range(offset, offset + days):
+            date = np.datetime64(config.start, "D") + day
+            weight, _ = _item_weights(world, day, date)
+            lines = _simulate_demand(config, world, rng, date, weight)
+            wants = ~lines["browse"]
+            np.add.at(
+                totals[replica], (lines["node"][wants], lines["item"][wants]), lines["qty"][wants]
+            )
+    return {
+        "store_id": np.repeat(world.node_ids, n_items),
+        "item_id": np.tile(world.item_ids, n_nodes),
+        "mean": totals.mean(axis=0).ravel(),
+        "variance": totals.var(axis=0, ddof=1).ravel(),
+    }
 
 
 def _category_names(n_cat: int) -> list[str]:

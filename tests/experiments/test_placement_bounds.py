@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from experiments.pipelines.placement import SimulationResult, oracle
+from experiments.pipelines.placement import TRUE_DISTRIBUTION, SimulationResult, oracle, simulate
+from experiments.synthetic.generator import GeneratorConfig, demand_distribution, generate
 
 
 @pytest.mark.parametrize("total", [0, 7, 23, 30, 31, 45])
@@ -34,3 +38,23 @@ def test_gap_closed_is_the_share_of_the_way_from_the_best_split_to_the_oracle() 
     closed = result.gap_closed()
     assert closed[0.9] == pytest.approx(0.4) and closed[1.1] == 1.0  # (20 - 16) / (20 - 10)
     assert np.isnan(closed[1.3])  # no gap to close: undefined, not "100% closed"
+
+
+def test_generated_data_gets_the_bound_of_its_true_demand_distribution(tmp_path: Path) -> None:
+    config = GeneratorConfig(customers=2000, items=20, stores=3, days=150, seed=3, bad_fraction=0)
+    generate(config, tmp_path)
+    # The generator's re-simulated days agree with the demand it recorded for them.
+    first, days = np.datetime64("2024-05-01"), 14
+    exact = demand_distribution(config, first, days)
+    truth = pd.read_csv(tmp_path / "_truth" / "demand.csv", parse_dates=["date"])
+    window = truth[
+        (truth["date"] >= pd.Timestamp(first))
+        & (truth["date"] < pd.Timestamp(first) + pd.Timedelta(days=days))
+    ]
+    assert abs(window["demand"].sum() - exact["mean"].sum()) < 4 * np.sqrt(exact["variance"].sum())
+
+    result = simulate(tmp_path, horizon=2, freq="W", supply=(0.9, 1.1), windows=1)
+    for blocks in result.by_supply.values():
+        # No allocation loses less than the oracle; the true distribution's is one of them.
+        assert blocks["oracle"]["lost_units"] <= blocks[TRUE_DISTRIBUTION]["lost_units"]
+    assert set(result.gap_closed(TRUE_DISTRIBUTION)) == {0.9, 1.1}
