@@ -253,8 +253,8 @@ def _threshold_allocation(
     units is read off its quantile function (no table of levels). ``tau`` starts where a unit
     stops paying (and never below :data:`MIN_SELL_PROBABILITY`); if more units qualify than
     there are, it is raised by bisection until they fit, and the few left (those whose chance
-    falls between the last two thresholds) go one at a time to the store whose next unit is
-    most likely to sell — lower store first on a tie, as the greedy does.
+    falls between the last two thresholds) go to the units most likely to sell — lower store
+    first on a tie, as the greedy does.
     """
     margin, holding = economics.unit_margin, economics.unit_holding
     r = np.asarray(dispersion, dtype=np.float64)
@@ -277,19 +277,19 @@ def _threshold_allocation(
             low = middle
         else:
             high = middle
-    taken = counts(high)
-    chance = np.where(taken < room, stats.nbinom.sf(start + taken, r, p), -np.inf)
-    for _ in range(units - int(taken.sum())):
-        best = int(np.argmax(chance))
-        if chance[best] == -np.inf:  # every store is full
-            break
-        taken[best] += 1
-        chance[best] = (
-            stats.nbinom.sf(start[best] + taken[best], r[best], p[best])
-            if taken[best] < room[best]
-            else -np.inf
-        )
-    return taken
+    taken, more = counts(high), counts(low)
+    # The units between the two thresholds (ties, in practice): best chance first, then the
+    # lower store, then the lower level, as the greedy ranks them.
+    extra = more - taken
+    store = np.repeat(np.arange(len(taken)), extra)
+    level = (
+        start[store]
+        + taken[store]
+        + (np.arange(extra.sum()) - np.repeat(np.cumsum(extra) - extra, extra))
+    )
+    chance = stats.nbinom.sf(level, r[store], p[store])
+    best = np.lexsort((level, store, -chance))[: units - int(taken.sum())]
+    return taken + np.bincount(store[best], minlength=len(taken))
 
 
 def _greedy_packs(
