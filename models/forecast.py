@@ -264,7 +264,6 @@ class LightGBMForecaster(Forecaster):
                 booster = self._train(x[usable], y[usable], self.objective_)
             self.boosters_.append(booster)
         self.leads_ = self.models()
-        self.feature_names_ = self.boosters_[0].feature_name()
         before_start = panel if start is None else panel[panel[PERIOD] < start]
         self.intervals_ = self._calibrate(
             pd.concat(held, ignore_index=True) if held else None, before_start
@@ -474,7 +473,7 @@ class LightGBMForecaster(Forecaster):
             fallback["method"] = "moving_average (short history)"
             result = pd.concat(
                 [result[~result[SERIES].isin(short)], fallback[result.columns]], ignore_index=True
-            ).sort_values([SERIES, PERIOD], ignore_index=True)
+            )
         step = frequency(self.freq).step
         lead = ((result[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
         profile = series_profile(panel, self.freq).reindex(result[SERIES]).fillna(0.0)
@@ -510,7 +509,7 @@ class LightGBMForecaster(Forecaster):
     def feature_importance(self) -> pd.Series:
         check_is_fitted(self, "boosters_")
         gain = self.booster_.feature_importance(importance_type="gain")
-        return pd.Series(gain, index=self.feature_names_).sort_values(ascending=False)
+        return pd.Series(gain, index=self.booster_.feature_name()).sort_values(ascending=False)
 
     def checked_horizon(self, horizon: int | None) -> int:
         """``horizon`` (default: the model's own), if this model forecasts that far.
@@ -568,7 +567,6 @@ class LightGBMForecaster(Forecaster):
             lgb.Booster(model_file=str(path / _model_file(bucket)))
             for bucket in range(len(model.leads_))
         ]
-        model.feature_names_ = model.booster_.feature_name()
         # Saved before intervals were calibrated per band: its one dispersion.
         intervals = meta.get("intervals")
         model.intervals_ = (

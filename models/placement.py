@@ -547,9 +547,15 @@ def coverage_distribution(forecast: pd.DataFrame) -> pd.DataFrame:
         .sum()
         .reset_index()
     )
-    excess = (total["variance"] - total["mean"]).clip(lower=1e-9)
-    total["dispersion"] = (total["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
+    total["dispersion"] = dispersion_of(total["mean"], total["variance"])
     return total[["store_id", "item_id", "mean", "dispersion"]]
+
+
+def dispersion_of(mean: pd.Series, variance: pd.Series) -> pd.Series:
+    """The negative binomial's dispersion with this mean and variance (variance = mean +
+    mean^2 / dispersion); a variance at or below the mean reads as Poisson (1e6)."""
+    excess = (variance - mean).clip(lower=1e-9)
+    return (mean**2 / excess).clip(lower=1e-3, upper=1e6)
 
 
 def plan_item(

@@ -71,6 +71,10 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
     closed = result.gap_closed()
     bounded = placement.TRUE_DISTRIBUTION in next(iter(result.by_supply.values()))
     attainable = result.gap_closed(placement.TRUE_DISTRIBUTION) if bounded else {}
+
+    def by_ratio(shares: dict[float, float]) -> dict[str, float | None]:  # JSON has no NaN
+        return {f"{r:g}": (None if math.isnan(v) else v) for r, v in shares.items()}
+
     for ratio, blocks in result.by_supply.items():
         lost = {p: blocks[p]["lost_units"] for p in blocks}
         fewer = {p: 1 - lost["policy"] / max(lost[p], 1e-9) for p in placement.SIMPLE}
@@ -90,12 +94,10 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
         "policy": totals["policy"],
         "baselines": {k: totals[k] for k in placement.SIMPLE},
         "oracle": totals["oracle"],
-        "gap_closed": {f"{r:g}": (None if math.isnan(v) else v) for r, v in closed.items()},
+        "gap_closed": by_ratio(closed),
         **(
             {
-                "gap_closed_true_distribution": {
-                    f"{r:g}": (None if math.isnan(v) else v) for r, v in attainable.items()
-                },
+                "gap_closed_true_distribution": by_ratio(attainable),
                 "true_distribution": totals[placement.TRUE_DISTRIBUTION],
             }
             if bounded

@@ -22,7 +22,13 @@ from features.demand import (
     split_at,
 )
 from models.forecast import LightGBMForecaster
-from models.placement import Economics, allocate, coverage_distribution, plan_item
+from models.placement import (
+    Economics,
+    allocate,
+    coverage_distribution,
+    dispersion_of,
+    plan_item,
+)
 
 POLICIES = ("policy", "proportional", "equal", "oracle")
 SIMPLE = ("proportional", "equal")
@@ -138,8 +144,7 @@ def simulate(
             days = horizon * frequency(freq).days
             first = np.datetime64(pd.Timestamp(origin).date(), "D") + 1
             exact = pd.DataFrame(demand_distribution(generated, first, days))
-            excess = (exact["variance"] - exact["mean"]).clip(lower=1e-9)
-            exact["true_dispersion"] = (exact["mean"] ** 2 / excess).clip(lower=1e-3, upper=1e6)
+            exact["true_dispersion"] = dispersion_of(exact["mean"], exact["variance"])
             distribution = distribution.join(
                 exact.set_index(keys)[["mean", "true_dispersion"]].rename(
                     columns={"mean": "true_mean"}

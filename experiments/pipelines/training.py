@@ -106,8 +106,9 @@ def split_for_validation(
     bought = bought.assign(customer_id=bought["customer_id"].astype("str"))
     if target == "next_basket":
         day = bought["event_time"].dt.floor("D")
-        bought = bought[day == day.groupby(bought["customer_id"]).transform("min")]
-        now = bought["event_time"].dt.floor("D").groupby(bought["customer_id"]).min().to_dict()
+        first = day.groupby(bought["customer_id"]).min()
+        bought = bought[day == bought["customer_id"].map(first)]
+        now = first.to_dict()
     else:
         now = dict.fromkeys(bought["customer_id"].unique(), cutoff)
     relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()
@@ -400,11 +401,18 @@ def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def _metrics_figure(result: CandidateResult) -> Any:
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing off screen (imported only when a figure is logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _metrics_figure(result: CandidateResult) -> Any:
+    plt = _pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 3))
     names = list(result.metrics)
@@ -522,10 +530,7 @@ def _configuration(model: LightGBMForecaster) -> dict[str, Any]:
 
 
 def _forecast_figure(result: BacktestResult) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     actual = result.last_actual
     largest = actual.groupby(SERIES)[TARGET].sum().idxmax()
@@ -547,10 +552,7 @@ def _forecast_figure(result: BacktestResult) -> Any:
 
 def _calibration_figure(coverage: pd.DataFrame) -> Any:
     """80% interval coverage by lead, one line per volume quintile of series, and the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for quintile, row in coverage.iterrows():
@@ -567,10 +569,7 @@ def _calibration_figure(coverage: pd.DataFrame) -> Any:
 
 
 def _importance_figure(model: LightGBMForecaster) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     importance = model.feature_importance().head(20)[::-1]
     figure, axis = plt.subplots(figsize=(6, 5))

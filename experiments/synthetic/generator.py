@@ -338,10 +338,8 @@ def demand_distribution(
             date = np.datetime64(config.start, "D") + day
             weight, _ = _item_weights(world, day, date)
             lines = _simulate_demand(config, world, rng, date, weight)
-            wants = ~lines["browse"]
-            np.add.at(
-                totals[replica], (lines["node"][wants], lines["item"][wants]), lines["qty"][wants]
-            )
+            node, item, units = _group_units(world, lines, ~lines["browse"])  # as _truth/demand
+            totals[replica, node, item] += units
     return {
         "store_id": np.repeat(world.node_ids, n_items),
         "item_id": np.tile(world.item_ids, n_nodes),

@@ -47,6 +47,8 @@ class Recommender(BaseEstimator):
     name: ClassVar[str] = "base"
     #: How events posted to the service count for this model (None: as in training).
     posted_weights: ClassVar[InteractionWeights | None] = None
+    #: Lazily built attributes that a refit must drop.
+    caches: ClassVar[tuple[str, ...]] = ("_rows", "_fallback_cache")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,7 +63,7 @@ class Recommender(BaseEstimator):
             raise ValueError(
                 "interactions must be a non-empty scipy.sparse customers x items matrix."
             )
-        for cache in ("_rows", "_fallback_cache"):
+        for cache in self.caches:
             self.__dict__.pop(cache, None)
         self.customer_ids_ = pd.Index(interactions.customer_ids, dtype="str")
         self.item_ids_ = pd.Index(interactions.item_ids, dtype="str")

@@ -45,6 +45,7 @@ class RankedTIFURecommender(TIFUKNNRecommender):
     """
 
     name = "tifu_ranked"
+    caches = (*TIFUKNNRecommender.caches, "_popular")
     ranker_: lgb.Booster | None
     counts_: sp.csr_matrix  # customers x items: baskets holding the item
     last_: sp.csr_matrix  # customers x items: the number of the last of them (1 = the first)
@@ -119,7 +120,6 @@ class RankedTIFURecommender(TIFUKNNRecommender):
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         super()._fit(user_items)
-        self.__dict__.pop("_popular", None)
         self.ranker_ = None
         bought = sp.csr_matrix(user_items > 0, dtype=np.float32)
         self.counts_, self.last_ = bought, bought.copy()
