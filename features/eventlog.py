@@ -1,4 +1,5 @@
-"""The event log: events posted to the service, durable before they are acknowledged.
+"""The event log: events and stock movements posted to the service, durable before they are
+acknowledged.
 
 SQLite (WAL, ``synchronous=FULL``) by default; PostgreSQL when ``OMNI_EVENTS_URL`` is a
 ``postgresql://`` URL. Events are checked by the same contract as ingested files
@@ -24,7 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,12 +37,14 @@ import pandas as pd
 import pyarrow as pa
 
 from features.ingest import REASON, validate_table
-from features.schema import EVENT_TYPES, EVENTS, MAX_ID_LENGTH, Bounds
+from features.schema import EVENT_TYPES, EVENTS, MAX_ID_LENGTH, MOVEMENTS, Bounds, TableSchema
+from features.stock import movement_problems
 
 EVENTS_URL_ENV = "OMNI_EVENTS_URL"
 DEFAULT_PATH = Path(".omni") / "events.db"
 MAX_BATCH = 1000
 COLUMNS = tuple(c.name for c in EVENTS.columns)
+MOVEMENT_COLUMNS = tuple(c.name for c in MOVEMENTS.columns)
 _ROW = "__row"
 _SEQ = "__seq"
 #: Seconds to wait for PostgreSQL to answer a connection before calling it unavailable.
@@ -81,6 +84,22 @@ CREATE TABLE IF NOT EXISTS omni_events (
     unit_price DOUBLE PRECISION,
     store_id TEXT,
     event_id TEXT NOT NULL UNIQUE
+)"""
+
+
+_CREATE_MOVEMENTS = """
+CREATE TABLE IF NOT EXISTS omni_movements (
+    seq {serial} PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    movement_time TEXT NOT NULL,
+    movement_type TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    quantity DOUBLE PRECISION NOT NULL,
+    movement_id TEXT NOT NULL UNIQUE,
+    reservation_id TEXT,
+    hold_seconds DOUBLE PRECISION,
+    reference TEXT
 )"""
 
 
@@ -134,25 +153,44 @@ def events_frame(rows: Sequence[tuple]) -> pd.DataFrame:
 
 
 def _checked(
-    records: Sequence[dict[str, Any]], bounds: Bounds
+    records: Sequence[dict[str, Any]], bounds: Bounds, schema: TableSchema = EVENTS
 ) -> tuple[pd.DataFrame, list[str | None]]:
-    """:func:`validate_events` by the file loader's own checks."""
+    """Posted rows by the file loader's own checks: the typed accepted rows (with their input
+    position in column ``__row``), and per input row, in order, None or the reason it was
+    rejected. An event without an ``event_id`` gets a new UUID, so that a retry can be
+    recognised."""
+    columns = tuple(c.name for c in schema.columns)
     rows = [
-        {
-            **{c: _text(record.get(c)) for c in COLUMNS},
-            "event_id": _text(record.get("event_id")) or uuid.uuid4().hex,
-            _ROW: str(i),
-        }
+        {**{c: _text(record.get(c)) for c in columns}, _ROW: str(i)}
         for i, record in enumerate(records)
     ]
+    if schema is EVENTS:
+        for row in rows:
+            row["event_id"] = row["event_id"] or uuid.uuid4().hex
     raw = pa.table(
-        {c: pa.array([row[c] for row in rows], pa.large_string()) for c in (*COLUMNS, _ROW)}
+        {c: pa.array([row[c] for row in rows], pa.large_string()) for c in (*columns, _ROW)}
     )
-    accepted, quarantined = validate_table(raw, EVENTS, source="the posted events", bounds=bounds)
+    source = f"the posted {schema.name}"
+    accepted, quarantined = validate_table(raw, schema, source=source, bounds=bounds)
     reasons: list[str | None] = [None] * len(records)
     for row, reason in zip(quarantined[_ROW], quarantined[REASON], strict=True):
         reasons[int(row)] = str(reason)
-    return accepted.drop(columns=_ROW), reasons
+    return accepted, reasons
+
+
+def check_movements(
+    records: Sequence[dict[str, Any]], bounds: Bounds
+) -> tuple[pd.DataFrame, list[str | None]]:
+    """Posted stock movements by the contract (:data:`MOVEMENTS`) and by what their type
+    allows (:func:`features.stock.movement_problems`): the typed accepted ones, and per input
+    movement, in order, None or the reason it was rejected. Which nodes exist is the caller's
+    to check."""
+    accepted, reasons = _checked(records, bounds, MOVEMENTS)
+    problems = movement_problems(accepted)
+    for row, problem in zip(accepted[_ROW], problems, strict=True):
+        if isinstance(problem, str):
+            reasons[int(row)] = problem
+    return accepted[problems.isna().to_numpy()].drop(columns=_ROW), reasons
 
 
 #: Batches up to this size are tried on the direct path first.
@@ -248,7 +286,7 @@ class EventLog:
         self._lock = threading.Lock()
         self._connection: Any = None
         self._failure: tuple[str, float] | None = None  # the last failure and when
-        self._quarantined: set[int] = set()
+        self._quarantined: dict[str, set[int]] = {"events": set(), "movements": set()}
         if url.startswith(("postgresql://", "postgres://")):
             self._driver = _psycopg(self.url)  # a missing driver stops the start
             self._postgres, self._param = True, "%s"
@@ -261,8 +299,9 @@ class EventLog:
 
     @property
     def quarantined(self) -> int:
-        """Stored events that broke the contract when read back (each counted once)."""
-        return len(self._quarantined)
+        """Stored events and movements that broke the contract when read back (each counted
+        once)."""
+        return sum(map(len, self._quarantined.values()))
 
     def _connect(self) -> Any:
         connection: Any
@@ -283,6 +322,7 @@ class EventLog:
             serial = "INTEGER"
         try:
             connection.execute(_CREATE.format(serial=serial))
+            connection.execute(_CREATE_MOVEMENTS.format(serial=serial))
             connection.commit()
         except BaseException:
             connection.close()
@@ -355,62 +395,121 @@ class EventLog:
         """
         if events.empty:
             return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-        received = pd.Timestamp.now(tz="UTC").isoformat()
-        values = [
-            (received, _iso(r[0]), *(_nullable(v) for v in r[1:]))
-            for r in events[list(COLUMNS)].itertuples(index=False, name=None)
-        ]
-        marks = "(" + ", ".join([self._param] * (len(COLUMNS) + 1)) + ")"
-        sql = (
-            f"INSERT INTO omni_events (received_at, {', '.join(COLUMNS)}) VALUES "
-            + ", ".join([marks] * len(values))
-            + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
-        )
         with self._transaction() as cursor:
             if self._postgres:
                 # One writer at a time, so positions are committed in order and a reader that
                 # has seen position n has seen every position before it (SQLite always is so).
                 cursor.execute("LOCK TABLE omni_events IN EXCLUSIVE MODE")
-            cursor.execute(sql, [v for row in values for v in row])
-            stored = dict(cursor.fetchall())
+            return self._insert(cursor, "omni_events", events, COLUMNS, "event_id")
+
+    def append_movements(
+        self,
+        movements: pd.DataFrame,
+        decide: Callable[[pd.DataFrame, int], pd.DataFrame] | None = None,
+        after: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Store typed movements (:data:`MOVEMENTS` columns), one writer at a time across every
+        process: ``decide(fresh, last)``, when given, is called under that lock with the
+        movements logged after position ``after`` up to ``last``, and returns the movements to
+        store (it may raise to store nothing). So a decision taken on the log as it is — a
+        reservation of the last unit — cannot be overtaken by another writer's.
+
+        Returns:
+            As :meth:`append`, by ``movement_id``.
+        """
+        with self._transaction() as cursor:
+            if self._postgres:
+                cursor.execute("LOCK TABLE omni_movements IN EXCLUSIVE MODE")
+            else:
+                cursor.execute("BEGIN IMMEDIATE")  # the write lock, before anything is read
+            if decide is not None:
+                cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM omni_movements")
+                last = int(cursor.fetchone()[0])
+                movements = decide(self._select(cursor, MOVEMENTS, after, last), last)
+            if movements.empty:
+                return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+            return self._insert(
+                cursor, "omni_movements", movements, MOVEMENT_COLUMNS, "movement_id"
+            )
+
+    def _insert(
+        self, cursor: Any, table: str, rows: pd.DataFrame, columns: tuple[str, ...], key: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Insert typed rows (their first column a time) whose ``key`` is not stored yet."""
+        received = pd.Timestamp.now(tz="UTC").isoformat()
+        values = [
+            (received, _iso(r[0]), *(_nullable(v) for v in r[1:]))
+            for r in rows[list(columns)].itertuples(index=False, name=None)
+        ]
+        marks = "(" + ", ".join([self._param] * (len(columns) + 1)) + ")"
+        cursor.execute(
+            f"INSERT INTO {table} (received_at, {', '.join(columns)}) VALUES "
+            + ", ".join([marks] * len(values))
+            + f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}, seq",
+            [v for row in values for v in row],
+        )
+        stored = dict(cursor.fetchall())
         # An id twice in one call (two requests of a group commit) is stored once: the first.
-        ids = events["event_id"]
+        ids = rows[key]
         mask = (ids.isin(stored) & ~ids.duplicated()).to_numpy(dtype=bool)
-        seqs = np.array([stored[e] for e in events["event_id"][mask]], dtype=np.int64)
+        seqs = np.array([stored[e] for e in ids[mask]], dtype=np.int64)
         return mask, seqs
 
     def last_seq(self) -> int:
         """The position of the latest event (0 for an empty log)."""
+        return self.positions()[0]
+
+    def positions(self) -> tuple[int, int]:
+        """The positions of the latest event and of the latest movement (0 when none)."""
         with self._transaction() as cursor:
-            cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM omni_events")
-            return int(cursor.fetchone()[0])
+            cursor.execute(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM omni_events), "
+                "(SELECT COALESCE(MAX(seq), 0) FROM omni_movements)"
+            )
+            events, movements = cursor.fetchone()
+            return int(events), int(movements)
 
     def read(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
         """Logged events with ``after < seq <= upto``, typed exactly as an ingested events file
         (in arrival order)."""
-        p = self._param
         with self._transaction() as cursor:
-            cursor.execute(
-                f"SELECT {', '.join(COLUMNS)}, seq FROM omni_events "
-                f"WHERE seq > {p} AND seq <= {p} ORDER BY seq",
-                (after, upto if upto is not None else 2**62),
-            )
-            rows = cursor.fetchall()
-        raw = pd.DataFrame(
-            [[_text(v) for v in row] for row in rows], columns=[*COLUMNS, _SEQ], dtype=object
+            return self._select(cursor, EVENTS, after, upto).drop(columns="seq")
+
+    def read_movements(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
+        """Logged movements with ``after < seq <= upto``, typed, with their position ``seq``."""
+        with self._transaction() as cursor:
+            return self._select(cursor, MOVEMENTS, after, upto)
+
+    def _select(
+        self, cursor: Any, schema: TableSchema, after: int, upto: int | None
+    ) -> pd.DataFrame:
+        """Rows of a table with ``after < seq <= upto`` through the table's contract, with their
+        ``seq``; a stored row that breaks it is quarantined (logged once, counted in
+        :attr:`quarantined`)."""
+        columns = tuple(c.name for c in schema.columns)
+        p = self._param
+        cursor.execute(
+            f"SELECT {', '.join(columns)}, seq FROM omni_{schema.name} "
+            f"WHERE seq > {p} AND seq <= {p} ORDER BY seq",
+            (after, upto if upto is not None else 2**62),
         )
-        accepted, quarantined = validate_table(raw, EVENTS, source=f"the event log {self.url}")
+        raw = pd.DataFrame(
+            [[_text(v) for v in row] for row in cursor.fetchall()],
+            columns=[*columns, _SEQ],
+            dtype=object,
+        )
+        accepted, quarantined = validate_table(raw, schema, source=f"the event log {self.url}")
         seqs = quarantined[_SEQ].astype(int)
-        fresh = quarantined[~seqs.isin(self._quarantined)]
+        fresh = quarantined[~seqs.isin(self._quarantined[schema.name])]
         if len(fresh):
             # Written by an older version or by hand: kept in the store, never applied.
-            self._quarantined.update(fresh[_SEQ].astype(int))
+            self._quarantined[schema.name].update(fresh[_SEQ].astype(int))
             logger.warning(
-                "The event log %s holds %d event(s) that break the contract; they are "
-                "quarantined (not used). First: seq %s, %s.",
-                self.url, len(fresh), fresh[_SEQ].iloc[0], fresh[REASON].iloc[0],
+                "The event log %s holds %d %s that break the contract; they are quarantined "
+                "(not used). First: seq %s, %s.",
+                self.url, len(fresh), schema.name, fresh[_SEQ].iloc[0], fresh[REASON].iloc[0],
             )  # fmt: skip
-        return accepted.drop(columns=_SEQ)
+        return accepted.rename(columns={_SEQ: "seq"}).astype({"seq": np.int64})
 
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:

@@ -19,11 +19,10 @@ import pyarrow.compute as pc
 
 from features.rawfiles import REASON, ContractError, read_raw
 from features.schema import (
-    EVENT_TYPES,
+    CHOICES,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
     PRIMARY_TABLES,
-    STORE_KINDS,
     SUFFIXES,
     TABLES,
     Bounds,
@@ -345,8 +344,8 @@ def _parse(
         parsed = pc.if_else(pa.array(bad | missing), pa.scalar(None, pa.bool_()), true)
         return parsed, [(bad, f"{name} is not a boolean (true/false, 1/0)")]
     text = _as_text(values)
-    if kind is Kind.EVENT_TYPE or kind is Kind.STORE_KIND:
-        allowed = pa.array(EVENT_TYPES if kind is Kind.EVENT_TYPE else STORE_KINDS)
+    if kind in CHOICES:
+        allowed = pa.array(CHOICES[kind])
         present = ~_is_null(text)
         if not (_mask(pc.is_in(text, value_set=allowed)) | ~present).all():
             text = pc.utf8_lower(text)  # only copy what needs lowering
@@ -486,6 +485,7 @@ _ARROW_TYPE = {
     Kind.TEXT: pa.large_string(),
     Kind.EVENT_TYPE: pa.large_string(),
     Kind.STORE_KIND: pa.large_string(),
+    Kind.MOVEMENT_TYPE: pa.large_string(),
 }
 
 

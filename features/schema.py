@@ -25,10 +25,30 @@ class Kind(StrEnum):
     BOOL = "bool"  # true/false, 1/0, yes/no, t/f, y/n
     EVENT_TYPE = "event_type"  # one of EVENT_TYPES
     STORE_KIND = "store_kind"  # one of STORE_KINDS
+    MOVEMENT_TYPE = "movement_type"  # one of MOVEMENT_TYPES
 
 
 EVENT_TYPES = ("view", "cart", "purchase", "return")
 STORE_KINDS = ("store", "online", "dc")
+#: Stock movements a till, WMS or order system tells the service (features/stock.py says what
+#: each does); the last three are written only by the service's reservation routes.
+MOVEMENT_TYPES = (
+    "receipt",
+    "transfer_out",
+    "transfer_in",
+    "adjustment",
+    "count",
+    "return_to_stock",
+    "reserve",
+    "release",
+    "fulfil",
+)
+#: The values a column of each enumerated kind may take.
+CHOICES = {
+    Kind.EVENT_TYPE: EVENT_TYPES,
+    Kind.STORE_KIND: STORE_KINDS,
+    Kind.MOVEMENT_TYPE: MOVEMENT_TYPES,
+}
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 1024
 COVARIATE_PREFIX = "x_"
@@ -201,6 +221,25 @@ PLAN = TableSchema(
     ),
     unique=("date", "store_id", "item_id"),
     covariates=True,
+)
+
+#: Stock movements, posted live (``POST /movements``, the reservation routes) and kept in the
+#: event store beside the events; ``movement_id`` is the idempotency key of each.
+MOVEMENTS = TableSchema(
+    "movements",
+    (
+        _c("movement_time", Kind.TIME, True),
+        _c("movement_type", Kind.MOVEMENT_TYPE, True),
+        _c("node_id", Kind.ID, True),
+        _c("item_id", Kind.ID, True),
+        # Signed for an adjustment, absolute for a count, positive otherwise (features/stock.py).
+        _c("quantity", Kind.NUMBER, True),
+        _c("movement_id", Kind.ID, True),
+        _c("reservation_id", Kind.ID),
+        _c("hold_seconds", Kind.NONNEGATIVE),
+        _c("reference", Kind.TEXT),
+    ),
+    unique=("movement_id",),
 )
 
 TABLES: dict[str, TableSchema] = {

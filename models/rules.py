@@ -3,9 +3,9 @@
 * an item the customer already bought is not offered again unless it is ``repurchasable``;
   a repurchasable item just bought moves down its list and comes back as its usual interval
   (``repurchase_days``) passes — given the time of the request (``now``);
-* an item is offered only where it can be bought: at a store, that store's latest stock must be
-  positive; online (any other channel), any node with stock will do; without an inventory table,
-  or for a store the inventory never mentions, nothing is filtered;
+* an item is offered only where it can be bought: at a store, that store's units available to
+  promise must be positive; online (any other channel), any node with some will do; without an
+  inventory table or movements, or for a store they never mention, nothing is filtered;
 * optional category include / exclude lists and a price range (an item without a price is
   outside every range);
 * an optional cap per category, for diversity.
@@ -42,9 +42,9 @@ class BusinessRules:
         price: per item, the catalogue's ``unit_price`` (NaN when unknown).
         promotable: per item; unknown items count as promotable only without an items table
             column saying otherwise.
-        levels: per store, the latest on-hand units of each item (NaN where the store never
-            reported it: no evidence, so not filtered); stores absent here are not filtered.
-            Sales and returns recorded by :meth:`record_sales` move them at once.
+        levels: per store, the units of each item available to promise (NaN where nothing is
+            known of it: no evidence, so not filtered); stores absent here are not filtered.
+            The live stock picture moves them at once (:meth:`set_available`).
         online_stock: in stock at any node, or None when there is no inventory.
         bought_by: customer id -> column indices of items they bought (sorted, distinct).
         bought_at: customer id -> when they last bought each of those (days since the epoch,
@@ -187,26 +187,31 @@ class BusinessRules:
             self.bought_at[customer] = at
             self.bought_by[customer] = bought  # the columns last: readers pair them with times
 
-    def record_sales(
-        self, store_ids: pd.Series | np.ndarray, item_ids: pd.Series, units: np.ndarray
+    def set_available(
+        self, node_ids: list[str], item_ids: list[str], units: list[float] | np.ndarray
     ) -> None:
-        """Sales (positive units) and returns (negative) at stores or online nodes move the
-        latest stock at once: an item sold out at a store stops being offered or listed there.
-        Pairs the inventory never reported are left alone (no evidence)."""
+        """Set the units available to promise of (node, item) pairs at once (the live stock
+        picture, serving/state.py): an item none left at a store stops being offered or listed
+        there, and an item no node has stops being offered online. Items outside the index
+        are ignored."""
         columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
         by_item = self._stores_by_item()
-        for store, column, sold in zip(store_ids, columns, units, strict=True):
-            level = self.levels.get(str(store))
-            if level is None or column < 0 or np.isnan(level[column]):
+        if self.online_stock is None:  # no inventory at training: every item was allowed
+            self.online_stock = np.ones(len(self.item_ids), dtype=bool)
+        for node, column, available in zip(node_ids, columns, units, strict=True):
+            if column < 0:
                 continue
-            level[column] = max(level[column] - float(sold), 0.0)
+            level = self.levels.get(node)
+            if level is None:  # a new dict: readers iterating the old one are not disturbed
+                level = np.full(len(self.item_ids), np.nan)
+                self.levels = {**self.levels, node: level}
+            level[column] = available
             stocked = sorted(s for s, lv in self.levels.items() if lv[column] > 0)
             by_item[column] = stocked  # a new list: readers never see half an update
-            if self.online_stock is not None:
-                self.online_stock[column] = bool(stocked)
+            self.online_stock[column] = bool(stocked)
 
-    def on_hand(self, item_id: str) -> pd.Series:
-        """Each reporting store's latest on-hand units of an item (after recorded sales)."""
+    def available(self, item_id: str) -> pd.Series:
+        """Each reporting node's units of an item available to promise."""
         column = int(self.item_ids.get_indexer(pd.Index([item_id]))[0])
         if column < 0:
             return pd.Series(dtype=np.float64)

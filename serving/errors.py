@@ -25,6 +25,7 @@ import bentoml
 from starlette.responses import Response
 
 from features.eventlog import EventStoreUnavailable, redact_urls
+from features.stock import StockRefusal
 from models.errors import BeyondModelError, UnknownIdError
 from models.placement import PlacementError
 
@@ -69,6 +70,8 @@ def status_of(exc: Exception) -> HTTPStatus | None:
     """The status code for ``exc``, or None when it is not a refusal (a bug: 500)."""
     if isinstance(exc, ServiceError):
         return exc.status
+    if isinstance(exc, StockRefusal):
+        return HTTPStatus(exc.status)
     for kind in type(exc).__mro__:
         if kind in STATUS:
             return STATUS[kind]

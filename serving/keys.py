@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCOPES = ("recommend", "plan", "admin")
+SCOPES = ("recommend", "plan", "stock", "admin")
 KEYS_ENV = "OMNI_KEYS_FILE"
 DEFAULT_KEYS_FILE = Path(".omni/keys.json")
 

@@ -33,9 +33,11 @@ from features.eventlog import (
     EventLog,
     EventStoreUnavailable,
     check_events,
+    check_movements,
     redact_urls,
 )
 from features.schema import MAX_ID_LENGTH, Bounds
+from features.stock import DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
 from serving.errors import (
@@ -59,6 +61,11 @@ ROUTES = {
     "/similar_items": "recommend",
     "/offers": "recommend",
     "/events": "recommend",
+    "/availability": "recommend",
+    "/movements": "stock",
+    "/reservations": "stock",
+    "/reservations/release": "stock",
+    "/reservations/fulfil": "stock",
     "/forecast": "plan",
     "/placement": "plan",
     "/model_info": "plan",
@@ -209,6 +216,48 @@ class Event(_Strict):
 
 class EventsRequest(_Strict):
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Movement(_Strict):
+    """One stock movement (features/stock.py says what each type does); checked per movement
+    like an event, and a bad one is rejected with its reason."""
+
+    movement_time: Text | None = Field(default=None, examples=["2026-11-23T07:30:00"])
+    movement_type: Text | None = Field(default=None, examples=["receipt"])
+    node_id: Text | None = Field(default=None, examples=["S001"])
+    item_id: Text | None = Field(default=None, examples=["I000010"])
+    quantity: Amount | None = Field(default=None, examples=[12])
+    movement_id: Text | None = Field(default=None, examples=["wms-S001-delivery-0042-I000010"])
+    reference: Text | None = Field(default=None, examples=["delivery 0042"])
+
+
+class MovementsRequest(_Strict):
+    movements: list[Movement] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReserveRequest(_Strict):
+    reservation_id: Id = Field(examples=["order-778812"])
+    node_id: Id = Field(examples=["S001"])
+    item_id: Id = Field(examples=["I000010"])
+    quantity: int = Field(ge=1, le=10**6, examples=[1])
+    hold_minutes: int = Field(
+        default=int(DEFAULT_HOLD_SECONDS // 60), ge=1, le=int(MAX_HOLD_SECONDS // 60)
+    )
+
+
+class ReservationRequest(_Strict):
+    reservation_id: Id = Field(examples=["order-778812"])
+
+
+class AvailabilityRequest(_Strict):
+    """Items to look up, and optionally where the shopper is: a store, or a latitude and
+    longitude (both), to list the nearest stores that have each item."""
+
+    item_ids: list[Id] = Field(min_length=1, max_length=100, examples=[["I000010"]])
+    store_id: OptionalId = Field(default=None, examples=["S001"])
+    lat: float | None = Field(default=None, ge=-90, le=90, allow_inf_nan=False)
+    lon: float | None = Field(default=None, ge=-180, le=180, allow_inf_nan=False)
+    n: int = Field(default=5, ge=1, le=50)
 
 
 class ForecastRequest(_Strict):
@@ -515,6 +564,103 @@ class OmnichannelService:
             ],
         }
 
+    @bentoml.api(route="/movements", input_spec=MovementsRequest)
+    @answers
+    async def movements(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """Record up to 1,000 stock movements, all or none, as /events does: when any breaks
+        the contract or names a node the service does not know, nothing is stored and the 422
+        names each by index. A ``movement_id`` already recorded is not applied again
+        (``already_recorded``), so a till or WMS may always retry. Stored movements change
+        availability at once, in every worker."""
+        r = MovementsRequest.model_construct(**request)
+        state = await run_in_threadpool(self._state)
+        records = [movement.model_dump() for movement in r.movements]
+        accepted, reasons = await run_in_threadpool(check_movements, records, self.bounds)
+        fine = [i for i, reason in enumerate(reasons) if reason is None]
+        for i, node in zip(fine, accepted["node_id"], strict=True):
+            if node not in state.stores:
+                reasons[i] = f"unknown node_id {node!r}: not in the stores table or the data"
+        bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
+        if bad:
+            listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
+            more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+            ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+            return {
+                "error": f"{len(bad)} of {len(records)} movements are refused and none was "
+                f"stored: {listed}{more}.",
+                "stored": 0,
+                "rejected": [{"index": i, "reason": reason} for i, reason in bad],
+            }
+        stored = await run_in_threadpool(state.record_movements, self.log, accepted)
+        return {
+            "stored": int(stored.sum()),
+            "already_recorded": int((~stored).sum()),
+            "results": [
+                {"index": i, "movement_id": key, "status": "stored" if new else "already_recorded"}
+                for i, (key, new) in enumerate(zip(accepted["movement_id"], stored, strict=True))
+            ],
+        }
+
+    @bentoml.api(route="/reservations", input_spec=ReserveRequest)
+    @answers
+    async def reserve(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """Reserve units at a store for an online order (click-and-collect): 409 when fewer
+        are available to promise, and then nothing is held. Decided on the shared log under
+        its lock: of two reservations of the last unit, from any workers, exactly one wins. A
+        retry with the same ``reservation_id`` answers as the first did. The units are held
+        for ``hold_minutes`` (48 h by default), unless released or fulfilled first."""
+        r = ReserveRequest.model_construct(**request)
+        state = await run_in_threadpool(self._state)
+        if r.node_id not in state.stores:
+            raise Unprocessable(f"Unknown node_id {r.node_id!r}.")
+        new = await run_in_threadpool(
+            state.reserve, self.log, r.reservation_id, r.node_id, r.item_id,
+            float(r.quantity), r.hold_minutes * 60.0,
+        )  # fmt: skip
+        return {
+            **state.reservation(r.reservation_id),
+            "recorded": "stored" if new else "already_recorded",
+        }
+
+    @bentoml.api(route="/reservations/release", input_spec=ReservationRequest)
+    @answers
+    async def release(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """Release a reservation (the order was cancelled): its units are available again.
+        Safe to retry; releasing one whose hold ran out changes nothing (``expired``)."""
+        return await self._close(ReservationRequest.model_construct(**request), "release")
+
+    @bentoml.api(route="/reservations/fulfil", input_spec=ReservationRequest)
+    @answers
+    async def fulfil(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """The order was collected: the reserved units leave the store's stock. Safe to retry;
+        409 when the reservation was released or its hold ran out."""
+        return await self._close(ReservationRequest.model_construct(**request), "fulfil")
+
+    async def _close(self, r: ReservationRequest, action: str) -> dict[str, Any]:
+        state = await run_in_threadpool(self._state)
+        await run_in_threadpool(state.close_reservation, self.log, r.reservation_id, action)
+        return state.reservation(r.reservation_id)
+
+    @bentoml.api(route="/availability", input_spec=AvailabilityRequest)
+    @answers
+    def availability(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+        """Where each item can be bought now: every node that holds a record of it with its
+        units on hand, reserved and available to promise (on hand - reserved - safety stock);
+        whether it can be bought online (some node has units to promise: shipped, or collected
+        at a store); and, given a store or a location, the nearest stores that have it."""
+        r = AvailabilityRequest.model_construct(**request)
+        state = self._state()
+        if (r.lat is None) != (r.lon is None):
+            raise Unprocessable("Give both lat and lon, or neither.")
+        origin = (r.lat, r.lon) if r.lat is not None and r.lon is not None else None
+        if r.store_id is not None:
+            if r.store_id not in state.stores:
+                raise NotFound(f"Unknown store {r.store_id!r}.")
+            origin = state.location(r.store_id)
+            if origin is None:
+                raise Unprocessable(f"The stores table gives no location for {r.store_id!r}.")
+        return {"items": [state.availability(item, origin, r.n) for item in r.item_ids]}
+
     @bentoml.api(route="/forecast", input_spec=ForecastRequest)
     @answers
     def forecast(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
@@ -551,7 +697,7 @@ class OmnichannelService:
             [{"store_id": store, **limit.model_dump()} for store, limit in c.stores.items()]
         )
         economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
-        on_hand = state.rules.on_hand(r.item_id)
+        on_hand = state.rules.available(r.item_id)  # what each store can still promise
         frame = plan_item(
             state.forecaster, state.forecast_all(), r.item_id, r.units_available,
             horizon=r.horizon, on_hand=on_hand, economics=economics,

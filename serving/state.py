@@ -1,29 +1,39 @@
-"""What the service serves: the MLflow champions, their context, and the events posted since.
+"""What the service serves: the MLflow champions, their context, the events posted since, and
+the stock picture.
 
 A :class:`ServingState` is built whole (:func:`load_state`) and swapped in whole, so a reload is
 atomic. Events posted to the service change it in place at once
 (:meth:`ServingState.apply_appended`), and :meth:`ServingState.catch_up` replays the events logged
 since the champion was trained (or by another worker), so neither a restart nor a reload forgets
-them.
+them. The stock picture (:mod:`features.stock`) starts from the inventory snapshot training saw
+and replays every stock movement ever logged, and every posted sale.
+
+Locks, always taken in this order, never the other way: the state's ``_lock`` (events), the
+event log's own lock (a transaction), ``_stock_lock`` (the stock picture and the rules' levels).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from features.customers import build_habits
-from features.eventlog import EventLog
+from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
 from features.interactions import InteractionWeights, event_weights
+from features.stock import Pair, StockLedger
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -33,6 +43,7 @@ from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, model_to_serv
 logger = logging.getLogger("omnichannel_ml")
 #: Events of customers without habits kept before their habits are built anyway.
 HABITS_BACKLOG = 10_000
+SAFETY_STOCK_ENV = "OMNI_SAFETY_STOCK"
 
 
 @dataclass
@@ -46,6 +57,9 @@ class ServingState:
         clock: the time of a request (for when a repurchasable item bought is due again).
         stores, channels: every store and channel the data or the posted events named; a
             request naming another is refused (404), not answered with a guess.
+        stock: on hand, reserved and available to promise per node and item.
+        nodes: the stores table (``kind``, ``lat``, ``lon`` by ``store_id``), as training saw it.
+        movement_seq: the position of the last stock movement applied.
     """
 
     recommender: Recommender
@@ -59,11 +73,17 @@ class ServingState:
     salt: str
     stores: set[str] = field(default_factory=set)
     channels: set[str] = field(default_factory=set)
+    stock: StockLedger = field(default_factory=StockLedger)
+    nodes: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["kind", "lat", "lon"], index=pd.Index([]))
+    )
     log_seq: int = 0
+    movement_seq: int = 0
     events_applied: int = 0
     clock: Callable[[], pd.Timestamp] = field(default=lambda: pd.Timestamp.now(tz="UTC"))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stock_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
     _unhabituated: list[pd.DataFrame] = field(default_factory=list, repr=False)
 
@@ -83,14 +103,174 @@ class ServingState:
         self.catch_up(log)
 
     def catch_up(self, log: EventLog) -> None:
-        """Apply the events logged since this state last looked (by any worker or process)."""
-        if log.last_seq() == self.log_seq:
-            return
-        with self._lock:
-            last = log.last_seq()
-            if last > self.log_seq:
-                self._apply_or_log(log.read(after=self.log_seq, upto=last))
-                self.log_seq = last
+        """Apply the events and stock movements logged since this state last looked (by any
+        worker or process), and end the reservations whose hold has run out."""
+        events, movements = log.positions()
+        if events > self.log_seq:
+            with self._lock:
+                if events > self.log_seq:
+                    self._apply_or_log(log.read(after=self.log_seq, upto=events))
+                    self.log_seq = events
+        if movements > self.movement_seq:
+            fresh = log.read_movements(after=self.movement_seq, upto=movements)
+            with self._stock_lock:
+                self._apply_movements(fresh)
+        with self._stock_lock:
+            self._restock(self.stock.expire(self.clock()))
+
+    def _apply_movements(self, movements: pd.DataFrame) -> None:
+        """Apply logged movements (with their ``seq``) not applied yet (under ``_stock_lock``)."""
+        fresh = movements[movements["seq"] > self.movement_seq]
+        if len(fresh):
+            self._restock(self.stock.apply_movements(fresh))
+            self.movement_seq = int(fresh["seq"].max())
+
+    def _restock(self, pairs: set[Pair]) -> None:
+        """Tell the rules the units available to promise of these pairs now."""
+        if pairs:
+            available = self.stock.available(pairs)
+            nodes, items = zip(*available, strict=True) if available else ((), ())
+            self.rules.set_available(list(nodes), list(items), list(available.values()))
+
+    def record_movements(self, log: EventLog, movements: pd.DataFrame) -> np.ndarray:
+        """Store checked movements (:func:`features.eventlog.check_movements`) and apply them;
+        returns per movement whether it was stored now (False: its id was already logged)."""
+        stored, _ = log.append_movements(movements)
+        self.catch_up(log)
+        return stored
+
+    def reserve(
+        self, log: EventLog, reservation_id: str, node_id: str, item_id: str, quantity: float,
+        hold_seconds: float,
+    ) -> bool:  # fmt: skip
+        """Reserve units at a node if that many are available to promise, decided under the
+        log's lock on the log as it is, so two workers never both take the last unit.
+
+        Returns:
+            True when reserved now, False when this reservation was made before (a retry).
+
+        Raises:
+            StockRefusal: 409, not enough available, or the id used for another reservation.
+        """
+
+        def decision() -> dict | None:
+            problem = self.stock.reservation_refusal(reservation_id, node_id, item_id, quantity)
+            if problem is not None:
+                raise problem
+            if reservation_id in self.stock.reservations:
+                return None
+            return {
+                "movement_type": "reserve", "node_id": node_id, "item_id": item_id,
+                "quantity": float(quantity), "reservation_id": reservation_id,
+                "hold_seconds": float(hold_seconds),
+            }  # fmt: skip
+
+        return self._decide(log, decision)
+
+    def close_reservation(self, log: EventLog, reservation_id: str, action: str) -> str:
+        """Release (``release``) or collect (``fulfil``) a reservation; returns its state
+        after (``released``, ``fulfilled``, or ``expired`` when released after its hold).
+
+        Raises:
+            StockRefusal: 404 unknown; 409 already closed the other way (or expired, for
+                ``fulfil``).
+        """
+
+        def decision() -> dict | None:
+            problem = self.stock.closing_refusal(reservation_id, action)
+            if problem is not None:
+                raise problem
+            held = self.stock.reservations[reservation_id]
+            if held.state != "reserved":
+                return None  # a retry, or the release of one that expired: nothing new
+            return {
+                "movement_type": action, "node_id": held.node_id, "item_id": held.item_id,
+                "quantity": held.quantity, "reservation_id": reservation_id,
+                "hold_seconds": None,
+            }  # fmt: skip
+
+        self._decide(log, decision)
+        return self.stock.reservations[reservation_id].state
+
+    def _decide(self, log: EventLog, decision: Callable[[], dict | None]) -> bool:
+        """Store the reservation movement ``decision()`` makes (stamped now), asked under the
+        log's lock with every movement logged so far applied; it raises a refusal, or returns
+        None when there is nothing new to store. Returns whether a movement was stored."""
+
+        def decide(fresh: pd.DataFrame, last: int) -> pd.DataFrame:
+            with self._stock_lock:
+                self._apply_movements(fresh)
+                self._restock(self.stock.expire(self.clock()))
+                row = decision()
+            if row is None:
+                return pd.DataFrame()
+            now = self.clock().tz_convert("UTC").tz_localize(None)
+            kind, reservation = row["movement_type"], row["reservation_id"]
+            return pd.DataFrame(
+                [{"movement_time": now, **row, "movement_id": f"{reservation}:{kind}",
+                  "reference": None}],
+                columns=list(MOVEMENT_COLUMNS),
+            )  # fmt: skip
+
+        stored, _ = log.append_movements(pd.DataFrame(), decide, after=self.movement_seq)
+        self.catch_up(log)
+        return bool(stored.any())
+
+    def reservation(self, reservation_id: str) -> dict[str, Any]:
+        """A reservation as the API shows it, with its node's units available after it."""
+        with self._stock_lock:
+            held = self.stock.reservations[reservation_id]
+            picture = self.stock.picture((held.node_id, held.item_id)) or {"available": 0.0}
+        return {
+            "reservation_id": reservation_id,
+            "status": held.state,
+            "node_id": held.node_id,
+            "item_id": held.item_id,
+            "quantity": held.quantity,
+            "expires_at": pd.Timestamp(held.expires_at, tz="UTC").isoformat(),
+            "available_after": picture["available"],
+        }
+
+    def _kind(self, node_id: str) -> str | None:
+        """A node's kind (store, online, dc) from the stores table, None when it gives none."""
+        kind = self.nodes["kind"].get(node_id) if "kind" in self.nodes else None
+        return None if kind is None or pd.isna(kind) else str(kind)
+
+    def location(self, store_id: str) -> tuple[float, float] | None:
+        """A store's (lat, lon) from the stores table, None when it gives none."""
+        return self._locations.get(store_id)
+
+    @cached_property
+    def _locations(self) -> dict[str, tuple[float, float]]:
+        if not {"lat", "lon"} <= set(self.nodes.columns):
+            return {}
+        places = self.nodes[["lat", "lon"]].apply(pd.to_numeric, errors="coerce").dropna()
+        return {str(node): (float(lat), float(lon)) for node, lat, lon in places.itertuples()}
+
+    def availability(
+        self, item_id: str, origin: tuple[float, float] | None, n: int
+    ) -> dict[str, Any]:
+        """Where an item can be bought now (see ``POST /availability``)."""
+        with self._stock_lock:
+            pictures = self.stock.item(item_id)
+        nodes: list[dict[str, Any]] = [
+            {"node_id": node, "kind": self._kind(node), **picture}
+            for node, picture in pictures.items()
+        ]
+        answer: dict[str, Any] = {
+            "item_id": item_id,
+            "known": bool(nodes),
+            "available_online": any(node["available"] > 0 for node in nodes),
+            "nodes": nodes,
+        }
+        if origin is not None:
+            near = []
+            for node in nodes:
+                where = self.location(node["node_id"])
+                if node["available"] > 0 and node["kind"] == "store" and where is not None:
+                    near.append({**node, "distance_km": round(distance_km(origin, where), 3)})
+            answer["nearest_stores"] = sorted(near, key=lambda node: node["distance_km"])[:n]
+        return answer
 
     def _apply_or_log(self, events: pd.DataFrame) -> None:
         """Apply events; if that fails, log it and go on: the events are safe in the log (the
@@ -145,13 +325,8 @@ class ServingState:
     def _move_stock(self, events: pd.DataFrame) -> None:
         """Purchases take stock from their store or node, returns put it back (any customer,
         anonymous ones included)."""
-        sign = events["event_type"].map({"purchase": 1.0, "return": -1.0})
-        moving = sign.notna() & events["store_id"].notna()
-        if moving.any():
-            units = (sign * events["quantity"])[moving].to_numpy(dtype=np.float64)
-            self.rules.record_sales(
-                events["store_id"][moving].to_numpy(), events["item_id"][moving], units
-            )
+        with self._stock_lock:
+            self._restock(self.stock.apply_sales(events))
 
     def _add_habits(self, events: pd.DataFrame) -> None:
         """Keep the events of customers without habits yet (first seen here), so that they can
@@ -199,17 +374,23 @@ def load_state() -> ServingState:
         bentoml.exceptions.NotFound: when a pinned model is not in BentoML's model store.
         UnusableModelError: when a champion's answers on the probe are empty or not finite.
     """
+    safety_stock = _safety_stock()
     rec_version, model_dir = model_to_serve(RECOMMENDER)
     fc_version, forecaster_dir = model_to_serve(FORECASTER)
     recommender = Recommender.load(model_dir)
     context = _read_context(model_dir / CONTEXT_DIR)
+    stock = StockLedger.from_snapshot(context.get("inventory"), safety_stock)
+    available = stock.frame()
     rules = BusinessRules.from_tables(
         recommender.item_ids_,
         purchases=context["purchases"],
         items=context.get("items"),
-        inventory=context.get("inventory"),
+        inventory=pd.DataFrame(
+            {"date": 0, "store_id": available["node_id"], "item_id": available["item_id"],
+             "on_hand": available["available"]}
+        ) if "inventory" in context else None,
         timing=float(context["meta"].get("timing", DEFAULT_TIMING)),
-    )
+    )  # fmt: skip
     meta = context["meta"]
     forecaster = LightGBMForecaster.load(forecaster_dir)
     popularity = recommender.popularity_
@@ -227,7 +408,10 @@ def load_state() -> ServingState:
         habits=context["habits"].set_index("customer_id"),
         weights=InteractionWeights(**meta.get("weights", {})),
         salt=IdentityConfig.from_env().salt,
+        stock=stock,
+        nodes=context["stores"].set_index("store_id"),
         stores=set(meta.get("stores", ()))
+        | set(context["stores"]["store_id"])
         | segments["store"]
         | set(rules.levels)
         | set(forecaster.history_["store_id"].astype(str)),
@@ -241,6 +425,28 @@ def load_state() -> ServingState:
     return state
 
 
+def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between two (lat, lon) points in degrees (haversine, 6371 km)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _safety_stock() -> float:
+    """Units kept back from available-to-promise at every node: ``$OMNI_SAFETY_STOCK`` (0)."""
+    text = os.environ.get(SAFETY_STOCK_ENV, "0")
+    try:
+        units = float(text)
+    except ValueError:
+        units = math.nan
+    if not 0 <= units <= 1e9:
+        raise ValueError(f"{SAFETY_STOCK_ENV}={text!r} is not a number of units in [0, 1e9].")
+    return units
+
+
 def _read_context(path: Path) -> dict:
     """The context training wrote beside the recommender (empty parts when it is absent)."""
 
@@ -252,6 +458,7 @@ def _read_context(path: Path) -> dict:
         "keys": table("customer_keys", ["key_id", "customer_id"]),
         "habits": table("habits", ["customer_id", "channel", "weekday", "hour", "events"]),
         "purchases": table("purchases", ["customer_id", "item_id"]),
+        "stores": table("stores", ["store_id", "kind", "lat", "lon"]),
         "meta": json.loads((path / "meta.json").read_text())
         if (path / "meta.json").exists()
         else {},

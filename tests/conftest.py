@@ -79,11 +79,11 @@ def own_tracking(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def keys(tracking: Path) -> dict[str, str]:
     """One key per scope, in a keys file the service reads ($OMNI_KEYS_FILE)."""
-    from serving.keys import create_key
+    from serving.keys import SCOPES, create_key
 
     path = tracking / "keys.json"
     pytest.MonkeyPatch().setenv("OMNI_KEYS_FILE", str(path))
-    return {scope: create_key([scope], path) for scope in ("recommend", "plan", "admin")}
+    return {scope: create_key([scope], path) for scope in SCOPES}
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from experiments.cli.app import (
 @keys_app.command("create")
 def keys_create_cmd(
     scope: Annotated[
-        list[str], typer.Option("--scope", help="recommend, plan or admin (repeatable).")
+        list[str], typer.Option("--scope", help="recommend, plan, stock or admin (repeatable).")
     ],
 ) -> None:
     """Create a key and print it once; only its hash is kept (in $OMNI_KEYS_FILE)."""
@@ -78,7 +78,7 @@ def demo_cmd(port: Port = 3000) -> None:
     out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
     for message in serve.train_demo_models():
         out.print(message)
-    keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "admin")}
+    keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "stock", "admin")}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
     write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start

@@ -228,7 +228,7 @@ def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainR
     logged, log_seq = logged_events()
     unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged)
     unified = unify_result.unified
-    extras = load_dataset(data_dir, ("items", "inventory"))
+    extras = load_dataset(data_dir, ("items", "inventory", "stores"))
     catalogue = extras["items"].accepted if "items" in extras else None
     mlflow.set_experiment(EXPERIMENT)
     common = {**options.as_params(), "data": str(data_dir)}
@@ -326,7 +326,8 @@ def write_context(
 ) -> None:
     """What serving needs beside the recommender: pseudonymous key map, habits, purchases (with
     their last times), the catalogue's rule columns (``repurchasable`` and ``repurchase_days``
-    learned from purchases where the catalogue is silent), each store's latest stock, how
+    learned from purchases where the catalogue is silent), each store's latest stock, the
+    stores table, how
     posted events count for this model, the rules' timing and the event log position training
     read up to."""
     out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +340,8 @@ def write_context(
         stock = extras["inventory"].accepted.sort_values("date")
         latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
         latest.to_parquet(out / "inventory.parquet")
+    if "stores" in extras:  # the nodes stock may be told about, and where they are
+        extras["stores"].accepted.to_parquet(out / "stores.parquet")
     unified = result.unified
     meta = {
         "weights": asdict(model.posted_weights or weights),

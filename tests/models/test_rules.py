@@ -146,18 +146,17 @@ def test_the_one_customer_path_ranks_as_the_models_batch_path(name: str) -> None
         assert fallback == bool(batch["fallback"].all())
 
 
-def test_sales_and_returns_move_the_stock_at_once() -> None:
+def test_the_live_stock_picture_moves_what_may_be_offered_at_once() -> None:
     r = rules(inventory=INVENTORY.assign(on_hand=[3.0, 1.0, 0.0, 5.0]))
     tv = list(ITEMS["item_id"]).index("tv")
     assert r.allowed(channel="store", store_id="S1")[tv] and r.available_at([tv]) == [["S1"]]
-    r.record_sales(np.array(["S1"]), pd.Series(["tv"]), np.array([1.0]))  # the last one
+    r.set_available(["S1"], ["tv"], [0.0])  # the last one sold or reserved
     assert not r.allowed(channel="store", store_id="S1")[tv] and r.available_at([tv]) == [[]]
     assert not r.allowed(channel="web")[tv]  # no node has one left
-    assert r.on_hand("tv").to_dict() == {"S1": 0.0}
-    r.record_sales(np.array(["S1"]), pd.Series(["tv"]), np.array([-2.0]))  # a return
-    assert r.allowed(channel="store", store_id="S1")[tv] and r.on_hand("tv").to_dict() == {
-        "S1": 2.0
-    }
-    # A pair the inventory never reported is left alone: no evidence either way.
-    r.record_sales(np.array(["S2"]), pd.Series(["tv"]), np.array([9.0]))
-    assert r.on_hand("tv").to_dict() == {"S1": 2.0}
+    assert r.available("tv").to_dict() == {"S1": 0.0}
+    r.set_available(["S1", "S9"], ["tv", "tv"], [2.0, 1.0])  # a return; a node never seen
+    assert r.allowed(channel="store", store_id="S1")[tv] and r.allowed(channel="web")[tv]
+    assert r.available("tv").to_dict() == {"S1": 2.0, "S9": 1.0}
+    assert r.available_at([tv]) == [["S1", "S9"]]
+    r.set_available(["S1"], ["not-in-the-index"], [5.0])  # ignored
+    assert r.available("tv").to_dict() == {"S1": 2.0, "S9": 1.0}

@@ -1,0 +1,293 @@
+"""The stock picture of every node (store, online node, DC) and item: on hand, reserved, and
+available to promise (ATP = on hand - reserved - safety stock, never below 0).
+
+What moves it:
+
+==================  =======================================================================
+``receipt``         on hand + quantity (a delivery)
+``transfer_in``     on hand + quantity
+``transfer_out``    on hand - quantity
+``return_to_stock`` on hand + quantity (a returned unit back on the shelf)
+``adjustment``      on hand + quantity, signed (damage, shrinkage, units found)
+``count``           on hand *is* quantity at that time (a stock count)
+a ``purchase``      on hand - quantity at the event's ``store_id``; a ``return`` event: +
+``reserve``         reserved + quantity until released, fulfilled or expired
+``release``         the reservation ends; nothing leaves the shelf
+``fulfil``          the reservation ends and its units leave on hand (the pick-up)
+==================  =======================================================================
+
+The picture does not depend on the order in which it is told: a pair's on hand is its latest
+count (the inventory snapshot at the end of its date, or a ``count`` movement) plus every change
+dated after that count; a change dated at or before it is already in the count. So every worker
+and replica, reading the same logs in whatever order, after a restart or not, has the same
+picture. Reservations are decided one at a time under the log's lock (serving/state.py) and
+replayed in log order.
+
+A pair that no count and no movement ever named has no picture (None): nothing is known about
+it, so nothing is filtered by it. Its sales are kept all the same, so that a movement arriving
+later, dated earlier, gives the same on hand as if it had come first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: The sign of each movement that changes on hand by its quantity (an adjustment's is its own).
+SIGN = {
+    "receipt": 1.0,
+    "transfer_in": 1.0,
+    "return_to_stock": 1.0,
+    "transfer_out": -1.0,
+    "adjustment": 1.0,
+    "fulfil": -1.0,
+}
+#: What ``POST /movements`` takes; reservations have routes of their own, which check ATP.
+POSTABLE = ("receipt", "transfer_out", "transfer_in", "adjustment", "count", "return_to_stock")
+#: How long a reservation holds its units unless the caller says otherwise (48 hours).
+DEFAULT_HOLD_SECONDS = 48 * 3600.0
+MAX_HOLD_SECONDS = 30 * 86_400.0
+_NEVER = -(2**63)
+Pair = tuple[str, str]
+
+
+@dataclass
+class _Stock:
+    counted_at: int = _NEVER  # ns since the epoch, UTC
+    counted: float = 0.0
+    changes: list[tuple[int, float]] = field(default_factory=list)  # dated after counted_at
+    known: bool = False  # counted, or named by a movement
+    reserved: float = 0.0
+
+    @property
+    def on_hand(self) -> float:
+        return self.counted + math.fsum(units for _, units in self.changes)
+
+
+@dataclass
+class Reservation:
+    node_id: str
+    item_id: str
+    quantity: float
+    expires_at: int  # ns
+    state: str = "reserved"  # reserved | released | fulfilled | expired
+
+
+class StockRefusal(Exception):
+    """A reservation request the stock picture refuses: ``status`` 404 or 409, and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def movement_problems(movements: pd.DataFrame) -> pd.Series:
+    """Per typed movement (``validate_table`` of :data:`features.schema.MOVEMENTS`), why its
+    quantity makes no sense for its type, or None: a count is absolute (>= 0), an adjustment
+    signed but not 0, every other movement positive; reservations go through their own routes."""
+    kind, quantity = movements["movement_type"], movements["quantity"]
+    reasons = pd.Series(None, index=movements.index, dtype=object)
+    reservation = ~kind.isin(POSTABLE)
+    reasons[reservation] = "reserve, release and fulfil go through /reservations"
+    negative_count = (kind == "count") & (quantity < 0)
+    reasons[negative_count & reasons.isna()] = "a count is the units on hand and cannot be negative"
+    zero = (kind == "adjustment") & (quantity == 0)
+    reasons[zero & reasons.isna()] = "an adjustment of 0 units changes nothing"
+    signed = kind.isin(("adjustment", "count"))
+    positive = ~signed & (quantity <= 0)
+    reasons[positive & reasons.isna()] = "the quantity must be positive for this movement type"
+    return reasons
+
+
+def _ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    return pd.DatetimeIndex(times).as_unit("ns").asi8
+
+
+class StockLedger:
+    """On hand and reservations per (node, item); see the module.
+
+    Args:
+        safety_stock: units kept back from ATP at every node.
+    """
+
+    def __init__(self, safety_stock: float = 0.0) -> None:
+        self.safety_stock = float(safety_stock)
+        self._stock: dict[Pair, _Stock] = {}
+        self._nodes: dict[str, set[str]] = {}  # per item, the nodes with a record of it
+        self.reservations: dict[str, Reservation] = {}
+        self._expiry: list[tuple[int, str]] = []
+
+    @classmethod
+    def from_snapshot(
+        cls, inventory: pd.DataFrame | None, safety_stock: float = 0.0
+    ) -> StockLedger:
+        """A ledger whose counts are an inventory table's (``date, store_id, item_id,
+        on_hand``): each row is the on hand at the end of its date."""
+        ledger = cls(safety_stock)
+        if inventory is not None and len(inventory):
+            ends = _ns(pd.to_datetime(inventory["date"]) + pd.Timedelta(days=1))
+            for node, item, at, units in zip(
+                inventory["store_id"].astype(str), inventory["item_id"].astype(str), ends,
+                inventory["on_hand"].to_numpy(np.float64), strict=True,
+            ):  # fmt: skip
+                ledger._count((node, item), int(at), float(units))
+        return ledger
+
+    # -- telling it ---------------------------------------------------------------------------
+
+    def _at(self, pair: Pair) -> _Stock:
+        stock = self._stock.get(pair)
+        if stock is None:
+            stock = self._stock[pair] = _Stock()
+            self._nodes.setdefault(pair[1], set()).add(pair[0])
+        return stock
+
+    def _count(self, pair: Pair, at: int, units: float) -> None:
+        stock = self._at(pair)
+        stock.known = True
+        # An older count is overtaken; of two at the same time the larger stands (any order).
+        if (at, units) > (stock.counted_at, stock.counted):
+            stock.counted_at, stock.counted = at, units
+            stock.changes = [change for change in stock.changes if change[0] > at]
+
+    def _change(self, pair: Pair, at: int, units: float, known: bool) -> None:
+        stock = self._at(pair)
+        stock.known |= known
+        if at > stock.counted_at:
+            stock.changes.append((at, units))
+
+    def apply_movements(self, movements: pd.DataFrame) -> set[Pair]:
+        """Apply logged movements (typed, in log order); returns the pairs they changed."""
+        changed: set[Pair] = set()
+        times = _ns(movements["movement_time"])
+        rows = zip(
+            movements["movement_type"], movements["node_id"].astype(str),
+            movements["item_id"].astype(str), movements["quantity"].to_numpy(np.float64), times,
+            movements["reservation_id"], movements["hold_seconds"], strict=True,
+        )  # fmt: skip
+        for kind, node, item, units, at, reservation_id, hold in rows:
+            pair = (node, item)
+            changed.add(pair)
+            if kind == "count":
+                self._count(pair, int(at), float(units))
+            elif kind == "reserve":
+                seconds = DEFAULT_HOLD_SECONDS if pd.isna(hold) else float(hold)
+                expires = int(at) + int(seconds * 1e9)
+                self.reservations[str(reservation_id)] = Reservation(node, item, units, expires)
+                self._at(pair).reserved += units
+                heapq.heappush(self._expiry, (expires, str(reservation_id)))
+            elif kind in ("release", "fulfil"):
+                held = self.reservations.get(str(reservation_id))
+                if held is not None and held.state in ("reserved", "expired"):
+                    if held.state == "reserved":
+                        self._stock[pair].reserved -= held.quantity
+                    held.state = "released" if kind == "release" else "fulfilled"
+                if kind == "fulfil":
+                    self._change(pair, int(at), -float(units), known=True)
+            else:
+                self._change(pair, int(at), SIGN[kind] * float(units), known=True)
+        return changed
+
+    def apply_sales(self, events: pd.DataFrame) -> set[Pair]:
+        """Purchases take stock from their ``store_id``, returns put it back; returns the known
+        pairs they changed."""
+        sign = events["event_type"].map({"purchase": -1.0, "return": 1.0})
+        moving = (sign.notna() & events["store_id"].notna()).to_numpy()
+        if not moving.any():
+            return set()
+        units = (sign * events["quantity"]).to_numpy(np.float64)[moving]
+        nodes = events["store_id"].astype(str).to_numpy()[moving]
+        items = events["item_id"].astype(str).to_numpy()[moving]
+        times = _ns(events["event_time"])[moving]
+        for node, item, at, change in zip(nodes, items, times, units, strict=True):
+            self._change((node, item), int(at), float(change), known=False)
+        return {pair for pair in zip(nodes, items, strict=True) if self._stock[pair].known}
+
+    def expire(self, now: pd.Timestamp) -> set[Pair]:
+        """End the reservations whose hold has run out by ``now``; returns the pairs freed."""
+        cutoff = _ns(pd.DatetimeIndex([now]))[0]
+        freed: set[Pair] = set()
+        while self._expiry and self._expiry[0][0] <= cutoff:
+            _, reservation_id = heapq.heappop(self._expiry)
+            held = self.reservations[reservation_id]
+            if held.state == "reserved":
+                held.state = "expired"
+                pair = (held.node_id, held.item_id)
+                self._stock[pair].reserved -= held.quantity
+                freed.add(pair)
+        return freed
+
+    def reservation_refusal(
+        self, reservation_id: str, node_id: str, item_id: str, quantity: float
+    ) -> StockRefusal | None:
+        """Why a new reservation cannot be made (409), or None. A retry of one already made
+        (same id, node, item and quantity) is no refusal: :attr:`reservations` holds it."""
+        held = self.reservations.get(reservation_id)
+        if held is not None:
+            if (held.node_id, held.item_id, held.quantity) == (node_id, item_id, quantity):
+                return None
+            used = f"{held.quantity:g} of {held.item_id!r} at {held.node_id!r}"
+            return StockRefusal(409, f"Reservation {reservation_id!r} is already used for {used}.")
+        picture = self.picture((node_id, item_id))
+        available = picture["available"] if picture else 0.0
+        if quantity > available:
+            return StockRefusal(
+                409,
+                f"Only {available:g} units of {item_id!r} are available to promise at "
+                f"{node_id!r}; {quantity:g} were asked for.",
+            )
+        return None
+
+    def closing_refusal(self, reservation_id: str, action: str) -> StockRefusal | None:
+        """Why a reservation cannot be released or fulfilled now, or None (a retry of the same
+        action is no refusal; releasing one that expired neither)."""
+        held = self.reservations.get(reservation_id)
+        if held is None:
+            return StockRefusal(404, f"Unknown reservation {reservation_id!r}.")
+        done = {"release": "released", "fulfil": "fulfilled"}[action]
+        if held.state in ("reserved", done) or (held.state, action) == ("expired", "release"):
+            return None
+        return StockRefusal(409, f"Reservation {reservation_id!r} is already {held.state}.")
+
+    # -- reading it -----------------------------------------------------------------------------
+
+    def known(self, pair: Pair) -> bool:
+        stock = self._stock.get(pair)
+        return stock is not None and stock.known
+
+    def picture(self, pair: Pair) -> dict[str, float] | None:
+        """``on_hand``, ``reserved`` and ``available`` (ATP) of a pair; None when unknown."""
+        stock = self._stock.get(pair)
+        if stock is None or not stock.known:
+            return None
+        on_hand = stock.on_hand
+        available = max(on_hand - stock.reserved - self.safety_stock, 0.0)
+        return {"on_hand": on_hand, "reserved": stock.reserved, "available": available}
+
+    def available(self, pairs: Iterable[Pair]) -> dict[Pair, float]:
+        """ATP of each known pair among ``pairs``."""
+        pictures = {pair: self.picture(pair) for pair in pairs}
+        return {pair: p["available"] for pair, p in pictures.items() if p is not None}
+
+    def item(self, item_id: str) -> dict[str, dict[str, float]]:
+        """Each node's picture of one item (known nodes only)."""
+        nodes = sorted(self._nodes.get(item_id, ()))
+        pictures = {node: self.picture((node, item_id)) for node in nodes}
+        return {node: p for node, p in pictures.items() if p is not None}
+
+    def frame(self) -> pd.DataFrame:
+        """``node_id, item_id, on_hand, reserved, available`` of every known pair."""
+        pictures = {pair: self.picture(pair) for pair in self._stock}
+        return pd.DataFrame(
+            [
+                (node, item, p["on_hand"], p["reserved"], p["available"])
+                for (node, item), p in pictures.items()
+                if p is not None
+            ],
+            columns=["node_id", "item_id", "on_hand", "reserved", "available"],
+        )

@@ -1,0 +1,205 @@
+"""Live stock through the service, on SQLite and on PostgreSQL: movements change availability at
+once in every worker, replay after a restart gives the same picture, retries count once, the last
+unit goes to exactly one of two concurrent reservations, and bad movements store nothing.
+
+Two service instances on one event store stand for two workers (or two replicas): each has its
+own state and its own connection, as separate processes do."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import SAMPLE
+from tests.serving.conftest import as_
+
+pytestmark = pytest.mark.integration
+
+Workers = Callable[[int], AbstractContextManager[list[TestClient]]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def workers(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    keys: dict[str, str],
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Workers:
+    """``workers(n)``: n service instances on one fresh event store, each with the stock key."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/stock.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("OMNI_EVENTS_URL", url)
+    from serving.service import OmnichannelService
+
+    # Metrics are per process: several instances in one would register theirs twice.
+    monkeypatch.setitem(OmnichannelService.config, "metrics", {"enabled": False})
+
+    @contextmanager
+    def start(n: int) -> Iterator[list[TestClient]]:
+        with ExitStack() as stack:
+            clients = [stack.enter_context(own_service()) for _ in range(n)]
+            for client in clients:
+                client.headers.update(as_(keys, "stock"))
+            yield clients
+
+    return start
+
+
+def now() -> str:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).isoformat(timespec="seconds")
+
+
+def latest_stock() -> pd.Series:
+    stock = pd.read_csv(SAMPLE / "inventory.csv.gz").sort_values("date")
+    latest = stock.drop_duplicates(["store_id", "item_id"], keep="last")
+    return latest.set_index(["store_id", "item_id"])["on_hand"]
+
+
+def picture(client: TestClient, keys: dict[str, str], *items: str, **where: object) -> list:
+    answer = client.post(
+        "/availability", json={"item_ids": list(items), **where}, headers=as_(keys, "recommend")
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["items"]
+
+
+def movement(kind: str, node: str, item: str, quantity: float, key: str) -> dict:
+    return {
+        "movement_time": now(),
+        "movement_type": kind,
+        "node_id": node,
+        "item_id": item,
+        "quantity": quantity,
+        "movement_id": key,
+    }
+
+
+def test_movements_count_at_once_everywhere_once_and_after_a_restart(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    latest = latest_stock()
+    item = latest.xs("S001", level="store_id").index[0]
+    before = latest[("S001", item)]
+    moves = [
+        movement("receipt", "S001", item, 12, "delivery-1"),
+        movement("transfer_out", "S001", item, 2, "transfer-7-out"),
+        movement("transfer_in", "S002", item, 2, "transfer-7-in"),
+        movement("adjustment", "S001", item, -1, "damaged-3"),
+        movement("count", "S003", item, 4, "count-2026-11"),
+    ]
+    with workers(2) as (a, b):
+        stored = a.post("/movements", json={"movements": moves})
+        assert stored.status_code == 200 and stored.json()["stored"] == 5
+        nodes = {n["node_id"]: n for n in picture(b, keys, item)[0]["nodes"]}  # the other one
+        assert nodes["S001"]["on_hand"] == before + 12 - 2 - 1
+        assert nodes["S001"]["available"] == before + 9 and nodes["S003"]["on_hand"] == 4
+        retried = b.post("/movements", json={"movements": moves})  # a WMS that retries
+        assert retried.json()["stored"] == 0 and retried.json()["already_recorded"] == 5
+        seen = picture(a, keys, item, store_id="S002")
+        assert picture(b, keys, item, store_id="S002") == seen
+        assert {n["node_id"]: n for n in seen[0]["nodes"]}["S001"]["on_hand"] == before + 9
+    with workers(1) as (restarted,):  # replayed from the log alone
+        assert picture(restarted, keys, item, store_id="S002") == seen
+    nearest = seen[0]["nearest_stores"]
+    assert [n["distance_km"] for n in nearest] == sorted(n["distance_km"] for n in nearest)
+    assert all(n["available"] > 0 and n["kind"] == "store" for n in nearest)
+
+
+def race(clients: tuple[TestClient, ...], bodies: list[dict]) -> list:
+    """Each client posts its reservation at the same instant; their answers, in order."""
+    gate = threading.Barrier(len(clients))
+    answers: list = [None] * len(clients)
+
+    def reserve(i: int) -> None:
+        gate.wait()
+        answers[i] = clients[i].post("/reservations", json=bodies[i])
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_two_concurrent_reservations_of_the_last_unit_one_wins(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    item = latest_stock().xs("S002", level="store_id").index[1]
+    with workers(2) as (a, b):
+        count = movement("count", "S002", item, 1, "c")
+        assert a.post("/movements", json={"movements": [count]}).status_code == 200
+        for round_ in range(5):
+            bodies = [
+                {"reservation_id": f"order-{round_}-{i}", "node_id": "S002", "item_id": item,
+                 "quantity": 1}
+                for i in range(2)
+            ]  # fmt: skip
+            answers = race((a, b), bodies)
+            codes = sorted(answer.status_code for answer in answers)
+            assert codes == [200, 409], [answer.text for answer in answers]
+            won = next(answer.json() for answer in answers if answer.status_code == 200)
+            lost = next(answer.json() for answer in answers if answer.status_code == 409)
+            assert won["status"] == "reserved" and won["available_after"] == 0
+            assert "Only 0 units" in lost["error"]
+            for client in (a, b):
+                node = {n["node_id"]: n for n in picture(client, keys, item)[0]["nodes"]}["S002"]
+                assert (node["reserved"], node["available"]) == (1, 0)
+            release = {"reservation_id": won["reservation_id"]}
+            released = b.post("/reservations/release", json=release).json()
+            assert released["status"] == "released" and released["available_after"] == 1
+        # Reserve, retry, collect: the unit leaves the shelf once.
+        body = {"reservation_id": "collect-1", "node_id": "S002", "item_id": item, "quantity": 1}
+        assert a.post("/reservations", json=body).json()["recorded"] == "stored"
+        assert b.post("/reservations", json=body).json()["recorded"] == "already_recorded"
+        for client in (a, b, a):
+            done = client.post("/reservations/fulfil", json={"reservation_id": "collect-1"})
+            assert done.status_code == 200 and done.json()["status"] == "fulfilled"
+        node = {n["node_id"]: n for n in picture(b, keys, item)[0]["nodes"]}["S002"]
+        assert (node["on_hand"], node["reserved"], node["available"]) == (0, 0, 0)
+        again = a.post("/reservations/release", json={"reservation_id": "collect-1"})
+        assert again.status_code == 409 and "already fulfilled" in again.json()["error"]
+        unknown = a.post("/reservations/fulfil", json={"reservation_id": "never-made"})
+        assert unknown.status_code == 404
+        too_many = a.post("/reservations", json={**body, "reservation_id": "big", "quantity": 5})
+        assert too_many.status_code == 409
+
+
+def test_bad_movements_are_refused_whole_with_reasons_and_nothing_stored(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    item = latest_stock().xs("S001", level="store_id").index[2]
+    good = movement("receipt", "S001", item, 3, "good-1")
+    bad = [
+        {**good, "node_id": "S999", "movement_id": "b1"},
+        {**good, "movement_type": "count", "quantity": -4, "movement_id": "b2"},
+        {**good, "movement_time": "2999-01-01T00:00:00", "movement_id": "b3"},
+        {**good, "movement_type": "reserve", "movement_id": "b4"},
+    ]
+    with workers(1) as (a,):
+        before = picture(a, keys, item)
+        refused = a.post("/movements", json={"movements": [good, *bad]})
+        assert refused.status_code == 422
+        reasons = {r["index"]: r["reason"] for r in refused.json()["rejected"]}
+        assert sorted(reasons) == [1, 2, 3, 4] and "unknown node_id 'S999'" in reasons[1]
+        assert "negative" in reasons[2] and "ahead of now" in reasons[3]
+        assert "/reservations" in reasons[4]
+        assert picture(a, keys, item) == before  # not even the good one
+        unknown_node = a.post(
+            "/reservations",
+            json={"reservation_id": "x", "node_id": "S999", "item_id": item, "quantity": 1},
+        )
+        assert unknown_node.status_code == 422
+        extra = a.post("/movements", json={"movements": [{**good, "reservation_id": "r"}]})
+        assert extra.status_code == 422
+        no_key = a.post("/movements", json={"movements": [good]}, headers=as_(keys, "recommend"))
+        assert no_key.status_code == 403
