@@ -45,7 +45,6 @@ SIGN = {
     "return_to_stock": 1.0,
     "transfer_out": -1.0,
     "adjustment": 1.0,
-    "fulfil": -1.0,
 }
 #: What ``POST /movements`` takes; reservations have routes of their own, which check ATP.
 POSTABLE = ("receipt", "transfer_out", "transfer_in", "adjustment", "count", "return_to_stock")

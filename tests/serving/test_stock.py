@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from experiments.synthetic.stock import replay, scenario
 from tests.conftest import SAMPLE
 from tests.serving.conftest import as_
 
@@ -203,3 +204,30 @@ def test_bad_movements_are_refused_whole_with_reasons_and_nothing_stored(
         assert extra.status_code == 422
         no_key = a.post("/movements", json={"movements": [good]}, headers=as_(keys, "recommend"))
         assert no_key.status_code == 403
+
+
+def test_a_simulated_day_of_stock_matches_the_truth_after_every_step(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    """Deliveries, transfers, till sales and returns, damage, counts and click-and-collect
+    orders, sent to two workers in turn; after every step the other worker's available-to-promise
+    of the item equals the generator's books."""
+    latest = latest_stock().reset_index()
+    stores = sorted(s for s in latest["store_id"].unique() if s.startswith("S"))
+    steps = scenario(latest, stores, steps=240, seed=5)
+    scope = {"/events": "recommend", "/availability": "recommend"}
+    with workers(2) as clients:
+        turn = iter(range(10**6))
+
+        def post(path: str, body: dict) -> tuple[int, dict]:
+            client = clients[next(turn) % 2]
+            answer = client.post(path, json=body, headers=as_(keys, scope.get(path, "stock")))
+            return answer.status_code, answer.json()
+
+        report = replay(post, steps)
+    assert report.mismatches == []
+    assert report.unavailable_online_while_in_store == 0
+    assert report.refused_as_expected > 0  # some orders found too little to promise
+    assert set(report.by_kind) == {
+        "delivery", "transfer", "sale", "return", "damage", "count", "order", "cancel", "pickup"
+    }  # fmt: skip
