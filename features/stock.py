@@ -209,8 +209,10 @@ class StockLedger:
 
     def expire(self, now: pd.Timestamp) -> set[Pair]:
         """End the reservations whose hold has run out by ``now``; returns the pairs freed."""
-        cutoff = _ns(pd.DatetimeIndex([now]))[0]
         freed: set[Pair] = set()
+        if not self._expiry:  # the usual case, on every request: nothing held
+            return freed
+        cutoff = now.value  # ns since the epoch (UTC when tz-aware)
         while self._expiry and self._expiry[0][0] <= cutoff:
             _, reservation_id = heapq.heappop(self._expiry)
             held = self.reservations[reservation_id]
@@ -290,3 +292,104 @@ class StockLedger:
             ],
             columns=["node_id", "item_id", "on_hand", "reserved", "available"],
         )
+
+
+def stock_history(
+    inventory: pd.DataFrame | None, movements: pd.DataFrame, events: pd.DataFrame
+) -> pd.DataFrame:
+    """Every pair's units on hand after each thing that moved them, in time order, as the
+    ledger sees them: ``node_id, item_id, time, kind`` (``count``, ``snapshot``, a movement
+    type, ``purchase``, ``return``), ``change``, ``on_hand`` after, and ``book`` (for a count:
+    what the books said just before it). Reservations hold units but leave on hand alone."""
+    parts = []
+    if inventory is not None and len(inventory):
+        parts.append(
+            pd.DataFrame(
+                {"node_id": inventory["store_id"].astype(str),
+                 "item_id": inventory["item_id"].astype(str),
+                 "time": pd.to_datetime(inventory["date"]) + pd.Timedelta(days=1),
+                 "kind": "snapshot", "value": inventory["on_hand"].astype(float), "change": 0.0}
+            )
+        )  # fmt: skip
+    moved = movements[~movements["movement_type"].isin(("reserve", "release"))]
+    kind = moved["movement_type"]
+    sign = kind.map({**SIGN, "fulfil": -1.0, "count": 0.0}).astype(float)
+    parts.append(
+        pd.DataFrame(
+            {"node_id": moved["node_id"].astype(str), "item_id": moved["item_id"].astype(str),
+             "time": moved["movement_time"], "kind": kind.astype(str),
+             "value": moved["quantity"].where(kind == "count"),
+             "change": sign * moved["quantity"]}
+        )
+    )  # fmt: skip
+    sold = events[events["event_type"].isin(("purchase", "return")) & events["store_id"].notna()]
+    parts.append(
+        pd.DataFrame(
+            {"node_id": sold["store_id"].astype(str), "item_id": sold["item_id"].astype(str),
+             "time": sold["event_time"], "kind": sold["event_type"].astype(str), "value": np.nan,
+             "change": sold["quantity"] * sold["event_type"].map({"purchase": -1.0, "return": 1.0})}
+        )
+    )  # fmt: skip
+    entries = pd.concat(parts, ignore_index=True).astype({"value": float, "change": float})
+    entries["time"] = pd.to_datetime(entries["time"]).astype("datetime64[us]")
+    # A pair has a picture once a count or a movement named it (sales alone do not make one).
+    named = entries.loc[~entries["kind"].isin(("purchase", "return")), ["node_id", "item_id"]]
+    entries = entries.merge(named.drop_duplicates(), on=["node_id", "item_id"])
+    is_count = entries["kind"].isin(("count", "snapshot"))
+    # At one instant, changes first: a change dated at a count is already in it.
+    entries = entries.assign(_count=is_count.astype(int)).sort_values(
+        ["node_id", "item_id", "time", "_count", "value"], kind="stable"
+    )
+    pair = [entries["node_id"], entries["item_id"]]
+    is_count = entries["_count"].astype(bool)
+    segment = is_count.groupby(pair).cumsum()
+    within = [*pair, segment]
+    base = entries["value"].where(is_count).groupby(within).transform("first").fillna(0.0)
+    change = entries["change"].where(~is_count, 0.0).fillna(0.0)
+    entries["change"] = change
+    entries["on_hand"] = base + change.groupby(within).cumsum()
+    before = entries["on_hand"].groupby(pair).shift(1).fillna(0.0)
+    entries["book"] = before.where(is_count)
+    return entries.drop(columns=["_count", "value"]).reset_index(drop=True)
+
+
+def stock_kpis(history: pd.DataFrame, until: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
+    """Per pair and overall: stock-out hours (on hand <= 0) from the pair's first record to
+    ``until``, and the accuracy of the books against stock counts (``count`` movements; the
+    training snapshot is where the books start, not a check of them).
+
+    Returns:
+        ``(pairs, summary)``: per pair ``node_id, item_id, on_hand`` (at ``until``),
+        ``stockout_hours``, ``hours``, ``counts``, ``count_abs_error``; and the totals.
+    """
+    history = history[history["time"] <= until]
+    pair = [history["node_id"], history["item_id"]]
+    ends = history["time"].groupby(pair).shift(-1).fillna(until)
+    hours = (ends - history["time"]).dt.total_seconds() / 3600
+    counted = history["kind"] == "count"
+    error = (history["on_hand"] - history["book"]).where(counted)
+    frame = history.assign(
+        hours=hours,
+        stockout_hours=hours.where(history["on_hand"] <= 0, 0.0),
+        counts=counted.astype(int),
+        count_abs_error=error.abs(),
+        count_error=error,
+    )
+    pairs = frame.groupby(["node_id", "item_id"], as_index=False).agg(
+        on_hand=("on_hand", "last"),
+        stockout_hours=("stockout_hours", "sum"),
+        hours=("hours", "sum"),
+        counts=("counts", "sum"),
+        count_abs_error=("count_abs_error", "sum"),
+    )
+    errors = frame["count_error"].dropna()
+    summary = {
+        "pairs": len(pairs),
+        "stockout_hours": float(pairs["stockout_hours"].sum()),
+        "stockout_share": float(pairs["stockout_hours"].sum() / max(pairs["hours"].sum(), 1e-9)),
+        "counts": len(errors),
+        "counts_exact": float((errors == 0).mean()) if len(errors) else float("nan"),
+        "count_mean_abs_error": float(errors.abs().mean()) if len(errors) else float("nan"),
+        "count_mean_error": float(errors.mean()) if len(errors) else float("nan"),
+    }
+    return pairs, summary

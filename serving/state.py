@@ -231,10 +231,11 @@ class ServingState:
             "available_after": picture["available"],
         }
 
-    def _kind(self, node_id: str) -> str | None:
-        """A node's kind (store, online, dc) from the stores table, None when it gives none."""
-        kind = self.nodes["kind"].get(node_id) if "kind" in self.nodes else None
-        return None if kind is None or pd.isna(kind) else str(kind)
+    @cached_property
+    def _kinds(self) -> dict[str, str]:
+        """Each node's kind (store, online, dc) as the stores table gives it."""
+        kinds = self.nodes["kind"].dropna() if "kind" in self.nodes else pd.Series(dtype=str)
+        return {str(node): str(kind) for node, kind in kinds.items()}
 
     def location(self, store_id: str) -> tuple[float, float] | None:
         """A store's (lat, lon) from the stores table, None when it gives none."""
@@ -254,7 +255,7 @@ class ServingState:
         with self._stock_lock:
             pictures = self.stock.item(item_id)
         nodes: list[dict[str, Any]] = [
-            {"node_id": node, "kind": self._kind(node), **picture}
+            {"node_id": node, "kind": self._kinds.get(node), **picture}
             for node, picture in pictures.items()
         ]
         answer: dict[str, Any] = {

@@ -114,13 +114,14 @@ def drive(
 
 
 def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
-    """Floor /recommend, service /recommend and service /events, one after the other."""
+    """Floor /recommend, service /recommend, /availability and /events, one after another."""
     from features.identity import DEMO_SALT
     from models.recommenders import Recommender
     from serving.keys import create_key
     from serving.registry import RECOMMENDER, champion
 
-    customers = list(Recommender.load(champion(RECOMMENDER)[1]).customer_ids_[:5000])
+    model = Recommender.load(champion(RECOMMENDER)[1])
+    customers, items = list(model.customer_ids_[:5000]), list(model.item_ids_[:200])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = {
@@ -152,10 +153,15 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
 
             return body
 
+        def availability(i: int) -> bytes:  # a product page: one item, near the shopper's store
+            store = f"S00{i % 5 + 1}"
+            return json.dumps({"item_ids": [items[i % len(items)]], "store_id": store}).encode()
+
         floor_service = "experiments.benchmarks.floor_service:FloorService"
         for name, service, path, body, auth in (
             ("floor /recommend", floor_service, "/recommend", recommend, None),
             ("service /recommend", serve.SERVICE, "/recommend", recommend, key),
+            ("service /availability", serve.SERVICE, "/availability", availability, key),
             ("service /events, 1 event per request", serve.SERVICE, "/events", events(1), key),
             ("service /events, 100 events per request", serve.SERVICE, "/events", events(100), key),
         ):
@@ -182,6 +188,12 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
         "recommend_vs_floor": {
             "throughput_ratio": round(ours["throughput_rps"] / floor["throughput_rps"], 3),
             "p99_ratio": round(ours["p99_ms"] / floor["p99_ms"], 3),
+        },
+        "availability_vs_floor": {
+            "throughput_ratio": round(
+                results["service /availability"]["throughput_rps"] / floor["throughput_rps"], 3
+            ),
+            "p99_ratio": round(results["service /availability"]["p99_ms"] / floor["p99_ms"], 3),
         },
         "events_vs_floor": {
             "throughput_ratio": round(

@@ -31,6 +31,8 @@ backtest_app = typer.Typer(help="Rolling-origin backtests, logged to MLflow.")
 app.add_typer(backtest_app, name="backtest")
 placement_app = typer.Typer(help="Stock placement across stores from the demand forecasts.")
 app.add_typer(placement_app, name="placement")
+stock_app = typer.Typer(help="The stock picture: KPIs from movements, sales and counts.")
+app.add_typer(stock_app, name="stock")
 keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
 app.add_typer(keys_app, name="keys")
 

@@ -31,7 +31,8 @@ def bench_serve_cmd(
     seconds: Annotated[float, typer.Option(help="Measured seconds per target.")] = 15.0,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
 ) -> None:
-    """Load-test /recommend and /events against a bare BentoML service (the floor)."""
+    """Load-test /recommend, /availability and /events against a bare BentoML service (the
+    floor)."""
     from experiments.benchmarks import load
     from experiments.deploy import process
     from serving.registry import FORECASTER, RECOMMENDER, champion_version
@@ -55,6 +56,11 @@ def bench_serve_cmd(
         f"/recommend vs floor: throughput x{ratios['throughput_ratio']:.2f} (target >= 0.8), "
         f"p99 x{ratios['p99_ratio']:.2f} (target <= 2); concurrency {concurrency}, "
         f"{seconds:.0f} s each, {figures['machine']}."
+    )
+    ratios = figures["availability_vs_floor"]
+    out.print(
+        f"/availability vs floor: throughput x{ratios['throughput_ratio']:.2f} (target >= 0.8), "
+        f"p99 x{ratios['p99_ratio']:.2f}."
     )
     out.print(
         f"/events, one event per request, vs floor: throughput "

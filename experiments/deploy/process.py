@@ -144,8 +144,9 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
             f" -H 'Content-Type: application/json'{data}"
         )
 
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
     purchase = {  # a purchase at the till now: newer than the sample's data, as live events are
-        "event_time": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+        "event_time": now,
         "channel": "store",
         "event_type": "purchase",
         "item_id": "I000010",
@@ -153,6 +154,16 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
         "quantity": 1,
         "store_id": "S001",
     }
+    delivery = {  # a WMS telling the service of a delivery; its id makes a retry harmless
+        "movement_time": now,
+        "movement_type": "receipt",
+        "node_id": "S001",
+        "item_id": "I000010",
+        "quantity": 12,
+        "movement_id": f"demo-delivery-{now}",
+    }
+    order = {"reservation_id": f"demo-order-{now}", "node_id": "S001", "item_id": "I000010",
+             "quantity": 1}  # fmt: skip
     return [
         f"curl -s {base}/readyz",
         post("/recommend", "recommend", {"customer_key": customer_key, "channel": "store", "n": 5}),
@@ -160,6 +171,10 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
         post("/similar_items", "recommend", {"item_id": "I000010", "n": 5}),
         post("/offers", "recommend", {"customer_key": customer_key, "channel": "store", "n": 3}),
         post("/events", "recommend", {"events": [purchase]}),
+        post("/movements", "stock", {"movements": [delivery]}),
+        post("/availability", "recommend", {"item_ids": ["I000010"], "store_id": "S002", "n": 3}),
+        post("/reservations", "stock", order),
+        post("/reservations/release", "stock", {"reservation_id": order["reservation_id"]}),
         post("/forecast", "plan", {"store_id": "S001", "item_ids": ["I000010"], "horizon": 2}),
         post("/placement", "plan", {"item_id": "I000010", "units_available": 120, "horizon": 2}),
         f"curl -s {base}/model_info -H 'Authorization: Bearer {keys['plan']}'",

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from features.eventlog import MOVEMENT_COLUMNS, check_movements
 from features.schema import Bounds
-from features.stock import StockLedger
+from features.stock import StockLedger, stock_history, stock_kpis
 
 T0 = pd.Timestamp("2026-11-01")
 
@@ -210,3 +210,36 @@ def test_the_default_hold_is_48_hours(hours: float) -> None:
     )
     assert not ledger.expire(T0 + pd.Timedelta(hours=hours))
     assert ledger.expire(T0 + pd.Timedelta(hours=48)) == {("S1", "a")}
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories())
+def test_the_stock_history_ends_where_the_ledger_is(history) -> None:
+    moved, sold = history
+    ledger = StockLedger()
+    ledger.apply_movements(moved)
+    ledger.apply_sales(sold)
+    trail = stock_history(None, moved, sold)
+    last = trail.groupby(["node_id", "item_id"])["on_hand"].last().to_dict()
+    assert last == ledger.frame().set_index(["node_id", "item_id"])["on_hand"].to_dict()
+
+
+def test_stockout_hours_and_count_accuracy() -> None:
+    snapshot = pd.DataFrame(
+        {"date": ["2026-10-31"], "store_id": ["S1"], "item_id": ["a"], "on_hand": [5.0]}
+    )  # 5 on hand at T0
+    moved = movements(
+        ("receipt", "S1", "a", 3, 10),
+        ("count", "S1", "a", 2, 12),  # the books say 3: one unit went missing
+        ("receipt", "S2", "b", 4, 20),
+    )
+    sold = sales(("purchase", "S1", "a", 5, 2), ("purchase", "S9", "z", 1, 3))  # S9/z: no picture
+    trail = stock_history(snapshot, moved, sold)
+    assert trail.loc[trail["kind"] == "count", "book"].tolist() == [3.0]
+    pairs, summary = stock_kpis(trail, until=T0 + pd.Timedelta(hours=24))
+    row = pairs.set_index(["node_id", "item_id"]).loc[("S1", "a")]
+    assert (row["on_hand"], row["stockout_hours"], row["hours"]) == (2.0, 8.0, 24.0)
+    assert (row["counts"], row["count_abs_error"]) == (1, 1.0)
+    assert set(pairs["node_id"]) == {"S1", "S2"}
+    assert summary["counts"] == 1 and summary["count_mean_error"] == -1.0
+    assert summary["stockout_hours"] == 8.0 and summary["stockout_share"] == 8 / 28

@@ -1,0 +1,72 @@
+"""``omni stock report``: stock-side KPIs from the event store's movements and sales."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from experiments.cli.app import DataOpt, UsageError, out, stock_app
+
+
+@stock_app.command("report")
+def stock_report_cmd(
+    data: DataOpt,
+    until: Annotated[
+        str | None, typer.Option(help="ISO time the report runs to (default: now, UTC).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Pairs with the most stock-out hours shown.")] = 10,
+    pairs_out: Annotated[Path | None, typer.Option(help="Write every pair as CSV.")] = None,
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the totals as JSON.")] = None,
+) -> None:
+    """Stock-out hours per node and item, and how far the books were from each stock count:
+    the inventory snapshot of DATA, then the movements and sales in the event store
+    ($OMNI_EVENTS_URL), as the service's stock picture sees them."""
+    from features.eventlog import EventLog
+    from features.ingest import load_dataset
+    from features.stock import stock_history, stock_kpis
+
+    try:
+        end = pd.Timestamp(until) if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    except ValueError as exc:
+        raise UsageError(f"--until {until!r} is not an ISO time.") from exc
+    if end.tzinfo is not None:
+        end = end.tz_convert("UTC").tz_localize(None)
+    tables = load_dataset(data, ("inventory",))
+    inventory = tables["inventory"].accepted if "inventory" in tables else None
+    log = EventLog.from_env()
+    try:
+        history = stock_history(inventory, log.read_movements(), log.read())
+    finally:
+        log.close()
+    pairs, summary = stock_kpis(history, until=end)
+    table = Table("node", "item", "stock-out h", "on hand", "counts", title="most hours out")
+    for row in pairs.nlargest(top, "stockout_hours").itertuples():
+        table.add_row(
+            str(row.node_id), str(row.item_id), f"{row.stockout_hours:.1f}", f"{row.on_hand:g}",
+            str(row.counts),
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        f"{summary['pairs']} node/item pairs to {end.isoformat()}: out of stock "
+        f"{summary['stockout_share']:.1%} of the time ({summary['stockout_hours']:.0f} h); "
+        f"{summary['counts']} stock counts, {_share(summary['counts_exact'])} matching the "
+        f"books, mean |error| {summary['count_mean_abs_error']:.2f} units, mean error "
+        f"{summary['count_mean_error']:+.2f}."
+    )
+    if pairs_out:
+        pairs.to_csv(pairs_out, index=False)
+    if metrics_out:
+        clean = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()
+        }
+        metrics_out.write_text(json.dumps({**clean, "until": end.isoformat()}, indent=2) + "\n")
+
+
+def _share(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.0%}"
