@@ -46,6 +46,8 @@ SIGN = {
     "transfer_out": -1.0,
     "adjustment": 1.0,
 }
+#: How a customer event moves the stock of its ``store_id``.
+_EVENT_SIGN = {"purchase": -1.0, "return": 1.0}
 #: What ``POST /movements`` takes; reservations have routes of their own, which check ATP.
 POSTABLE = ("receipt", "transfer_out", "transfer_in", "adjustment", "count", "return_to_stock")
 #: How long a reservation holds its units unless the caller says otherwise (48 hours).
@@ -195,7 +197,7 @@ class StockLedger:
     def apply_sales(self, events: pd.DataFrame) -> set[Pair]:
         """Purchases take stock from their ``store_id``, returns put it back; returns the known
         pairs they changed."""
-        sign = events["event_type"].map({"purchase": -1.0, "return": 1.0})
+        sign = events["event_type"].map(_EVENT_SIGN).astype(float)
         moving = (sign.notna() & events["store_id"].notna()).to_numpy()
         if not moving.any():
             return set()
@@ -327,7 +329,7 @@ def stock_history(
         pd.DataFrame(
             {"node_id": sold["store_id"].astype(str), "item_id": sold["item_id"].astype(str),
              "time": sold["event_time"], "kind": sold["event_type"].astype(str), "value": np.nan,
-             "change": sold["quantity"] * sold["event_type"].map({"purchase": -1.0, "return": 1.0})}
+             "change": sold["quantity"] * sold["event_type"].map(_EVENT_SIGN).astype(float)}
         )
     )  # fmt: skip
     entries = pd.concat(parts, ignore_index=True).astype({"value": float, "change": float})

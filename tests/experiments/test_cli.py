@@ -203,3 +203,36 @@ def test_commands_that_need_a_champion_say_so_when_there_is_none(
     result = omni(*args, env={**tracking, "BENTOML_HOME": str(tmp_path / "bentoml")})
     assert result.returncode == 2, result.stderr
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+def test_stock_report_reads_the_snapshot_and_the_logged_movements(tmp_path: Path) -> None:
+    from features.eventlog import EventLog, check_movements
+    from features.schema import Bounds
+    from tests.conftest import SAMPLE
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    stock = pd.read_csv(SAMPLE / "inventory.csv.gz").sort_values("date")
+    store, item, on_hand = stock.drop_duplicates(["store_id", "item_id"], keep="last").iloc[0][
+        ["store_id", "item_id", "on_hand"]
+    ]
+    count = {
+        "movement_time": "2026-11-01T08:00:00", "movement_type": "count", "node_id": store,
+        "item_id": item, "quantity": on_hand + 2, "movement_id": "count-1",
+    }  # fmt: skip
+    empty = {**count, "movement_type": "adjustment", "quantity": -(on_hand + 2),
+             "movement_time": "2026-11-01T20:00:00", "movement_id": "shrink-1"}  # fmt: skip
+    movements, reasons = check_movements([count, empty], Bounds())
+    assert reasons == [None, None]
+    log = EventLog(url)
+    log.append_movements(movements)
+    log.close()
+    out = tmp_path / "stock.json"
+    result = omni(
+        "stock", "report", "--data", str(SAMPLE), "--until", "2026-11-02T08:00:00",
+        "--metrics-out", str(out), env={"OMNI_EVENTS_URL": url},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["counts"] == 1 and figures["count_mean_error"] == 2.0  # 2 more than the books
+    assert figures["stockout_hours"] >= 12.0  # that pair, empty since 20:00
+    assert "most hours out" in result.stdout and "1 stock counts" in result.stdout
