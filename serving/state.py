@@ -84,6 +84,7 @@ class ServingState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _forecast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stock_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _past_sales_counted: bool = field(default=False, repr=False)
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
     _unhabituated: list[pd.DataFrame] = field(default_factory=list, repr=False)
 
@@ -106,6 +107,8 @@ class ServingState:
         """Apply the events and stock movements logged since this state last looked (by any
         worker or process), and end the reservations whose hold has run out."""
         events, movements = log.positions()
+        if not self._past_sales_counted:
+            self._count_past_sales(log)
         if events > self.log_seq:
             with self._lock:
                 if events > self.log_seq:
@@ -117,6 +120,18 @@ class ServingState:
                 self._apply_movements(fresh)
         with self._stock_lock:
             self._restock(self.stock.expire(self.clock()))
+
+    def _count_past_sales(self, log: EventLog) -> None:
+        """Once, at load: the sales and returns logged before the champion was trained count
+        in the stock picture too (the model learned from them; the snapshot may be older, and
+        what it already holds, dated before it, changes nothing)."""
+        with self._lock:
+            if not self._past_sales_counted:
+                past = log.read(upto=self.log_seq) if self.log_seq else None
+                if past is not None and len(past):
+                    with self._stock_lock:
+                        self._restock(self.stock.apply_sales(past))
+                self._past_sales_counted = True
 
     def _apply_movements(self, movements: pd.DataFrame) -> None:
         """Apply logged movements (with their ``seq``) not applied yet (under ``_stock_lock``)."""

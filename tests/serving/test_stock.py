@@ -231,3 +231,36 @@ def test_a_simulated_day_of_stock_matches_the_truth_after_every_step(
     assert set(report.by_kind) == {
         "delivery", "transfer", "sale", "return", "damage", "count", "order", "cancel", "pickup"
     }  # fmt: skip
+
+
+def test_a_champion_trained_after_a_sale_still_counts_it_in_stock(
+    workers: Workers, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events a champion was trained on are not replayed into its histories again, but
+    their sales still move the stock picture, which starts from an older snapshot."""
+    import serving.service
+    from features.eventlog import EventLog
+
+    latest = latest_stock()
+    item = latest.xs("S003", level="store_id").index[0]
+    sale = {
+        "event_time": now(), "channel": "store", "event_type": "purchase", "item_id": item,
+        "quantity": 1, "store_id": "S003", "event_id": "till-S003-1",
+    }  # fmt: skip
+    with workers(1) as (before,):
+        posted = before.post("/events", json={"events": [sale]}, headers=as_(keys, "recommend"))
+        assert posted.json()["stored"] == 1
+        seen = picture(before, keys, item)
+    assert {n["node_id"]: n for n in seen[0]["nodes"]}["S003"]["on_hand"] == latest[
+        ("S003", item)
+    ] - 1
+    real_load = serving.service.load_state
+
+    def trained_after_the_sale() -> object:
+        state = real_load()
+        state.log_seq = EventLog.from_env().last_seq()  # as if training had read the sale
+        return state
+
+    monkeypatch.setattr(serving.service, "load_state", trained_after_the_sale)
+    with workers(1) as (after,):
+        assert picture(after, keys, item) == seen
