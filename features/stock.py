@@ -209,6 +209,11 @@ class StockLedger:
             self._change((node, item), int(at), float(change), known=False)
         return {pair for pair in zip(nodes, items, strict=True) if self._stock[pair].known}
 
+    @property
+    def holding(self) -> bool:
+        """Whether a reservation may still have to expire."""
+        return bool(self._expiry)
+
     def expire(self, now: pd.Timestamp) -> set[Pair]:
         """End the reservations whose hold has run out by ``now``; returns the pairs freed."""
         freed: set[Pair] = set()

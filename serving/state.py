@@ -118,8 +118,9 @@ class ServingState:
             fresh = log.read_movements(after=self.movement_seq, upto=movements)
             with self._stock_lock:
                 self._apply_movements(fresh)
-        with self._stock_lock:
-            self._restock(self.stock.expire(self.clock()))
+        if self.stock.holding:
+            with self._stock_lock:
+                self._restock(self.stock.expire(self.clock()))
 
     def _count_past_sales(self, log: EventLog) -> None:
         """Once, at load: the sales and returns logged before the champion was trained count
