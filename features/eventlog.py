@@ -405,14 +405,15 @@ class EventLog:
     def append_movements(
         self,
         movements: pd.DataFrame,
-        decide: Callable[[pd.DataFrame, int], pd.DataFrame] | None = None,
+        decide: Callable[[pd.DataFrame, int, pd.Timestamp], pd.DataFrame] | None = None,
         after: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Store typed movements (:data:`MOVEMENTS` columns), one writer at a time across every
-        process: ``decide(fresh, last)``, when given, is called under that lock with the
-        movements logged after position ``after`` up to ``last``, and returns the movements to
-        store (it may raise to store nothing). So a decision taken on the log as it is — a
-        reservation of the last unit — cannot be overtaken by another writer's.
+        process: ``decide(fresh, last, now)``, when given, is called under that lock with the
+        movements logged after position ``after`` up to ``last`` and the store's own clock
+        (UTC), and returns the movements to store (it may raise to store nothing). So a decision
+        taken on the log as it is — a reservation of the last unit — cannot be overtaken by
+        another writer's, and every replica's decisions are timed by one clock.
 
         Returns:
             As :meth:`append`, by ``movement_id``.
@@ -425,12 +426,21 @@ class EventLog:
             if decide is not None:
                 cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM omni_movements")
                 last = int(cursor.fetchone()[0])
-                movements = decide(self._select(cursor, MOVEMENTS, after, last), last)
+                movements = decide(
+                    self._select(cursor, MOVEMENTS, after, last), last, self._now(cursor)
+                )
             if movements.empty:
                 return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
             return self._insert(
                 cursor, "omni_movements", movements, MOVEMENT_COLUMNS, "movement_id"
             )
+
+    def _now(self, cursor: Any) -> pd.Timestamp:
+        """The store's clock (PostgreSQL's, shared by every replica; SQLite's is this host's)."""
+        if self._postgres:
+            cursor.execute("SELECT clock_timestamp()")
+            return pd.Timestamp(cursor.fetchone()[0]).tz_convert("UTC")
+        return pd.Timestamp.now(tz="UTC")
 
     def _insert(
         self, cursor: Any, table: str, rows: pd.DataFrame, columns: tuple[str, ...], key: str

@@ -50,6 +50,9 @@ SIGN = {
 _EVENT_SIGN = {"purchase": -1.0, "return": 1.0}
 #: What ``POST /movements`` takes; reservations have routes of their own, which check ATP.
 POSTABLE = ("receipt", "transfer_out", "transfer_in", "adjustment", "count", "return_to_stock")
+#: The ``movement_id`` prefix of the movements the reservation routes write (clients' may not
+#: start with it, so that no posted movement can take a reservation's id).
+RESERVATION_PREFIX = "reservation:"
 #: How long a reservation holds its units unless the caller says otherwise (48 hours).
 DEFAULT_HOLD_SECONDS = 48 * 3600.0
 MAX_HOLD_SECONDS = 30 * 86_400.0
@@ -62,12 +65,13 @@ class _Stock:
     counted_at: int = _NEVER  # ns since the epoch, UTC
     counted: float = 0.0
     changes: list[tuple[int, float]] = field(default_factory=list)  # dated after counted_at
+    changed: float = 0.0  # their sum, kept as they come (recomputed at a count)
     known: bool = False  # counted, or named by a movement
     reserved: float = 0.0
 
     @property
     def on_hand(self) -> float:
-        return self.counted + math.fsum(units for _, units in self.changes)
+        return self.counted + self.changed
 
 
 @dataclass
@@ -93,8 +97,11 @@ def movement_problems(movements: pd.DataFrame) -> pd.Series:
     signed but not 0, every other movement positive; reservations go through their own routes."""
     kind, quantity = movements["movement_type"], movements["quantity"]
     reasons = pd.Series(None, index=movements.index, dtype=object)
-    reservation = ~kind.isin(POSTABLE)
-    reasons[reservation] = "reserve, release and fulfil go through /reservations"
+    reservation = ~kind.isin(POSTABLE) | movements["movement_id"].str.startswith(RESERVATION_PREFIX)
+    reasons[reservation] = (
+        f"reserve, release and fulfil go through /reservations (and {RESERVATION_PREFIX!r} "
+        "movement ids are theirs)"
+    )
     negative_count = (kind == "count") & (quantity < 0)
     reasons[negative_count & reasons.isna()] = "a count is the units on hand and cannot be negative"
     zero = (kind == "adjustment") & (quantity == 0)
@@ -155,12 +162,14 @@ class StockLedger:
         if (at, units) > (stock.counted_at, stock.counted):
             stock.counted_at, stock.counted = at, units
             stock.changes = [change for change in stock.changes if change[0] > at]
+            stock.changed = math.fsum(units for _, units in stock.changes)
 
     def _change(self, pair: Pair, at: int, units: float, known: bool) -> None:
         stock = self._at(pair)
         stock.known |= known
         if at > stock.counted_at:
             stock.changes.append((at, units))
+            stock.changed += units
 
     def apply_movements(self, movements: pd.DataFrame) -> set[Pair]:
         """Apply logged movements (typed, in log order); returns the pairs they changed."""

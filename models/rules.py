@@ -86,7 +86,8 @@ class BusinessRules:
                 again only if repurchasable, as any other).
             items: the items table (``repurchasable``, ``repurchase_days``, ``category``,
                 ``unit_price``, ``promotable``), if any.
-            inventory: the inventory table (``date, store_id, item_id, on_hand``), if any.
+            inventory: the inventory table (``date, store_id, item_id, on_hand``; without a
+                ``date``, one row per pair), if any.
             timing: see the class.
         """
         item_ids = pd.Index(item_ids, dtype="str")
@@ -117,9 +118,8 @@ class BusinessRules:
         levels: dict[str, np.ndarray] = {}
         online_stock = None
         if inventory is not None and len(inventory):
-            latest = inventory.sort_values("date").drop_duplicates(
-                ["store_id", "item_id"], keep="last"
-            )
+            dated = inventory.sort_values("date") if "date" in inventory else inventory
+            latest = dated.drop_duplicates(["store_id", "item_id"], keep="last")
             latest = latest[latest["item_id"].isin(item_ids)]
             columns = item_ids.get_indexer(pd.Index(latest["item_id"]))
             on_hand = latest["on_hand"].to_numpy(dtype=np.float64)

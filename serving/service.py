@@ -235,10 +235,22 @@ class MovementsRequest(_Strict):
     movements: list[Movement] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+#: An id the service stores as given: no control characters, no space at either end (the
+#: contract would trim it when read back), and room for the service's own prefix.
+PlainId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x20\x7f]([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$",
+    ),
+]
+
+
 class ReserveRequest(_Strict):
-    reservation_id: Id = Field(examples=["order-778812"])
-    node_id: Id = Field(examples=["S001"])
-    item_id: Id = Field(examples=["I000010"])
+    reservation_id: PlainId = Field(examples=["order-778812"])
+    node_id: PlainId = Field(examples=["S001"])
+    item_id: PlainId = Field(examples=["I000010"])
     quantity: int = Field(ge=1, le=10**6, examples=[1])
     hold_minutes: int = Field(
         default=int(DEFAULT_HOLD_SECONDS // 60), ge=1, le=int(MAX_HOLD_SECONDS // 60)
@@ -246,7 +258,7 @@ class ReserveRequest(_Strict):
 
 
 class ReservationRequest(_Strict):
-    reservation_id: Id = Field(examples=["order-778812"])
+    reservation_id: PlainId = Field(examples=["order-778812"])
 
 
 class AvailabilityRequest(_Strict):
@@ -570,8 +582,8 @@ class OmnichannelService:
         """Record up to 1,000 stock movements, all or none, as /events does: when any breaks
         the contract or names a node the service does not know, nothing is stored and the 422
         names each by index. A ``movement_id`` already recorded is not applied again
-        (``already_recorded``), so a till or WMS may always retry. Stored movements change
-        availability at once, in every worker."""
+        (``already_recorded``; the first movement with that id stands), so a till or WMS may
+        always retry. Stored movements change availability at once, in every worker."""
         r = MovementsRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)
         records = [movement.model_dump() for movement in r.movements]
@@ -604,11 +616,12 @@ class OmnichannelService:
     @bentoml.api(route="/reservations", input_spec=ReserveRequest)
     @answers
     async def reserve(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
-        """Reserve units at a store for an online order (click-and-collect): 409 when fewer
-        are available to promise, and then nothing is held. Decided on the shared log under
-        its lock: of two reservations of the last unit, from any workers, exactly one wins. A
-        retry with the same ``reservation_id`` answers as the first did. The units are held
-        for ``hold_minutes`` (48 h by default), unless released or fulfilled first."""
+        """Reserve units at a node — a store, for click-and-collect — for an online order: 409
+        when fewer are available to promise, and then nothing is held. Decided on the shared
+        log under its lock: of two reservations of the last unit, from any workers, exactly
+        one wins. A retry (the same ``reservation_id``, node, item and quantity) holds nothing
+        more and answers with the reservation as it is now. The units are held for
+        ``hold_minutes`` (48 h by default), unless released or fulfilled first."""
         r = ReserveRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)
         if r.node_id not in state.stores:
@@ -617,10 +630,8 @@ class OmnichannelService:
             state.reserve, self.log, r.reservation_id, r.node_id, r.item_id,
             float(r.quantity), r.hold_minutes * 60.0,
         )  # fmt: skip
-        return {
-            **state.reservation(r.reservation_id),
-            "recorded": "stored" if new else "already_recorded",
-        }
+        answer = await run_in_threadpool(state.reservation, r.reservation_id)
+        return {**answer, "recorded": "stored" if new else "already_recorded"}
 
     @bentoml.api(route="/reservations/release", input_spec=ReservationRequest)
     @answers
@@ -639,7 +650,7 @@ class OmnichannelService:
     async def _close(self, r: ReservationRequest, action: str) -> dict[str, Any]:
         state = await run_in_threadpool(self._state)
         await run_in_threadpool(state.close_reservation, self.log, r.reservation_id, action)
-        return state.reservation(r.reservation_id)
+        return await run_in_threadpool(state.reservation, r.reservation_id)
 
     @bentoml.api(route="/availability", input_spec=AvailabilityRequest)
     @answers

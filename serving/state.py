@@ -33,7 +33,7 @@ from features.customers import build_habits
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
 from features.interactions import InteractionWeights, event_weights
-from features.stock import Pair, StockLedger
+from features.stock import RESERVATION_PREFIX, Pair, StockLedger
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -117,7 +117,7 @@ class ServingState:
         if movements > self.movement_seq:
             fresh = log.read_movements(after=self.movement_seq, upto=movements)
             with self._stock_lock:
-                self._apply_movements(fresh)
+                self._apply_movements(fresh, movements)
         if self.stock.holding:
             with self._stock_lock:
                 self._restock(self.stock.expire(self.clock()))
@@ -134,12 +134,13 @@ class ServingState:
                         self._restock(self.stock.apply_sales(past))
                 self._past_sales_counted = True
 
-    def _apply_movements(self, movements: pd.DataFrame) -> None:
-        """Apply logged movements (with their ``seq``) not applied yet (under ``_stock_lock``)."""
+    def _apply_movements(self, movements: pd.DataFrame, upto: int) -> None:
+        """Apply logged movements (with their ``seq``) not applied yet, read up to position
+        ``upto`` (under ``_stock_lock``); a quarantined one is passed over, not read again."""
         fresh = movements[movements["seq"] > self.movement_seq]
         if len(fresh):
             self._restock(self.stock.apply_movements(fresh))
-            self.movement_seq = int(fresh["seq"].max())
+        self.movement_seq = max(self.movement_seq, upto)
 
     def _restock(self, pairs: set[Pair]) -> None:
         """Tell the rules the units available to promise of these pairs now."""
@@ -163,7 +164,8 @@ class ServingState:
         log's lock on the log as it is, so two workers never both take the last unit.
 
         Returns:
-            True when reserved now, False when this reservation was made before (a retry).
+            True when reserved now, False when a reservation with this id, node, item and
+            quantity was made before (a retry: it is not made again, whatever became of it).
 
         Raises:
             StockRefusal: 409, not enough available, or the id used for another reservation.
@@ -209,26 +211,31 @@ class ServingState:
         return self.stock.reservations[reservation_id].state
 
     def _decide(self, log: EventLog, decision: Callable[[], dict | None]) -> bool:
-        """Store the reservation movement ``decision()`` makes (stamped now), asked under the
-        log's lock with every movement logged so far applied; it raises a refusal, or returns
-        None when there is nothing new to store. Returns whether a movement was stored."""
+        """Store the reservation movement ``decision()`` makes, asked under the log's lock with
+        every movement logged so far applied and the store's clock as now (one clock for every
+        replica: the hold one worker sees run out has run out for all); it raises a refusal, or
+        returns None when there is nothing new to store. Returns whether a movement was
+        stored."""
 
-        def decide(fresh: pd.DataFrame, last: int) -> pd.DataFrame:
+        def decide(fresh: pd.DataFrame, last: int, now: pd.Timestamp) -> pd.DataFrame:
             with self._stock_lock:
-                self._apply_movements(fresh)
-                self._restock(self.stock.expire(self.clock()))
+                self._apply_movements(fresh, last)
+                self._restock(self.stock.expire(now))
                 row = decision()
             if row is None:
                 return pd.DataFrame()
-            now = self.clock().tz_convert("UTC").tz_localize(None)
+            decided.append(row)
             kind, reservation = row["movement_type"], row["reservation_id"]
             return pd.DataFrame(
-                [{"movement_time": now, **row, "movement_id": f"{reservation}:{kind}",
-                  "reference": None}],
+                [{"movement_time": now.tz_localize(None), **row,
+                  "movement_id": f"{RESERVATION_PREFIX}{reservation}:{kind}", "reference": None}],
                 columns=list(MOVEMENT_COLUMNS),
             )  # fmt: skip
 
+        decided: list[dict] = []
         stored, _ = log.append_movements(pd.DataFrame(), decide, after=self.movement_seq)
+        if decided and not stored.all():  # its id taken: nothing may be answered as done
+            raise RuntimeError(f"The {decided[0]['movement_type']} movement was not stored.")
         self.catch_up(log)
         return bool(stored.any())
 
@@ -397,15 +404,14 @@ def load_state() -> ServingState:
     recommender = Recommender.load(model_dir)
     context = _read_context(model_dir / CONTEXT_DIR)
     stock = StockLedger.from_snapshot(context.get("inventory"), safety_stock)
-    available = stock.frame()
+    available = stock.frame()[["node_id", "item_id", "available"]].set_axis(
+        ["store_id", "item_id", "on_hand"], axis=1
+    )  # what the rules filter by: units available to promise
     rules = BusinessRules.from_tables(
         recommender.item_ids_,
         purchases=context["purchases"],
         items=context.get("items"),
-        inventory=pd.DataFrame(
-            {"date": 0, "store_id": available["node_id"], "item_id": available["item_id"],
-             "on_hand": available["available"]}
-        ) if "inventory" in context else None,
+        inventory=available if "inventory" in context else None,
         timing=float(context["meta"].get("timing", DEFAULT_TIMING)),
     )  # fmt: skip
     meta = context["meta"]

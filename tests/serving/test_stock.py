@@ -185,21 +185,25 @@ def test_bad_movements_are_refused_whole_with_reasons_and_nothing_stored(
         {**good, "movement_type": "count", "quantity": -4, "movement_id": "b2"},
         {**good, "movement_time": "2999-01-01T00:00:00", "movement_id": "b3"},
         {**good, "movement_type": "reserve", "movement_id": "b4"},
+        {**good, "movement_id": "reservation:order-1:reserve"},  # would take a reservation's id
     ]
     with workers(1) as (a,):
         before = picture(a, keys, item)
         refused = a.post("/movements", json={"movements": [good, *bad]})
         assert refused.status_code == 422
         reasons = {r["index"]: r["reason"] for r in refused.json()["rejected"]}
-        assert sorted(reasons) == [1, 2, 3, 4] and "unknown node_id 'S999'" in reasons[1]
+        assert sorted(reasons) == [1, 2, 3, 4, 5] and "unknown node_id 'S999'" in reasons[1]
         assert "negative" in reasons[2] and "ahead of now" in reasons[3]
-        assert "/reservations" in reasons[4]
+        assert "/reservations" in reasons[4] and "/reservations" in reasons[5]
         assert picture(a, keys, item) == before  # not even the good one
         unknown_node = a.post(
             "/reservations",
             json={"reservation_id": "x", "node_id": "S999", "item_id": item, "quantity": 1},
         )
         assert unknown_node.status_code == 422
+        for odd in (" padded", "tab\there", "x" * 201):  # stored as given, read back otherwise
+            reservation = {"reservation_id": odd, "node_id": "S001", "item_id": item, "quantity": 1}
+            assert a.post("/reservations", json=reservation).status_code == 422, odd
         extra = a.post("/movements", json={"movements": [{**good, "reservation_id": "r"}]})
         assert extra.status_code == 422
         no_key = a.post("/movements", json={"movements": [good]}, headers=as_(keys, "recommend"))
