@@ -18,6 +18,7 @@ the log unreadable.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -101,6 +102,26 @@ CREATE TABLE IF NOT EXISTS omni_movements (
     hold_seconds DOUBLE PRECISION,
     reference TEXT
 )"""
+
+
+_CREATE_EXPOSURES = """
+CREATE TABLE IF NOT EXISTS omni_exposures (
+    seq {serial} PRIMARY KEY,
+    shown_at TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    customer_id TEXT,
+    channel TEXT,
+    store_id TEXT,
+    arm TEXT NOT NULL,
+    model_version TEXT,
+    items TEXT NOT NULL
+)"""
+#: What the service records of each list it answers (``items``: the item ids, in rank order).
+EXPOSURE_COLUMNS = (
+    "shown_at", "request_id", "route", "customer_id", "channel", "store_id", "arm",
+    "model_version", "items",
+)  # fmt: skip
 
 
 def validate_events(
@@ -323,6 +344,7 @@ class EventLog:
         try:
             connection.execute(_CREATE.format(serial=serial))
             connection.execute(_CREATE_MOVEMENTS.format(serial=serial))
+            connection.execute(_CREATE_EXPOSURES.format(serial=serial))
             connection.commit()
         except BaseException:
             connection.close()
@@ -520,6 +542,36 @@ class EventLog:
                 self.url, len(fresh), schema.name, fresh[_SEQ].iloc[0], fresh[REASON].iloc[0],
             )  # fmt: skip
         return accepted.rename(columns={_SEQ: "seq"}).astype({"seq": np.int64})
+
+    def append_exposures(self, rows: Sequence[tuple]) -> None:
+        """Store what the service showed (:data:`EXPOSURE_COLUMNS` tuples, ``items`` a list of
+        item ids), in one transaction."""
+        if not rows:
+            return
+        marks = "(" + ", ".join([self._param] * len(EXPOSURE_COLUMNS)) + ")"
+        with self._transaction() as cursor:
+            cursor.executemany(
+                f"INSERT INTO omni_exposures ({', '.join(EXPOSURE_COLUMNS)}) VALUES {marks}",
+                [(*row[:-1], json.dumps(list(row[-1]))) for row in rows],
+            )
+
+    def read_exposures(
+        self, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
+        """What the service showed between ``since`` and ``until`` (naive UTC, inclusive), one
+        row per answer, ``shown_at`` typed and ``items`` a list."""
+        p = self._param
+        with self._transaction() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(EXPOSURE_COLUMNS)} FROM omni_exposures "
+                f"WHERE shown_at >= {p} AND shown_at <= {p} ORDER BY seq",
+                (_iso(since or pd.Timestamp.min), _iso(until or pd.Timestamp("2999-01-01"))),
+            )
+            rows = cursor.fetchall()
+        frame = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
+        frame["shown_at"] = pd.to_datetime(frame["shown_at"]).astype("datetime64[us]")
+        frame["items"] = [json.loads(items) for items in frame["items"]]
+        return frame
 
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:

@@ -123,6 +123,24 @@ def new_customer_ids(salt: str, channel: pd.Series, customer_key: pd.Series) -> 
     return pseudonym(salt, "customer", node_names(channel, customer_key).tolist())
 
 
+def customers_of_keys(
+    salt: str, key_ids: dict[str, str], channel: pd.Series, customer_key: pd.Series
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``customer_id`` of each (channel, customer_key): the one the key map (key pseudonym
+    -> customer_id, as training resolved it) gives, else the one resolution would name a key
+    linked to no other.
+
+    Returns:
+        ``(customer_ids, new, key_pseudonyms)``: ``new`` marks the keys the map did not hold.
+    """
+    keys = key_pseudonyms(salt, channel, customer_key)
+    customers = np.array([key_ids.get(k) for k in keys], dtype=object)
+    new = pd.isna(customers)
+    if new.any():
+        customers[new] = new_customer_ids(salt, channel[new], customer_key[new])
+    return customers, new, keys
+
+
 @dataclass
 class IdentityResolution:
     """Result of :func:`resolve_identities`.

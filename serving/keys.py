@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCOPES = ("recommend", "plan", "stock", "admin")
+SCOPES = ("recommend", "plan", "stock", "report", "admin")
 KEYS_ENV = "OMNI_KEYS_FILE"
 DEFAULT_KEYS_FILE = Path(".omni/keys.json")
 

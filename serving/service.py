@@ -36,11 +36,13 @@ from features.eventlog import (
     check_movements,
     redact_urls,
 )
+from features.measurement import TREATMENT, arms, measure
 from features.schema import MAX_ID_LENGTH, Bounds
 from features.stock import DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
 from serving.errors import (
+    REQUEST_ID,
     RETRY_AFTER,
     NotFound,
     QuietRefusals,
@@ -49,6 +51,8 @@ from serving.errors import (
     Unprocessable,
     answers,
 )
+from serving.exposures import ExposureWriter, control_share, experiment
+from serving.exposures import enabled as exposures_enabled
 from serving.gate import DocumentedAPI, Gate
 from serving.state import ServingState, load_state
 from serving.writer import GroupWriter
@@ -69,6 +73,7 @@ ROUTES = {
     "/forecast": "plan",
     "/placement": "plan",
     "/model_info": "plan",
+    "/kpis": "report",
     "/admin/reload": "admin",
     "/metrics": "admin",
 }
@@ -322,8 +327,48 @@ async def _model_info(request: Request) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
 
 
-#: ``GET /model_info`` (BentoML APIs are POST-only, so this small app is mounted beside them).
-info_app = Starlette(routes=[Route("/model_info", _model_info, methods=["GET"])])
+async def _kpis(request: Request) -> JSONResponse:
+    """``GET /kpis?since=...&until=...&window_days=7``: see :meth:`OmnichannelService.kpis`."""
+    query = request.query_params
+    try:
+        since = _utc(query.get("since"), "since")
+        until = _utc(query.get("until"), "until") if "until" in query else _utc("now", "until")
+        days = float(query.get("window_days", "7"))
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    if not 0 < days <= 90 or not since < until or until - since > pd.Timedelta(days=366):
+        message = "window_days must be in (0, 90], and since before until, at most a year apart."
+        return JSONResponse({"error": message}, status_code=422)
+    service = bentoml.get_current_service()
+    try:
+        answer = await run_in_threadpool(service.kpis, since, until, pd.Timedelta(days=days))
+    except (Unavailable, EventStoreUnavailable) as exc:
+        headers = {"Retry-After": str(RETRY_AFTER)}
+        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+    return JSONResponse(answer)
+
+
+def _utc(text: str | None, name: str) -> pd.Timestamp:
+    """An ISO time (or ``now``) as naive UTC; ValueError naming the parameter otherwise."""
+    if not text:
+        raise ValueError(f"Give {name} as an ISO time.")
+    try:
+        stamp = pd.Timestamp.now(tz="UTC") if text == "now" else pd.Timestamp(text)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} is not an ISO time.") from None
+    if pd.isna(stamp):
+        raise ValueError(f"{name} is not an ISO time.")
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+#: ``GET /model_info`` and ``GET /kpis`` (BentoML APIs are POST-only, so this small app is
+#: mounted beside them).
+info_app = Starlette(
+    routes=[
+        Route("/model_info", _model_info, methods=["GET"]),
+        Route("/kpis", _kpis, methods=["GET"]),
+    ]
+)
 
 
 class Readiness:
@@ -352,6 +397,8 @@ class OmnichannelService:
         self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()
         self.writer = GroupWriter(self.log, self._apply_stored)
+        self.exposures = ExposureWriter(self.log) if exposures_enabled() else None
+        self.control_share, self.experiment = control_share(), experiment()
         self.state: ServingState | None = None
         self._loaded: ServingState | None = None  # loaded, but the log not yet replayed
         #: Why the service is not ready, or why the event store is failing (None when fine).
@@ -455,6 +502,8 @@ class OmnichannelService:
         if r.store_id is not None and r.store_id not in state.stores:
             raise NotFound(f"Unknown store {r.store_id!r}.")
         customer = r.resolve(state)
+        who = customer or state.prospective(r.customer_key, r.channel)
+        arm = self._arm(who)
         filters = r.rules(state)
         model = state.recommender
         context = np.zeros(0, dtype=np.int64)
@@ -467,12 +516,14 @@ class OmnichannelService:
                 (np.full(len(context), weight, np.float32), (np.zeros(len(context)), context)),
                 shape=(1, len(model.item_ids_)),
             )
+        scored = customer if customer is not None and arm == TREATMENT else ""  # control: popular
         columns, scores, fallback = top_for_customer(
-            model, state.rules, customer or "", r.n,
+            model, state.rules, scored, r.n,
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
             now=state.clock(), **filters,
         )  # fmt: skip
         items = model.item_ids_.take(columns).tolist()  # not the whole index per request
+        self._shown(ctx, "recommend", who, r.channel, r.store_id, arm, state, items)
         where = state.rules.available_at(columns)
         reason = _reason(fallback, bool(len(context)), r.store_id, str(r.channel))
         return {
@@ -490,8 +541,25 @@ class OmnichannelService:
                     zip(items, scores, where, strict=True), start=1
                 )
             ],
+            "arm": arm,
             "model_version": state.recommender_version,
         }
+
+    def _arm(self, who: str | None) -> str:
+        return arms([who], self.control_share, self.experiment)[0] if who else TREATMENT
+
+    def _shown(
+        self, ctx: bentoml.Context, route: str, who: str | None, channel: str | None,
+        store_id: str | None, arm: str, state: ServingState, items: list[str],
+    ) -> None:  # fmt: skip
+        """Record an answer in the exposure log (batched off the request path)."""
+        if self.exposures is not None:
+            now = datetime.now(UTC).replace(tzinfo=None).isoformat()
+            request_id = ctx.request.headers.get(REQUEST_ID, "-")
+            self.exposures.record(
+                (now, request_id, route, who, channel, store_id, arm,
+                 state.recommender_version, items)
+            )  # fmt: skip
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
     @answers
@@ -526,16 +594,20 @@ class OmnichannelService:
             model, state.rules, customer, r.n, channel=channel, promotable_only=True,
             now=state.clock(), **r.rules(state),
         )  # fmt: skip
+        arm = self._arm(customer)
+        items = model.item_ids_.take(columns).tolist()
+        # The control arm is sent nothing; what it was not sent is recorded, to compare with.
+        self._shown(ctx, "offers", customer, channel, None, arm, state, items)
+        shown = zip(items, scores, strict=True) if arm == TREATMENT else iter(())
         return {
             "customer_id": customer,
             "channel": channel,
             "send_at": _next(int(habit["weekday"]), int(habit["hour"])).isoformat(),
             "items": [
                 {"item_id": item, "score": float(score), "rank": rank}
-                for rank, (item, score) in enumerate(
-                    zip(model.item_ids_.take(columns), scores, strict=True), start=1
-                )
+                for rank, (item, score) in enumerate(shown, start=1)
             ],
+            "arm": arm,
             "model_version": state.recommender_version,
         }
 
@@ -729,6 +801,28 @@ class OmnichannelService:
                 for row in stores.to_dict(orient="records")
             ],
             "model_version": state.forecaster_version,
+        }
+
+    def kpis(self, since: pd.Timestamp, until: pd.Timestamp, window: pd.Timedelta) -> dict:
+        """What the lists and offers shown from ``since`` to ``until`` did, per route and
+        channel and across channels (features/measurement.py). Reads the whole event log: a
+        dashboard's or an analyst's call, not a per-customer one."""
+        state = self._state()
+        if self.exposures is not None:
+            self.exposures.flush()  # this worker's latest answers count too
+        prices = pd.Series(state.rules.price, index=state.rules.item_ids)
+        table = measure(self.log, state.salt, state.key_ids, since, until, window, prices)
+        rows = [
+            {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}
+            for row in table.to_dict(orient="records")
+        ]
+        return {
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+            "window_days": window / pd.Timedelta(days=1),
+            "control_share": self.control_share,
+            "experiment": self.experiment,
+            "rows": rows,
         }
 
     def model_info(self) -> dict[str, Any]:

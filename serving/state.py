@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from features.customers import build_habits
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
-from features.identity import IdentityConfig, key_pseudonyms, new_customer_ids
+from features.identity import IdentityConfig, customers_of_keys, key_pseudonyms
 from features.interactions import InteractionWeights, event_weights
 from features.stock import RESERVATION_PREFIX, Pair, StockLedger
 from models.forecast import LightGBMForecaster
@@ -92,6 +92,15 @@ class ServingState:
         """The customer_id of a channel's customer key, None if never seen."""
         key_id = key_pseudonyms(self.salt, pd.Series([channel]), pd.Series([customer_key]))[0]
         return self.key_ids.get(key_id)
+
+    def prospective(self, customer_key: str | None, channel: str | None) -> str | None:
+        """The customer_id a key is known by, or the one it will get with its first event."""
+        if customer_key is None or channel is None:
+            return None
+        ids, _, _ = customers_of_keys(
+            self.salt, self.key_ids, pd.Series([channel]), pd.Series([customer_key])
+        )
+        return str(ids[0])
 
     def apply_appended(self, log: EventLog, events: pd.DataFrame, seqs: np.ndarray) -> None:
         """Apply events this process has just appended at log positions ``seqs`` — directly
@@ -319,13 +328,10 @@ class ServingState:
         known = events[events["customer_key"].notna()]
         if known.empty:
             return
-        key_ids = key_pseudonyms(self.salt, known["channel"], known["customer_key"])
-        customers = np.array([self.key_ids.get(k) for k in key_ids], dtype=object)
-        new = pd.isna(customers)
+        customers, new, key_ids = customers_of_keys(
+            self.salt, self.key_ids, known["channel"], known["customer_key"]
+        )
         if new.any():
-            customers[new] = new_customer_ids(
-                self.salt, known["channel"][new], known["customer_key"][new]
-            )
             self.key_ids.update(zip(key_ids[new], customers[new], strict=True))
         model = self.recommender
         columns = model.item_ids_.get_indexer(pd.Index(known["item_id"]))

@@ -33,6 +33,8 @@ placement_app = typer.Typer(help="Stock placement across stores from the demand 
 app.add_typer(placement_app, name="placement")
 stock_app = typer.Typer(help="The stock picture: KPIs from movements, sales and counts.")
 app.add_typer(stock_app, name="stock")
+report_app = typer.Typer(help="What the recommendations and offers did, per channel.")
+app.add_typer(report_app, name="report")
 keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
 app.add_typer(keys_app, name="keys")
 
@@ -71,7 +73,7 @@ def main() -> None:
 
 #: The commands that open the MLflow tracking store.
 TRACKING_COMMANDS = {
-    "train", "backtest", "forecast", "placement", "bench", "serve", "build", "demo",
+    "train", "backtest", "forecast", "placement", "bench", "serve", "build", "demo", "report",
 }  # fmt: skip
 
 

@@ -25,7 +25,8 @@ from experiments.cli.app import (
 @keys_app.command("create")
 def keys_create_cmd(
     scope: Annotated[
-        list[str], typer.Option("--scope", help="recommend, plan, stock or admin (repeatable).")
+        list[str],
+        typer.Option("--scope", help="recommend, plan, stock, report or admin (repeatable)."),
     ],
 ) -> None:
     """Create a key and print it once; only its hash is kept (in $OMNI_KEYS_FILE)."""
@@ -72,13 +73,13 @@ def demo_cmd(port: Port = 3000) -> None:
     """Train both models on data_samples, register the champions, create demo keys, start the
     service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
     from experiments.deploy import process as serve
-    from serving.keys import create_key, write_private
+    from serving.keys import SCOPES, create_key, write_private
 
     identity_config()
     out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
     for message in serve.train_demo_models():
         out.print(message)
-    keys = {scope: create_key([scope]) for scope in ("recommend", "plan", "stock", "admin")}
+    keys = {scope: create_key([scope]) for scope in SCOPES}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
     write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start

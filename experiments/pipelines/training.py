@@ -404,7 +404,7 @@ def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib's pyplot, drawing off screen (imported only when a figure is logged)."""
     import matplotlib
 
@@ -415,7 +415,7 @@ def _pyplot() -> Any:
 
 
 def _metrics_figure(result: CandidateResult) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 3))
     names = list(result.metrics)
@@ -533,7 +533,7 @@ def _configuration(model: LightGBMForecaster) -> dict[str, Any]:
 
 
 def _forecast_figure(result: BacktestResult) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
 
     actual = result.last_actual
     largest = actual.groupby(SERIES)[TARGET].sum().idxmax()
@@ -555,7 +555,7 @@ def _forecast_figure(result: BacktestResult) -> Any:
 
 def _calibration_figure(coverage: pd.DataFrame) -> Any:
     """80% interval coverage by lead, one line per volume quintile of series, and the target."""
-    plt = _pyplot()
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for quintile, row in coverage.iterrows():
@@ -572,7 +572,7 @@ def _calibration_figure(coverage: pd.DataFrame) -> Any:
 
 
 def _importance_figure(model: LightGBMForecaster) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
 
     importance = model.feature_importance().head(20)[::-1]
     figure, axis = plt.subplots(figsize=(6, 5))

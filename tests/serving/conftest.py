@@ -8,8 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from starlette.testclient import TestClient
+
+from tests.conftest import SAMPLE
 
 
 def as_(keys: dict[str, str], scope: str) -> dict[str, str]:
@@ -69,3 +72,13 @@ def own_service(champions: Path):
             yield own
 
     return start
+
+
+@pytest.fixture(scope="session")
+def linked_keys() -> tuple[str, str]:
+    """A store loyalty card and an app device the identities table links (one customer)."""
+    ids = pd.read_csv(SAMPLE / "identities.csv.gz")
+    pairs = ids.groupby("link_value")["channel"].agg(lambda c: sorted(c) == ["app", "store"])
+    link = pairs[pairs].index[0]
+    rows = ids[ids["link_value"] == link].set_index("channel")["customer_key"]
+    return rows["store"], rows["app"]

@@ -29,16 +29,6 @@ def planner(client: TestClient, keys: dict[str, str]) -> Iterator[TestClient]:
         yield signed
 
 
-@pytest.fixture(scope="module")
-def linked_keys() -> tuple[str, str]:
-    """A store loyalty card and an app device the identities table links (one customer)."""
-    ids = pd.read_csv(SAMPLE / "identities.csv.gz")
-    pairs = ids.groupby("link_value")["channel"].agg(lambda c: sorted(c) == ["app", "store"])
-    link = pairs[pairs].index[0]
-    rows = ids[ids["link_value"] == link].set_index("channel")["customer_key"]
-    return rows["store"], rows["app"]
-
-
 # -- security -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,85 @@
+"""Arms, attribution and KPIs on hand-made exposures and events."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.measurement import CONTROL, TREATMENT, arms, attribute, kpis
+
+T0 = pd.Timestamp("2026-11-01 10:00")
+H = pd.Timedelta(hours=1)
+
+
+def exposures(*rows: tuple) -> pd.DataFrame:
+    """(customer, channel, arm, items, hours after T0[, route]) rows."""
+    return pd.DataFrame(
+        [
+            {"shown_at": T0 + hours * H, "customer_id": customer, "channel": channel,
+             "route": rest[0] if rest else "recommend", "arm": arm, "items": items}
+            for customer, channel, arm, items, hours, *rest in rows
+        ]
+    )  # fmt: skip
+
+
+def events(*rows: tuple) -> pd.DataFrame:
+    """(customer, channel, event_type, item, hours after T0[, quantity, price]) rows."""
+    return pd.DataFrame(
+        [
+            {"event_time": T0 + hours * H, "customer_id": customer, "channel": channel,
+             "event_type": kind, "item_id": item, "quantity": rest[0] if rest else 1.0,
+             "unit_price": rest[1] if len(rest) > 1 else float("nan")}
+            for customer, channel, kind, item, hours, *rest in rows
+        ]
+    )  # fmt: skip
+
+
+def test_arms_are_stable_and_take_their_share() -> None:
+    ids = [f"c{i}" for i in range(20_000)]
+    first = arms(ids, 0.3, "spring")
+    assert first == arms(ids, 0.3, "spring")  # every worker, every restart
+    assert first.count(CONTROL) / len(ids) == pytest.approx(0.3, abs=0.015)
+    assert arms(ids, 0.3, "autumn") != first  # a new experiment draws anew
+    assert set(arms(ids, 0.0, "spring")) == {TREATMENT}
+
+
+def test_a_purchase_counts_once_for_its_latest_showing_within_the_window() -> None:
+    shown = exposures(
+        ("c1", "app", TREATMENT, ["a", "b"], 0),
+        ("c1", "app", TREATMENT, ["b"], 48),
+        ("c3", "web", CONTROL, ["a"], 0),
+        ("c4", "web", TREATMENT, ["a"], 0),
+    )
+    acted = events(
+        ("c1", "store", "purchase", "b", 24, 2.0, 3.0),  # shown in the app, bought in a store
+        ("c1", "app", "purchase", "b", 72, 1.0),  # the second showing's; catalogue price
+        ("c2", "store", "purchase", "a", 1),  # never shown to c2
+        ("c3", "web", "view", "a", 8 * 24),  # after the 7-day window
+        ("c4", "web", "view", "a", -1),  # before it was shown
+        ("c4", "web", "view", "a", 1),
+        ("c1", "app", "purchase", "z", 2),  # not shown
+    )
+    credited = attribute(shown, acted, prices=pd.Series({"b": 5.0}))
+    assert credited[
+        ["exposure", "event_type", "item_id", "channel", "revenue"]
+    ].values.tolist() == [
+        [0, "purchase", "b", "store", 6.0],
+        [3, "view", "a", "web", 0.0],
+        [1, "purchase", "b", "app", 5.0],
+    ]
+    table = kpis(shown, acted, prices=pd.Series({"b": 5.0})).set_index(["route", "channel"])
+    app, web = table.loc[("recommend", "app")], table.loc[("recommend", "web")]
+    assert (app["exposures"], app["customers"], app["conversion"], app["revenue"]) == (
+        2,
+        1,
+        1.0,
+        11.0,
+    )
+    assert app["cross_channel_share"] == 0.5  # one of its two purchases was in a store
+    assert (web["view_through"], web["conversion"]) == (1.0, 0.0)  # the treated c4 viewed
+    everything = table.loc[("recommend", "all")]
+    assert everything["exposures"] == 4 and everything["control_customers"] == 1
+    # c1 and c4 treated (1 of 2 bought), c3 control (did not): uplift 0.5.
+    assert everything["uplift"] == pytest.approx(0.5)
+    assert everything["uplift_low"] < 0.5 < everything["uplift_high"]
+    assert pd.isna(app["uplift"])  # no control customer shown anything in the app

@@ -1,0 +1,125 @@
+"""The measurement loop end to end: the service records what it shows, generated customers react
+with a known effect, and `omni report kpis` (and GET /kpis) recovers it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from tests.processes import omni
+from tests.serving.conftest import as_
+
+pytestmark = pytest.mark.integration
+
+BASE = 0.10  # any exposed customer buys one of the items shown with this probability
+EXTRA = 0.20  # a treated one, when the effect is on, buys with this extra probability
+
+
+def now() -> str:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).isoformat()
+
+
+def phase(
+    app: TestClient, keys: dict[str, str], prefix: str, customers: int, extra: float, seed: int
+) -> tuple[str, str]:
+    """Ask /recommend for each new app customer, then let them buy an item they were shown
+    with BASE (+ extra, when treated) probability; returns the phase's (since, until)."""
+    rng = np.random.default_rng(seed)
+    since = now()
+    for i in range(customers):
+        key = f"{prefix}-{i:05d}"
+        answer = app.post(
+            "/recommend", json={"customer_key": key, "channel": "app", "n": 5},
+            headers=as_(keys, "recommend"),
+        ).json()  # fmt: skip
+        bought = BASE + (1 - BASE) * extra if answer["arm"] == "treatment" else BASE
+        if rng.random() < bought:
+            item = answer["items"][int(rng.integers(len(answer["items"])))]["item_id"]
+            purchase(app, keys, "app", key, item, f"{prefix}-buy-{i}")
+    return since, now()
+
+
+def purchase(
+    app: TestClient, keys: dict[str, str], channel: str, key: str, item: str, event_id: str
+) -> None:
+    event = {
+        "event_time": now(), "channel": channel, "event_type": "purchase", "item_id": item,
+        "customer_key": key, "quantity": 1, "unit_price": 5.0, "event_id": event_id,
+    }  # fmt: skip
+    stored = app.post("/events", json={"events": [event]}, headers=as_(keys, "recommend"))
+    assert stored.json()["stored"] == 1, stored.text
+
+
+def report(since: str, until: str, out: Path, mlflow_on: bool) -> dict:
+    result = omni(
+        "report", "kpis", "--since", since, "--until", until, "--metrics-out", str(out),
+        *([] if mlflow_on else ["--no-mlflow"]), env={"OMNI_SALT": os.environ["OMNI_SALT"]},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    return {(row["route"], row["channel"]): row for row in rows}
+
+
+def test_the_kpi_report_recovers_a_known_uplift_and_none_where_there_is_none(
+    champions: Path,
+    keys: dict[str, str],
+    linked_keys: tuple[str, str],
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from serving.service import OmnichannelService
+
+    monkeypatch.setenv("OMNI_EVENTS_URL", f"sqlite:///{tmp_path}/events.db")
+    monkeypatch.setenv("OMNI_CONTROL_SHARE", "0.5")
+    monkeypatch.setitem(OmnichannelService.config, "metrics", {"enabled": False})
+    card, device = linked_keys  # one customer: a store loyalty card and an app device
+    with own_service() as app:
+        effect = phase(app, keys, "UP", customers=1200, extra=EXTRA, seed=7)
+        none = phase(app, keys, "AA", customers=800, extra=0.0, seed=8)
+        # Shown in the app, bought in a store with the loyalty card: it counts for the app.
+        shown = app.post(
+            "/recommend", json={"customer_key": device, "channel": "app", "n": 5},
+            headers=as_(keys, "recommend"),
+        ).json()  # fmt: skip
+        purchase(app, keys, "store", card, shown["items"][0]["item_id"], "cross-1")
+        cross = (none[0], now())
+        served = app.get(
+            "/kpis", params={"since": effect[0], "until": effect[1]}, headers=as_(keys, "report")
+        )  # also writes this worker's pending exposures
+        assert served.status_code == 200, served.text
+        assert (
+            app.get("/kpis", params={"since": "soon"}, headers=as_(keys, "report")).status_code
+            == 422
+        )
+        assert (
+            app.get("/kpis", params={"since": effect[0]}, headers=as_(keys, "plan")).status_code
+            == 403
+        )
+
+    truth = (1 - BASE) * EXTRA  # treated minus control conversion
+    measured = report(*effect, tmp_path / "effect.json", mlflow_on=True)[("recommend", "all")]
+    assert measured["uplift_low"] <= truth <= measured["uplift_high"]
+    assert measured["uplift_low"] > 0 and measured["control_customers"] > 400
+    by_route = {(r["route"], r["channel"]): r for r in served.json()["rows"]}
+    assert by_route[("recommend", "all")]["uplift"] == pytest.approx(measured["uplift"])
+
+    placebo = report(*none, tmp_path / "none.json", mlflow_on=False)[("recommend", "all")]
+    # No effect: within three standard errors of 0 (a 95% interval misses 0 one run in 20).
+    standard_error = (placebo["uplift_high"] - placebo["uplift_low"]) / (2 * 1.959964)
+    assert abs(placebo["uplift"]) < 3 * standard_error
+
+    app_row = report(*cross, tmp_path / "cross.json", mlflow_on=False)[("recommend", "app")]
+    assert app_row["cross_channel_share"] > 0  # the store purchase counted for the app's list
+
+    runs = mlflow.search_runs(experiment_names=["kpis"])
+    assert "metrics.recommend.all.uplift" in runs.columns
