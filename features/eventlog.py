@@ -351,6 +351,11 @@ class EventLog:
             raise
         return connection
 
+    def another(self) -> EventLog:
+        """A second log on the same store, with its own connection and lock: a background
+        writer's commits then never hold up the requests' reads."""
+        return EventLog(self._url)
+
     @classmethod
     def from_env(cls) -> EventLog:
         """The log named by ``$OMNI_EVENTS_URL``; default SQLite at ``.omni/events.db``."""

@@ -397,7 +397,7 @@ class OmnichannelService:
         self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()
         self.writer = GroupWriter(self.log, self._apply_stored)
-        self.exposures = ExposureWriter(self.log) if exposures_enabled() else None
+        self.exposures = ExposureWriter(self.log.another()) if exposures_enabled() else None
         self.control_share, self.experiment = control_share(), experiment()
         self.state: ServingState | None = None
         self._loaded: ServingState | None = None  # loaded, but the log not yet replayed

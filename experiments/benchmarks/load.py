@@ -158,17 +158,22 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
             return json.dumps({"item_ids": [items[i % len(items)]], "store_id": store}).encode()
 
         floor_service = "experiments.benchmarks.floor_service:FloorService"
-        for name, service, path, body, auth in (
-            ("floor /recommend", floor_service, "/recommend", recommend, None),
-            ("service /recommend", serve.SERVICE, "/recommend", recommend, key),
-            ("service /availability", serve.SERVICE, "/availability", availability, key),
-            ("service /events, 1 event per request", serve.SERVICE, "/events", events(1), key),
-            ("service /events, 100 events per request", serve.SERVICE, "/events", events(100), key),
-        ):
+        no_log = {"OMNI_EXPOSURES": "off"}
+        for name, service, path, body, auth, extra in (
+            ("floor /recommend", floor_service, "/recommend", recommend, None, {}),
+            ("service /recommend", serve.SERVICE, "/recommend", recommend, key, {}),
+            ("service /recommend, no exposure log", serve.SERVICE, "/recommend", recommend, key,
+             no_log),
+            ("service /availability", serve.SERVICE, "/availability", availability, key, {}),
+            ("service /events, 1 event per request", serve.SERVICE, "/events", events(1), key, {}),
+            ("service /events, 100 events per request", serve.SERVICE, "/events", events(100),
+             key, {}),
+        ):  # fmt: skip
             port = 3900
             process = serve.start(
-                port, service, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+                port, service, env={**env, **extra}, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
             try:
                 serve.wait_ready(port, process)
                 result = drive(
@@ -188,6 +193,13 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
         "recommend_vs_floor": {
             "throughput_ratio": round(ours["throughput_rps"] / floor["throughput_rps"], 3),
             "p99_ratio": round(ours["p99_ms"] / floor["p99_ms"], 3),
+        },
+        "exposure_log": {
+            "throughput_ratio": round(
+                ours["throughput_rps"]
+                / results["service /recommend, no exposure log"]["throughput_rps"],
+                3,
+            ),
         },
         "availability_vs_floor": {
             "throughput_ratio": round(

@@ -57,6 +57,10 @@ def bench_serve_cmd(
         f"p99 x{ratios['p99_ratio']:.2f} (target <= 2); concurrency {concurrency}, "
         f"{seconds:.0f} s each, {figures['machine']}."
     )
+    out.print(
+        f"/recommend with the exposure log vs without: throughput "
+        f"x{figures['exposure_log']['throughput_ratio']:.2f} (target >= 0.9)."
+    )
     ratios = figures["availability_vs_floor"]
     out.print(
         f"/availability vs floor: throughput x{ratios['throughput_ratio']:.2f} (target >= 0.8), "
