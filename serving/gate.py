@@ -23,7 +23,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_BODY_ENV = "OMNI_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a full batch of 1,000 events is about 250 kB
 #: Open to anyone: the probes, and the API's own description (no data in it).
-PUBLIC = frozenset({"/livez", "/readyz", "/healthz", "/", "/docs", "/docs.json"})
+PUBLIC = frozenset(
+    {"/livez", "/readyz", "/healthz", "/", "/docs", "/docs.json", "/ui", "/ui/app.js"}
+)
 PUBLIC_PREFIXES = ("/static_content/",)
 ADMIN = "admin"
 

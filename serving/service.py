@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -24,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from features.demand import SERIES
@@ -281,6 +282,8 @@ class ForecastRequest(_Strict):
     store_id: Id = Field(examples=["S001"])
     item_ids: list[Id] = Field(min_length=1, max_length=1000, examples=[["I000010"]])
     horizon: int = Field(ge=1, le=365, examples=[2])
+    #: Recent periods of actual units to return beside the forecast (what the model last saw).
+    history: int = Field(default=0, ge=0, le=156, examples=[0])
 
 
 class StoreLimit(_Strict):
@@ -363,10 +366,32 @@ def _utc(text: str | None, name: str) -> pd.Timestamp:
 
 #: ``GET /model_info`` and ``GET /kpis`` (BentoML APIs are POST-only, so this small app is
 #: mounted beside them).
+UI = Path(__file__).parent / "ui"
+#: The page's own code only: no other origin, no inline script, no framing.
+UI_POLICY = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'"
+)
+
+
+async def _ui(request: Request) -> Response:
+    """The planner page (``/ui``) and its script: public, as they hold no data; every call
+    they make needs a key."""
+    name, media = (
+        ("app.js", "text/javascript")
+        if request.url.path.endswith(".js")
+        else ("index.html", "text/html")
+    )
+    headers = {"Content-Security-Policy": UI_POLICY, "X-Content-Type-Options": "nosniff"}
+    return Response((UI / name).read_bytes(), media_type=media, headers=headers)
+
+
 info_app = Starlette(
     routes=[
         Route("/model_info", _model_info, methods=["GET"]),
         Route("/kpis", _kpis, methods=["GET"]),
+        Route("/ui", _ui, methods=["GET"]),
+        Route("/ui/app.js", _ui, methods=["GET"]),
     ]
 )
 
@@ -765,6 +790,7 @@ class OmnichannelService:
                 for row in frame.to_dict(orient="records")
             ],
             "interval": state.forecaster.intervals_.label,
+            **({"actuals": _actuals(state, r)} if r.history else {}),
             "model_version": state.forecaster_version,
         }
 
@@ -874,6 +900,19 @@ OmnichannelService.add_asgi_middleware(RequestIds, routes=set(ROUTES))  # type: 
 OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(DocumentedAPI)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
+
+
+def _actuals(state: ServingState, r: ForecastRequest) -> list[dict[str, Any]]:
+    """The last ``r.history`` periods of units the forecaster saw for the store and items."""
+    history = state.forecaster.history_
+    rows = history[(history["store_id"] == r.store_id) & history["item_id"].isin(r.item_ids)]
+    recent = (
+        rows[rows["ds"] >= np.sort(rows["ds"].unique())[-r.history :].min()] if len(rows) else rows
+    )
+    return [
+        {"item_id": str(item), "period_end": ds.date().isoformat(), "units": float(y)}
+        for item, ds, y in recent[["item_id", "ds", "y"]].itertuples(index=False)
+    ]
 
 
 def _reason(fallback: bool, context: bool, store_id: str | None, channel: str) -> str:

@@ -92,6 +92,11 @@ def demo_cmd(port: Port = 3000) -> None:
         out.print(f"\n[bold green]ready[/] on http://127.0.0.1:{port} (docs: /docs). Try:\n")
         for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
             out.print(example, highlight=False, soft_wrap=True)
+        out.print(
+            f"\nThe planner page: http://127.0.0.1:{port}/ui (use the admin key, or a key with "
+            "the plan and report scopes).",
+            highlight=False,
+        )
         out.print("\nThe service keeps running; Ctrl-C stops it.", highlight=False)
         sys.stdout.flush()
         process.wait()

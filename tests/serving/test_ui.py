@@ -1,0 +1,97 @@
+"""The planner page in a real headless browser (Debian's chromium, driven by Playwright) against
+a real ``bentoml serve``: it loads with a key, draws the forecast band and the actuals, changes
+the placement when the units change, shows the KPI table, fits a phone screen, and says why
+when the key is wrong. A screenshot is written by the test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from serving.keys import create_key, keys_file
+from tests.conftest import in_ci
+from tests.processes import post, serving
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        message = (
+            "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+        )
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    """Poll from Python: the page's policy forbids the string evaluation Playwright's
+    ``wait_for_function`` uses, as it should."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        time.sleep(0.1)
+
+
+def units(page) -> int:
+    """Units sent plus units kept at the DC, as the placement note says."""
+    return sum(int(n) for n in re.findall(r"\d+", page.text_content("#pl-note") or ""))
+
+
+def test_the_planner_page_draws_forecasts_placements_and_kpis(
+    champions: Path, keys: dict[str, str], browser, tmp_path: Path
+) -> None:
+    planner = create_key(["plan", "report"], keys_file())
+    env = {**os.environ, "OMNI_EVENTS_URL": f"sqlite:///{tmp_path}/events.db"}
+    with serving(env, tmp_path / "server.log") as (port, _):
+        # Something to measure: one list shown in the app.
+        shown = {"customer_key": "LC-00009806", "channel": "app", "n": 5}
+        assert post(port, "/recommend", shown, keys["recommend"])[0] == 200
+        url = f"http://127.0.0.1:{port}/ui"
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.goto(url)
+        page.fill("#key", planner)
+        page.click("text=Use key")
+        page.wait_for_selector("#band", state="attached")
+        assert len(page.get_attribute("#band", "points").split()) >= 2 * 4  # 4 periods, 2 edges
+        assert page.get_attribute("#actuals", "points")
+        page.wait_for_selector("#pl-table tbody tr")
+        until(lambda: units(page) == 120)  # sent + kept at the DC
+        page.fill("#pl-units", "3")
+        page.dispatch_event("#pl-units", "change")
+        until(lambda: units(page) == 3)  # the allocation of the new units
+        assert int(page.text_content("#pl-note").split()[0]) <= 3
+        page.wait_for_selector("#kpi-table tbody tr")
+        rows = page.locator("#kpi-table tbody tr").all_text_contents()
+        assert any(row.startswith("recommend / app") for row in rows), rows
+        page.screenshot(path=str(tmp_path / "planner.png"), full_page=True)
+        assert (tmp_path / "planner.png").stat().st_size > 10_000
+        assert not problems, problems  # nothing blocked by the page's own security policy
+
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(url)
+        assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        phone.fill("#key", "omni_not_a_real_key")
+        phone.click("text=Use key")
+        until(lambda: bool(phone.text_content("#fc-error")))
+        assert "key" in phone.text_content("#fc-error").lower()
+        phone.screenshot(path=str(tmp_path / "planner-phone.png"), full_page=True)
