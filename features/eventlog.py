@@ -506,11 +506,18 @@ class EventLog:
             events, movements = cursor.fetchone()
             return int(events), int(movements)
 
-    def read(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
-        """Logged events with ``after < seq <= upto``, typed exactly as an ingested events file
-        (in arrival order)."""
+    def read(
+        self,
+        after: int = 0,
+        upto: int | None = None,
+        since: pd.Timestamp | None = None,
+        until: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Logged events with ``after < seq <= upto`` (and, when given, an ``event_time``
+        after ``since`` and at most ``until``, naive UTC), typed exactly as an ingested events
+        file (in arrival order)."""
         with self._transaction() as cursor:
-            return self._select(cursor, EVENTS, after, upto).drop(columns="seq")
+            return self._select(cursor, EVENTS, after, upto, since, until).drop(columns="seq")
 
     def read_movements(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
         """Logged movements with ``after < seq <= upto``, typed, with their position ``seq``."""
@@ -518,17 +525,29 @@ class EventLog:
             return self._select(cursor, MOVEMENTS, after, upto)
 
     def _select(
-        self, cursor: Any, schema: TableSchema, after: int, upto: int | None
+        self,
+        cursor: Any,
+        schema: TableSchema,
+        after: int,
+        upto: int | None,
+        since: pd.Timestamp | None = None,
+        until: pd.Timestamp | None = None,
     ) -> pd.DataFrame:
         """Rows of a table with ``after < seq <= upto`` through the table's contract, with their
         ``seq``; a stored row that breaks it is quarantined (logged once, counted in
         :attr:`quarantined`)."""
         columns = tuple(c.name for c in schema.columns)
         p = self._param
+        # Times are stored as ISO text (naive UTC), so text order is time order; the first
+        # column is the table's time. A stored row with an odd time is kept out either way.
+        window = f" AND {columns[0]} > {p} AND {columns[0]} <= {p}" if since or until else ""
+        bounds = (
+            (_iso(since or pd.Timestamp.min), _iso(until or pd.Timestamp.max)) if window else ()
+        )
         cursor.execute(
             f"SELECT {', '.join(columns)}, seq FROM omni_{schema.name} "
-            f"WHERE seq > {p} AND seq <= {p} ORDER BY seq",
-            (after, upto if upto is not None else 2**62),
+            f"WHERE seq > {p} AND seq <= {p}{window} ORDER BY seq",
+            (after, upto if upto is not None else 2**62, *bounds),
         )
         raw = pd.DataFrame(
             [[_text(v) for v in row] for row in cursor.fetchall()],
@@ -574,7 +593,9 @@ class EventLog:
             )
             rows = cursor.fetchall()
         frame = pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
-        frame["shown_at"] = pd.to_datetime(frame["shown_at"]).astype("datetime64[us]")
+        frame["shown_at"] = pd.to_datetime(frame["shown_at"], format="ISO8601").astype(
+            "datetime64[us]"
+        )
         frame["items"] = [json.loads(items) for items in frame["items"]]
         return frame
 

@@ -2,19 +2,21 @@
 channel with the uplift against control.
 
 * **Arms.** A customer is in the control arm when a stable hash of their ``customer_id`` and the
-  experiment's name falls below the control share (:func:`arms`): the same customer gets the same
-  arm in every channel, worker and restart, until the experiment is renamed.
+  experiment's name falls below the control share (:func:`arms`): the same arm in every worker and
+  restart and in every linked channel, for as long as the customer keeps that id.
 * **Attribution** (:func:`attribute`). A view or purchase of an item shown to the same unified
   customer within the window after it was shown counts for that showing — whatever the channel
   (shown in the app, bought in a store). When an item was shown several times, the latest
-  showing before the event gets it (last touch), so no purchase counts twice.
+  showing before the event gets it (last touch), so no purchase counts twice in a route (a list
+  and an offer of the same item each count it).
 * **KPIs** (:func:`kpis`). Per channel where the list was shown, and across channels: exposures,
-  customers, view-through and purchase conversion (the share of exposures followed by a view /
-  purchase of an item in them), attributed revenue, the share of attributed purchases made in
-  another channel, and the uplift of the customers' conversion against the control arm with a
-  95% interval (difference of two proportions, normal approximation). For ``/recommend`` the
-  control arm was shown the popular list; for ``/offers`` it was sent nothing, and its exposures
-  record the offers withheld, so that redemption is compared on the same footing.
+  customers (both arms), view-through and purchase conversion (the share of the treatment arm's
+  exposures followed by a view / purchase of an item in them) and attributed revenue (treatment),
+  the share of attributed purchases (both arms) made in another channel, and the uplift of the
+  customers' conversion against the control arm with a 95% interval (difference of two
+  proportions, normal approximation). The control arm's exposures record what it was *not*
+  shown — the personal list (it saw the popular one), or the offers withheld — so both arms are
+  measured on the same items.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def attribute(
     prices: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Every view and purchase of a shown item by the customer it was shown to, within
-    ``window`` after the showing, credited to the latest such showing.
+    ``window`` after the showing, credited to the latest such showing of its route.
 
     Args:
         exposures: ``shown_at, customer_id, channel, route, arm, items`` (a list per row).
@@ -65,7 +67,7 @@ def attribute(
         ``event_type``, ``item_id``, ``channel`` (where it happened), ``shown_in`` (the
         channel of the showing), ``revenue``.
     """
-    shown = exposures[["shown_at", "customer_id", "channel", "items"]].dropna(
+    shown = exposures[["shown_at", "customer_id", "channel", "route", "items"]].dropna(
         subset=["customer_id"]
     )
     shown = shown.rename(columns={"channel": "shown_in"})
@@ -79,7 +81,8 @@ def attribute(
     pairs = acts.merge(shown, on=["customer_id", "item_id"])
     after = pairs["event_time"] - pairs["shown_at"]
     pairs = pairs[(after > pd.Timedelta(0)) & (after <= window)]
-    credited = pairs.sort_values("shown_at").drop_duplicates("event", keep="last")
+    # Within a route: an offer withheld from the control arm never takes a list's credit.
+    credited = pairs.sort_values("shown_at").drop_duplicates(["event", "route"], keep="last")
     price = credited["unit_price"]
     if prices is not None:
         price = price.fillna(credited["item_id"].map(prices))
@@ -171,8 +174,7 @@ def measure(
     the events logged up to ``until + window``, their customers unified by ``key_ids`` (a key
     not in it is the customer its first event makes)."""
     exposures = log.read_exposures(since, until)
-    events = log.read()
-    events = events[(events["event_time"] > since) & (events["event_time"] <= until + window)]
+    events = log.read(since=since, until=until + window)
     known = events["customer_key"].notna()
     customers = pd.Series(None, index=events.index, dtype=object)
     if known.any():
@@ -181,3 +183,49 @@ def measure(
         )
         customers[known] = ids
     return kpis(exposures, events.assign(customer_id=customers), window, prices)
+
+
+#: How long a report may span, and its attribution window at most.
+MAX_SPAN, MAX_WINDOW = pd.Timedelta(days=366), pd.Timedelta(days=90)
+
+
+def period(
+    since: str | None, until: str | None, window_days: float
+) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timedelta]:
+    """A report's ``(since, until, window)`` from ISO times (naive = UTC; ``until`` missing =
+    now) and days.
+
+    Raises:
+        ValueError: one sentence: a time that is not ISO, since not before until, a span over
+            a year, a window outside (0, 90] days, or times outside 2000 - now + 1 day.
+    """
+    start = _utc(since, "since")
+    end = _utc(until, "until") if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
+    if not pd.Timestamp("2000-01-01") <= start < end <= latest or end - start > MAX_SPAN:
+        raise ValueError(
+            "since must come before until, both between 2000 and now, at most a year apart."
+        )
+    if not 0 < window_days <= MAX_WINDOW.days:
+        raise ValueError("The attribution window must be more than 0 and at most 90 days.")
+    return start, end, pd.Timedelta(days=window_days)
+
+
+def _utc(text: str | None, name: str) -> pd.Timestamp:
+    if not text:
+        raise ValueError(f"Give {name} as an ISO time.")
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} is not an ISO time.") from None
+    if pd.isna(stamp):
+        raise ValueError(f"{name} is not an ISO time.")
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """The KPI table as JSON-ready rows (NaN as None)."""
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]

@@ -351,18 +351,24 @@ def top_for_customer(
     min_price: float | None = None,
     max_price: float | None = None,
     now: pd.Timestamp | None = None,
+    popular: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One customer's best ``n`` items under every rule (the service's per-request path).
 
     ``now`` is the time of the request: a repurchasable item bought shortly before moves down
-    (see :class:`BusinessRules`); None leaves timing out.
+    (see :class:`BusinessRules`); None leaves timing out. ``popular`` ranks by the store's (or
+    channel's) popularity instead of the model's scores, still under this customer's rules (a
+    control arm: nothing personal, nothing they may not be offered).
 
     Returns:
         ``(columns, scores, fallback)``: item columns best first, their scores, and whether
         they are the popularity fallback.
     """
     scores, fallback = model.scores_for(
-        customer_id, extra_history, store_id=store_id, channel=channel
+        "" if popular else customer_id,
+        None if popular else extra_history,
+        store_id=store_id,
+        channel=channel,
     )
     allowed = rules.allowed(
         channel=channel, store_id=store_id, promotable_only=promotable_only,

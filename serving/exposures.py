@@ -4,7 +4,8 @@ request path.
 A request only appends a tuple to a list; a background thread writes what has gathered every
 :data:`FLUSH_SECONDS` (or sooner, at :data:`BATCH` rows) in one transaction. Exposures are
 measurement, not orders: when the store is down they wait, up to :data:`BACKLOG` rows (the
-oldest are dropped beyond, with a warning), and a crash loses at most the last second's.
+oldest are dropped beyond, with a warning); a stop writes what is queued, a crash loses at most
+the last second's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 
 from features.eventlog import EventLog, EventStoreUnavailable
 
@@ -50,11 +52,11 @@ def enabled() -> bool:
 
 class ExposureWriter:
     """Gathers exposure rows (:data:`features.eventlog.EXPOSURE_COLUMNS`) and writes them in
-    batches from one daemon thread."""
+    batches from one daemon thread (and at shutdown: :meth:`flush`)."""
 
     def __init__(self, log: EventLog) -> None:
         self._log = log
-        self._rows: list[tuple] = []
+        self._rows: deque[tuple] = deque(maxlen=BACKLOG)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._dropped = 0
@@ -64,24 +66,38 @@ class ExposureWriter:
     def record(self, row: tuple) -> None:
         """Queue one answer's exposure; never blocks on the store."""
         with self._lock:
+            self._dropped += len(self._rows) == BACKLOG  # the oldest makes room
             self._rows.append(row)
-            if len(self._rows) > BACKLOG:
-                del self._rows[: len(self._rows) - BACKLOG]
-                self._dropped += 1
             full = len(self._rows) >= BATCH
         if full:
             self._wake.set()
 
     def flush(self) -> None:
-        """Write everything queued now (the thread does so by itself; for tests and stops)."""
+        """Write everything queued now. When the store is down the rows go back in front (and
+        EventStoreUnavailable is raised); a row the store refuses is dropped alone, logged."""
         with self._lock:
-            rows, self._rows = self._rows, []
+            rows = list(self._rows)
+            self._rows.clear()
         try:
             self._log.append_exposures(rows)
         except EventStoreUnavailable:
-            with self._lock:  # back in front, to be written when the store answers
-                self._rows[:0] = rows
+            with self._lock:
+                self._dropped += max(len(rows) + len(self._rows) - BACKLOG, 0)
+                self._rows.extendleft(reversed(rows))  # back in front; the newest kept
             raise
+        except Exception:
+            self._one_by_one(rows)
+
+    def _one_by_one(self, rows: list[tuple]) -> None:
+        refused = 0
+        for row in rows:
+            try:
+                self._log.append_exposures([row])
+            except EventStoreUnavailable:
+                raise
+            except Exception:
+                refused += 1
+        logger.warning("The event store refused %d exposure(s); the others are written.", refused)
 
     def _run(self) -> None:
         while True:
@@ -92,7 +108,8 @@ class ExposureWriter:
             except EventStoreUnavailable:
                 pass  # /readyz says so; the rows wait
             except Exception:
-                logger.exception("Could not write exposures; they wait for the next attempt.")
-            if self._dropped:
-                logger.warning("Dropped %d exposures: the event store is down.", self._dropped)
-                self._dropped = 0
+                logger.exception("Could not write exposures.")
+            with self._lock:
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                logger.warning("Dropped %d exposures: the event store was down too long.", dropped)

@@ -37,7 +37,7 @@ from features.eventlog import (
     check_movements,
     redact_urls,
 )
-from features.measurement import TREATMENT, arms, measure
+from features.measurement import CONTROL, TREATMENT, arms, measure, period, records
 from features.schema import MAX_ID_LENGTH, Bounds
 from features.stock import DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
@@ -334,38 +334,20 @@ async def _kpis(request: Request) -> JSONResponse:
     """``GET /kpis?since=...&until=...&window_days=7``: see :meth:`OmnichannelService.kpis`."""
     query = request.query_params
     try:
-        since = _utc(query.get("since"), "since")
-        until = _utc(query.get("until"), "until") if "until" in query else _utc("now", "until")
         days = float(query.get("window_days", "7"))
+        since, until, window = period(query.get("since"), query.get("until"), days)
     except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=422)
-    if not 0 < days <= 90 or not since < until or until - since > pd.Timedelta(days=366):
-        message = "window_days must be in (0, 90], and since before until, at most a year apart."
+        message = str(exc) if "could not convert" not in str(exc) else "window_days is a number."
         return JSONResponse({"error": message}, status_code=422)
     service = bentoml.get_current_service()
     try:
-        answer = await run_in_threadpool(service.kpis, since, until, pd.Timedelta(days=days))
+        answer = await run_in_threadpool(service.kpis, since, until, window)
     except (Unavailable, EventStoreUnavailable) as exc:
         headers = {"Retry-After": str(RETRY_AFTER)}
         return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
     return JSONResponse(answer)
 
 
-def _utc(text: str | None, name: str) -> pd.Timestamp:
-    """An ISO time (or ``now``) as naive UTC; ValueError naming the parameter otherwise."""
-    if not text:
-        raise ValueError(f"Give {name} as an ISO time.")
-    try:
-        stamp = pd.Timestamp.now(tz="UTC") if text == "now" else pd.Timestamp(text)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{name} is not an ISO time.") from None
-    if pd.isna(stamp):
-        raise ValueError(f"{name} is not an ISO time.")
-    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
-
-
-#: ``GET /model_info`` and ``GET /kpis`` (BentoML APIs are POST-only, so this small app is
-#: mounted beside them).
 UI = Path(__file__).parent / "ui"
 #: The page's own code only: no other origin, no inline script, no framing.
 UI_POLICY = (
@@ -424,6 +406,7 @@ class OmnichannelService:
         self.writer = GroupWriter(self.log, self._apply_stored)
         self.exposures = ExposureWriter(self.log.another()) if exposures_enabled() else None
         self.control_share, self.experiment = control_share(), experiment()
+        self._reporting = threading.Semaphore(1)
         self.state: ServingState | None = None
         self._loaded: ServingState | None = None  # loaded, but the log not yet replayed
         #: Why the service is not ready, or why the event store is failing (None when fine).
@@ -431,6 +414,15 @@ class OmnichannelService:
         self._reload_lock = threading.Lock()
         self._next_attempt = 0.0
         self._try_load()
+
+    @bentoml.on_shutdown
+    def _write_exposures(self) -> None:
+        """At a stop, what the exposure log has queued is written (if the store answers)."""
+        if self.exposures is not None:
+            try:
+                self.exposures.flush()
+            except EventStoreUnavailable:
+                log.warning("The event store is down: this worker's last exposures are lost.")
 
     def _try_load(self) -> None:
         """Load the champions and replay the log, unless another thread is at it or the last
@@ -541,14 +533,20 @@ class OmnichannelService:
                 (np.full(len(context), weight, np.float32), (np.zeros(len(context)), context)),
                 shape=(1, len(model.item_ids_)),
             )
-        scored = customer if customer is not None and arm == TREATMENT else ""  # control: popular
-        columns, scores, fallback = top_for_customer(
-            model, state.rules, scored, r.n,
+        ask = dict(
             channel=r.channel, store_id=r.store_id, extra_history=extra, exclude_columns=context,
             now=state.clock(), **filters,
         )  # fmt: skip
+        columns, scores, fallback = top_for_customer(model, state.rules, customer or "", r.n, **ask)
         items = model.item_ids_.take(columns).tolist()  # not the whole index per request
+        # The control arm is shown the popular list; what it was not shown is recorded, so that
+        # both arms are measured on the same items (the personal ones).
         self._shown(ctx, "recommend", who, r.channel, r.store_id, arm, state, items)
+        if arm == CONTROL:
+            columns, scores, fallback = top_for_customer(
+                model, state.rules, customer or "", r.n, popular=True, **ask
+            )
+            items = model.item_ids_.take(columns).tolist()
         where = state.rules.available_at(columns)
         reason = _reason(fallback, bool(len(context)), r.store_id, str(r.channel))
         return {
@@ -576,14 +574,16 @@ class OmnichannelService:
     def _shown(
         self, ctx: bentoml.Context, route: str, who: str | None, channel: str | None,
         store_id: str | None, arm: str, state: ServingState, items: list[str],
+        at: datetime | None = None,
     ) -> None:  # fmt: skip
-        """Record an answer in the exposure log (batched off the request path)."""
+        """Record an answer in the exposure log (batched off the request path); ``at`` is when
+        it reaches the customer (now, unless an offer is to be sent later)."""
         if self.exposures is not None:
-            now = datetime.now(UTC).replace(tzinfo=None).isoformat()
+            when = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
             request_id = ctx.request.headers.get(REQUEST_ID, "-")
             self.exposures.record(
-                (now, request_id, route, who, channel, store_id, arm,
-                 state.recommender_version, items)
+                (when.isoformat(timespec="microseconds"), request_id, route, who, channel,
+                 store_id, arm, state.recommender_version, items)
             )  # fmt: skip
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
@@ -621,13 +621,15 @@ class OmnichannelService:
         )  # fmt: skip
         arm = self._arm(customer)
         items = model.item_ids_.take(columns).tolist()
-        # The control arm is sent nothing; what it was not sent is recorded, to compare with.
-        self._shown(ctx, "offers", customer, channel, None, arm, state, items)
+        send_at = _next(int(habit["weekday"]), int(habit["hour"]))
+        # The control arm is sent nothing; what it was not sent is recorded, to compare with,
+        # from when it would have been sent.
+        self._shown(ctx, "offers", customer, channel, None, arm, state, items, at=send_at)
         shown = zip(items, scores, strict=True) if arm == TREATMENT else iter(())
         return {
             "customer_id": customer,
             "channel": channel,
-            "send_at": _next(int(habit["weekday"]), int(habit["hour"])).isoformat(),
+            "send_at": send_at.isoformat(),
             "items": [
                 {"item_id": item, "score": float(score), "rank": rank}
                 for rank, (item, score) in enumerate(shown, start=1)
@@ -834,21 +836,24 @@ class OmnichannelService:
         channel and across channels (features/measurement.py). Reads the whole event log: a
         dashboard's or an analyst's call, not a per-customer one."""
         state = self._state()
-        if self.exposures is not None:
-            self.exposures.flush()  # this worker's latest answers count too
-        prices = pd.Series(state.rules.price, index=state.rules.item_ids)
-        table = measure(self.log, state.salt, state.key_ids, since, until, window, prices)
-        rows = [
-            {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}
-            for row in table.to_dict(orient="records")
-        ]
+        if not self._reporting.acquire(blocking=False):  # one at a time per worker
+            raise Unavailable("A KPI report is being computed; retry in a few seconds.")
+        log = self.log.another()  # the requests' own connection is not held up meanwhile
+        try:
+            if self.exposures is not None:
+                self.exposures.flush()  # this worker's latest answers count too
+            prices = pd.Series(state.rules.price, index=state.rules.item_ids)
+            table = measure(log, state.salt, state.key_ids, since, until, window, prices)
+        finally:
+            log.close()
+            self._reporting.release()
         return {
             "since": since.isoformat(),
             "until": until.isoformat(),
             "window_days": window / pd.Timedelta(days=1),
             "control_share": self.control_share,
             "experiment": self.experiment,
-            "rows": rows,
+            "rows": records(table),
         }
 
     def model_info(self) -> dict[str, Any]:

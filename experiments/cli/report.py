@@ -32,39 +32,24 @@ def report_kpis_cmd(
     unified as the recommender champion unified them."""
     from experiments.pipelines.measurement import champion_context, log_kpis
     from features.eventlog import EventLog
-    from features.measurement import measure
+    from features.measurement import measure, period, records
 
-    start, end = _time(since, "--since"), _time(until, "--until")
-    if not 0 < window_days <= 90 or start >= end:
-        raise UsageError("--window-days must be in (0, 90] and --since before --until.")
+    try:
+        start, end, window = period(since, until, window_days)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     key_ids, prices = champion_context()
     log = EventLog.from_env()
     try:
-        table = measure(
-            log, identity_config().salt, key_ids, start, end, pd.Timedelta(days=window_days),
-            prices,
-        )  # fmt: skip
+        table = measure(log, identity_config().salt, key_ids, start, end, window, prices)
     finally:
         log.close()
     _print(table, start, end, window_days)
     if metrics_out:
-        rows = [{k: _plain(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
         payload = {"since": str(start), "until": str(end), "window_days": window_days}
-        metrics_out.write_text(json.dumps({**payload, "rows": rows}, indent=2) + "\n")
+        metrics_out.write_text(json.dumps({**payload, "rows": records(table)}, indent=2) + "\n")
     if log_mlflow and len(table):
         log_kpis(table, start, end, window_days)
-
-
-def _time(text: str | None, option: str) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(text) if text else pd.Timestamp.now(tz="UTC")
-    except ValueError as exc:
-        raise UsageError(f"{option} {text!r} is not an ISO time.") from exc
-    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
-
-
-def _plain(value: object) -> object:
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: float) -> None:

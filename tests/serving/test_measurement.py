@@ -123,3 +123,40 @@ def test_the_kpi_report_recovers_a_known_uplift_and_none_where_there_is_none(
 
     runs = mlflow.search_runs(experiment_names=["kpis"])
     assert "metrics.recommend.all.uplift" in runs.columns
+
+
+def test_the_control_arm_sees_the_popular_list_and_its_personal_list_is_recorded(
+    champions: Path,
+    keys: dict[str, str],
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from features.eventlog import EventLog
+    from serving.service import OmnichannelService
+    from tests.conftest import SAMPLE
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    monkeypatch.setenv("OMNI_EVENTS_URL", url)
+    monkeypatch.setenv("OMNI_CONTROL_SHARE", "0.5")
+    monkeypatch.setitem(OmnichannelService.config, "metrics", {"enabled": False})
+    cards = pd.read_csv(SAMPLE / "events.csv.gz", usecols=["channel", "customer_key"])
+    cards = cards[cards["channel"] == "store"]["customer_key"].dropna().unique()[:40]
+    answers = {}
+    with own_service() as app:
+        for card in cards:
+            body = {"customer_key": str(card), "channel": "store", "n": 10}
+            answer = app.post("/recommend", json=body, headers=as_(keys, "recommend")).json()
+            answers[answer["customer_id"]] = answer
+        since = pd.Timestamp.now(tz="UTC").tz_localize(None) - pd.Timedelta(hours=1)
+        flushed = app.get("/kpis", params={"since": since.isoformat()}, headers=as_(keys, "report"))
+        assert flushed.status_code == 200
+    arms = {a["arm"] for a in answers.values()}
+    assert arms == {"control", "treatment"}  # 40 customers, half and half by hash
+    recorded = EventLog(url).read_exposures().set_index("customer_id")["items"]
+    for customer, answer in answers.items():
+        shown = [item["item_id"] for item in answer["items"]]
+        if answer["arm"] == "treatment":
+            assert not answer["fallback"] and recorded[customer] == shown
+        else:  # shown the popular list; what was recorded is the personal one it did not see
+            assert answer["fallback"] and recorded[customer] != shown
