@@ -369,24 +369,40 @@ def stock_history(
     return entries.drop(columns=["_count", "value"]).reset_index(drop=True)
 
 
-def stock_kpis(history: pd.DataFrame, until: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
-    """Per pair and overall: stock-out hours (on hand <= 0) from the pair's first record to
-    ``until``, and the accuracy of the books against stock counts (``count`` movements; the
-    training snapshot is where the books start, not a check of them).
+def stock_kpis(
+    history: pd.DataFrame,
+    until: pd.Timestamp,
+    since: pd.Timestamp | None = None,
+    demand_per_hour: pd.Series | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Per pair and overall, from ``since`` (default: each pair's first record) to ``until``:
+    stock-out hours (on hand <= 0) and, given the demand model's units per hour of each pair,
+    the units lost to them (censored demand); units sold (net of returns), the time-weighted
+    average on hand and the turnover (sold / average on hand); and the accuracy of the books
+    against stock counts (``count`` movements; the training snapshot is where the books start,
+    not a check of them).
 
     Returns:
         ``(pairs, summary)``: per pair ``node_id, item_id, on_hand`` (at ``until``),
-        ``stockout_hours``, ``hours``, ``counts``, ``count_abs_error``; and the totals.
+        ``stockout_hours``, ``hours``, ``lost_units``, ``sold``, ``average_on_hand``,
+        ``turnover``, ``counts``, ``count_abs_error``; and the totals.
     """
     history = history[history["time"] <= until]
     pair = [history["node_id"], history["item_id"]]
+    starts = (
+        history["time"] if since is None else history["time"].where(history["time"] > since, since)
+    )
     ends = history["time"].groupby(pair).shift(-1).fillna(until)
-    hours = (ends - history["time"]).dt.total_seconds() / 3600
-    counted = history["kind"] == "count"
+    hours = ((ends - starts).dt.total_seconds() / 3600).clip(lower=0)
+    inside = history["time"] > since if since is not None else history["time"].notna()
+    counted = (history["kind"] == "count") & inside
     error = (history["on_hand"] - history["book"]).where(counted)
+    sold = -history["change"].where(history["kind"].isin(("purchase", "return")) & inside, 0.0)
     frame = history.assign(
         hours=hours,
         stockout_hours=hours.where(history["on_hand"] <= 0, 0.0),
+        unit_hours=hours * history["on_hand"].clip(lower=0),
+        sold=sold,
         counts=counted.astype(int),
         count_abs_error=error.abs(),
         count_error=error,
@@ -395,17 +411,33 @@ def stock_kpis(history: pd.DataFrame, until: pd.Timestamp) -> tuple[pd.DataFrame
         on_hand=("on_hand", "last"),
         stockout_hours=("stockout_hours", "sum"),
         hours=("hours", "sum"),
+        unit_hours=("unit_hours", "sum"),
+        sold=("sold", "sum"),
         counts=("counts", "sum"),
         count_abs_error=("count_abs_error", "sum"),
     )
+    pairs = pairs[pairs["hours"] > 0].reset_index(drop=True)
+    pairs["average_on_hand"] = pairs.pop("unit_hours") / pairs["hours"]
+    pairs["turnover"] = pairs["sold"] / pairs["average_on_hand"].where(pairs["average_on_hand"] > 0)
+    rate = (
+        demand_per_hour.reindex(pd.MultiIndex.from_frame(pairs[["node_id", "item_id"]])).to_numpy()
+        if demand_per_hour is not None
+        else np.nan
+    )
+    pairs["lost_units"] = pairs["stockout_hours"] * rate
     errors = frame["count_error"].dropna()
+    nan = float("nan")
+    stocked = pairs["average_on_hand"].sum()
     summary = {
         "pairs": len(pairs),
         "stockout_hours": float(pairs["stockout_hours"].sum()),
         "stockout_share": float(pairs["stockout_hours"].sum() / max(pairs["hours"].sum(), 1e-9)),
+        "lost_units": float(pairs["lost_units"].sum(min_count=1)),
+        "units_sold": float(pairs["sold"].sum()),
+        "turnover": float(pairs["sold"].sum() / stocked) if stocked > 0 else nan,
         "counts": len(errors),
-        "counts_exact": float((errors == 0).mean()) if len(errors) else float("nan"),
-        "count_mean_abs_error": float(errors.abs().mean()) if len(errors) else float("nan"),
-        "count_mean_error": float(errors.mean()) if len(errors) else float("nan"),
+        "counts_exact": float((errors == 0).mean()) if len(errors) else nan,
+        "count_mean_abs_error": float(errors.abs().mean()) if len(errors) else nan,
+        "count_mean_error": float(errors.mean()) if len(errors) else nan,
     }
     return pairs, summary

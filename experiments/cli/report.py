@@ -23,14 +23,20 @@ def report_kpis_cmd(
     window_days: Annotated[
         float, typer.Option(help="Days after an exposure a view or purchase counts for it.")
     ] = 7.0,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="With this data directory's inventory: the stock side too."),
+    ] = None,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the table as JSON.")] = None,
     log_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = True,
 ) -> None:
     """Exposures, view-through and purchase conversion, attributed revenue, cross-channel
     purchases and the uplift against the control arm (95% interval), per channel and route,
     from the exposure log and the events in the event store ($OMNI_EVENTS_URL); customers are
-    unified as the recommender champion unified them."""
-    from experiments.pipelines.measurement import champion_context, log_kpis
+    unified as the recommender champion unified them. With --data, the stock side too:
+    stock-out hours, the units they lost (the forecaster champion's demand), units sold,
+    turnover and the books against stock counts."""
+    from experiments.pipelines.measurement import champion_context, log_kpis, stock_side
     from features.eventlog import EventLog
     from features.measurement import measure, period, records
 
@@ -42,14 +48,19 @@ def report_kpis_cmd(
     log = EventLog.from_env()
     try:
         table = measure(log, identity_config().salt, key_ids, start, end, window, prices)
+        stock = stock_side(data, log, start, end) if data else None
     finally:
         log.close()
     _print(table, start, end, window_days)
+    payload = {"since": str(start), "until": str(end), "window_days": window_days}
+    payload["rows"] = records(table)
+    if stock is not None:
+        _print_stock(*stock)
+        payload["stock"] = {k: _plain(v) for k, v in stock[1].items()}
     if metrics_out:
-        payload = {"since": str(start), "until": str(end), "window_days": window_days}
-        metrics_out.write_text(json.dumps({**payload, "rows": records(table)}, indent=2) + "\n")
-    if log_mlflow and len(table):
-        log_kpis(table, start, end, window_days)
+        metrics_out.write_text(json.dumps(payload, indent=2) + "\n")
+    if log_mlflow and (len(table) or stock is not None):
+        log_kpis(table, start, end, window_days, stock[1] if stock else None)
 
 
 def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: float) -> None:
@@ -73,3 +84,27 @@ def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: fl
 
 def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def _plain(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _print_stock(pairs: pd.DataFrame, summary: dict) -> None:
+    by_store = pairs.groupby("node_id").agg(
+        stockout_hours=("stockout_hours", "sum"), lost_units=("lost_units", "sum"),
+        sold=("sold", "sum"), average_on_hand=("average_on_hand", "sum"),
+    )  # fmt: skip
+    shown = Table("node", "stock-out h", "lost units (est.)", "sold", "turnover", title="stock")
+    for node, row in by_store.iterrows():
+        turnover = row["sold"] / row["average_on_hand"] if row["average_on_hand"] > 0 else math.nan
+        shown.add_row(
+            str(node), f"{row['stockout_hours']:,.0f}", f"{row['lost_units']:,.1f}",
+            f"{row['sold']:,.0f}", "-" if math.isnan(turnover) else f"{turnover:.2f}",
+        )  # fmt: skip
+    out.print(shown)
+    out.print(
+        f"Out of stock {_pct(summary['stockout_share'])} of the time, about "
+        f"{summary['lost_units']:,.0f} units lost; turnover {summary['turnover']:.2f}; "
+        f"{summary['counts']} stock counts, mean |error| {summary['count_mean_abs_error']:.2f}."
+    )

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 
 from experiments.pipelines.training import pyplot
-from serving.registry import CONTEXT_DIR, RECOMMENDER, champion
+from features.demand import PERIOD, frequency
+from features.eventlog import EventLog
+from features.ingest import load_dataset
+from features.stock import stock_history, stock_kpis
+from models.forecast import LightGBMForecaster
+from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, champion
 
 EXPERIMENT = "kpis"
 
@@ -27,18 +34,46 @@ def champion_context() -> tuple[dict[str, str], pd.Series | None]:
     return dict(zip(keys["key_id"], keys["customer_id"], strict=True)), prices
 
 
-def log_kpis(table: pd.DataFrame, since: pd.Timestamp, until: pd.Timestamp, days: float) -> None:
-    """One MLflow run: every figure as a metric (``route.channel.figure``), the table as JSON
-    and the uplift per channel with its interval as a plot."""
+def stock_side(
+    data_dir: Path, log: EventLog, since: pd.Timestamp, until: pd.Timestamp
+) -> tuple[pd.DataFrame, dict]:
+    """The stock KPIs of the period (:func:`features.stock.stock_kpis`) from the inventory
+    snapshot of ``data_dir`` and the logged movements and sales, with the units lost to
+    stock-outs estimated by the forecaster champion: its first period's mean demand of each
+    store and item, per hour."""
+    tables = load_dataset(data_dir, ("inventory",))
+    inventory = tables["inventory"].accepted if "inventory" in tables else None
+    history = stock_history(inventory, log.read_movements(), log.read(until=until))
+    model = LightGBMForecaster.load(champion(FORECASTER)[1])
+    forecast = model.predict(model.history_)
+    first = forecast[forecast[PERIOD] == forecast[PERIOD].min()]
+    hours = 24.0 * frequency(model.freq).days
+    rate = first.set_index(["store_id", "item_id"])["mean"].astype(float) / hours
+    return stock_kpis(history, until, since, rate)
+
+
+def log_kpis(
+    table: pd.DataFrame,
+    since: pd.Timestamp,
+    until: pd.Timestamp,
+    days: float,
+    stock: dict | None = None,
+) -> None:
+    """One MLflow run: every figure as a metric (``route.channel.figure``, ``stock.figure``),
+    the table as JSON and the uplift per channel with its interval as a plot."""
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=f"kpis {since:%Y-%m-%d} - {until:%Y-%m-%d}"):
         mlflow.log_params({"since": str(since), "until": str(until), "window_days": days})
+        if stock:
+            mlflow.log_metrics(
+                {f"stock.{k}": float(v) for k, v in stock.items() if not math.isnan(float(v))}
+            )
+        if not len(table):
+            return
         figures = table.melt(id_vars=["route", "channel"]).dropna(subset=["value"])
-        names = (
-            figures["route"] + "." + figures["channel"] + "." + figures["variable"]
-        ).str.replace(
-            r"[^\w.\- /]", "_", regex=True
-        )  # channels are named by clients; MLflow takes only these characters
+        names = figures["route"] + "." + figures["channel"] + "." + figures["variable"]
+        # Channels are named by clients; MLflow takes only these characters in a name.
+        names = names.str.replace(r"[^\w.\- /]", "_", regex=True)
         mlflow.log_metrics(dict(zip(names, figures["value"].astype(float), strict=True)))
         mlflow.log_text(json.dumps(table.to_dict(orient="records"), default=str), "kpis.json")
         measured = table.dropna(subset=["uplift"])

@@ -243,3 +243,20 @@ def test_stockout_hours_and_count_accuracy() -> None:
     assert set(pairs["node_id"]) == {"S1", "S2"}
     assert summary["counts"] == 1 and summary["count_mean_error"] == -1.0
     assert summary["stockout_hours"] == 8.0 and summary["stockout_share"] == 8 / 28
+    # 5 sold; on hand 5 for 2 h, 0 for 8 h, 3 for 2 h, 2 for 12 h: 40 unit-hours in 24 h.
+    assert (row["sold"], row["average_on_hand"]) == (5.0, pytest.approx(40 / 24))
+    assert row["turnover"] == pytest.approx(3.0)
+    # From 06:00: out of stock until the receipt at 10:00; the model expects 0.5 units an hour.
+    rate = pd.Series([0.5], index=pd.MultiIndex.from_tuples([("S1", "a")]))
+    late, totals = stock_kpis(
+        trail, until=T0 + pd.Timedelta(hours=24), since=T0 + pd.Timedelta(hours=6),
+        demand_per_hour=rate,
+    )  # fmt: skip
+    row = late.set_index(["node_id", "item_id"]).loc[("S1", "a")]
+    assert (row["stockout_hours"], row["hours"], row["lost_units"], row["sold"]) == (
+        4.0,
+        18.0,
+        2.0,
+        0.0,
+    )
+    assert totals["lost_units"] == 2.0 and row["counts"] == 1

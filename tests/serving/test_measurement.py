@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import SAMPLE
 from tests.processes import omni
 from tests.serving.conftest import as_
 
@@ -49,20 +50,23 @@ def phase(
 
 
 def purchase(
-    app: TestClient, keys: dict[str, str], channel: str, key: str, item: str, event_id: str
-) -> None:
+    app: TestClient, keys: dict[str, str], channel: str, key: str, item: str, event_id: str,
+    store: str | None = None,
+) -> None:  # fmt: skip
     event = {
         "event_time": now(), "channel": channel, "event_type": "purchase", "item_id": item,
         "customer_key": key, "quantity": 1, "unit_price": 5.0, "event_id": event_id,
+        **({"store_id": store} if store else {}),
     }  # fmt: skip
     stored = app.post("/events", json={"events": [event]}, headers=as_(keys, "recommend"))
     assert stored.json()["stored"] == 1, stored.text
 
 
-def report(since: str, until: str, out: Path, mlflow_on: bool) -> dict:
+def report(since: str, until: str, out: Path, mlflow_on: bool, *more: str) -> dict:
     result = omni(
         "report", "kpis", "--since", since, "--until", until, "--metrics-out", str(out),
-        *([] if mlflow_on else ["--no-mlflow"]), env={"OMNI_SALT": os.environ["OMNI_SALT"]},
+        *([] if mlflow_on else ["--no-mlflow"]), *more,
+        env={"OMNI_SALT": os.environ["OMNI_SALT"]},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
@@ -91,7 +95,9 @@ def test_the_kpi_report_recovers_a_known_uplift_and_none_where_there_is_none(
             "/recommend", json={"customer_key": device, "channel": "app", "n": 5},
             headers=as_(keys, "recommend"),
         ).json()  # fmt: skip
-        purchase(app, keys, "store", card, shown["items"][0]["item_id"], "cross-1")
+        top = shown["items"][0]
+        store = next(s for s in top["available_at"] if s.startswith("S"))  # has it on the shelf
+        purchase(app, keys, "store", card, top["item_id"], "cross-1", store)
         cross = (none[0], now())
         served = app.get(
             "/kpis", params={"since": effect[0], "until": effect[1]}, headers=as_(keys, "report")
@@ -118,8 +124,12 @@ def test_the_kpi_report_recovers_a_known_uplift_and_none_where_there_is_none(
     standard_error = (placebo["uplift_high"] - placebo["uplift_low"]) / (2 * 1.959964)
     assert abs(placebo["uplift"]) < 3 * standard_error
 
-    app_row = report(*cross, tmp_path / "cross.json", mlflow_on=False)[("recommend", "app")]
+    with_stock = tmp_path / "cross.json"
+    app_row = report(*cross, with_stock, False, "--data", str(SAMPLE))[("recommend", "app")]
     assert app_row["cross_channel_share"] > 0  # the store purchase counted for the app's list
+    stock = json.loads(with_stock.read_text())["stock"]  # the sample's stock, and that sale
+    assert stock["pairs"] > 1000 and 0 < stock["stockout_share"] < 1
+    assert stock["units_sold"] == 1 and stock["lost_units"] > 0
 
     runs = mlflow.search_runs(experiment_names=["kpis"])
     assert "metrics.recommend.all.uplift" in runs.columns
