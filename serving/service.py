@@ -650,30 +650,15 @@ class OmnichannelService:
         # Async, with the work in threads: BentoML runs plain API methods one at a time per
         # worker, and concurrent posts must be able to share a commit (serving/writer.py).
         rows, reasons = await run_in_threadpool(check_events, records, self.bounds)
-        bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
-        if bad:
-            listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
-            more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
-            ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
-            return {
-                "error": f"{len(bad)} of {len(records)} events break the contract and none was "
-                f"stored: {listed}{more}.",
-                "stored": 0,
-                "rejected": [{"index": i, "reason": reason} for i, reason in bad],
-            }
+        refusal = _refusal(ctx, reasons, "events")
+        if refusal is not None:
+            return refusal
         try:
             stored = await run_in_threadpool(self.writer.write, rows)
         except EventStoreUnavailable as exc:
             self._store_failed(exc)  # /readyz says so too
             raise
-        return {
-            "stored": int(stored.sum()),
-            "already_recorded": int((~stored).sum()),
-            "results": [
-                {"index": i, "event_id": row[-1], "status": "stored" if new else "already_recorded"}
-                for i, (row, new) in enumerate(zip(rows, stored, strict=True))
-            ],
-        }
+        return _recorded("event_id", [row[-1] for row in rows], stored)
 
     @bentoml.api(route="/movements", input_spec=MovementsRequest)
     @answers
@@ -691,26 +676,11 @@ class OmnichannelService:
         for i, node in zip(fine, accepted["node_id"], strict=True):
             if node not in state.stores:
                 reasons[i] = f"unknown node_id {node!r}: not in the stores table or the data"
-        bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
-        if bad:
-            listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
-            more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
-            ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
-            return {
-                "error": f"{len(bad)} of {len(records)} movements are refused and none was "
-                f"stored: {listed}{more}.",
-                "stored": 0,
-                "rejected": [{"index": i, "reason": reason} for i, reason in bad],
-            }
+        refusal = _refusal(ctx, reasons, "movements")
+        if refusal is not None:
+            return refusal
         stored = await run_in_threadpool(state.record_movements, self.log, accepted)
-        return {
-            "stored": int(stored.sum()),
-            "already_recorded": int((~stored).sum()),
-            "results": [
-                {"index": i, "movement_id": key, "status": "stored" if new else "already_recorded"}
-                for i, (key, new) in enumerate(zip(accepted["movement_id"], stored, strict=True))
-            ],
-        }
+        return _recorded("movement_id", list(accepted["movement_id"]), stored)
 
     @bentoml.api(route="/reservations", input_spec=ReserveRequest)
     @answers
@@ -905,6 +875,35 @@ OmnichannelService.add_asgi_middleware(RequestIds, routes=set(ROUTES))  # type: 
 OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(DocumentedAPI)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
+
+
+def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict[str, Any] | None:
+    """The 422 of a batch stored all or none, naming every bad row by index with its reason;
+    None when every row is fine."""
+    bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
+    if not bad:
+        return None
+    listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
+    more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+    return {
+        "error": f"{len(bad)} of {len(reasons)} {what} are refused and none was stored: "
+        f"{listed}{more}.",
+        "stored": 0,
+        "rejected": [{"index": i, "reason": reason} for i, reason in bad],
+    }
+
+
+def _recorded(key: str, ids: list[str], stored: np.ndarray) -> dict[str, Any]:
+    """A stored batch's answer: how many were new, and per row its id and status."""
+    return {
+        "stored": int(stored.sum()),
+        "already_recorded": int((~stored).sum()),
+        "results": [
+            {"index": i, key: id_, "status": "stored" if new else "already_recorded"}
+            for i, (id_, new) in enumerate(zip(ids, stored, strict=True))
+        ],
+    }
 
 
 def _actuals(state: ServingState, r: ForecastRequest) -> list[dict[str, Any]]:
