@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from experiments.cli.app import UsageError, identity_config, out, report_app
+from features.demand import PERIOD
 
 Since = Annotated[str, typer.Option(help="ISO time: the first exposure counted (UTC).")]
 
@@ -57,6 +58,7 @@ def report_kpis_cmd(
     if stock is not None:
         _print_stock(*stock)
         payload["stock"] = {k: _plain(v) for k, v in stock[1].items()}
+        payload["forecast_by_period_and_store"] = records(stock[2].astype({PERIOD: str}))
     if metrics_out:
         metrics_out.write_text(json.dumps(payload, indent=2) + "\n")
     if log_mlflow and (len(table) or stock is not None):
@@ -90,7 +92,7 @@ def _plain(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _print_stock(pairs: pd.DataFrame, summary: dict) -> None:
+def _print_stock(pairs: pd.DataFrame, summary: dict, accuracy: pd.DataFrame) -> None:
     by_store = pairs.groupby("node_id").agg(
         stockout_hours=("stockout_hours", "sum"), lost_units=("lost_units", "sum"),
         sold=("sold", "sum"), average_on_hand=("average_on_hand", "sum"),
@@ -108,3 +110,13 @@ def _print_stock(pairs: pd.DataFrame, summary: dict) -> None:
         f"{summary['lost_units']:,.0f} units lost; turnover {summary['turnover']:.2f}; "
         f"{summary['counts']} stock counts, mean |error| {summary['count_mean_abs_error']:.2f}."
     )
+    if not len(accuracy):
+        out.print("Forecast accuracy: no actuals have come in yet for the forecast's periods.")
+        return
+    weeks = Table("period", "store", "units", "WAPE", title="forecast accuracy")
+    for record in accuracy.to_dict(orient="records"):
+        weeks.add_row(
+            str(pd.Timestamp(record[PERIOD]).date()), str(record["store_id"]),
+            f"{record['units']:,.0f}", _pct(record["wape"]),
+        )  # fmt: skip
+    out.print(weeks)

@@ -9,8 +9,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from experiments.pipelines.forecaster import load_demand
 from experiments.pipelines.training import pyplot
-from features.demand import PERIOD, frequency
+from features.demand import PERIOD, TARGET, frequency
 from features.eventlog import EventLog
 from features.ingest import load_dataset
 from features.stock import stock_history, stock_kpis
@@ -36,20 +37,42 @@ def champion_context() -> tuple[dict[str, str], pd.Series | None]:
 
 def stock_side(
     data_dir: Path, log: EventLog, since: pd.Timestamp, until: pd.Timestamp
-) -> tuple[pd.DataFrame, dict]:
-    """The stock KPIs of the period (:func:`features.stock.stock_kpis`) from the inventory
-    snapshot of ``data_dir`` and the logged movements and sales, with the units lost to
-    stock-outs estimated by the forecaster champion: its first period's mean demand of each
-    store and item, per hour."""
+) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """The stock side of the period: the stock KPIs (:func:`features.stock.stock_kpis`) from
+    the inventory snapshot of ``data_dir`` and the logged movements and sales, with the units
+    lost to stock-outs estimated by the forecaster champion (its first period's mean demand of
+    each store and item, per hour); and that champion's accuracy where actuals have come in
+    (:func:`forecast_accuracy`)."""
     tables = load_dataset(data_dir, ("inventory",))
     inventory = tables["inventory"].accepted if "inventory" in tables else None
-    history = stock_history(inventory, log.read_movements(), log.read(until=until))
+    logged = log.read(until=until)
+    history = stock_history(inventory, log.read_movements(), logged)
     model = LightGBMForecaster.load(champion(FORECASTER)[1])
     forecast = model.predict(model.history_)
     first = forecast[forecast[PERIOD] == forecast[PERIOD].min()]
     hours = 24.0 * frequency(model.freq).days
     rate = first.set_index(["store_id", "item_id"])["mean"].astype(float) / hours
-    return stock_kpis(history, until, since, rate)
+    pairs, summary = stock_kpis(history, until, since, rate)
+    accuracy = forecast_accuracy(forecast, load_demand(data_dir, model.freq, logged).panel)
+    if len(accuracy):
+        summary["forecast_wape"] = float(
+            accuracy["absolute_error"].sum() / max(accuracy["units"].sum(), 1e-9)
+        )
+    return pairs, summary, accuracy
+
+
+def forecast_accuracy(forecast: pd.DataFrame, panel: pd.DataFrame) -> pd.DataFrame:
+    """WAPE of a forecast by period and store, over the actual (uncensored) demand that has
+    come in for its periods: ``ds, store_id, units, absolute_error, wape``; empty when no
+    actuals cover them yet."""
+    actual = panel.loc[~panel["censored"], ["store_id", "item_id", PERIOD, TARGET]]
+    joined = forecast.merge(actual, on=["store_id", "item_id", PERIOD])
+    joined["absolute_error"] = (joined[TARGET] - joined["mean"]).abs()
+    by = joined.groupby([PERIOD, "store_id"], as_index=False).agg(
+        units=(TARGET, "sum"), absolute_error=("absolute_error", "sum")
+    )
+    by["wape"] = by["absolute_error"] / by["units"].where(by["units"] > 0)
+    return by
 
 
 def log_kpis(
