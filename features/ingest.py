@@ -65,7 +65,8 @@ class LoadedTable:
 
 
 def find_table_files(data_dir: Path) -> dict[str, Path]:
-    """Map table name to its file in ``data_dir`` (file stem = table name).
+    """Map table name to its file in ``data_dir`` (file stem = table name), or its directory of
+    Parquet files (a partitioned dataset, e.g. ``events/month=2024-01/part-0.parquet``).
 
     Raises:
         ContractError: if the directory is missing, a table has two files, or neither of the
@@ -78,6 +79,8 @@ def find_table_files(data_dir: Path) -> dict[str, Path]:
     for name in TABLES:
         candidates = [data_dir / f"{name}{suffix}" for suffix in SUFFIXES]
         present = [p for p in candidates if p.is_file()]
+        if (data_dir / name).is_dir() and any((data_dir / name).rglob("*.parquet")):
+            present.append(data_dir / name)  # a partitioned Parquet dataset
         if len(present) > 1:
             names = " and ".join(p.name for p in present)
             raise ContractError(f"Table {name} has two files in {data_dir} ({names}); keep one.")

@@ -92,11 +92,22 @@ class ContractError(ValueError):
     """The data directory breaks the contract in a way no quarantine can fix (one sentence)."""
 
 
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        # Batch by batch: reading the whole file at once peaks at twice the table's size.
+        parquet = pq.ParquetFile(path)
+        batches = list(parquet.iter_batches(batch_size=1 << 20))
+        return pa.Table.from_batches(batches, schema=parquet.schema_arrow)
+    except (pa.ArrowException, OSError) as exc:
+        raise ContractError(f"{path.name} is not a readable Parquet file ({exc}).") from exc
+
+
 def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFrame, np.ndarray]:
-    """Read a CSV, CSV.gz or Parquet file without interpreting values.
+    """Read a CSV, CSV.gz or Parquet file, or a directory of Parquet files, without
+    interpreting values.
 
     Args:
-        path: the file; its name says its format.
+        path: the file (its name says its format) or the directory.
         encoding: a Python codec name for CSV text without a byte-order mark (e.g. ``cp932``).
 
     Returns:
@@ -109,14 +120,15 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFram
         ValueError: if ``encoding`` is not a text encoding Python knows.
     """
     path = Path(path)
-    if path.name.endswith(".parquet"):
+    if path.name.endswith(".parquet") or path.is_dir():
+        # A directory is a partitioned dataset: its files in path order (months, days, ...);
+        # partition keys in the paths are not columns — the rows carry their own.
+        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        tables = [_read_parquet(file) for file in files]
         try:
-            # Batch by batch: reading the whole file at once peaks at twice the table's size.
-            parquet = pq.ParquetFile(path)
-            batches = list(parquet.iter_batches(batch_size=1 << 20))
-            table = pa.Table.from_batches(batches, schema=parquet.schema_arrow)
-        except (pa.ArrowException, OSError) as exc:
-            raise ContractError(f"{path.name} is not a readable Parquet file ({exc}).") from exc
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except pa.ArrowException as exc:
+            raise ContractError(f"The Parquet files of {path.name} do not agree ({exc}).") from exc
         return (
             _large_strings(table),
             _quarantine_frame([]),

@@ -51,7 +51,8 @@ CATEGORY_NAMES = (
     "books", "beauty", "stationery",
 )  # fmt: skip
 WEEKDAY_FACTOR = np.array([0.9, 0.85, 0.9, 0.95, 1.1, 1.35, 1.2])  # Monday .. Sunday
-FORMATS = ("csv", "csv.gz", "parquet")
+PARTITIONED = "parquet-partitioned"
+FORMATS = ("csv", "csv.gz", "parquet", PARTITIONED)
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,34 @@ class GeneratorConfig:
 
 
 class _TableWriter:
-    """Streams string-typed record batches to one CSV, CSV.gz or Parquet file."""
+    """Streams record batches to one CSV, CSV.gz or Parquet file, or, for
+    ``parquet-partitioned``, to a directory of Parquet files, one per month of the rows' dates
+    (``events/month=2024-01/part-0.parquet``: a hive layout; a table without dates is one file).
+    """
 
     def __init__(self, path_stem: Path, fmt: str) -> None:
-        self.path = path_stem.with_name(f"{path_stem.name}.{fmt}")
+        self.partitioned = fmt == PARTITIONED
+        self.path = (
+            path_stem if self.partitioned else path_stem.with_name(f"{path_stem.name}.{fmt}")
+        )
         self.fmt = fmt
         self._writer: pacsv.CSVWriter | pq.ParquetWriter | None = None
         self._stream: pa.NativeFile | None = None
+        self._part: str | None = None
         self.rows = 0
 
-    def write(self, columns: dict[str, pa.Array]) -> None:
-        if self.fmt != "parquet":  # CSV is text; Parquet keeps its types, as real exports do
+    def write(self, columns: dict[str, pa.Array], date: np.datetime64 | None = None) -> None:
+        if not self.fmt.startswith("parquet"):  # CSV is text; Parquet keeps its types
             columns = {k: _as_text(v) for k, v in columns.items()}
         table = pa.table(columns)
-        if self._writer is None:
+        if self.partitioned:
+            part = f"month={str(date)[:7]}" if date is not None else "all"
+            if part != self._part:  # a new month: a new file
+                self.close()
+                (self.path / part).mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(self.path / part / "part-0.parquet", table.schema)
+                self._part = part
+        elif self._writer is None:
             if self.fmt == "parquet":
                 self._writer = pq.ParquetWriter(self.path, table.schema)
             else:
@@ -109,14 +124,22 @@ class _TableWriter:
                     else pa.OSFile(str(self.path), "wb")
                 )
                 self._writer = pacsv.CSVWriter(self._stream, table.schema)
+        assert self._writer is not None
         self._writer.write_table(table)
         self.rows += table.num_rows
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
         if self._stream is not None:
             self._stream.close()
+            self._stream = None
+
+
+def _truth_format(fmt: str) -> str:
+    """The truth beside the data is one file, whatever the data's layout."""
+    return "parquet" if fmt == PARTITIONED else fmt
 
 
 def _as_text(values: pa.Array) -> pa.Array:
@@ -173,7 +196,7 @@ def generate(
         name: _TableWriter(out / name, fmt)
         for name in ("events", "sales", "inventory", "plan", "identities", "items", "stores")
     }
-    truth_demand = _TableWriter(out / "_truth" / "demand", fmt)
+    truth_demand = _TableWriter(out / "_truth" / "demand", _truth_format(fmt))
     _write_static(config, world, writers, out, rng)
 
     n_nodes = len(world.node_ids)
@@ -191,7 +214,7 @@ def generate(
     delivery_day = np.arange(n_nodes) % 7
 
     bad = {"events": 0, "sales": 0}
-    typed = fmt == "parquet"
+    typed = fmt.startswith("parquet")
     event_seq = 0
     for day in range(config.days):
         date = start + day
@@ -205,10 +228,10 @@ def generate(
         events = _events_for_day(config, world, rng, date, lines, fulfilled, event_seq, price)
         event_seq += len(events["event_type"])
         bad["events"] += _corrupt(events, rng, config.bad_fraction, _corrupt_event, typed)
-        writers["events"].write(events)
+        writers["events"].write(events, date)
         sales = _sales_for_day(world, date, day, lines, fulfilled, price)
         bad["sales"] += _corrupt(sales, rng, config.bad_fraction, _corrupt_sale, typed)
-        writers["sales"].write(sales)
+        writers["sales"].write(sales, date)
         truth_demand.write(_demand_for_day(world, date, lines))
         # Deliveries arrive at the end of the node's delivery day; some fail.
         due = delivery_day == date.astype("datetime64[D]").item().weekday()
@@ -220,7 +243,9 @@ def generate(
             dc_stock -= refill.sum(axis=0)
         if day % 28 == 0:
             dc_stock += level.sum(axis=0) * 2  # monthly inbound from suppliers
-        writers["inventory"].write(_inventory_changes(world, date, before, stock, dc_stock, day))
+        writers["inventory"].write(
+            _inventory_changes(world, date, before, stock, dc_stock, day), date
+        )
         if progress:
             progress(1)
     writers["plan"].write(_plan(config, world, start + config.days))
@@ -437,7 +462,7 @@ def _write_static(
     rows["link_value"].append(_email_hash("shop", rng.integers(0, n_values, n_generic)))
     writers["identities"].write({k: pa.array(np.concatenate(v)) for k, v in rows.items()})
     writers["identities"].close()
-    truth_writer = _TableWriter(out / "_truth" / "keys", config.format)
+    truth_writer = _TableWriter(out / "_truth" / "keys", _truth_format(config.format))
     truth_writer.write({k: pa.array(np.concatenate(v)) for k, v in truth.items()})
     truth_writer.close()
 

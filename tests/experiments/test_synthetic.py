@@ -170,3 +170,28 @@ def test_stores_that_vary_differ_in_size_assortment_and_taste(tmp_path: Path) ->
 
     assert spread(vary) > 1.5 * spread(alike)
     assert (vary == 0).sum().sum() > (alike == 0).sum().sum()  # local assortments
+
+
+def test_a_partitioned_parquet_data_set_reads_as_its_single_files_do(tmp_path: Path) -> None:
+    """Month by month in a hive layout (events/month=2024-01/part-0.parquet), or one file per
+    table: the same rows accepted, the same quarantined, the same unified events."""
+    from experiments.pipelines.data import unify
+    from features.identity import IdentityConfig
+
+    config = GeneratorConfig(customers=150, items=40, stores=2, days=70, seed=5, format="parquet")
+    generate(config, tmp_path / "files")
+    partitioned = GeneratorConfig(**{**config.__dict__, "format": "parquet-partitioned"})
+    generate(partitioned, tmp_path / "parts")
+    months = sorted(p.name for p in (tmp_path / "parts" / "events").iterdir())
+    assert months == ["month=2024-01", "month=2024-02", "month=2024-03"]
+    files, parts = load_dataset(tmp_path / "files"), load_dataset(tmp_path / "parts")
+    assert set(files) == set(parts) == {
+        "events", "sales", "inventory", "plan", "identities", "items", "stores"
+    }  # fmt: skip
+    for name in files:
+        pd.testing.assert_frame_equal(parts[name].accepted, files[name].accepted, obj=name)
+        assert len(parts[name].quarantined) == len(files[name].quarantined), name
+    identity = IdentityConfig(salt="partitions")
+    pd.testing.assert_frame_equal(
+        unify(tmp_path / "parts", identity).unified, unify(tmp_path / "files", identity).unified
+    )
