@@ -11,6 +11,7 @@ from rich.table import Table
 
 from experiments.cli.app import (
     DataOpt,
+    UsageError,
     app,
     generate_with_progress,
     identity_config,
@@ -34,9 +35,18 @@ def validate_cmd(
             help="Text encoding of CSV files without a byte-order mark, e.g. cp932 (Shift-JIS).",
         ),
     ] = "utf-8",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="inprocess, or dask: partitioned tables checked on $OMNI_DASK_SCHEDULER "
+            "(tcp://host:port, or local)."
+        ),
+    ] = "inprocess",
 ) -> None:
     """Check every table against the data contract; quarantine bad rows with a reason."""
-    tables = pipelines.validate(data, out_dir, encoding)
+    if engine not in ("inprocess", "dask"):
+        raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
+    tables = pipelines.validate(data, out_dir, encoding, engine=engine)
     summary = pipelines.validation_summary(tables)
     if as_json:
         typer.echo(json.dumps(summary))

@@ -37,13 +37,23 @@ def validation_summary(tables: dict[str, LoadedTable], top: int = 5) -> dict[str
 
 
 def validate(
-    data_dir: Path, quarantine_dir: Path | None = None, encoding: str = "utf-8"
+    data_dir: Path,
+    quarantine_dir: Path | None = None,
+    encoding: str = "utf-8",
+    engine: str = "inprocess",
 ) -> dict[str, LoadedTable]:
     """Load every table; write quarantined rows to ``quarantine_dir`` (default DIR/_quarantine).
 
-    ``encoding`` is for CSV files without a byte-order mark (e.g. ``cp932``).
+    ``encoding`` is for CSV files without a byte-order mark (e.g. ``cp932``); ``engine``
+    ``dask`` checks partitioned tables on a Dask cluster (experiments/pipelines/distributed.py).
     """
-    tables = load_dataset(data_dir, encoding=encoding)
+    if engine == "dask":
+        from experiments.pipelines.distributed import dask_client, load_dataset_on
+
+        with dask_client() as client:
+            tables = load_dataset_on(client, data_dir, encoding=encoding)
+    else:
+        tables = load_dataset(data_dir, encoding=encoding)
     write_quarantine(tables, quarantine_dir or Path(data_dir) / QUARANTINE_DIR)
     return tables
 
