@@ -113,9 +113,25 @@ def test_every_imported_distribution_is_declared() -> None:
     assert _missing(_needed(OWN), _declared(*_all_extras())) == {}
 
 
+#: Modules reached only through an option that needs an extra, and that extra: the CLI says
+#: which one to install when it is missing (``--engine dask``).
+OPTIONAL = {"experiments/pipelines/distributed.py": "dask"}
+
+
 @pytest.mark.parametrize("packages", [("features", "models", "serving"), ("experiments",)])
 def test_the_service_and_the_cli_need_only_core_and_postgres(packages: tuple[str, ...]) -> None:
-    assert _missing(_needed(packages), _declared("postgres")) == {}
+    needed = {
+        distributions: core
+        for distributions, files in _needed(packages).items()
+        if (core := files - set(OPTIONAL))
+    }
+    assert _missing(needed, _declared("postgres")) == {}
+
+
+def test_an_optional_engine_needs_only_its_extra() -> None:
+    for path, extra in OPTIONAL.items():
+        mine = {d: {path} for d, files in _needed(("experiments",)).items() if path in files}
+        assert _missing(mine, _declared("postgres", extra)) == {}, path
 
 
 def test_a_logged_model_requires_what_features_and_models_import() -> None:

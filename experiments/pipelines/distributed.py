@@ -29,7 +29,10 @@ SCHEDULER_ENV = "OMNI_DASK_SCHEDULER"
 def dask_client(scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` on ``scheduler`` (default ``$OMNI_DASK_SCHEDULER`` or
     ``local``), closed at the end (a local cluster with it)."""
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ValueError("--engine dask needs Dask: pip install 'omnichannel-ml[dask]'.") from exc
 
     address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
     if address == "local":
