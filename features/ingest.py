@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.rawfiles import REASON, ContractError, read_raw
+from features.rawfiles import REASON, ContractError, partition_files, read_raw
 from features.schema import (
     CHOICES,
     MAX_ID_LENGTH,
@@ -79,7 +79,7 @@ def find_table_files(data_dir: Path) -> dict[str, Path]:
     for name in TABLES:
         candidates = [data_dir / f"{name}{suffix}" for suffix in SUFFIXES]
         present = [p for p in candidates if p.is_file()]
-        if (data_dir / name).is_dir() and any((data_dir / name).rglob("*.parquet")):
+        if (data_dir / name).is_dir() and partition_files(data_dir / name):
             present.append(data_dir / name)  # a partitioned Parquet dataset
         if len(present) > 1:
             names = " and ".join(p.name for p in present)
@@ -110,12 +110,22 @@ def load_dataset(
     }
 
 
-def load_table(path: Path, schema: TableSchema, *, encoding: str = "utf-8") -> LoadedTable:
-    """Read one file (CSV text in ``encoding`` unless it has a BOM) and validate it."""
+def load_table(
+    path: Path,
+    schema: TableSchema,
+    *,
+    encoding: str = "utf-8",
+    source: str | None = None,
+    bounds: Bounds | None = None,
+) -> LoadedTable:
+    """Read one file (CSV text in ``encoding`` unless it has a BOM) and validate it; messages
+    name ``source`` (default: the file's name)."""
     raw, malformed, undecodable = read_raw(path, encoding)
     holder = [raw]
     del raw  # validation owns the raw table from here, so it can free it column by column
-    accepted, quarantined = _validate(holder, schema, source=path.name, initial_reasons=undecodable)
+    accepted, quarantined = _validate(
+        holder, schema, source=source or path.name, initial_reasons=undecodable, bounds=bounds
+    )
     if not malformed.empty:
         quarantined = pd.concat([quarantined, malformed], ignore_index=True)
     return LoadedTable(schema.name, str(path), accepted, quarantined)

@@ -199,8 +199,8 @@ def period(
         ValueError: one sentence: a time that is not ISO, since not before until, a span over
             a year, a window outside (0, 90] days, or times outside 2000 - now + 1 day.
     """
-    start = _utc(since, "since")
-    end = _utc(until, "until") if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    start = utc_time(since, "since")
+    end = utc_time(until, "until") if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
     latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
     if not pd.Timestamp("2000-01-01") <= start < end <= latest or end - start > MAX_SPAN:
         raise ValueError(
@@ -211,7 +211,8 @@ def period(
     return start, end, pd.Timedelta(days=window_days)
 
 
-def _utc(text: str | None, name: str) -> pd.Timestamp:
+def utc_time(text: str | None, name: str) -> pd.Timestamp:
+    """An ISO time as naive UTC; ValueError naming ``name`` when it is not one."""
     if not text:
         raise ValueError(f"Give {name} as an ISO time.")
     try:
@@ -223,9 +224,11 @@ def _utc(text: str | None, name: str) -> pd.Timestamp:
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
+def plain(mapping: dict) -> dict:
+    """``mapping`` ready for JSON, which has no NaN: NaN values as None."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in mapping.items()}
+
+
 def records(table: pd.DataFrame) -> list[dict]:
-    """The KPI table as JSON-ready rows (NaN as None)."""
-    return [
-        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-        for row in table.to_dict(orient="records")
-    ]
+    """A table as JSON-ready rows (NaN as None)."""
+    return [plain(row) for row in table.to_dict(orient="records")]

@@ -92,6 +92,12 @@ class ContractError(ValueError):
     """The data directory breaks the contract in a way no quarantine can fix (one sentence)."""
 
 
+def partition_files(path: Path) -> list[Path]:
+    """The Parquet files of a partitioned dataset directory, in path order (months, days, ...):
+    the order its rows are read in, wherever they are read."""
+    return sorted(path.rglob("*.parquet"))
+
+
 def _read_parquet(path: Path) -> pa.Table:
     try:
         # Batch by batch: reading the whole file at once peaks at twice the table's size.
@@ -123,7 +129,7 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFram
     if path.name.endswith(".parquet") or path.is_dir():
         # A directory is a partitioned dataset: its files in path order (months, days, ...);
         # partition keys in the paths are not columns — the rows carry their own.
-        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        files = partition_files(path) if path.is_dir() else [path]
         tables = [_read_parquet(file) for file in files]
         try:
             table = pa.concat_tables(tables, promote_options="permissive")

@@ -164,12 +164,15 @@ class StockLedger:
             stock.changes = [change for change in stock.changes if change[0] > at]
             stock.changed = math.fsum(units for _, units in stock.changes)
 
-    def _change(self, pair: Pair, at: int, units: float, known: bool) -> None:
+    def _change(self, pair: Pair, at: int, units: float, known: bool) -> bool:
+        """Record a change; False when it is dated at or before the latest count (in it)."""
         stock = self._at(pair)
         stock.known |= known
-        if at > stock.counted_at:
-            stock.changes.append((at, units))
-            stock.changed += units
+        if at <= stock.counted_at:
+            return False
+        stock.changes.append((at, units))
+        stock.changed += units
+        return True
 
     def apply_movements(self, movements: pd.DataFrame) -> set[Pair]:
         """Apply logged movements (typed, in log order); returns the pairs they changed."""
@@ -205,7 +208,7 @@ class StockLedger:
 
     def apply_sales(self, events: pd.DataFrame) -> set[Pair]:
         """Purchases take stock from their ``store_id``, returns put it back; returns the known
-        pairs they changed."""
+        pairs they changed (a sale already in a count changes nothing)."""
         sign = events["event_type"].map(_EVENT_SIGN).astype(float)
         moving = (sign.notna() & events["store_id"].notna()).to_numpy()
         if not moving.any():
@@ -214,14 +217,16 @@ class StockLedger:
         nodes = events["store_id"].astype(str).to_numpy()[moving]
         items = events["item_id"].astype(str).to_numpy()[moving]
         times = _ns(events["event_time"])[moving]
-        for node, item, at, change in zip(nodes, items, times, units, strict=True):
-            self._change((node, item), int(at), float(change), known=False)
-        return {pair for pair in zip(nodes, items, strict=True) if self._stock[pair].known}
+        moved = {
+            (node, item)
+            for node, item, at, change in zip(nodes, items, times, units, strict=True)
+            if self._change((node, item), int(at), float(change), known=False)
+        }
+        return {pair for pair in moved if self._stock[pair].known}
 
-    @property
-    def holding(self) -> bool:
-        """Whether a reservation may still have to expire."""
-        return bool(self._expiry)
+    def due(self, now: pd.Timestamp) -> bool:
+        """Whether a hold may have run out by ``now`` (cheap: no lock needed to ask)."""
+        return bool(self._expiry) and self._expiry[0][0] <= now.value
 
     def expire(self, now: pd.Timestamp) -> set[Pair]:
         """End the reservations whose hold has run out by ``now``; returns the pairs freed."""
@@ -272,10 +277,6 @@ class StockLedger:
         return StockRefusal(409, f"Reservation {reservation_id!r} is already {held.state}.")
 
     # -- reading it -----------------------------------------------------------------------------
-
-    def known(self, pair: Pair) -> bool:
-        stock = self._stock.get(pair)
-        return stock is not None and stock.known
 
     def picture(self, pair: Pair) -> dict[str, float] | None:
         """``on_hand``, ``reserved`` and ``available`` (ATP) of a pair; None when unknown."""

@@ -231,6 +231,13 @@ class LightGBMForecaster(Forecaster):
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
             x, y, usable, period = self._matrix(panel, self.spec(lead))
+            if usable.sum() < 2 * self.min_child_samples:
+                raise ValueError(
+                    f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
+                    f"{lead} periods ahead (its model reads nothing more recent than {lead} "
+                    f"periods back); the longest horizon they support is "
+                    f"{self._longest_lead(panel)}."
+                )
             booster = None
             if start is not None:
                 before = usable & (period < start)
@@ -253,13 +260,6 @@ class LightGBMForecaster(Forecaster):
                             }
                         )
                     )
-            if usable.sum() < 2 * self.min_child_samples:
-                raise ValueError(
-                    f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
-                    f"{lead} periods ahead (its model reads nothing more recent than {lead} "
-                    f"periods back); the longest horizon they support is "
-                    f"{self._longest_lead(panel)}."
-                )
             if self.refit or booster is None:
                 booster = self._train(x[usable], y[usable], self.objective_)
             self.boosters_.append(booster)
@@ -304,11 +304,11 @@ class LightGBMForecaster(Forecaster):
         """The first held-out period (see :meth:`fit`); None when the history before it would
         be shorter than three times the first bucket."""
         periods = np.sort(panel[PERIOD].unique())
-        first = self.models()[0]
+        first = self.buckets()[0]
         shortest = self.horizon if self.strategy == "recursive" else first
         n_series = max(panel[SERIES].nunique(), 1)
         length = int(np.clip(np.ceil(600 / n_series), shortest, 4 * shortest))
-        while length and len(periods) - length < 3 * max(first, self.buckets()[0]):
+        while length and len(periods) - length < 3 * first:
             length -= 1
         return periods[len(periods) - length] if length else None
 

@@ -206,6 +206,7 @@ class BusinessRules:
                 level = np.full(len(self.item_ids), np.nan)
                 self.levels = {**self.levels, node: level}
             level[column] = available
+        for column in set(columns[columns >= 0].tolist()):  # once per item, not per pair
             stocked = sorted(s for s, lv in self.levels.items() if lv[column] > 0)
             by_item[column] = stocked  # a new list: readers never see half an update
             self.online_stock[column] = bool(stocked)

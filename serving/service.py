@@ -140,10 +140,11 @@ class _Customer(_Strict):
             )
         return self
 
-    def resolve(self, state: ServingState) -> str | None:
+    def identify(self, state: ServingState) -> tuple[str | None, str]:
+        """``(customer_id if known, else None; the id the exposure log records)``."""
         if self.customer_id is not None:
-            return self.customer_id
-        return state.customer_of(str(self.channel), str(self.customer_key))
+            return self.customer_id, self.customer_id
+        return state.identify(str(self.channel), str(self.customer_key))
 
 
 Price = (
@@ -321,13 +322,18 @@ class PlacementRequest(_Strict):
 # -- the service -----------------------------------------------------------------------------
 
 
+def _unavailable(exc: Exception) -> JSONResponse:
+    """The 503 of the mounted GET routes, as the API routes answer it."""
+    headers = {"Retry-After": str(RETRY_AFTER)}
+    return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+
+
 async def _model_info(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     try:
         return JSONResponse(await run_in_threadpool(service.model_info))
     except Unavailable as exc:
-        headers = {"Retry-After": str(RETRY_AFTER)}
-        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+        return _unavailable(exc)
 
 
 async def _kpis(request: Request) -> JSONResponse:
@@ -343,8 +349,7 @@ async def _kpis(request: Request) -> JSONResponse:
     try:
         answer = await run_in_threadpool(service.kpis, since, until, window)
     except (Unavailable, EventStoreUnavailable) as exc:
-        headers = {"Retry-After": str(RETRY_AFTER)}
-        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+        return _unavailable(exc)
     return JSONResponse(answer)
 
 
@@ -518,8 +523,7 @@ class OmnichannelService:
             raise NotFound(f"Unknown channel {r.channel!r}.")
         if r.store_id is not None and r.store_id not in state.stores:
             raise NotFound(f"Unknown store {r.store_id!r}.")
-        customer = r.resolve(state)
-        who = customer or state.prospective(r.customer_key, r.channel)
+        customer, who = r.identify(state)
         arm = self._arm(who)
         filters = r.rules(state)
         model = state.recommender
@@ -609,7 +613,7 @@ class OmnichannelService:
         engaged recent channel) and when (the next of their habitual weekday and hour, UTC)."""
         r = OffersRequest.model_construct(**request)
         state = self._state()
-        customer = r.resolve(state)
+        customer, _ = r.identify(state)
         habit = state.habits_of(customer) if customer is not None else None
         if customer is None or habit is None:
             raise NotFound("Unknown customer: no history to offer from.")

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from features.customers import build_habits
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
-from features.identity import IdentityConfig, customers_of_keys, key_pseudonyms
+from features.identity import IdentityConfig, customers_of_keys
 from features.interactions import InteractionWeights, event_weights
 from features.stock import RESERVATION_PREFIX, Pair, StockLedger
 from models.forecast import LightGBMForecaster
@@ -88,19 +88,14 @@ class ServingState:
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
     _unhabituated: list[pd.DataFrame] = field(default_factory=list, repr=False)
 
-    def customer_of(self, channel: str, customer_key: str) -> str | None:
-        """The customer_id of a channel's customer key, None if never seen."""
-        key_id = key_pseudonyms(self.salt, pd.Series([channel]), pd.Series([customer_key]))[0]
-        return self.key_ids.get(key_id)
-
-    def prospective(self, customer_key: str | None, channel: str | None) -> str | None:
-        """The customer_id a key is known by, or the one it will get with its first event."""
-        if customer_key is None or channel is None:
-            return None
-        ids, _, _ = customers_of_keys(
+    def identify(self, channel: str, customer_key: str) -> tuple[str | None, str]:
+        """A channel's customer key as ``(customer_id, or None if never seen; the customer_id
+        it is known by, or will get with its first event)``, from one look-up."""
+        ids, new, _ = customers_of_keys(
             self.salt, self.key_ids, pd.Series([channel]), pd.Series([customer_key])
         )
-        return str(ids[0])
+        who = str(ids[0])
+        return (None if new[0] else who), who
 
     def apply_appended(self, log: EventLog, events: pd.DataFrame, seqs: np.ndarray) -> None:
         """Apply events this process has just appended at log positions ``seqs`` — directly
@@ -127,9 +122,10 @@ class ServingState:
             fresh = log.read_movements(after=self.movement_seq, upto=movements)
             with self._stock_lock:
                 self._apply_movements(fresh, movements)
-        if self.stock.holding:
+        now = self.clock()
+        if self.stock.due(now):
             with self._stock_lock:
-                self._restock(self.stock.expire(self.clock()))
+                self._restock(self.stock.expire(now))
 
     def _count_past_sales(self, log: EventLog) -> None:
         """Once, at load: the sales and returns logged before the champion was trained count
@@ -417,7 +413,7 @@ def load_state() -> ServingState:
         recommender.item_ids_,
         purchases=context["purchases"],
         items=context.get("items"),
-        inventory=available if "inventory" in context else None,
+        inventory=available,
         timing=float(context["meta"].get("timing", DEFAULT_TIMING)),
     )  # fmt: skip
     meta = context["meta"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from experiments.cli.app import (
 from experiments.cli.train import (
     champion_forecaster,
 )
+from features.measurement import plain
 
 
 @placement_app.command("simulate")
@@ -72,8 +72,8 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
     bounded = placement.TRUE_DISTRIBUTION in next(iter(result.by_supply.values()))
     attainable = result.gap_closed(placement.TRUE_DISTRIBUTION) if bounded else {}
 
-    def by_ratio(shares: dict[float, float]) -> dict[str, float | None]:  # JSON has no NaN
-        return {f"{r:g}": (None if math.isnan(v) else v) for r, v in shares.items()}
+    def by_ratio(shares: dict[float, float]) -> dict[str, float | None]:
+        return plain({f"{r:g}": v for r, v in shares.items()})
 
     for ratio, blocks in result.by_supply.items():
         lost = {p: blocks[p]["lost_units"] for p in blocks}

@@ -39,7 +39,7 @@ def report_kpis_cmd(
     turnover and the books against stock counts."""
     from experiments.pipelines.measurement import champion_context, log_kpis, stock_side
     from features.eventlog import EventLog
-    from features.measurement import measure, period, records
+    from features.measurement import measure, period, plain, records
 
     try:
         start, end, window = period(since, until, window_days)
@@ -57,7 +57,7 @@ def report_kpis_cmd(
     payload["rows"] = records(table)
     if stock is not None:
         _print_stock(*stock)
-        payload["stock"] = {k: _plain(v) for k, v in stock[1].items()}
+        payload["stock"] = plain(stock[1])
         payload["forecast_by_period_and_store"] = records(stock[2].astype({PERIOD: str}))
     if metrics_out:
         metrics_out.write_text(json.dumps(payload, indent=2) + "\n")
@@ -86,10 +86,6 @@ def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: fl
 
 def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1%}"
-
-
-def _plain(value: object) -> object:
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _print_stock(pairs: pd.DataFrame, summary: dict, accuracy: pd.DataFrame) -> None:

@@ -27,21 +27,18 @@ def stock_report_cmd(
     """Stock-out hours per node and item, and how far the books were from each stock count:
     the inventory snapshot of DATA, then the movements and sales in the event store
     ($OMNI_EVENTS_URL), as the service's stock picture sees them."""
+    from experiments.pipelines.measurement import stock_trail
     from features.eventlog import EventLog
-    from features.ingest import load_dataset
-    from features.stock import stock_history, stock_kpis
+    from features.measurement import plain, utc_time
+    from features.stock import stock_kpis
 
     try:
-        end = pd.Timestamp(until) if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
+        end = utc_time(until, "--until") if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
     except ValueError as exc:
         raise UsageError(f"--until {until!r} is not an ISO time.") from exc
-    if end.tzinfo is not None:
-        end = end.tz_convert("UTC").tz_localize(None)
-    tables = load_dataset(data, ("inventory",))
-    inventory = tables["inventory"].accepted if "inventory" in tables else None
     log = EventLog.from_env()
     try:
-        history = stock_history(inventory, log.read_movements(), log.read())
+        history = stock_trail(data, log, log.read())
     finally:
         log.close()
     pairs, summary = stock_kpis(history, until=end)
@@ -62,10 +59,8 @@ def stock_report_cmd(
     if pairs_out:
         pairs.to_csv(pairs_out, index=False)
     if metrics_out:
-        clean = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()
-        }
-        metrics_out.write_text(json.dumps({**clean, "until": end.isoformat()}, indent=2) + "\n")
+        payload = {**plain(summary), "until": end.isoformat()}
+        metrics_out.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _share(value: float) -> str:

@@ -18,23 +18,23 @@ from typing import Any
 
 import pandas as pd
 
-from features.ingest import REASON, LoadedTable, find_table_files, load_table, validate_table
-from features.rawfiles import read_raw
+from features.ingest import REASON, LoadedTable, find_table_files, load_table
+from features.rawfiles import partition_files
 from features.schema import TABLES, Bounds, TableSchema
 
 SCHEDULER_ENV = "OMNI_DASK_SCHEDULER"
 
 
 @contextmanager
-def dask_client(scheduler: str | None = None) -> Iterator[Any]:
-    """A ``distributed.Client`` on ``scheduler`` (default ``$OMNI_DASK_SCHEDULER`` or
-    ``local``), closed at the end (a local cluster with it)."""
+def dask_client() -> Iterator[Any]:
+    """A ``distributed.Client`` on ``$OMNI_DASK_SCHEDULER`` (default ``local``), closed at the
+    end (a local cluster with it)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
         raise ValueError("--engine dask needs Dask: pip install 'omnichannel-ml[dask]'.") from exc
 
-    address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
+    address = os.environ.get(SCHEDULER_ENV) or "local"
     if address == "local":
         with (
             LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1) as cluster,
@@ -46,19 +46,14 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
             yield client
 
 
-def load_dataset_on(
-    client: Any, data_dir: Path, tables: tuple[str, ...] | None = None, encoding: str = "utf-8"
-) -> dict[str, LoadedTable]:
+def load_dataset_on(client: Any, data_dir: Path, encoding: str = "utf-8") -> dict[str, LoadedTable]:
     """:func:`features.ingest.load_dataset` with every partitioned table (a directory of
     Parquet files) validated on the cluster; a single file is validated here, as in-process."""
-    files = find_table_files(data_dir)
-    wanted = tables if tables is not None else tuple(files)
     return {
-        name: load_table_on(client, files[name], TABLES[name])
-        if files[name].is_dir()
-        else load_table(files[name], TABLES[name], encoding=encoding)
-        for name in wanted
-        if name in files
+        name: load_table_on(client, path, TABLES[name])
+        if path.is_dir()
+        else load_table(path, TABLES[name], encoding=encoding)
+        for name, path in find_table_files(data_dir).items()
     }
 
 
@@ -66,7 +61,7 @@ def load_table_on(client: Any, path: Path, schema: TableSchema) -> LoadedTable:
     """One partitioned table: each file checked on a worker against the contract (and for
     repeated keys within it), then, here, a key repeated in a later partition quarantined as
     in-process ("duplicate ...", the first occurrence kept)."""
-    files = sorted(path.rglob("*.parquet"))
+    files = partition_files(path)
     bounds = Bounds.from_env()  # the client's, not each worker's environment
     futures = client.map(_check, files, schema=schema, source=path.name, bounds=bounds)
     parts = client.gather(futures)
@@ -86,5 +81,5 @@ def _check(
     file: Path, schema: TableSchema, source: str, bounds: Bounds
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """On a worker: one partition file through the file loader's checks."""
-    raw, _, undecodable = read_raw(file)
-    return validate_table(raw, schema, source=source, initial_reasons=undecodable, bounds=bounds)
+    loaded = load_table(file, schema, source=source, bounds=bounds)
+    return loaded.accepted, loaded.quarantined

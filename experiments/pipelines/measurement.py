@@ -43,10 +43,8 @@ def stock_side(
     lost to stock-outs estimated by the forecaster champion (its first period's mean demand of
     each store and item, per hour); and that champion's accuracy where actuals have come in
     (:func:`forecast_accuracy`)."""
-    tables = load_dataset(data_dir, ("inventory",))
-    inventory = tables["inventory"].accepted if "inventory" in tables else None
     logged = log.read(until=until)
-    history = stock_history(inventory, log.read_movements(), logged)
+    history = stock_trail(data_dir, log, logged)
     model = LightGBMForecaster.load(champion(FORECASTER)[1])
     forecast = model.predict(model.history_)
     first = forecast[forecast[PERIOD] == forecast[PERIOD].min()]
@@ -59,6 +57,14 @@ def stock_side(
             accuracy["absolute_error"].sum() / max(accuracy["units"].sum(), 1e-9)
         )
     return pairs, summary, accuracy
+
+
+def stock_trail(data_dir: Path, log: EventLog, events: pd.DataFrame) -> pd.DataFrame:
+    """:func:`features.stock.stock_history` from the inventory snapshot of ``data_dir``, the
+    logged movements and ``events`` (read from ``log`` by the caller)."""
+    tables = load_dataset(data_dir, ("inventory",))
+    inventory = tables["inventory"].accepted if "inventory" in tables else None
+    return stock_history(inventory, log.read_movements(), events)
 
 
 def forecast_accuracy(forecast: pd.DataFrame, panel: pd.DataFrame) -> pd.DataFrame:

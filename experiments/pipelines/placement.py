@@ -150,13 +150,17 @@ def simulate(
                     columns={"mean": "true_mean"}
                 ),
                 on=keys,
-            )
+            ).fillna({"true_mean": 0.0, "true_dispersion": 1e6})
         for item, stores in distribution.groupby("item_id", observed=True):
             demand = stores["demand"].to_numpy()
             if demand.sum() <= 0:
                 continue
             items_seen.add(str(item))
             recent = stores["recent"].to_numpy()
+            if generated:  # the true distribution, as allocate reads one
+                truth = stores[["store_id", "true_mean", "true_dispersion"]].set_axis(
+                    ["store_id", "mean", "dispersion"], axis=1
+                )
             for ratio in supply:
                 total = int(np.rint(demand.sum() * ratio))
                 stock = {
@@ -171,14 +175,8 @@ def simulate(
                     "oracle": oracle(total, demand),
                 }
                 if generated:
-                    exact = stores[["store_id", "true_mean", "true_dispersion"]].fillna(
-                        {"true_mean": 0.0, "true_dispersion": 1e6}
-                    )
                     stock[TRUE_DISTRIBUTION] = allocate(
-                        exact.set_axis(["store_id", "mean", "dispersion"], axis=1),
-                        total,
-                        economics=economics,
-                        allocate_all=True,
+                        truth, total, economics=economics, allocate_all=True
                     )["send"].to_numpy()
                 for policy, units in stock.items():
                     sold = np.minimum(demand, units)

@@ -357,11 +357,12 @@ def demand_distribution(
     offset = int((first.astype("datetime64[D]") - np.datetime64(config.start, "D")).astype(int))
     n_nodes, n_items = len(world.node_ids), len(world.item_ids)
     totals = np.zeros((replicas, n_nodes, n_items))
+    dates = [np.datetime64(config.start, "D") + day for day in range(offset, offset + days)]
+    # The days' item weights hold no randomness: the same in every replica.
+    weights = [_item_weights(world, offset + i, date)[0] for i, date in enumerate(dates)]
     for replica in range(replicas):
         rng = np.random.default_rng([config.seed, 99, replica])
-        for day in range(offset, offset + days):
-            date = np.datetime64(config.start, "D") + day
-            weight, _ = _item_weights(world, day, date)
+        for date, weight in zip(dates, weights, strict=True):
             lines = _simulate_demand(config, world, rng, date, weight)
             node, item, units = _group_units(world, lines, ~lines["browse"])  # as _truth/demand
             totals[replica, node, item] += units
