@@ -87,7 +87,7 @@ def accuracy(
     overall and per volume quintile of series (``coverage_80_q1`` the lowest fifth, by mean
     demand over ``history``).
     """
-    joined = actual[~actual["censored"]].merge(forecast, on=[SERIES, PERIOD], how="inner")
+    joined = scored(actual, forecast, history)
     y = joined[TARGET].to_numpy()
     p50 = joined["mean"].to_numpy()  # the point forecast: expected demand
     total = y.sum()
@@ -97,8 +97,7 @@ def accuracy(
     scale = (naive**2).groupby(history[SERIES], observed=True).mean()
     errors = joined.assign(se=(y - p50) ** 2).groupby(SERIES, observed=True)["se"].mean()
     scaled = (errors / scale.reindex(errors.index)).replace([np.inf, -np.inf], np.nan).dropna()
-    covered = (y >= joined["p10"].to_numpy()) & (y <= joined["p90"].to_numpy())
-    quintile = volume_quintile(joined[SERIES], history)
+    covered, quintile = joined["covered"].to_numpy(), joined["quintile"].to_numpy() - 1
     return {
         "wape": float(np.abs(y - p50).sum() / total) if total else float("nan"),
         "rmsse": float(np.sqrt(scaled).mean()) if len(scaled) else float("nan"),
@@ -128,10 +127,18 @@ def coverage_table(
 ) -> pd.DataFrame:
     """80% interval coverage per volume quintile of series (rows, 1 = the lowest fifth) and
     lead (columns) of a forecast with a ``lead`` column, over uncensored actuals."""
+    return scored(actual, forecast, history).pivot_table(
+        index="quintile", columns="lead", values="covered", aggfunc="mean"
+    )
+
+
+def scored(actual: pd.DataFrame, forecast: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """A forecast beside its uncensored actuals, each row with whether P10–P90 ``covered``
+    it and its series' volume ``quintile`` (1 = the lowest fifth)."""
     joined = actual[~actual["censored"]].merge(forecast, on=[SERIES, PERIOD], how="inner")
     joined["quintile"] = volume_quintile(joined[SERIES], history) + 1
     joined["covered"] = (joined[TARGET] >= joined["p10"]) & (joined[TARGET] <= joined["p90"])
-    return joined.pivot_table(index="quintile", columns="lead", values="covered", aggfunc="mean")
+    return joined
 
 
 @dataclass
