@@ -319,6 +319,12 @@ class EventLog:
             )
 
     @property
+    def local(self) -> bool:
+        """Whether the store is a file on this machine (SQLite): reading its positions takes
+        microseconds and, in WAL mode, never waits for a writer."""
+        return not self._postgres
+
+    @property
     def quarantined(self) -> int:
         """Stored events and movements that broke the contract when read back (each counted
         once)."""

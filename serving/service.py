@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
@@ -408,6 +410,7 @@ class OmnichannelService:
         # Read once: a wrong OMNI_TIME_FLOOR etc. stops the start, not every request.
         self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()
+        self._loop_log = self.log.another() if self.log.local else None  # see _answer
         self.writer = GroupWriter(self.log, self._apply_stored)
         self.exposures = ExposureWriter(self.log.another()) if exposures_enabled() else None
         self.control_share, self.experiment = control_share(), experiment()
@@ -510,15 +513,32 @@ class OmnichannelService:
         self._catch_up(state)
         return state
 
+    async def _answer(self, work: Callable[[ServingState], dict[str, Any]]) -> dict[str, Any]:
+        """``work`` on the served state: right here on the event loop when the state is
+        current and asking cannot wait on anything — the store is a local SQLite file, read on
+        a connection of the loop's own (a hop to a worker thread costs about as much as the
+        answer); otherwise in a worker thread, after applying what is new, so that the loop
+        never waits for a database over the network, a lock or a load."""
+        state = self.state
+        if state is not None and self.problem is None and self._loop_log is not None:
+            with suppress(EventStoreUnavailable):  # the worker thread's path will say so
+                if state.is_current(self._loop_log):
+                    return work(state)
+        return await run_in_threadpool(lambda: work(self._state()))
+
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     @answers
-    def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    async def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Ranked items for a customer, by ``customer_id`` or by the ``customer_key`` a channel
         knows them by. Bought items are left out unless repurchasable; only items in stock
         where they would be bought (the store, else anywhere) are offered. An unknown customer
         gets the store's / channel's best sellers, flagged ``fallback`` — never an error."""
         r = RecommendRequest.model_construct(**request)
-        state = self._state()
+        return await self._answer(lambda state: self._recommend(ctx, r, state))
+
+    def _recommend(
+        self, ctx: bentoml.Context, r: RecommendRequest, state: ServingState
+    ) -> dict[str, Any]:
         if r.channel not in state.channels:
             raise NotFound(f"Unknown channel {r.channel!r}.")
         if r.store_id is not None and r.store_id not in state.stores:
@@ -592,10 +612,12 @@ class OmnichannelService:
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest)
     @answers
-    def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    async def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Items most similar to one item (404 when the model does not know it)."""
         r = SimilarItemsRequest.model_construct(**request)
-        state = self._state()
+        return await self._answer(lambda state: self._similar_items(r, state))
+
+    def _similar_items(self, r: SimilarItemsRequest, state: ServingState) -> dict[str, Any]:
         similar = state.recommender.similar_items([r.item_id], n=r.n)
         return {
             "item_id": r.item_id,
@@ -727,15 +749,17 @@ class OmnichannelService:
 
     @bentoml.api(route="/availability", input_spec=AvailabilityRequest)
     @answers
-    def availability(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
+    async def availability(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Where each item can be bought now: every node that holds a record of it with its
         units on hand, reserved and available to promise (on hand - reserved - safety stock);
         whether it can be bought online (some node has units to promise: shipped, or collected
         at a store); and, given a store or a location, the nearest stores that have it."""
         r = AvailabilityRequest.model_construct(**request)
-        state = self._state()
         if (r.lat is None) != (r.lon is None):
             raise Unprocessable("Give both lat and lon, or neither.")
+        return await self._answer(lambda state: self._availability(r, state))
+
+    def _availability(self, r: AvailabilityRequest, state: ServingState) -> dict[str, Any]:
         origin = (r.lat, r.lon) if r.lat is not None and r.lon is not None else None
         if r.store_id is not None:
             if r.store_id not in state.stores:

@@ -107,6 +107,15 @@ class ServingState:
                 self.log_seq = int(seqs.max())
         self.catch_up(log)
 
+    def is_current(self, log: EventLog) -> bool:
+        """Whether this state has applied everything ``log`` holds and no hold has run out —
+        one read of the log's positions, no lock taken."""
+        return (
+            self._past_sales_counted
+            and log.positions() == (self.log_seq, self.movement_seq)
+            and not self.stock.due(self.clock())
+        )
+
     def catch_up(self, log: EventLog) -> None:
         """Apply the events and stock movements logged since this state last looked (by any
         worker or process), and end the reservations whose hold has run out."""

@@ -268,3 +268,28 @@ def test_a_champion_trained_after_a_sale_still_counts_it_in_stock(
     monkeypatch.setattr(serving.service, "load_state", trained_after_the_sale)
     with workers(1) as (after,):
         assert picture(after, keys, item) == seen
+
+
+def test_a_sale_through_one_worker_changes_the_others_next_recommendation(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    """A worker whose picture is current answers without a thread's hop (see
+    OmnichannelService._answer); one event logged by another worker must end that at once."""
+    latest = latest_stock()
+    ask = {"customer_id": "walk-in", "channel": "store", "store_id": "S003", "n": 5}
+    with workers(2) as (till, app):
+        for _ in range(2):  # the second answer from a state known to be current
+            top = app.post("/recommend", json=ask, headers=as_(keys, "recommend")).json()
+        item = top["items"][0]["item_id"]
+        sale = {
+            "event_time": now(), "channel": "store", "event_type": "purchase", "item_id": item,
+            "quantity": float(latest[("S003", item)]), "store_id": "S003",
+        }  # fmt: skip
+        posted = till.post("/events", json={"events": [sale]}, headers=as_(keys, "recommend"))
+        assert posted.json()["stored"] == 1
+        after = app.post("/recommend", json=ask, headers=as_(keys, "recommend")).json()
+        assert item not in {i["item_id"] for i in after["items"]}
+        assert (
+            picture(app, keys, item, store_id="S003")[0]["nodes"]
+            == picture(till, keys, item, store_id="S003")[0]["nodes"]
+        )
