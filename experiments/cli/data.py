@@ -65,9 +65,18 @@ def validate_cmd(
 def unify_cmd(
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Where unified tables are written.")],
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="inprocess, or dask: events checked and pseudonymised partition by partition "
+            "on $OMNI_DASK_SCHEDULER (tcp://host:port, or local)."
+        ),
+    ] = "inprocess",
 ) -> None:
     """Resolve identities across channels; write pseudonymous events and customers."""
-    result = pipelines.unify(data, identity_config())
+    if engine not in ("inprocess", "dask"):
+        raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
+    result = pipelines.unify(data, identity_config(), engine=engine)
     paths = pipelines.write_unified(result, out_dir)
     report = pipelines.identity_report(result)
     out.print(

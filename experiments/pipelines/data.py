@@ -67,14 +67,24 @@ class UnifyResult:
 
 
 def unify(
-    data_dir: Path, config: IdentityConfig, logged: pd.DataFrame | None = None
+    data_dir: Path,
+    config: IdentityConfig,
+    logged: pd.DataFrame | None = None,
+    engine: str = "inprocess",
 ) -> UnifyResult:
     """Validate events and identities, resolve identities, and pseudonymise the events.
 
     Args:
         logged: events accepted by the service since (``EventLog.read``), added to the file's;
             an event whose ``event_id`` the file already holds is counted once.
+        engine: ``dask`` validates and pseudonymises the events partition by partition on a
+            Dask cluster (experiments/pipelines/distributed.py), with the same result.
     """
+    if engine == "dask":
+        from experiments.pipelines.distributed import dask_client, unify_on
+
+        with dask_client() as client:
+            return unify_on(client, data_dir, config, logged)
     tables = load_dataset(data_dir, ("events", "identities"))
     if "events" not in tables:
         raise ContractError(
