@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -46,6 +47,17 @@ QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 STRATEGIES = ("recursive", "direct")
+CATEGORICAL = ["store_code", "category_code"]
+
+#: Trains one LightGBM model: ``(params, features, target, rounds) -> booster``.
+Trainer = Callable[[dict[str, Any], pd.DataFrame, np.ndarray, int], lgb.Booster]
+
+
+def train_here(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int) -> lgb.Booster:
+    """The default :data:`Trainer`: in this process (experiments/pipelines/distributed.py has
+    one that trains on a Dask cluster)."""
+    dataset = lgb.Dataset(x, label=y, categorical_feature=CATEGORICAL, free_raw_data=True)
+    return lgb.train(params, dataset, num_boost_round=rounds)
 
 
 class Forecaster(BaseEstimator):
@@ -197,7 +209,9 @@ class LightGBMForecaster(Forecaster):
         calendar = getattr(self, "calendar_", {}).get(lead, True)  # decided at fit
         return FeatureSpec(horizon=lead, lags=tuple(lags), rolling=rolling, calendar=calendar)
 
-    def fit(self, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
+    def fit(
+        self, panel: pd.DataFrame, items: pd.DataFrame | None = None, trainer: Trainer = train_here
+    ) -> Self:
         """Fit the models, and calibrate the intervals on held-out history.
 
         The last periods of the panel (enough for about 600 observations, at least the
@@ -209,7 +223,8 @@ class LightGBMForecaster(Forecaster):
         (tweedie, poisson or squared error; three more trainings). Then, with ``refit``, every
         model is trained again on the whole panel. When the history is too short to hold any
         periods out, a :class:`CalibrationWarning` says so and the intervals are the documented
-        default (negative binomial, dispersion 1).
+        default (negative binomial, dispersion 1). ``trainer`` trains each LightGBM model (the
+        features are built here either way): by default in this process.
         """
         self._check(panel)
         if self.quantiles not in ("auto", *INTERVAL_METHODS):
@@ -244,9 +259,9 @@ class LightGBMForecaster(Forecaster):
                 after = usable & (period >= start)
                 if before.sum() >= 2 * self.min_child_samples and after.any():
                     booster = (
-                        self._select_objective(x, y, before, after)
+                        self._select_objective(x, y, before, after, trainer)
                         if index == 0 and self.objective == "auto"
-                        else self._train(x[before], y[before], self.objective_)
+                        else self._train(x[before], y[before], self.objective_, trainer)
                     )
                     held.append(
                         self._recursive_errors(booster, panel, start)
@@ -261,7 +276,7 @@ class LightGBMForecaster(Forecaster):
                         )
                     )
             if self.refit or booster is None:
-                booster = self._train(x[usable], y[usable], self.objective_)
+                booster = self._train(x[usable], y[usable], self.objective_, trainer)
             self.boosters_.append(booster)
         self.leads_ = self.models()
         before_start = panel if start is None else panel[panel[PERIOD] < start]
@@ -391,12 +406,13 @@ class LightGBMForecaster(Forecaster):
         return x, panel[TARGET].to_numpy(dtype=np.float64), usable, panel[PERIOD].to_numpy()
 
     def _select_objective(
-        self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray
-    ) -> lgb.Booster:
+        self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray,
+        trainer: Trainer,
+    ) -> lgb.Booster:  # fmt: skip
         """Keep the objective with the lowest held-out WAPE; its model trained before."""
         boosters = {}
         for objective in _OBJECTIVES:
-            boosters[objective] = self._train(x[before], y[before], objective)
+            boosters[objective] = self._train(x[before], y[before], objective, trainer)
             mean, actual = self._predict(boosters[objective], x[after]), y[after]
             self.selection_wape_[objective] = float(
                 np.abs(actual - mean).sum() / max(actual.sum(), 1e-9)
@@ -404,7 +420,9 @@ class LightGBMForecaster(Forecaster):
         self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
         return boosters[self.objective_]
 
-    def _train(self, x: pd.DataFrame, y: np.ndarray, objective: str) -> lgb.Booster:
+    def _train(
+        self, x: pd.DataFrame, y: np.ndarray, objective: str, trainer: Trainer
+    ) -> lgb.Booster:
         params = {
             "objective": objective,
             "learning_rate": self.learning_rate,
@@ -417,10 +435,7 @@ class LightGBMForecaster(Forecaster):
         }
         if objective == "tweedie":
             params["tweedie_variance_power"] = 1.2
-        dataset = lgb.Dataset(
-            x, label=y, categorical_feature=["store_code", "category_code"], free_raw_data=True
-        )
-        return lgb.train(params, dataset, num_boost_round=self.n_estimators)
+        return trainer(params, x, y, self.n_estimators)
 
     def _predict(
         self, booster: lgb.Booster, x: pd.DataFrame, threads: int | None = None

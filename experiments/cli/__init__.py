@@ -5,6 +5,7 @@ from experiments.cli import (  # noqa: F401 (they register)
     data,
     placement,
     report,
+    score,
     service,
     stock,
     train,

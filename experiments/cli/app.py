@@ -37,6 +37,8 @@ report_app = typer.Typer(help="What the recommendations and offers did, per chan
 app.add_typer(report_app, name="report")
 keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
 app.add_typer(keys_app, name="keys")
+score_app = typer.Typer(help="Batch scoring: every customer's lists, for CRM and marketing.")
+app.add_typer(score_app, name="score")
 
 out = Console()
 err = Console(stderr=True)
@@ -45,6 +47,19 @@ Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
 DataOpt = Annotated[Path, typer.Option("--data", help="Directory with one file per table.")]
 Horizon = Annotated[int, typer.Option(help="Periods ahead.")]
 Freq = Annotated[str, typer.Option(help="D (daily) or W (weekly).")]
+Engine = Annotated[
+    str,
+    typer.Option(
+        help="inprocess, or dask: the work split across the Dask cluster of "
+        "$OMNI_DASK_SCHEDULER (tcp://host:port, or local: this machine's cores)."
+    ),
+]
+
+
+def checked_engine(engine: str) -> str:
+    if engine not in ("inprocess", "dask"):
+        raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
+    return engine
 
 
 class UsageError(Exception):
@@ -74,6 +89,7 @@ def main() -> None:
 #: The commands that open the MLflow tracking store.
 TRACKING_COMMANDS = {
     "train", "backtest", "forecast", "placement", "bench", "serve", "build", "demo", "report",
+    "score",
 }  # fmt: skip
 
 

@@ -11,8 +11,10 @@ from rich.table import Table
 
 from experiments.benchmarks import runner as bench
 from experiments.cli.app import (
+    Engine,
     UsageError,
     bench_app,
+    checked_engine,
     err,
     generated,
     out,
@@ -252,6 +254,31 @@ def bench_ingest_cmd(
         data = generated(bench.ingest_config(events, fmt), cache / f"ingest-{events}-{fmt}")
     result = bench.run_ingest(data)
     out.print_json(json.dumps(result))
+
+
+@bench_app.command("scale")
+def bench_scale_cmd(
+    events: Annotated[
+        int, typer.Option(help="Approximate number of events to generate.")
+    ] = 1_000_000,
+    engine: Engine = "inprocess",
+    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+    cache: Annotated[Path, typer.Option(help="Where generated bench data sets are kept.")] = Path(
+        ".omni/bench"
+    ),
+) -> None:
+    """The whole pipeline — generate, validate and unify, both training sets, both models —
+    each step's time and peak memory summed over every process (cluster included)."""
+    from experiments.benchmarks import scale
+
+    figures = scale.run(events, checked_engine(engine), cache)
+    table = Table("step", "seconds", "peak GB", title=f"omni bench scale ({engine})")
+    for name, row in figures["steps"].items():
+        table.add_row(name, f"{row['seconds']:.1f}", f"{row['peak_gb']:.2f}")
+    out.print(table)
+    out.print(json.dumps({k: v for k, v in figures.items() if k != "steps"}))
+    if metrics_out:
+        metrics_out.write_text(json.dumps(figures) + "\n")
 
 
 @bench_app.command("nextbasket")

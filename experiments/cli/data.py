@@ -11,8 +11,9 @@ from rich.table import Table
 
 from experiments.cli.app import (
     DataOpt,
-    UsageError,
+    Engine,
     app,
+    checked_engine,
     generate_with_progress,
     identity_config,
     out,
@@ -35,18 +36,10 @@ def validate_cmd(
             help="Text encoding of CSV files without a byte-order mark, e.g. cp932 (Shift-JIS).",
         ),
     ] = "utf-8",
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="inprocess, or dask: partitioned tables checked on $OMNI_DASK_SCHEDULER "
-            "(tcp://host:port, or local)."
-        ),
-    ] = "inprocess",
+    engine: Engine = "inprocess",
 ) -> None:
     """Check every table against the data contract; quarantine bad rows with a reason."""
-    if engine not in ("inprocess", "dask"):
-        raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
-    tables = pipelines.validate(data, out_dir, encoding, engine=engine)
+    tables = pipelines.validate(data, out_dir, encoding, engine=checked_engine(engine))
     summary = pipelines.validation_summary(tables)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -65,18 +58,10 @@ def validate_cmd(
 def unify_cmd(
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Where unified tables are written.")],
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="inprocess, or dask: events checked and pseudonymised partition by partition "
-            "on $OMNI_DASK_SCHEDULER (tcp://host:port, or local)."
-        ),
-    ] = "inprocess",
+    engine: Engine = "inprocess",
 ) -> None:
     """Resolve identities across channels; write pseudonymous events and customers."""
-    if engine not in ("inprocess", "dask"):
-        raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
-    result = pipelines.unify(data, identity_config(), engine=engine)
+    result = pipelines.unify(data, identity_config(), engine=checked_engine(engine))
     paths = pipelines.write_unified(result, out_dir)
     report = pipelines.identity_report(result)
     out.print(

@@ -12,11 +12,13 @@ from rich.table import Table
 
 from experiments.cli.app import (
     DataOpt,
+    Engine,
     Freq,
     Horizon,
     UsageError,
     app,
     backtest_app,
+    checked_engine,
     err,
     identity_config,
     out,
@@ -57,12 +59,14 @@ def train_recommender_cmd(
 
 
 @train_app.command("forecaster")
-def train_forecaster_cmd(data: DataOpt, horizon: Horizon, freq: Freq = "D") -> None:
+def train_forecaster_cmd(
+    data: DataOpt, horizon: Horizon, freq: Freq = "D", engine: Engine = "inprocess"
+) -> None:
     """Backtest, fit on all data, register demand_forecaster; champion only if it wins."""
     from experiments.pipelines import training
 
     result, version, promoted, champion = training.train_forecaster(
-        data, horizon=horizon, freq=freq
+        data, horizon=horizon, freq=freq, engine=checked_engine(engine)
     )
     print_backtest(result, "backtest of the new forecaster")
     name = training.FORECASTER_NAME
@@ -91,14 +95,19 @@ def backtest_forecaster_cmd(
     freq: Freq = "D",
     windows: Annotated[int, typer.Option(help="Test windows, ending at the last period.")] = 3,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON.")] = None,
+    engine: Engine = "inprocess",
 ) -> None:
     """Backtest the forecaster and its baselines; log to MLflow with plots."""
     from experiments.pipelines import forecaster, training
 
-    demand = forecaster.load_demand(data, freq)
-    result = forecaster.backtest(demand, horizon=horizon, freq=freq, windows=windows)
+    with forecaster.engine(checked_engine(engine)) as (load, trainer):
+        demand = load(data, freq)
+        result = forecaster.backtest(
+            demand, horizon=horizon, freq=freq, windows=windows, trainer=trainer
+        )
     training.log_backtest(
-        result, {"data": str(data), "horizon": horizon, "freq": freq, "windows": windows}
+        result,
+        {"data": str(data), "horizon": horizon, "freq": freq, "windows": windows, "engine": engine},
     )
     print_backtest(result, f"backtest: {windows} windows of {horizon} {freq}")
     if metrics_out:

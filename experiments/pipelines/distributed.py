@@ -36,7 +36,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from experiments.pipelines.data import UnifyResult
-from features.demand import sales_from_events
+from experiments.pipelines.forecaster import DemandData
+from features.demand import build_panel, sales_from_events
 from features.identity import (
     IdentityConfig,
     IdentityResolution,
@@ -48,6 +49,9 @@ from features.ingest import REASON, ContractError, LoadedTable, find_table_files
 from features.interactions import Interactions, InteractionWeights, build_interactions
 from features.rawfiles import partition_files
 from features.schema import TABLES, Bounds, TableSchema
+from models.forecast import CATEGORICAL, Trainer
+from models.recommenders import Recommender
+from models.rules import BusinessRules, recommend_with_rules
 
 SCHEDULER_ENV = "OMNI_DASK_SCHEDULER"
 
@@ -71,6 +75,57 @@ def dask_client() -> Iterator[Any]:
     else:
         with Client(address) as client:
             yield client
+
+
+def trainer_on(client: Any) -> Trainer:
+    """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
+    learner (``lightgbm.dask``), the rows split evenly across the workers, each building its
+    histograms and the workers merging them over the network. The parameters are the
+    in-process ones but the threads: each worker uses its own. The features are built on the
+    client — the demand panel is far smaller than the events it comes from."""
+
+    def train(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int) -> Any:
+        import dask.dataframe as dd
+        from lightgbm.dask import DaskLGBMRegressor
+
+        parts = max(len(client.scheduler_info()["workers"]), 1)
+        settings = {k: v for k, v in params.items() if k != "num_threads"}
+        model = DaskLGBMRegressor(client=client, n_estimators=rounds, **settings)
+        model.fit(
+            dd.from_pandas(x.reset_index(drop=True), npartitions=parts),
+            dd.from_pandas(pd.Series(y), npartitions=parts),
+            categorical_feature=CATEGORICAL,
+        )
+        return model.to_local().booster_
+
+    return train
+
+
+def load_demand_on(
+    client: Any, data_dir: Path, freq: str, logged: pd.DataFrame | None = None
+) -> DemandData:
+    """:func:`experiments.pipelines.forecaster.load_demand` with the events checked and their
+    daily sales summed on the cluster (:func:`sales_on`); the panel is built here from the
+    daily sales, as are the small tables (sales when given, inventory, items, plan)."""
+    files = find_table_files(data_dir)
+    tables = {
+        name: _load_on(client, files[name], TABLES[name])
+        for name in ("sales", "inventory", "items", "plan")
+        if name in files
+    }
+    if "sales" in tables and len(tables["sales"].accepted):
+        sales = tables["sales"].accepted
+    elif "events" in files:
+        events = check_table_on(client, files["events"], TABLES["events"])
+        sales = sales_on(client, _with_logged_on(client, events.parts, logged))
+    else:
+        raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
+    inventory = tables["inventory"].accepted if "inventory" in tables else None
+    return DemandData(
+        build_panel(sales, freq=freq, inventory=inventory),
+        tables["items"].accepted if "items" in tables else None,
+        tables["plan"].accepted if "plan" in tables else None,
+    )
 
 
 @dataclass
@@ -362,3 +417,41 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
 def _on_days(events: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
     """On a worker: a partition's events on some days."""
     return events[events["event_time"].dt.normalize().isin(days)]
+
+
+#: Customers per batch-scoring task at most: its answer is about ``n`` rows per customer.
+SCORING_CHUNK = 2_000
+
+
+def recommend_on(
+    client: Any,
+    model: Recommender,
+    rules: BusinessRules,
+    customer_ids: pd.Index,
+    n: int = 10,
+    **context: Any,
+) -> pd.DataFrame:
+    """:func:`models.rules.recommend_with_rules` on the cluster: the same frame, row for row.
+
+    The model and its rules are sent to every worker once; the customers go in chunks of at
+    most :data:`SCORING_CHUNK` (and at least one chunk per worker thread), each chunk's lists
+    made on a worker by that same function, and the chunks' lists concatenated in customer
+    order. Each worker holds a copy of the model and the rules, as a service worker does.
+    """
+    ids = pd.Index(customer_ids, dtype="str")
+    threads = max(sum(client.nthreads().values()), 1)
+    size = max(1, min(SCORING_CHUNK, -(-len(ids) // threads)))
+    chunks = [ids[start : start + size] for start in range(0, len(ids), size)]
+    if not chunks:
+        return recommend_with_rules(model, rules, ids, n, **context)
+    model_f = client.scatter(model, broadcast=True)
+    rules_f = client.scatter(rules, broadcast=True)
+    lists = client.map(_recommend, chunks, model=model_f, rules=rules_f, n=n, **context)
+    return _concat(client.gather(lists))
+
+
+def _recommend(
+    customer_ids: pd.Index, model: Recommender, rules: BusinessRules, **ask: Any
+) -> pd.DataFrame:
+    """On a worker: one chunk's lists."""
+    return recommend_with_rules(model, rules, customer_ids, **ask)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from models.forecast import (
     LightGBMForecaster,
     MovingAverage,
     SeasonalNaive,
+    Trainer,
     pinball_loss,
+    train_here,
 )
 
 
@@ -57,6 +61,20 @@ def load_demand(data_dir: Path, freq: str, logged: pd.DataFrame | None = None) -
     items = tables["items"].accepted if "items" in tables else None
     plan = tables["plan"].accepted if "plan" in tables else None
     return DemandData(panel, items, plan)
+
+
+@contextmanager
+def engine(name: str = "inprocess") -> Iterator[tuple[Callable[..., DemandData], Trainer]]:
+    """How demand is loaded (``load(data_dir, freq, logged=None)``) and LightGBM trained: in
+    this process, or with ``"dask"`` on the cluster of ``$OMNI_DASK_SCHEDULER`` (the daily
+    sales summed and the models trained there; experiments/pipelines/distributed.py)."""
+    if name != "dask":
+        yield load_demand, train_here
+        return
+    from experiments.pipelines.distributed import dask_client, load_demand_on, trainer_on
+
+    with dask_client() as client:
+        yield functools.partial(load_demand_on, client), trainer_on(client)
 
 
 def known_covariates(future: pd.DataFrame) -> pd.DataFrame:
@@ -168,11 +186,13 @@ def backtest(
     windows: int = 3,
     model: Factory | None = None,
     extra: dict[str, Callable[[pd.DataFrame, DemandData], pd.DataFrame]] | None = None,
+    trainer: Trainer = train_here,
 ) -> BacktestResult:
     """Rolling origins: ``windows`` test windows of ``horizon`` periods ending at the last period.
 
     Each origin sees only the periods up to it; the future ``plan`` covariates it gets are the
     ones recorded in the panel (known in advance by the contract), never the targets.
+    ``trainer`` trains the LightGBM models (e.g. on a Dask cluster: ``distributed.trainer_on``).
     """
     started = time.perf_counter()
     panel = data.panel
@@ -196,7 +216,7 @@ def backtest(
                 fit_started = time.perf_counter()
                 with warnings.catch_warnings(record=True) as raised:
                     warnings.simplefilter("always", CalibrationWarning)
-                    forecaster.fit(history, items=data.items)
+                    forecaster.fit(history, items=data.items, trainer=trainer)
                 fit_seconds += time.perf_counter() - fit_started
                 caught += [str(w.message) for w in raised if str(w.message) not in caught]
                 fitted = forecaster

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 import features
 import models
 from experiments.pipelines import data as pipelines
-from experiments.pipelines.forecaster import BacktestResult, DemandData, backtest, load_demand
+from experiments.pipelines.forecaster import BacktestResult, DemandData, backtest
+from experiments.pipelines.forecaster import engine as forecaster_engine
 from experiments.pipelines.recommender import (
     DEFAULT_CONFIG,
     Candidate,
@@ -38,7 +39,7 @@ from features.identity import IdentityConfig
 from features.ingest import LoadedTable, load_dataset
 from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
-from models.forecast import LightGBMForecaster
+from models.forecast import LightGBMForecaster, Trainer
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
 from models.rules import DEFAULT_TIMING, BusinessRules
@@ -463,21 +464,29 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
 
 
 def train_forecaster(
-    data_dir: Path, *, horizon: int, freq: str, windows: int = 3
+    data_dir: Path, *, horizon: int, freq: str, windows: int = 3, engine: str = "inprocess"
 ) -> tuple[BacktestResult, str, bool, float | None]:
     """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins.
 
     Returns the backtest, the registered version, whether it became champion and the champion's
     backtest WAPE it was compared with: its configuration backtested on the same data and
     windows (None without a champion, or when it forecasts another horizon or frequency).
+    ``engine="dask"`` sums the daily sales and trains LightGBM on a Dask cluster
+    (:func:`experiments.pipelines.forecaster.engine`).
     """
-    data = load_demand(data_dir, freq, logged_events()[0])
-    result = backtest(data, horizon=horizon, freq=freq, windows=windows)
-    params = {"data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows}
+    with forecaster_engine(engine) as (load, trainer):
+        data = load(data_dir, freq, logged_events()[0])
+        result = backtest(data, horizon=horizon, freq=freq, windows=windows, trainer=trainer)
+        final = LightGBMForecaster(horizon=horizon, freq=freq).fit(
+            data.panel, items=data.items, trainer=trainer
+        )
+        probe_forecast(final.predict(final.history_))
+        champion_wape = _champion_wape(final, result, data, windows, trainer)
+    params = {
+        "data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows,
+        "engine": engine,
+    }  # fmt: skip
     log_backtest(result, params)
-    final = LightGBMForecaster(horizon=horizon, freq=freq).fit(data.panel, items=data.items)
-    probe_forecast(final.predict(final.history_))
-    champion_wape = _champion_wape(final, result, data, windows)
     promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
     version = _register(
         FORECASTER_NAME,
@@ -500,7 +509,11 @@ def train_forecaster(
 
 
 def _champion_wape(
-    candidate: LightGBMForecaster, result: BacktestResult, data: DemandData, windows: int
+    candidate: LightGBMForecaster,
+    result: BacktestResult,
+    data: DemandData,
+    windows: int,
+    trainer: Trainer,
 ) -> float | None:
     """The champion forecaster's WAPE on the candidate's backtest: its configuration refitted at
     the same origins of the same data (a WAPE stored from another run measured other data). The
@@ -521,6 +534,7 @@ def _champion_wape(
         freq=candidate.freq,
         windows=windows,
         model=lambda: LightGBMForecaster(**config),
+        trainer=trainer,
     )
     return rescored.metrics["wape"]
 

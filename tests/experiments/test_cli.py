@@ -122,6 +122,21 @@ def test_bench_ingest_prints_figures(tmp_path: Path) -> None:
     assert figures["peak_rss_mb"] > 0
 
 
+def test_bench_scale_times_every_step_of_the_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    args = ["bench", "scale", "--events", "20000", "--cache", str(tmp_path), "--metrics-out"]
+    result = omni(*args, str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert list(figures["steps"]) == [
+        "generate", "validate and unify", "interactions", "demand panel", "recommender (ALS)",
+        "forecaster (LightGBM)",
+    ]  # fmt: skip
+    assert figures["events"] > 10_000 and figures["series"] > 0
+    assert all(s["peak_gb"] > 0 for s in figures["steps"].values())
+    assert omni(*args, str(out), "--engine", "spark").returncode == 2
+
+
 def test_bench_placement_allocates_the_whole_chain() -> None:
     result = omni("bench", "placement", "--stores", "20", "--items", "50")
     assert result.returncode == 0, result.stderr

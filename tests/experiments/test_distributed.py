@@ -1,10 +1,13 @@
 """Validation, unification and feature building on a Dask cluster (a LocalCluster of two worker
 processes, shared by the module's tests) against in-process, on a partitioned data set with
-corrupt rows, a key repeated across partitions, and logged events on days the files hold."""
+corrupt rows, a key repeated across partitions, and logged events on days the files hold; and
+batch recommendations of the session's champions and the forecaster's backtest, on the cluster and
+in-process."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from experiments.pipelines import data as pipelines
+from experiments.pipelines import forecaster
 from experiments.synthetic import GeneratorConfig, generate
 from features.demand import build_panel, sales_from_events
 from features.eventlog import validate_events
 from features.identity import IdentityConfig
 from features.ingest import REASON, load_dataset
 from features.interactions import InteractionWeights, build_interactions
+from tests.conftest import SAMPLE
 from tests.processes import omni
 
 pytestmark = pytest.mark.integration
@@ -144,6 +149,39 @@ def test_interactions_and_demand_built_on_a_cluster_equal_in_process(
             )
 
 
+def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
+    partitioned: Path, client: Any, logged: pd.DataFrame
+) -> None:
+    from experiments.pipelines.distributed import load_demand_on
+
+    for live in (None, logged):
+        here = forecaster.load_demand(partitioned, "W", live)
+        there = load_demand_on(client, partitioned, "W", live)
+        pd.testing.assert_frame_equal(there.panel, here.panel, check_exact=True)
+        pd.testing.assert_frame_equal(there.items, here.items)
+        pd.testing.assert_frame_equal(there.plan, here.plan)
+
+
+def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path: Path) -> None:
+    """LightGBM trained data-parallel on a cluster of this machine's cores (started by the
+    command): not the same model (the workers find their bins apart), as accurate."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "OMNI_DASK_SCHEDULER": ""}
+    args = ["backtest", "forecaster", "--data", str(SAMPLE), "--horizon", "4", "--freq", "W"]
+    args += ["--windows", "2"]
+    figures = {}
+    for engine in ("inprocess", "dask"):
+        out = tmp_path / f"{engine}.json"
+        done = omni(*args, "--engine", engine, "--metrics-out", str(out), env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        figures[engine] = json.loads(out.read_text())["metrics"]
+    here, there = figures["inprocess"], figures["dask"]
+    assert there["wape"] != here["wape"]  # the cluster did train it
+    assert there["wape"] == pytest.approx(here["wape"], rel=0.01)
+    assert there["coverage_80"] == pytest.approx(here["coverage_80"], abs=0.03)
+    refused = omni(*args, "--engine", "spark", env=env)
+    assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
+
+
 def test_omni_validate_and_unify_on_a_cluster(
     partitioned: Path, client: Any, tmp_path: Path
 ) -> None:
@@ -174,3 +212,93 @@ def test_omni_validate_and_unify_on_a_cluster(
             assert there.read_text() == here.read_text(), name
     refused = omni(*unify, str(tmp_path / "x"), "--engine", "spark")
     assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
+
+
+#: The time the batch lists are for: a few days after the sample's last event.
+AS_OF = pd.Timestamp("2024-10-01")
+
+
+@pytest.fixture
+def served(champions: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """The session's champions as the service loads them, on an event log of this test's own
+    (other tests' posted events and holds must not move the lists between two loads)."""
+    from experiments.pipelines.scoring import served_state
+
+    monkeypatch.setenv("OMNI_EVENTS_URL", f"sqlite:///{tmp_path}/events.db")
+    return served_state()
+
+
+def test_batch_recommendations_on_a_cluster_equal_in_process(served: Any, client: Any) -> None:
+    from experiments.pipelines.scoring import batch_recommendations
+
+    customers = len(served.recommender.customer_ids_)
+    for where in ({}, {"channel": "store", "store_id": "S001"}):
+        here = batch_recommendations(served, 10, as_of=AS_OF, **where)
+        there = batch_recommendations(served, 10, as_of=AS_OF, client=client, **where)
+        assert here["customer_id"].nunique() == customers > 1000  # two chunks, one per worker
+        assert here["customer_id"].is_monotonic_increasing and len(here) > 9 * customers
+        pd.testing.assert_frame_equal(there, here, check_exact=True)
+
+
+def test_a_durable_item_bought_since_training_leaves_its_buyers_list(served: Any) -> None:
+    """A purchase logged after training, as the service would have taken it: the item (not
+    repurchasable) leaves the buyer's list, still offered to others; no list holds a durable
+    item its customer bought."""
+    from experiments.pipelines.scoring import batch_recommendations, served_state
+    from features.eventlog import EventLog, validate_events
+
+    before = batch_recommendations(served, 10, as_of=AS_OF)
+    top = before[before["rank"] == 1].set_index("customer_id")
+    rules = served.rules
+    durable = set(rules.item_ids[~rules.repurchasable])
+    events = pd.read_csv(SAMPLE / "events.csv.gz", dtype=str)
+    purchases = events[(events["event_type"] == "purchase") & events["customer_key"].notna()]
+    for row in purchases.iloc[::50].to_dict("records"):
+        customer, _ = served.identify(row["channel"], row["customer_key"])
+        if customer in top.index and top.loc[customer, "item_id"] in durable:
+            break
+    else:
+        pytest.fail("no buyer in the sample whose first item is durable")
+    item = top.loc[customer, "item_id"]
+    bought = {**row, "item_id": item, "event_id": "batch-1", "event_time": "2024-09-30T12:00"}
+    accepted, reasons = validate_events([bought])
+    assert not any(reasons)
+    log = EventLog.from_env()
+    log.append(accepted)
+    log.close()
+
+    after = batch_recommendations(served_state(), 10, as_of=AS_OF)
+    theirs = after[after["customer_id"] == customer]
+    assert item not in set(theirs["item_id"]) and len(theirs) == 10
+    assert item in set(after.loc[after["customer_id"] != customer, "item_id"])
+    refused = {
+        (buyer, bought_item)
+        for buyer, columns in rules.bought_by.items()
+        for bought_item in rules.item_ids[columns[~rules.repurchasable[columns]]]
+    } | {(customer, item)}
+    assert not refused & set(zip(after["customer_id"], after["item_id"], strict=True))
+
+
+def test_omni_score_recommender_writes_every_customers_list(
+    served: Any, client: Any, tmp_path: Path
+) -> None:
+    from experiments.pipelines.scoring import batch_recommendations
+
+    expected = batch_recommendations(served, 5, as_of=AS_OF, channel="app")
+    args = ["score", "recommender", "--n", "5", "--channel", "app", "--as-of", "2024-10-01"]
+    salt = {"OMNI_SALT": os.environ["OMNI_SALT"]}
+    here = omni(*args, "--out", str(tmp_path / "here.parquet"), env=salt)
+    assert here.returncode == 0, here.stderr[-2000:]
+    cluster = {**salt, "OMNI_DASK_SCHEDULER": client.scheduler.address}
+    there = omni(*args, "--out", str(tmp_path / "there.parquet"), "--engine", "dask", env=cluster)
+    assert there.returncode == 0, there.stderr[-2000:]
+    for name in ("here", "there"):
+        written = pd.read_parquet(tmp_path / f"{name}.parquet")
+        assert list(written.columns) == [
+            "customer_id", "item_id", "score", "rank", "fallback", "arm", "model_version", "as_of",
+        ]  # fmt: skip
+        assert len(written) == 5 * len(served.recommender.customer_ids_)
+        pd.testing.assert_frame_equal(written, expected, check_exact=True, obj=name)
+    refused = omni(*args, "--out", str(tmp_path / "x.parquet"), "--engine", "spark")
+    assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
+    assert not (tmp_path / "x.parquet").exists()
