@@ -301,8 +301,9 @@ class EventLog:
         url: the store's URL with any password redacted (safe to show and log).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, wait_seconds: float = 30.0) -> None:
         self._url = url
+        self._wait = wait_seconds  # SQLite: how long to wait for a lock before failing
         self.url = redact_urls(url)
         self._lock = threading.Lock()
         self._connection: Any = None
@@ -342,7 +343,7 @@ class EventLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():  # customer keys inside: readable by its owner only
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            connection = sqlite3.connect(path, check_same_thread=False, timeout=self._wait)
             connection.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before it returns, even across a power cut.
             connection.execute("PRAGMA synchronous=FULL")
@@ -357,10 +358,10 @@ class EventLog:
             raise
         return connection
 
-    def another(self) -> EventLog:
+    def another(self, wait_seconds: float = 30.0) -> EventLog:
         """A second log on the same store, with its own connection and lock: a background
         writer's commits then never hold up the requests' reads."""
-        return EventLog(self._url)
+        return EventLog(self._url, wait_seconds)
 
     @classmethod
     def from_env(cls) -> EventLog:

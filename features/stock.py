@@ -226,7 +226,10 @@ class StockLedger:
 
     def due(self, now: pd.Timestamp) -> bool:
         """Whether a hold may have run out by ``now`` (cheap: no lock needed to ask)."""
-        return bool(self._expiry) and self._expiry[0][0] <= now.value
+        try:  # another thread may take the last hold between a check and a look
+            return self._expiry[0][0] <= now.value
+        except IndexError:
+            return False
 
     def expire(self, now: pd.Timestamp) -> set[Pair]:
         """End the reservations whose hold has run out by ``now``; returns the pairs freed."""

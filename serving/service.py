@@ -410,7 +410,8 @@ class OmnichannelService:
         # Read once: a wrong OMNI_TIME_FLOOR etc. stops the start, not every request.
         self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()
-        self._loop_log = self.log.another() if self.log.local else None  # see _answer
+        # See _answer: never waits for a lock (a busy store sends the answer to a thread).
+        self._loop_log = self.log.another(wait_seconds=0) if self.log.local else None
         self.writer = GroupWriter(self.log, self._apply_stored)
         self.exposures = ExposureWriter(self.log.another()) if exposures_enabled() else None
         self.control_share, self.experiment = control_share(), experiment()
@@ -515,10 +516,12 @@ class OmnichannelService:
 
     async def _answer(self, work: Callable[[ServingState], dict[str, Any]]) -> dict[str, Any]:
         """``work`` on the served state: right here on the event loop when the state is
-        current and asking cannot wait on anything — the store is a local SQLite file, read on
-        a connection of the loop's own (a hop to a worker thread costs about as much as the
-        answer); otherwise in a worker thread, after applying what is new, so that the loop
-        never waits for a database over the network, a lock or a load."""
+        current and asking cannot wait on I/O — the store is a SQLite file, read on a
+        connection of the loop's own that never waits for a lock (a hop to a worker thread
+        costs about as much as the answer); otherwise in a worker thread, after applying what
+        is new, so that the loop never waits for a database over the network, a store's lock
+        or a load. On the loop, ``work`` takes only the state's in-memory locks, which threads
+        hold for as long as applying a batch of events or movements takes."""
         state = self.state
         if state is not None and self.problem is None and self._loop_log is not None:
             with suppress(EventStoreUnavailable):  # the worker thread's path will say so

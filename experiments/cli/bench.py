@@ -268,7 +268,8 @@ def bench_scale_cmd(
     ),
 ) -> None:
     """The whole pipeline — generate, validate and unify, both training sets, both models —
-    each step's time and peak memory summed over every process (cluster included)."""
+    each step's time and peak memory summed over this process and its children (a local
+    cluster's workers)."""
     from experiments.benchmarks import scale
 
     figures = scale.run(events, checked_engine(engine), cache)

@@ -79,10 +79,11 @@ def dask_client() -> Iterator[Any]:
 
 def trainer_on(client: Any) -> Trainer:
     """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
-    learner (``lightgbm.dask``), the rows split evenly across the workers, each building its
-    histograms and the workers merging them over the network. The parameters are the
-    in-process ones but the threads: each worker uses its own. The features are built on the
-    client — the demand panel is far smaller than the events it comes from."""
+    learner (``lightgbm.dask``), the rows in one partition per worker (Dask places them),
+    each worker building its histograms and the workers merging them over the network. The
+    parameters are the in-process ones but the threads: each worker uses its own. The
+    features are built on the client — the demand panel is far smaller than the events it
+    comes from."""
 
     def train(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int) -> Any:
         import dask.dataframe as dd
