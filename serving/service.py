@@ -84,6 +84,8 @@ ROUTES = {
 
 #: Seconds between attempts to load the champions while the service is not ready.
 LOAD_RETRY_SECONDS = 5.0
+#: Event batches up to this size are checked on the event loop (see ``events``).
+INLINE_CHECK = 100
 #: Stored events that broke the contract when read back (quarantined, never applied).
 EVENTS_QUARANTINED = bentoml.metrics.Gauge(
     name="omni_events_quarantined",
@@ -676,9 +678,14 @@ class OmnichannelService:
         recorded is not stored again (``already_recorded``), so a retry is always safe."""
         r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
-        # Async, with the work in threads: BentoML runs plain API methods one at a time per
-        # worker, and concurrent posts must be able to share a commit (serving/writer.py).
-        rows, reasons = await run_in_threadpool(check_events, records, self.bounds)
+        # Async: BentoML runs plain API methods one at a time per worker, and concurrent posts
+        # must be able to share a commit (serving/writer.py). The commit is made in a thread,
+        # as is the check of a big batch (1,000 events: ~14 ms); a small one (100: ~0.5 ms) is
+        # checked here, where a thread's hop would cost more than the check.
+        if len(records) <= INLINE_CHECK:
+            rows, reasons = check_events(records, self.bounds)
+        else:
+            rows, reasons = await run_in_threadpool(check_events, records, self.bounds)
         refusal = _refusal(ctx, reasons, "events")
         if refusal is not None:
             return refusal
