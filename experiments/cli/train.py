@@ -33,12 +33,13 @@ def train_recommender_cmd(
     metrics_out: Annotated[
         Path | None, typer.Option(help="Write the selected model's metrics.")
     ] = None,
+    engine: Engine = "inprocess",
 ) -> None:
     """Select a recommender on a time split, log every candidate, register the best."""
     from experiments.pipelines import training
 
     identity_config()  # warn about the demo salt before the long work
-    result = training.train_recommender(data, config)
+    result = training.train_recommender(data, config, engine=checked_engine(engine))
     metrics = {
         m: round(result.selected.metrics[m], 4)
         for m in ("ndcg@10", "map", "precision@10", "recall@10")

@@ -222,12 +222,18 @@ def fit_final(
     return TrainingInput.from_events(unified, weights).fit(candidate.build())
 
 
-def train_recommender(data_dir: Path, config_path: Path | None = None) -> TrainResult:
-    """Validate + unify ``data_dir``, select a model, register it, move the champion if it wins."""
+def train_recommender(
+    data_dir: Path, config_path: Path | None = None, engine: str = "inprocess"
+) -> TrainResult:
+    """Validate + unify ``data_dir``, select a model, register it, move the champion if it wins.
+
+    ``engine="dask"`` validates and unifies on a Dask cluster (the same events, bit for bit);
+    selection and fitting run here, on the unified events.
+    """
     started = time.perf_counter()
     options = load_training_options(config_path)
     logged, log_seq = logged_events()
-    unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged)
+    unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged, engine=engine)
     unified = unify_result.unified
     extras = load_dataset(data_dir, ("items", "inventory", "stores"))
     catalogue = extras["items"].accepted if "items" in extras else None

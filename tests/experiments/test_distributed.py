@@ -182,6 +182,25 @@ def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path
     assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
 
 
+def test_omni_train_recommender_unified_on_a_cluster_selects_the_same_model(
+    partitioned: Path, client: Any, tmp_path: Path
+) -> None:
+    chosen = {}
+    for engine in ("inprocess", "dask"):
+        env = {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{engine}-mlflow.db",
+            "OMNI_EVENTS_URL": f"sqlite:///{tmp_path}/{engine}-events.db",
+            "OMNI_DASK_SCHEDULER": client.scheduler.address,
+        }
+        out = tmp_path / f"{engine}.json"
+        args = ["train", "recommender", "--data", str(partitioned), "--metrics-out", str(out)]
+        done = omni(*args, "--engine", engine, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        chosen[engine] = json.loads(out.read_text())
+        del chosen[engine]["seconds"]
+    assert chosen["dask"] == chosen["inprocess"]
+
+
 def test_omni_validate_and_unify_on_a_cluster(
     partitioned: Path, client: Any, tmp_path: Path
 ) -> None:
