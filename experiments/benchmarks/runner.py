@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,16 @@ def run_recommender_speed(data: Path) -> dict:
     return _child("recommender-speed", data)
 
 
-def _child(task: str, data: Path) -> dict:
+def run_fit_memory(model: str, customers: int, items: int, per_customer: int = 30) -> dict:
+    """One recommender's fit on a random long-tailed customer x item matrix, in a child: its
+    seconds and its peak memory above the matrix (one BLAS thread)."""
+    return _child("fit-memory", model, str(customers), str(items), str(per_customer))
+
+
+def _child(task: str, *args: str | Path) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmarks.runner", task, str(data)],
+        [sys.executable, "-m", "experiments.benchmarks.runner", task, *map(str, args)],
         capture_output=True, text=True, check=False, env=env,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -292,11 +299,65 @@ def run_placement_speed(stores: int = 500, items: int = 10_000, seed: int = 0) -
     }
 
 
-if __name__ == "__main__":
-    workers = {
-        "ingest": _ingest_worker,
-        "recommender-speed": _recommender_speed_worker,
-        "forecaster-features": _forecaster_features_worker,
-        "forecaster-train": _forecaster_train_worker,
+def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str) -> dict:
+    import numpy as np
+    import pandas as pd
+    import psutil
+    import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
+
+    from features.interactions import Interactions
+    from models.recommenders import (
+        ALSRecommender,
+        BPRRecommender,
+        EASERecommender,
+        ItemKNNRecommender,
+    )
+
+    n_users, n_items, per = int(customers), int(items), int(per_customer)
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # a long tail, as real catalogues
+    rows = np.repeat(np.arange(n_users), per)
+    cols = rng.choice(n_items, size=n_users * per, p=popularity / popularity.sum())
+    ones = np.ones(len(rows), np.float32)
+    matrix = sp.csr_matrix((ones, (rows, cols)), shape=(n_users, n_items))
+    matrix.sum_duplicates()
+    interactions = Interactions(
+        matrix,
+        pd.Index([f"c{i}" for i in range(n_users)], dtype="str"),
+        pd.Index([f"i{j}" for j in range(n_items)], dtype="str"),
+    )
+    models = {
+        "als": lambda: ALSRecommender(iterations=5),
+        "bpr": BPRRecommender,
+        "item_knn": ItemKNNRecommender,
+        "ease": lambda: EASERecommender(max_items=n_items),
     }
-    print(json.dumps(workers[sys.argv[1]](Path(sys.argv[2]))))
+    before = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        models[model]().fit(interactions)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "benchmark": f"fit memory, {model}" + (" (5 iterations)" if model == "als" else ""),
+        "customers": n_users,
+        "items": n_items,
+        "nonzeros": int(matrix.nnz),
+        "matrix_mb": round(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
+        // 1_000_000,
+        "fit_seconds": round(seconds, 1),
+        "peak_above_matrix_mb": round((peak - before) / 1e6),
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":
+    workers: dict[str, Callable[..., dict]] = {
+        "ingest": lambda data: _ingest_worker(Path(data)),
+        "recommender-speed": lambda data: _recommender_speed_worker(Path(data)),
+        "forecaster-features": lambda data: _forecaster_features_worker(Path(data)),
+        "forecaster-train": lambda data: _forecaster_train_worker(Path(data)),
+        "fit-memory": _fit_memory_worker,
+    }
+    print(json.dumps(workers[sys.argv[1]](*sys.argv[2:])))

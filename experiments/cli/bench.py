@@ -282,6 +282,20 @@ def bench_scale_cmd(
         metrics_out.write_text(json.dumps(figures) + "\n")
 
 
+@bench_app.command("fit-memory")
+def bench_fit_memory_cmd(
+    model: Annotated[str, typer.Option(help="als, bpr, item_knn or ease.")] = "als",
+    customers: Annotated[int, typer.Option(help="Rows of the matrix.")] = 1_000_000,
+    items: Annotated[int, typer.Option(help="Columns of the matrix.")] = 100_000,
+    per_customer: Annotated[int, typer.Option(help="Interactions per customer.")] = 30,
+) -> None:
+    """One recommender's fit on a random long-tailed matrix: seconds and peak memory above the
+    matrix, in a fresh process (what one node needs to fit it)."""
+    if model not in ("als", "bpr", "item_knn", "ease"):
+        raise UsageError(f"--model is als, bpr, item_knn or ease, not {model!r}.")
+    out.print_json(json.dumps(bench.run_fit_memory(model, customers, items, per_customer)))
+
+
 @bench_app.command("nextbasket")
 def bench_nextbasket_cmd(
     dataset: Annotated[str, typer.Option(help="completejourney (the full 2017 data).")] = (

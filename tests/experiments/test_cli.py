@@ -137,6 +137,17 @@ def test_bench_scale_times_every_step_of_the_pipeline(tmp_path: Path) -> None:
     assert omni(*args, str(out), "--engine", "spark").returncode == 2
 
 
+def test_bench_fit_memory_measures_a_fit() -> None:
+    result = omni(
+        "bench", "fit-memory", "--model", "item_knn", "--customers", "2000", "--items", "300"
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert (figures["customers"], figures["items"]) == (2000, 300) and figures["nonzeros"] > 0
+    assert {"fit_seconds", "peak_above_matrix_mb", "matrix_mb"} <= set(figures)
+    assert omni("bench", "fit-memory", "--model", "svd").returncode == 2
+
+
 def test_bench_placement_allocates_the_whole_chain() -> None:
     result = omni("bench", "placement", "--stores", "20", "--items", "50")
     assert result.returncode == 0, result.stderr
