@@ -190,28 +190,18 @@ def benchmark(*, concurrency: int = 16, seconds: float = 15.0) -> dict:
         "concurrency": concurrency,
         "seconds": seconds,
         "results": results,
-        "recommend_vs_floor": {
-            "throughput_ratio": round(ours["throughput_rps"] / floor["throughput_rps"], 3),
-            "p99_ratio": round(ours["p99_ms"] / floor["p99_ms"], 3),
-        },
-        "exposure_log": {
-            "throughput_ratio": round(
-                ours["throughput_rps"]
-                / results["service /recommend, no exposure log"]["throughput_rps"],
-                3,
-            ),
-        },
-        "availability_vs_floor": {
-            "throughput_ratio": round(
-                results["service /availability"]["throughput_rps"] / floor["throughput_rps"], 3
-            ),
-            "p99_ratio": round(results["service /availability"]["p99_ms"] / floor["p99_ms"], 3),
-        },
-        "events_vs_floor": {
-            "throughput_ratio": round(
-                results["service /events, 1 event per request"]["throughput_rps"]
-                / floor["throughput_rps"],
-                3,
-            )
-        },
+        "recommend_vs_floor": _against(ours, floor),
+        "exposure_log": _against(ours, results["service /recommend, no exposure log"], p99=False),
+        "availability_vs_floor": _against(results["service /availability"], floor),
+        "events_vs_floor": _against(
+            results["service /events, 1 event per request"], floor, p99=False
+        ),
     }
+
+
+def _against(row: dict, reference: dict, p99: bool = True) -> dict[str, float]:
+    """A target's throughput (and p99) as multiples of a reference target's."""
+    ratios = {"throughput_ratio": round(row["throughput_rps"] / reference["throughput_rps"], 3)}
+    if p99:
+        ratios["p99_ratio"] = round(row["p99_ms"] / reference["p99_ms"], 3)
+    return ratios

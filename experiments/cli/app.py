@@ -56,14 +56,14 @@ Engine = Annotated[
 ]
 
 
+class UsageError(Exception):
+    """A user mistake reported as one sentence with exit code 2."""
+
+
 def checked_engine(engine: str) -> str:
     if engine not in ("inprocess", "dask"):
         raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
     return engine
-
-
-class UsageError(Exception):
-    """A user mistake reported as one sentence with exit code 2."""
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from experiments.pipelines.data import UnifyResult
-from experiments.pipelines.forecaster import DemandData
-from features.demand import build_panel, sales_from_events
+from experiments.pipelines.forecaster import DemandData, demand_data
+from features.demand import sales_from_events
 from features.identity import (
     IdentityConfig,
     IdentityResolution,
@@ -109,24 +109,17 @@ def load_demand_on(
     daily sales summed on the cluster (:func:`sales_on`); the panel is built here from the
     daily sales, as are the small tables (sales when given, inventory, items, plan)."""
     files = find_table_files(data_dir)
-    tables = {
+    tables: dict[str, LoadedTable] = {
         name: _load_on(client, files[name], TABLES[name])
         for name in ("sales", "inventory", "items", "plan")
         if name in files
     }
-    if "sales" in tables and len(tables["sales"].accepted):
-        sales = tables["sales"].accepted
-    elif "events" in files:
+
+    def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])
-        sales = sales_on(client, _with_logged_on(client, events.parts, logged))
-    else:
-        raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
-    inventory = tables["inventory"].accepted if "inventory" in tables else None
-    return DemandData(
-        build_panel(sales, freq=freq, inventory=inventory),
-        tables["items"].accepted if "items" in tables else None,
-        tables["plan"].accepted if "plan" in tables else None,
-    )
+        return sales_on(client, _with_logged_on(client, events.parts, logged))
+
+    return demand_data(data_dir, tables, sales_of_events if "events" in files else None, freq)
 
 
 @dataclass

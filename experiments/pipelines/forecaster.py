@@ -24,7 +24,7 @@ from features.demand import (
     split_at,
 )
 from features.eventlog import with_logged
-from features.ingest import ContractError, load_dataset
+from features.ingest import ContractError, LoadedTable, find_table_files, load_dataset
 from models.forecast import (
     CalibrationWarning,
     Forecaster,
@@ -49,18 +49,34 @@ def load_demand(data_dir: Path, freq: str, logged: pd.DataFrame | None = None) -
     return events by fulfilling store (with ``logged`` events from the service, if given; a sales
     table is the tills' own record, which already holds them); ``inventory`` marks censored
     periods."""
-    tables = load_dataset(data_dir, ("sales", "events", "inventory", "items", "plan"))
+
+    def sales_of_events() -> pd.DataFrame:
+        events = load_dataset(data_dir, ("events",))["events"].accepted
+        return sales_from_events(with_logged(events, logged))
+
+    tables = load_dataset(data_dir, ("sales", "inventory", "items", "plan"))
+    has_events = "events" in find_table_files(data_dir)
+    return demand_data(data_dir, tables, sales_of_events if has_events else None, freq)
+
+
+def demand_data(
+    data_dir: Path,
+    tables: dict[str, LoadedTable],
+    sales_of_events: Callable[[], pd.DataFrame] | None,
+    freq: str,
+) -> DemandData:
+    """The demand panel from a data directory's loaded ``sales`` (when it has rows),
+    ``inventory``, ``items`` and ``plan`` tables, else from ``sales_of_events()`` (None: no
+    events table); the events are read only when the sales table does not serve."""
     if "sales" in tables and len(tables["sales"].accepted):
         sales = tables["sales"].accepted
-    elif "events" in tables:
-        sales = sales_from_events(with_logged(tables["events"].accepted, logged))
+    elif sales_of_events is not None:
+        sales = sales_of_events()
     else:
         raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
-    inventory = tables["inventory"].accepted if "inventory" in tables else None
-    panel = build_panel(sales, freq=freq, inventory=inventory)
-    items = tables["items"].accepted if "items" in tables else None
-    plan = tables["plan"].accepted if "plan" in tables else None
-    return DemandData(panel, items, plan)
+    accepted = {name: table.accepted for name, table in tables.items()}
+    panel = build_panel(sales, freq=freq, inventory=accepted.get("inventory"))
+    return DemandData(panel, accepted.get("items"), accepted.get("plan"))
 
 
 @contextmanager
