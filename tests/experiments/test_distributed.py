@@ -164,7 +164,8 @@ def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
 
 def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path: Path) -> None:
     """LightGBM trained data-parallel on a cluster of this machine's cores (started by the
-    command): not the same model (the workers find their bins apart), as accurate."""
+    command): as accurate. Not always a different model: when Dask places both partitions of
+    the rows on one worker, that worker trains alone, as in-process."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "OMNI_DASK_SCHEDULER": ""}
     args = ["backtest", "forecaster", "--data", str(SAMPLE), "--horizon", "4", "--freq", "W"]
     args += ["--windows", "2"]
@@ -175,7 +176,6 @@ def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
         figures[engine] = json.loads(out.read_text())["metrics"]
     here, there = figures["inprocess"], figures["dask"]
-    assert there["wape"] != here["wape"]  # the cluster did train it
     assert there["wape"] == pytest.approx(here["wape"], rel=0.01)
     assert there["coverage_80"] == pytest.approx(here["coverage_80"], abs=0.03)
     refused = omni(*args, "--engine", "spark", env=env)
