@@ -21,6 +21,7 @@ from models.forecast import (
     _coverage,
     negative_binomial_quantiles,
     pinball_loss,
+    train_here,
 )
 
 
@@ -178,6 +179,25 @@ def test_n_jobs_sets_the_training_threads_not_the_answer() -> None:
     pd.testing.assert_frame_equal(one.predict(panel), every.predict(panel))  # deterministic
     with pytest.raises(ValueError, match="n_jobs must not be 0"):
         LightGBMForecaster(horizon=3, freq="D", n_jobs=0).fit(panel)
+
+
+def test_held_out_models_train_a_share_of_the_rounds_and_the_final_ones_all() -> None:
+    panel = synthetic_panel(n_series=4, days=80)
+    trained: list[tuple[int, float]] = []
+
+    def recording(params, x, y, rounds):
+        trained.append((rounds, params["learning_rate"]))
+        return train_here(params, x, y, rounds)
+
+    LightGBMForecaster(horizon=3, freq="D", n_estimators=40).fit(panel, trainer=recording)
+    assert trained == [(10, pytest.approx(0.2)), (40, 0.05)]  # held out, then refitted
+    trained.clear()
+    LightGBMForecaster(horizon=3, freq="D", n_estimators=40, refit=False).fit(
+        panel, trainer=recording
+    )
+    assert trained == [(40, 0.05)]  # the held-out model is the final one: every round
+    with pytest.raises(ValueError, match="calibration_effort must be in"):
+        LightGBMForecaster(horizon=3, freq="D", calibration_effort=0).fit(panel)
 
 
 def test_new_items_get_their_category_prior() -> None:
