@@ -49,7 +49,9 @@ def run_recommender_speed(data: Path) -> dict:
 
 def run_fit_memory(model: str, customers: int, items: int, per_customer: int = 30) -> dict:
     """One recommender's fit on a random long-tailed customer x item matrix, in a child: its
-    seconds and its peak memory above the matrix (one BLAS thread)."""
+    seconds and its peak memory above the matrix (one BLAS thread); then the milliseconds
+    to post one purchase to it, as the service applies a batch of events
+    (:func:`_posting_ms`)."""
     return _child("fit-memory", model, str(customers), str(items), str(per_customer))
 
 
@@ -312,6 +314,7 @@ def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str
         BPRRecommender,
         EASERecommender,
         ItemKNNRecommender,
+        TIFUKNNRecommender,
     )
 
     n_users, n_items, per = int(customers), int(items), int(per_customer)
@@ -332,13 +335,16 @@ def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str
         "bpr": BPRRecommender,
         "item_knn": ItemKNNRecommender,
         "ease": lambda: EASERecommender(max_items=n_items),
+        "tifu_knn": TIFUKNNRecommender,
     }
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
-        models[model]().fit(interactions)
+        fitted = models[model]().fit(interactions)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with threadpool_limits(limits=1, user_api="blas"):
+        posting = _posting_ms(fitted, n_users)
     return {
         "benchmark": f"fit memory, {model}" + (" (5 iterations)" if model == "als" else ""),
         "customers": n_users,
@@ -348,7 +354,34 @@ def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str
         // 1_000_000,
         "fit_seconds": round(seconds, 1),
         "peak_above_matrix_mb": round((peak - before) / 1e6),
+        **posting,
         "machine": machine(),
+    }
+
+
+def _posting_ms(model: Any, n_users: int) -> dict:
+    """Milliseconds to post one purchase (``partial_fit_users``): the first post (it builds the
+    customer index, as the service's first request would), then the median and the slowest of
+    ten known customers' and of ten new customers'."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    one = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, len(model.item_ids_)), dtype=np.float32)
+
+    def post(customer: str) -> float:
+        started = time.perf_counter()
+        model.partial_fit_users([customer], one)
+        return 1000 * (time.perf_counter() - started)
+
+    first = post("c0")
+    known = [post(f"c{k * (n_users // 10) + 1}") for k in range(10)]
+    new = [post(f"newcomer{k}") for k in range(10)]
+    return {
+        "first_post_ms": round(first),
+        "post_known_ms": round(float(np.median(known)), 1),
+        "post_known_max_ms": round(max(known), 1),
+        "post_new_ms": round(float(np.median(new)), 1),
+        "post_new_max_ms": round(max(new), 1),
     }
 
 

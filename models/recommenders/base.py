@@ -95,33 +95,29 @@ class Recommender(BaseEstimator):
             raise ValueError(
                 "partial_fit_users needs distinct customers, one row of additions each."
             )
-        rows = self.customer_ids_.get_indexer(ids)
+        row_of = self._row_of()
+        rows = np.array([row_of.get(c, -1) for c in ids], dtype=np.int64)
         new = ids[rows < 0]
         rows[rows < 0] = len(self.customer_ids_) + np.arange(len(new))
-        n_rows = len(self.customer_ids_) + len(new)
-        delta = sp.coo_matrix(additions, dtype=np.float32)
-        user_items = self._merged(
-            sp.csr_matrix(
-                sp.vstack([self.user_items_, sp.csr_matrix((len(new), len(self.item_ids_)))]),
-                dtype=np.float32,
-            ),
-            sp.csr_matrix(
-                (delta.data, (rows[delta.row], delta.col)), shape=(n_rows, len(self.item_ids_))
-            ),
-        )
-        user_items.data[user_items.data < 0] = 0.0
-        user_items.eliminate_zeros()
+        histories = select_rows(self.user_items_, rows)
+        merged = self._merged(rows, histories, sp.csr_matrix(additions, dtype=np.float32))
+        merged.data[merged.data < 0] = 0.0
+        merged.eliminate_zeros()
+        user_items = replace_rows(self.user_items_, rows, merged)
         # Order matters to a concurrent reader: model state, then histories, then the id index.
         self._refresh_users(rows, user_items)
         self.user_items_ = user_items
         if len(new):
             first = len(self.customer_ids_)
             self.customer_ids_ = self.customer_ids_.append(new)
-            self._row_of().update(zip(new, range(first, first + len(new)), strict=True))
+            row_of.update(zip(new, range(first, first + len(new)), strict=True))
         return self
 
-    def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
-        """Histories with posted additions (same shape): by default their sum."""
+    def _merged(
+        self, rows: np.ndarray, histories: sp.csr_matrix, additions: sp.csr_matrix
+    ) -> sp.csr_matrix:
+        """The new histories of the customers at ``rows`` (those past the matrix are new) from
+        their ``histories`` and posted ``additions`` (row-aligned): by default their sum."""
         return sp.csr_matrix(histories + additions, dtype=np.float32)
 
     def _row_of(self) -> dict[str, int]:
@@ -129,7 +125,7 @@ class Recommender(BaseEstimator):
         rows = self.__dict__.get("_rows")
         if rows is None:
             rows = self.__dict__["_rows"] = dict(
-                zip(self.customer_ids_, range(len(self.customer_ids_)), strict=True)
+                zip(self.customer_ids_.tolist(), range(len(self.customer_ids_)), strict=True)
             )
         return rows
 
@@ -452,3 +448,48 @@ def _rank_dense(
         scores[:, ~allowed] = -np.inf
     top = _top_indices(scores, k)
     return top, np.take_along_axis(scores, top, axis=1)
+
+
+def select_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """These rows of ``matrix`` (empty for rows past its end), in order."""
+    inside = rows < matrix.shape[0]
+    picked = sp.csr_matrix(matrix[rows[inside]]).tocoo()
+    return sp.csr_matrix(
+        (picked.data, (np.flatnonzero(inside)[picked.row], picked.col)),
+        shape=(len(rows), matrix.shape[1]),
+        dtype=np.float32,
+    )
+
+
+def replace_rows(matrix: sp.csr_matrix, rows: np.ndarray, values: sp.csr_matrix) -> sp.csr_matrix:
+    """A new matrix: ``matrix`` with its ``rows`` (distinct; rows past its end, new ones, follow
+    it without gaps) holding the rows of ``values``. The untouched rows are copied in whole
+    spans — no arithmetic over them — so posting a few customers' events to a matrix of tens of
+    millions of entries costs a memory copy, not a rebuild."""
+    n_rows = max(matrix.shape[0], int(rows.max(initial=-1)) + 1)
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    lengths[: matrix.shape[0]] = np.diff(matrix.indptr)
+    lengths[rows] = np.diff(values.indptr)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    data = np.empty(indptr[-1], dtype=np.float32)
+    indices = np.empty(indptr[-1], dtype=np.int64 if indptr[-1] > 2**31 - 1 else np.int32)
+
+    def copy(source: sp.csr_matrix, first: int, last: int, to: int) -> None:
+        """Rows first..last-1 of ``source`` to rows from ``to`` on of the new matrix."""
+        a, b = source.indptr[first], source.indptr[last]
+        data[indptr[to] : indptr[to] + b - a] = source.data[a:b]
+        indices[indptr[to] : indptr[to] + b - a] = source.indices[a:b]
+
+    start = 0  # the first row of ``matrix`` not yet copied
+    for j in np.argsort(rows, kind="stable"):
+        row = int(rows[j])
+        stop = min(row, matrix.shape[0])
+        if stop > start:
+            copy(matrix, start, stop, start)
+        copy(values, j, j + 1, row)
+        start = max(start, row + 1)
+    if start < matrix.shape[0]:
+        copy(matrix, start, matrix.shape[0], start)
+    return sp.csr_matrix(
+        (data, indices, indptr.astype(indices.dtype)), shape=(n_rows, matrix.shape[1])
+    )

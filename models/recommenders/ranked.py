@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.baskets import basket_order
-from models.recommenders.base import ModelFitError
+from models.recommenders.base import ModelFitError, replace_rows, select_rows
 from models.recommenders.models import TIFUKNNRecommender
 
 FEATURES = [
@@ -132,16 +132,18 @@ class RankedTIFURecommender(TIFUKNNRecommender):
         self.item_reach_ = buyers / max(self.counts_.shape[0], 1)
         self.item_repeat_ = again / np.maximum(buyers, 1)
 
-    def _merged(self, histories: sp.csr_matrix, additions: sp.csr_matrix) -> sp.csr_matrix:
+    def _merged(
+        self, rows: np.ndarray, histories: sp.csr_matrix, additions: sp.csr_matrix
+    ) -> sp.csr_matrix:
         """TIFU-KNN's merge, and the posted purchases as one new basket per customer in the
         counts (swapped in first: a concurrent reader may pair them with the old histories)."""
-        merged = super()._merged(histories, additions)  # counts the new baskets
+        merged = super()._merged(rows, histories, additions)  # counts the new baskets
         basket = sp.csr_matrix(additions > 0, dtype=np.float32)
-        pad = sp.csr_matrix((histories.shape[0] - self.counts_.shape[0], histories.shape[1]))
-        counts = sp.csr_matrix(sp.vstack([self.counts_, pad]) + basket, dtype=np.float32)
-        last = sp.csr_matrix(sp.vstack([self.last_, pad]), dtype=np.float32)
-        last = sp.csr_matrix(last - last.multiply(basket) + sp.diags(self.baskets_) @ basket)
-        self.counts_, self.last_ = counts, last
+        counts = sp.csr_matrix(select_rows(self.counts_, rows) + basket, dtype=np.float32)
+        last = select_rows(self.last_, rows)
+        last = sp.csr_matrix(last - last.multiply(basket) + sp.diags(self.baskets_[rows]) @ basket)
+        self.counts_ = replace_rows(self.counts_, rows, counts)
+        self.last_ = replace_rows(self.last_, rows, sp.csr_matrix(last, dtype=np.float32))
         return merged
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:

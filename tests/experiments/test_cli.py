@@ -144,7 +144,7 @@ def test_bench_fit_memory_measures_a_fit() -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert (figures["customers"], figures["items"]) == (2000, 300) and figures["nonzeros"] > 0
-    assert {"fit_seconds", "peak_above_matrix_mb", "matrix_mb"} <= set(figures)
+    assert {"fit_seconds", "peak_above_matrix_mb", "matrix_mb", "post_new_max_ms"} <= set(figures)
     assert omni("bench", "fit-memory", "--model", "svd").returncode == 2
 
 

@@ -22,6 +22,7 @@ from models.recommenders import (
     TIFUKNNRecommender,
     UnknownItemError,
 )
+from models.recommenders.base import replace_rows
 
 # Small, fast settings; every model must solve the checkerboard with them.
 PERSONALISED = {
@@ -195,6 +196,49 @@ def test_partial_fit_users_takes_effect_at_once(name: str) -> None:
     # A return takes the history back: the item may be recommended again.
     model.partial_fit_users(["c00"], sp.csr_matrix(([-1.0], ([0], [0])), shape=(1, 12)))
     assert model.user_items_[model.customer_ids_.get_loc("c00"), 0] == 0
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_posting_events_rewrites_only_their_customers_rows(name: str) -> None:
+    model = ALL[name]().fit(checkerboard())
+    before = model.user_items_
+    snapshot = before.toarray()
+    additions = sp.csr_matrix(([2.0, 1.0], ([0, 1], [0, 7])), shape=(2, 12), dtype=np.float32)
+    model.partial_fit_users(["c05", "newcomer"], additions)
+    after = model.user_items_.toarray()
+    np.testing.assert_array_equal(before.toarray(), snapshot)  # a reader's matrix never moves
+    assert after.shape == (41, 12) and model.customer_ids_[-1] == "newcomer"
+    untouched = [r for r in range(40) if r != 5]
+    np.testing.assert_array_equal(after[untouched], snapshot[untouched])
+    assert after[5, 0] > 0 and after[40, 7] > 0 and np.count_nonzero(after[40]) == 1
+
+
+def test_replace_rows_copies_the_untouched_rows_and_appends_new_ones() -> None:
+    rng = np.random.default_rng(1)
+    matrix = sp.random(50, 30, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    rows = np.array([49, 3, 50, 0, 17, 51])  # out of order, first and last, two new rows
+    values = sp.random(6, 30, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    expected = np.vstack([matrix.toarray(), np.zeros((2, 30), np.float32)])
+    expected[rows] = values.toarray()
+    np.testing.assert_array_equal(replace_rows(matrix, rows, values).toarray(), expected)
+    none = replace_rows(matrix, np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 30)))
+    np.testing.assert_array_equal(none.toarray(), matrix.toarray())
+
+
+def test_tifu_knn_rebuilds_its_neighbourhood_once_1_percent_of_customers_changed() -> None:
+    rng = np.random.default_rng(2)
+    matrix = sp.csr_matrix((rng.random((300, 12)) < 0.4).astype(np.float32))
+    ids = pd.Index([f"c{u:03d}" for u in range(300)])
+    model = TIFUKNNRecommender(neighbours=10).fit(Interactions(matrix, ids, pd.Index(range(12))))
+    neighbourhood = model.neighbourhood_
+    bought = sp.csr_matrix(([1.0], ([0], [3])), shape=(1, 12), dtype=np.float32)
+    model.partial_fit_users(["c000"], bought)
+    model.partial_fit_users(["c001"], bought)
+    assert model.neighbourhood_ is neighbourhood  # 2 of 300 changed: neighbours as they were,
+    assert model.scores_for("c000")[0][3] > 0  # but c000's own history counts at once
+    model.partial_fit_users(["c002"], bought)  # the third makes 1%
+    assert model.neighbourhood_ is not neighbourhood
+    np.testing.assert_array_equal(model.neighbourhood_[1].toarray(), model.user_items_.toarray())
 
 
 @pytest.mark.parametrize("name", ["als", "bpr", "ease"])
