@@ -34,6 +34,7 @@ import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -381,15 +382,16 @@ def stock_kpis(
 ) -> tuple[pd.DataFrame, dict]:
     """Per pair and overall, from ``since`` (default: each pair's first record) to ``until``:
     stock-out hours (on hand <= 0) and, given the demand model's units per hour of each pair,
-    the units lost to them (censored demand); units sold (net of returns), the time-weighted
+    the units lost to them (censored demand) and the fill rate (sold / (sold + lost): the share
+    of demand the stock where it stood served); units sold (net of returns), the time-weighted
     average on hand and the turnover (sold / average on hand); and the accuracy of the books
     against stock counts (``count`` movements; the training snapshot is where the books start,
     not a check of them).
 
     Returns:
         ``(pairs, summary)``: per pair ``node_id, item_id, on_hand`` (at ``until``),
-        ``stockout_hours``, ``hours``, ``lost_units``, ``sold``, ``average_on_hand``,
-        ``turnover``, ``counts``, ``count_abs_error``; and the totals.
+        ``stockout_hours``, ``hours``, ``lost_units``, ``fill_rate``, ``sold``,
+        ``average_on_hand``, ``turnover``, ``counts``, ``count_abs_error``; and the totals.
     """
     history = history[history["time"] <= until]
     pair = [history["node_id"], history["item_id"]]
@@ -429,6 +431,7 @@ def stock_kpis(
         else np.nan
     )
     pairs["lost_units"] = pairs["stockout_hours"] * rate
+    pairs["fill_rate"] = _fill_rate(pairs["sold"].clip(lower=0), pairs["lost_units"])
     errors = frame["count_error"].dropna()
     nan = float("nan")
     stocked = pairs["average_on_hand"].sum()
@@ -437,6 +440,9 @@ def stock_kpis(
         "stockout_hours": float(pairs["stockout_hours"].sum()),
         "stockout_share": float(pairs["stockout_hours"].sum() / max(pairs["hours"].sum(), 1e-9)),
         "lost_units": float(pairs["lost_units"].sum(min_count=1)),
+        "fill_rate": float(
+            _fill_rate(pairs["sold"].clip(lower=0).sum(), pairs["lost_units"].sum(min_count=1))
+        ),
         "units_sold": float(pairs["sold"].sum()),
         "turnover": float(pairs["sold"].sum() / stocked) if stocked > 0 else nan,
         "counts": len(errors),
@@ -445,3 +451,11 @@ def stock_kpis(
         "count_mean_error": float(errors.mean()) if len(errors) else nan,
     }
     return pairs, summary
+
+
+def _fill_rate(sold: Any, lost: Any) -> np.ndarray:
+    """sold / (sold + lost), NaN without an estimate of the lost units or without demand."""
+    sold, lost = np.asarray(sold, dtype=np.float64), np.asarray(lost, dtype=np.float64)
+    demand = sold + lost
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(demand > 0, sold / demand, np.nan)

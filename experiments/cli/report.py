@@ -103,7 +103,8 @@ def _print_stock(pairs: pd.DataFrame, summary: dict, accuracy: pd.DataFrame) -> 
     out.print(shown)
     out.print(
         f"Out of stock {_pct(summary['stockout_share'])} of the time, about "
-        f"{summary['lost_units']:,.0f} units lost; turnover {summary['turnover']:.2f}; "
+        f"{summary['lost_units']:,.0f} units lost (fill rate {_pct(summary['fill_rate'])}); "
+        f"turnover {summary['turnover']:.2f}; "
         f"{summary['counts']} stock counts, mean |error| {summary['count_mean_abs_error']:.2f}."
     )
     if not len(accuracy):

@@ -260,3 +260,8 @@ def test_stockout_hours_and_count_accuracy() -> None:
         0.0,
     )
     assert totals["lost_units"] == 2.0 and row["counts"] == 1
+    assert row["fill_rate"] == 0.0  # nothing sold from 06:00, 2 units of demand lost
+    s2 = late.set_index(["node_id", "item_id"]).loc[("S2", "b")]
+    assert np.isnan(s2["fill_rate"])  # the model expects nothing there: no estimate
+    assert totals["fill_rate"] == 0.0
+    assert np.isnan(summary["fill_rate"])  # without the demand model, no lost units known
