@@ -68,18 +68,25 @@ def report_kpis_cmd(
 def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: float) -> None:
     shown = Table(
         "route", "channel", "exposures", "customers", "view-through", "conversion", "revenue",
-        "cross-channel", "uplift (95%)", title=f"KPIs {start} - {end}, {days:g}-day window",
+        "cross-channel", "uplift (95%, one look)", "any time 95%",
+        title=f"KPIs {start} - {end}, {days:g}-day window",
     )  # fmt: skip
     for row in table.to_dict(orient="records"):
+        measured = not math.isnan(row["uplift"])
         uplift = (
-            "no control arm"
-            if math.isnan(row["uplift"])
-            else f"{row['uplift']:+.3f} ({row['uplift_low']:+.3f}, {row['uplift_high']:+.3f})"
+            f"{row['uplift']:+.3f} ({row['uplift_low']:+.3f}, {row['uplift_high']:+.3f})"
+            if measured
+            else "no control arm"
+        )
+        anytime = (
+            f"({row['uplift_anytime_low']:+.3f}, {row['uplift_anytime_high']:+.3f})"
+            if measured
+            else "-"
         )
         shown.add_row(
             str(row["route"]), str(row["channel"]), str(row["exposures"]), str(row["customers"]),
             _pct(row["view_through"]), _pct(row["conversion"]), f"{row['revenue']:,.2f}",
-            _pct(row["cross_channel_share"]), uplift,
+            _pct(row["cross_channel_share"]), uplift, anytime,
         )  # fmt: skip
     out.print(shown if len(table) else "No exposures in that period.")
 
