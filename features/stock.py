@@ -433,6 +433,7 @@ def stock_kpis(
     pairs["lost_units"] = pairs["stockout_hours"] * rate
     pairs["fill_rate"] = _fill_rate(pairs["sold"].clip(lower=0), pairs["lost_units"])
     errors = frame["count_error"].dropna()
+    estimated = pairs["lost_units"].notna()
     nan = float("nan")
     stocked = pairs["average_on_hand"].sum()
     summary = {
@@ -440,8 +441,11 @@ def stock_kpis(
         "stockout_hours": float(pairs["stockout_hours"].sum()),
         "stockout_share": float(pairs["stockout_hours"].sum() / max(pairs["hours"].sum(), 1e-9)),
         "lost_units": float(pairs["lost_units"].sum(min_count=1)),
-        "fill_rate": float(
-            _fill_rate(pairs["sold"].clip(lower=0).sum(), pairs["lost_units"].sum(min_count=1))
+        "fill_rate": float(  # over the pairs whose lost units the demand model estimated
+            _fill_rate(
+                pairs.loc[estimated, "sold"].clip(lower=0).sum(),
+                pairs.loc[estimated, "lost_units"].sum(),
+            )
         ),
         "units_sold": float(pairs["sold"].sum()),
         "turnover": float(pairs["sold"].sum() / stocked) if stocked > 0 else nan,
