@@ -162,8 +162,15 @@ def uplift(part: pd.DataFrame) -> dict[str, float]:
 
 def difference(p1: float, n1: int, p0: float, n0: int) -> dict[str, float]:
     """The difference of two proportions (``p1`` of ``n1`` minus ``p0`` of ``n0``) with its
-    95% interval for one look and its any-time 95% interval."""
-    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+    95% interval for one look and its any-time 95% interval. An arm where nobody or everybody
+    converted counts as half a customer short of that for the standard error, so that a few
+    early customers never make a zero-width interval."""
+
+    def variance(p: float, n: int) -> float:
+        p = min(max(p, 0.5 / n), 1 - 0.5 / n)
+        return p * (1 - p) / n
+
+    se = math.sqrt(variance(p1, n1) + variance(p0, n0))
     anytime = anytime_half_width(se, n1 + n0)
     return {
         "uplift": p1 - p0,
@@ -186,11 +193,7 @@ def anytime_half_width(
     excludes 0; the price is a wider interval (3.0 x ``se`` instead of 1.96 at ``tuned_for``)."""
     rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / tuned_for
     spread = n * rho2 + 1
-    return (
-        se
-        * math.sqrt(n)
-        * math.sqrt(2 * spread / (n * n * rho2) * math.log(math.sqrt(spread) / alpha))
-    )
+    return se * math.sqrt(2 * spread / (n * rho2) * math.log(math.sqrt(spread) / alpha))
 
 
 def measure(

@@ -430,7 +430,10 @@ def stock_kpis(
         if demand_per_hour is not None
         else np.nan
     )
-    pairs["lost_units"] = pairs["stockout_hours"] * rate
+    # Never out of stock: nothing lost, whatever the estimate; else the hours at its rate.
+    lost = pairs["stockout_hours"] * rate
+    known = demand_per_hour is not None
+    pairs["lost_units"] = lost.where(pairs["stockout_hours"] > 0, 0.0) if known else lost
     pairs["fill_rate"] = _fill_rate(pairs["sold"].clip(lower=0), pairs["lost_units"])
     errors = frame["count_error"].dropna()
     estimated = pairs["lost_units"].notna()

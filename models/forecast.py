@@ -436,11 +436,12 @@ class LightGBMForecaster(Forecaster):
         self, x: pd.DataFrame, y: np.ndarray, objective: str, trainer: Trainer, effort: float = 1.0
     ) -> lgb.Booster:
         """One LightGBM model; ``effort`` < 1 trains that share of the rounds at a learning rate
-        raised in proportion."""
+        raised in proportion (to 0.5 at most, unless the models' own is higher)."""
         rounds = max(round(self.n_estimators * effort), 1)
+        raised = self.learning_rate * self.n_estimators / rounds
         params = {
             "objective": objective,
-            "learning_rate": self.learning_rate * self.n_estimators / rounds,
+            "learning_rate": min(raised, max(self.learning_rate, 0.5)),
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
             "seed": self.random_state,
@@ -927,7 +928,7 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
 
     coarse = np.geomspace(0.02, 5000.0, 16)
     best, step = closest(coarse), coarse[1] / coarse[0]
-    return closest(np.geomspace(best / step, best * step, 17))
+    return closest(np.clip(np.geomspace(best / step, best * step, 17), 0.02, 5000.0))
 
 
 def _coverage(mean: np.ndarray, actual: np.ndarray, dispersion: float) -> float:

@@ -28,6 +28,8 @@ from models.errors import UnknownIdError
 RECOMMENDATION_COLUMNS = ["customer_id", "item_id", "score", "rank", "fallback"]
 SIMILAR_COLUMNS = ["item_id", "similar_item_id", "score", "rank"]
 _BATCH = 1024
+#: Up to this many rows, replace_rows copies the spans between them; above, one gather.
+_SPLICED_ROWS = 1000
 _FILTERED = -3.0e38  # implicit's top-k marks filtered items with -FLT_MAX
 
 
@@ -95,6 +97,8 @@ class Recommender(BaseEstimator):
             raise ValueError(
                 "partial_fit_users needs distinct customers, one row of additions each."
             )
+        if not len(ids):
+            return self
         row_of = self._row_of()
         rows = np.array([row_of.get(c, -1) for c in ids], dtype=np.int64)
         new = ids[rows < 0]
@@ -480,6 +484,16 @@ def replace_rows(matrix: sp.csr_matrix, rows: np.ndarray, values: sp.csr_matrix)
         data[indptr[to] : indptr[to] + b - a] = source.data[a:b]
         indices[indptr[to] : indptr[to] + b - a] = source.indices[a:b]
 
+    if len(rows) > _SPLICED_ROWS:  # many rows: one gather beats a loop over them
+        starts = np.zeros(n_rows, dtype=np.int64)
+        starts[: matrix.shape[0]] = matrix.indptr[:-1]
+        starts[rows] = len(matrix.data) + values.indptr[:-1]
+        source = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        data[:] = np.concatenate([matrix.data, values.data])[source]
+        indices[:] = np.concatenate([matrix.indices, values.indices])[source]
+        return sp.csr_matrix(
+            (data, indices, indptr.astype(indices.dtype)), shape=(n_rows, matrix.shape[1])
+        )
     start = 0  # the first row of ``matrix`` not yet copied
     for j in np.argsort(rows, kind="stable"):
         row = int(rows[j])

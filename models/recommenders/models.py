@@ -374,20 +374,23 @@ class TIFUKNNRecommender(Recommender):
         groups[rows] += bought
         baskets[rows] += bought
         self.groups_, self.baskets_ = groups, baskets
+        changed = bought | np.asarray(returned.getnnz(axis=1) > 0)
+        self.__dict__.setdefault("_changed", set()).update(rows[changed].tolist())
         return sp.csr_matrix(merged - merged.multiply(returned), dtype=np.float32)
 
     def _refresh_users(self, rows: np.ndarray, user_items: sp.csr_matrix) -> None:
         """The neighbourhood — every customer's unit vector and history, one snapshot, so that a
         concurrent reader never pairs new unit rows with old histories — is rebuilt at fit and
-        load and once the customers changed since make up 1% of them: a changed customer's own
-        history counts at once, as a neighbour of others from the next rebuild (a rebuild reads
-        every history; per posted batch it would make each event cost the whole matrix)."""
-        changed = self.__dict__.get("_changed", 0) + len(rows)
-        if not len(rows) or 100 * changed >= user_items.shape[0]:
+        load (no rows) and once the customers whose vector a purchase or return changed since
+        make up 1% of them: a changed customer's own history counts at once, as a neighbour of
+        others from the next rebuild (a rebuild reads every history, 1-1.5 s at 30 M entries;
+        per posted batch it would make each event cost that). Until then the neighbourhood
+        keeps the histories of its snapshot: one more copy of the matrix in memory."""
+        changed = self.__dict__.setdefault("_changed", set())
+        if not len(rows) or 100 * len(changed) >= user_items.shape[0]:
             unit = _unit_rows(user_items)
             self.neighbourhood_ = (sp.csr_matrix(unit.T), user_items)
-            changed = 0
-        self.__dict__["_changed"] = changed
+            changed.clear()
 
     def _scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         own, neighbours = self._parts(rows, user_items)

@@ -141,7 +141,7 @@ class RankedTIFURecommender(TIFUKNNRecommender):
         basket = sp.csr_matrix(additions > 0, dtype=np.float32)
         counts = sp.csr_matrix(select_rows(self.counts_, rows) + basket, dtype=np.float32)
         last = select_rows(self.last_, rows)
-        last = sp.csr_matrix(last - last.multiply(basket) + sp.diags(self.baskets_[rows]) @ basket)
+        last = last - last.multiply(basket) + sp.diags(self.baskets_[rows]) @ basket
         self.counts_ = replace_rows(self.counts_, rows, counts)
         self.last_ = replace_rows(self.last_, rows, sp.csr_matrix(last, dtype=np.float32))
         return merged

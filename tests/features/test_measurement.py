@@ -99,9 +99,7 @@ def peeks(effect: float, rng: np.random.Generator, runs: int = 300) -> tuple[flo
         for k in looks:
             c, b = control[:k], bought[:k]
             n0, n1 = int(c.sum()), int((~c).sum())
-            p0 = min(max(b[c].mean(), 0.5 / n0), 1 - 0.5 / n0)  # no zero-width start
-            p1 = min(max(b[~c].mean(), 0.5 / n1), 1 - 0.5 / n1)
-            figures = difference(p1, n1, p0, n0)
+            figures = difference(float(b[~c].mean()), n1, float(b[c].mean()), n0)
             fixed |= not figures["uplift_low"] <= 0 <= figures["uplift_high"]
             anytime |= not figures["uplift_anytime_low"] <= 0 <= figures["uplift_anytime_high"]
         ever_fixed += fixed

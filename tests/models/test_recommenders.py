@@ -213,14 +213,23 @@ def test_posting_events_rewrites_only_their_customers_rows(name: str) -> None:
     assert after[5, 0] > 0 and after[40, 7] > 0 and np.count_nonzero(after[40]) == 1
 
 
-def test_replace_rows_copies_the_untouched_rows_and_appends_new_ones() -> None:
+@pytest.mark.parametrize("replaced", [6, 1500])  # spans copied between rows; one gather
+def test_replace_rows_copies_the_untouched_rows_and_appends_new_ones(replaced: int) -> None:
     rng = np.random.default_rng(1)
-    matrix = sp.random(50, 30, density=0.2, format="csr", dtype=np.float32, random_state=rng)
-    rows = np.array([49, 3, 50, 0, 17, 51])  # out of order, first and last, two new rows
-    values = sp.random(6, 30, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    matrix = sp.random(2000, 30, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    # Out of order, the first and the last row, two new rows after them.
+    rows = np.concatenate(
+        [[1999, 0, 2000, 2001], rng.choice(np.arange(1, 1999), replaced - 4, replace=False)]
+    )
+    rng.shuffle(rows)
+    values = sp.random(replaced, 30, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    values[0] = 0  # a history emptied
+    values.eliminate_zeros()
     expected = np.vstack([matrix.toarray(), np.zeros((2, 30), np.float32)])
     expected[rows] = values.toarray()
+    before = matrix.toarray()
     np.testing.assert_array_equal(replace_rows(matrix, rows, values).toarray(), expected)
+    np.testing.assert_array_equal(matrix.toarray(), before)
     none = replace_rows(matrix, np.zeros(0, dtype=np.int64), sp.csr_matrix((0, 30)))
     np.testing.assert_array_equal(none.toarray(), matrix.toarray())
 
@@ -234,6 +243,9 @@ def test_tifu_knn_rebuilds_its_neighbourhood_once_1_percent_of_customers_changed
     bought = sp.csr_matrix(([1.0], ([0], [3])), shape=(1, 12), dtype=np.float32)
     model.partial_fit_users(["c000"], bought)
     model.partial_fit_users(["c001"], bought)
+    model.partial_fit_users(["c000"], bought)  # the same customer again
+    model.partial_fit_users([f"c1{i:02d}" for i in range(50)], sp.csr_matrix((50, 12)))  # views
+    model.partial_fit_users([], sp.csr_matrix((0, 12)))  # nothing the model knows: nothing done
     assert model.neighbourhood_ is neighbourhood  # 2 of 300 changed: neighbours as they were,
     assert model.scores_for("c000")[0][3] > 0  # but c000's own history counts at once
     model.partial_fit_users(["c002"], bought)  # the third makes 1%
