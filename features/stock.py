@@ -425,15 +425,11 @@ def stock_kpis(
     pairs = pairs[pairs["hours"] > 0].reset_index(drop=True)
     pairs["average_on_hand"] = pairs.pop("unit_hours") / pairs["hours"]
     pairs["turnover"] = pairs["sold"] / pairs["average_on_hand"].where(pairs["average_on_hand"] > 0)
-    rate = (
-        demand_per_hour.reindex(pd.MultiIndex.from_frame(pairs[["node_id", "item_id"]])).to_numpy()
-        if demand_per_hour is not None
-        else np.nan
-    )
-    # Never out of stock: nothing lost, whatever the estimate; else the hours at its rate.
-    lost = pairs["stockout_hours"] * rate
-    known = demand_per_hour is not None
-    pairs["lost_units"] = lost.where(pairs["stockout_hours"] > 0, 0.0) if known else lost
+    pairs["lost_units"] = np.nan
+    if demand_per_hour is not None:  # never out of stock: nothing lost, whatever the estimate
+        keys = pd.MultiIndex.from_frame(pairs[["node_id", "item_id"]])
+        lost = pairs["stockout_hours"] * demand_per_hour.reindex(keys).to_numpy()
+        pairs["lost_units"] = lost.where(pairs["stockout_hours"] > 0, 0.0)
     pairs["fill_rate"] = _fill_rate(pairs["sold"].clip(lower=0), pairs["lost_units"])
     errors = frame["count_error"].dropna()
     estimated = pairs["lost_units"].notna()

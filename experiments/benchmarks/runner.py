@@ -350,7 +350,7 @@ def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str
         "customers": n_users,
         "items": n_items,
         "nonzeros": int(matrix.nnz),
-        "matrix_mb": round(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
+        "matrix_mb": (matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
         // 1_000_000,
         "fit_seconds": round(seconds, 1),
         "peak_above_matrix_mb": round((peak - before) / 1e6),

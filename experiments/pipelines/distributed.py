@@ -109,11 +109,7 @@ def load_demand_on(
     daily sales summed on the cluster (:func:`sales_on`); the panel is built here from the
     daily sales, as are the small tables (sales when given, inventory, items, plan)."""
     files = find_table_files(data_dir)
-    tables: dict[str, LoadedTable] = {
-        name: _load_on(client, files[name], TABLES[name])
-        for name in ("sales", "inventory", "items", "plan")
-        if name in files
-    }
+    tables = load_dataset_on(client, data_dir, ("sales", "inventory", "items", "plan"))
 
     def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])
@@ -138,12 +134,16 @@ class PartitionedTable:
         return LoadedTable(self.name, self.source, accepted, self.quarantined)
 
 
-def load_dataset_on(client: Any, data_dir: Path, encoding: str = "utf-8") -> dict[str, LoadedTable]:
+def load_dataset_on(
+    client: Any, data_dir: Path, tables: tuple[str, ...] | None = None, encoding: str = "utf-8"
+) -> dict[str, LoadedTable]:
     """:func:`features.ingest.load_dataset` with every partitioned table (a directory of
     Parquet files) validated on the cluster; a single file is validated here, as in-process."""
+    files = find_table_files(data_dir)
     return {
-        name: _load_on(client, path, TABLES[name], encoding)
-        for name, path in find_table_files(data_dir).items()
+        name: _load_on(client, files[name], TABLES[name], encoding)
+        for name in (tables if tables is not None else tuple(files))
+        if name in files
     }
 
 

@@ -491,19 +491,16 @@ def replace_rows(matrix: sp.csr_matrix, rows: np.ndarray, values: sp.csr_matrix)
         source = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
         data[:] = np.concatenate([matrix.data, values.data])[source]
         indices[:] = np.concatenate([matrix.indices, values.indices])[source]
-        return sp.csr_matrix(
-            (data, indices, indptr.astype(indices.dtype)), shape=(n_rows, matrix.shape[1])
-        )
-    start = 0  # the first row of ``matrix`` not yet copied
-    for j in np.argsort(rows, kind="stable"):
-        row = int(rows[j])
-        stop = min(row, matrix.shape[0])
-        if stop > start:
-            copy(matrix, start, stop, start)
-        copy(values, j, j + 1, row)
-        start = max(start, row + 1)
-    if start < matrix.shape[0]:
-        copy(matrix, start, matrix.shape[0], start)
+    else:
+        start = 0  # the first row of ``matrix`` not yet copied
+        for j in np.argsort(rows, kind="stable"):
+            row = int(rows[j])
+            if min(row, matrix.shape[0]) > start:
+                copy(matrix, start, min(row, matrix.shape[0]), start)
+            copy(values, j, j + 1, row)
+            start = max(start, row + 1)
+        if start < matrix.shape[0]:
+            copy(matrix, start, matrix.shape[0], start)
     return sp.csr_matrix(
         (data, indices, indptr.astype(indices.dtype)), shape=(n_rows, matrix.shape[1])
     )
