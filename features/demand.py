@@ -443,6 +443,38 @@ def build_features(
     return pd.concat([panel[[SERIES, PERIOD]], features], axis=1)
 
 
+def category_blocks(
+    panel: pd.DataFrame, items: pd.DataFrame | None, max_rows: int
+) -> list[np.ndarray]:
+    """The panel's row positions (each block in the panel's order) in blocks of whole
+    categories — the ``items`` table's category of each item, or the item itself without a
+    table — taken in a fixed pseudo-random order of the categories (a hash of their names),
+    each block at most ``max_rows`` rows unless one category alone has more.
+
+    Every aggregate of :func:`build_features` reads within one category (its items at a store,
+    an item over its stores), so on a block of whole categories it gives exactly the features
+    those rows have in the whole panel: the forecaster trains on the first block when a panel
+    is too large and forecasts block by block.
+    """
+    category = panel["item_id"].map(_categories(items)) if items is not None else panel["item_id"]
+    codes, names = pd.factorize(category, use_na_sentinel=False)  # no category: one together
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[np.argsort(pd.util.hash_array(np.asarray(names, dtype=object)), kind="stable")] = (
+        np.arange(len(names))
+    )
+    key = rank[codes]
+    order = np.argsort(key, kind="stable")
+    blocks, start, taken = [], 0, 0
+    for size in np.bincount(key, minlength=len(names)):
+        if taken and taken + size > max_rows:
+            blocks.append(np.sort(order[start : start + taken]))
+            start, taken = start + taken, 0
+        taken += size
+    if taken:
+        blocks.append(np.sort(order[start : start + taken]))
+    return blocks
+
+
 def _to_grid(
     rows: np.ndarray, columns: np.ndarray, values: np.ndarray, n_rows: int, n_columns: int
 ) -> np.ndarray:

@@ -36,6 +36,7 @@ from features.demand import (
     Codes,
     FeatureSpec,
     build_features,
+    category_blocks,
     extend_with_future,
     frequency,
     series_profile,
@@ -48,6 +49,8 @@ FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50",
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 STRATEGIES = ("recursive", "direct")
 CATEGORICAL = ["store_code", "category_code"]
+#: Rows of the panel a forecast builds features for at once (blocks of whole categories).
+_PREDICT_BLOCK_ROWS = 2_000_000
 
 #: Trains one LightGBM model: ``(params, features, target, rounds) -> booster``.
 Trainer = Callable[[dict[str, Any], pd.DataFrame, np.ndarray, int], lgb.Booster]
@@ -154,6 +157,10 @@ class LightGBMForecaster(Forecaster):
     are refitted, at a learning rate raised in proportion (1.0: the same models as the final
     ones): they only estimate the final models' errors and choose the objective, and a quarter
     of the work estimates them as well (docs/benchmarks.md, Forecaster accuracy).
+    ``max_train_rows`` bounds the rows the models learn from: a larger panel trains on whole
+    categories of items (every store's series of them; a fixed pseudo-random choice, see
+    :func:`features.demand.category_blocks`) up to that many rows, and still forecasts every
+    series (None: always the whole panel).
     """
 
     name = "lightgbm"
@@ -176,6 +183,7 @@ class LightGBMForecaster(Forecaster):
         strategy: str = "direct",
         refit: bool = True,
         calibration_effort: float = 0.25,
+        max_train_rows: int | None = 10_000_000,
     ) -> None:
         self.horizon = horizon
         self.freq = freq
@@ -193,6 +201,7 @@ class LightGBMForecaster(Forecaster):
         self.strategy = strategy
         self.refit = refit
         self.calibration_effort = calibration_effort
+        self.max_train_rows = max_train_rows
 
     def buckets(self) -> list[int]:
         """The last lead each direct model serves, in order: the frequency's short window (4
@@ -245,6 +254,10 @@ class LightGBMForecaster(Forecaster):
             raise ValueError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}."
             )
+        if self.max_train_rows is not None and self.max_train_rows < 1:
+            raise ValueError(
+                f"max_train_rows must be at least 1 (or None), not {self.max_train_rows!r}."
+            )
         self.items_ = items
         self.codes_ = Codes.learn(panel, items)
         # Per model: week of year and month only where the history has seen the weeks it
@@ -254,10 +267,12 @@ class LightGBMForecaster(Forecaster):
         self.selection_wape_: dict[str, float] = {}
         start = self._held_out_start(panel)
         effort = self.calibration_effort if self.refit else 1.0
+        train = self._training_panel(panel)
+        self.train_rows_ = len(train)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
-            x, y, usable, period = self._matrix(panel, self.spec(lead))
+            x, y, usable, period = self._matrix(train, self.spec(lead))
             if usable.sum() < 2 * self.min_child_samples:
                 raise ValueError(
                     f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
@@ -276,11 +291,11 @@ class LightGBMForecaster(Forecaster):
                         else self._train(x[before], y[before], self.objective_, trainer, effort)
                     )
                     held.append(
-                        self._recursive_errors(booster, panel, start)
+                        self._recursive_errors(booster, train, start)
                         if self.strategy == "recursive"
                         else pd.DataFrame(
                             {
-                                SERIES: panel[SERIES].to_numpy()[after],
+                                SERIES: train[SERIES].to_numpy()[after],
                                 "bucket": index,
                                 "mean": self._predict(booster, x[after]),
                                 "actual": y[after],
@@ -302,6 +317,13 @@ class LightGBMForecaster(Forecaster):
             drop=True
         )
         return self
+
+    def _training_panel(self, panel: pd.DataFrame) -> pd.DataFrame:
+        """The panel, or its first block of whole categories when it has more than
+        ``max_train_rows`` rows."""
+        if self.max_train_rows is None or len(panel) <= self.max_train_rows:
+            return panel
+        return panel.iloc[category_blocks(panel, self.items_, self.max_train_rows)[0]]
 
     def _longest_lead(self, panel: pd.DataFrame) -> int:
         """The longest lead whose model would have enough rows to train on: rows at least that
@@ -514,22 +536,24 @@ class LightGBMForecaster(Forecaster):
         return result[FORECAST_COLUMNS].sort_values([SERIES, PERIOD], ignore_index=True)
 
     def _direct(self, panel: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
-        """The mean forecast of the horizon after ``panel``, each lead by its bucket's model."""
+        """The mean forecast of the horizon after ``panel``, each lead by its bucket's model,
+        the features built for a block of whole categories at a time."""
         extended = extend_with_future(panel, self.horizon, self.freq, plan)
         future = extended[TARGET].isna().to_numpy()
         step = frequency(self.freq).step
-        lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()[future]
-        mean = np.zeros(int(future.sum()))
-        first = 1
-        for booster, last in zip(self.boosters_, self.leads_, strict=True):
-            x = build_features(
-                extended, self.spec(last), freq=self.freq, items=self.items_, codes=self.codes_
-            ).drop(columns=[SERIES, PERIOD])[future]
-            rows = (lead >= first) & (lead <= last)
-            mean[rows] = self._predict(booster, x[rows], threads=1)
-            first = last + 1
+        lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
+        mean = np.zeros(len(extended))
+        for block in category_blocks(extended, self.items_, _PREDICT_BLOCK_ROWS):
+            part, first = extended.iloc[block], 1
+            for booster, last in zip(self.boosters_, self.leads_, strict=True):
+                x = build_features(
+                    part, self.spec(last), freq=self.freq, items=self.items_, codes=self.codes_
+                ).drop(columns=[SERIES, PERIOD])
+                rows = future[block] & (lead[block] >= first) & (lead[block] <= last)
+                mean[block[rows]] = self._predict(booster, x[rows], threads=1)
+                first = last + 1
         result = extended.loc[future, [SERIES, "store_id", "item_id", PERIOD]]
-        return result.assign(mean=mean).reset_index(drop=True)
+        return result.assign(mean=mean[future]).reset_index(drop=True)
 
     def _short_series(self, panel: pd.DataFrame) -> pd.Index:
         needed = self.min_history or (min(self.spec().lags) + 1)

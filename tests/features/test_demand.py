@@ -11,6 +11,7 @@ from features.demand import (
     FeatureSpec,
     build_features,
     build_panel,
+    category_blocks,
     extend_with_future,
     period_end,
     rolling_origins,
@@ -166,6 +167,33 @@ def test_a_fitted_models_codes_do_not_depend_on_what_the_panel_holds() -> None:
     unseen = rest.assign(store_id="S-new")
     coded = build_features(unseen, spec, freq="D", items=items, codes=codes)
     assert coded["store_code"].isna().all() and coded["item_code"].notna().all()
+
+
+def test_blocks_of_whole_categories_have_the_whole_panels_features() -> None:
+    rng = np.random.default_rng(4)
+    days = pd.date_range("2024-01-01", periods=30, freq="D")
+    rows = [
+        (day, f"S{s}", f"I{i}", float(rng.poisson(2 + i)))
+        for s in range(3)
+        for i in range(6)
+        for day in days[i:]  # series of different lengths
+    ]
+    panel = build_panel(pd.DataFrame(rows, columns=["date", "store_id", "item_id", "units"]))
+    items = pd.DataFrame({"item_id": [f"I{i}" for i in range(6)], "category": list("aabbcc")})
+    spec = FeatureSpec(horizon=2, lags=(2, 3), rolling={2: (3,)})
+    for table, category in ((items, panel["item_id"].str[1].astype(int) // 2), (None, None)):
+        category = panel["item_id"] if category is None else category
+        codes = Codes.learn(panel, table)
+        whole = build_features(panel, spec, freq="D", items=table, codes=codes)
+        blocks = category_blocks(panel, table, max_rows=100)
+        assert np.array_equal(np.sort(np.concatenate(blocks)), np.arange(len(panel)))
+        for block in blocks:
+            inside = category.iloc[block]
+            assert len(block) <= 100 or inside.nunique() == 1
+            assert (category.isin(inside.unique()).to_numpy().nonzero()[0] == block).all()
+            part = build_features(panel.iloc[block], spec, freq="D", items=table, codes=codes)
+            pd.testing.assert_frame_equal(part, whole.iloc[block])
+        assert len(blocks) > 1
 
 
 def test_future_targets_cannot_leak_into_features() -> None:
