@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +103,7 @@ def trainer_on(client: Any) -> Trainer:
 
 
 def load_demand_on(
-    client: Any, data_dir: Path, freq: str, logged: pd.DataFrame | None = None
+    client: Any, data_dir: Path, freq: str, logged: Callable[[], pd.DataFrame] | None = None
 ) -> DemandData:
     """:func:`experiments.pipelines.forecaster.load_demand` with the events checked and their
     daily sales summed on the cluster (:func:`sales_on`); the panel is built here from the
@@ -113,7 +113,8 @@ def load_demand_on(
 
     def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])
-        return sales_on(client, _with_logged_on(client, events.parts, logged))
+        live = logged() if logged else None
+        return sales_on(client, _with_logged_on(client, events.parts, live))
 
     return demand_data(data_dir, tables, sales_of_events if "events" in files else None, freq)
 

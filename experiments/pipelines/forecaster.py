@@ -44,15 +44,17 @@ class DemandData:
     plan: pd.DataFrame | None
 
 
-def load_demand(data_dir: Path, freq: str, logged: pd.DataFrame | None = None) -> DemandData:
+def load_demand(
+    data_dir: Path, freq: str, logged: Callable[[], pd.DataFrame] | None = None
+) -> DemandData:
     """The demand panel of a data directory: the ``sales`` table when present, else purchase and
-    return events by fulfilling store (with ``logged`` events from the service, if given; a sales
-    table is the tills' own record, which already holds them); ``inventory`` marks censored
-    periods."""
+    return events by fulfilling store (with the events ``logged()`` reads from the service, if
+    given — only then: a sales table is the tills' own record, which already holds them);
+    ``inventory`` marks censored periods."""
 
     def sales_of_events() -> pd.DataFrame:
         events = load_dataset(data_dir, ("events",))["events"].accepted
-        return sales_from_events(with_logged(events, logged))
+        return sales_from_events(with_logged(events, logged() if logged else None))
 
     tables = load_dataset(data_dir, ("sales", "inventory", "items", "plan"))
     has_events = "events" in find_table_files(data_dir)

@@ -51,7 +51,7 @@ def stock_side(
     hours = 24.0 * frequency(model.freq).days
     rate = first.set_index(["store_id", "item_id"])["mean"].astype(float) / hours
     pairs, summary = stock_kpis(history, until, since, rate)
-    accuracy = forecast_accuracy(forecast, load_demand(data_dir, model.freq, logged).panel)
+    accuracy = forecast_accuracy(forecast, load_demand(data_dir, model.freq, lambda: logged).panel)
     if len(accuracy):
         summary["forecast_wape"] = float(
             accuracy["absolute_error"].sum() / max(accuracy["units"].sum(), 1e-9)

@@ -481,7 +481,7 @@ def train_forecaster(
     (:func:`experiments.pipelines.forecaster.engine`).
     """
     with forecaster_engine(engine) as (load, trainer):
-        data = load(data_dir, freq, logged_events()[0])
+        data = load(data_dir, freq, lambda: logged_events()[0])
         result = backtest(data, horizon=horizon, freq=freq, windows=windows, trainer=trainer)
         final = LightGBMForecaster(horizon=horizon, freq=freq).fit(
             data.panel, items=data.items, trainer=trainer

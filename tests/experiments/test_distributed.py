@@ -154,7 +154,7 @@ def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
 ) -> None:
     from experiments.pipelines.distributed import load_demand_on
 
-    for live in (None, logged):
+    for live in (None, lambda: logged):
         here = forecaster.load_demand(partitioned, "W", live)
         there = load_demand_on(client, partitioned, "W", live)
         pd.testing.assert_frame_equal(there.panel, here.panel, check_exact=True)

@@ -56,3 +56,23 @@ def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> N
     assert window.now == {"a": window.cutoff}
     with pytest.raises(ValueError, match="next_basket, window"):
         split_for_validation(events, 10, "month")
+
+
+def test_the_service_log_is_read_only_when_events_make_the_demand(tmp_path) -> None:
+    """A sales table is the tills' own record: ``omni train forecaster`` then leaves the service's
+    event log (possibly millions of events) unread."""
+    import shutil
+
+    from experiments.pipelines.forecaster import load_demand
+
+    reads: list[int] = []
+
+    def logged() -> pd.DataFrame:
+        reads.append(1)
+        return pd.DataFrame()
+
+    assert len(load_demand(SAMPLE, "W", logged).panel) and reads == []
+    events_only = tmp_path / "events-only"
+    shutil.copytree(SAMPLE, events_only)
+    (events_only / "sales.csv.gz").unlink()
+    assert len(load_demand(events_only, "W", logged).panel) and reads == [1]
