@@ -210,14 +210,15 @@ def build_panel(
         .reset_index()
     )
 
-    step = pd.Timedelta(frequency(freq).step)
     first = grouped.groupby(["store_id", "item_id"], observed=True)["ds"].min()
-    n_periods = ((last - first).dt.days // frequency(freq).days).astype(int) + 1
+    n_periods = ((last - first).dt.days // frequency(freq).days).to_numpy(dtype=np.int64) + 1
+    # Each series' periods from its first to ``last``: its start plus 0, 1, ... steps.
+    steps = np.arange(n_periods.sum()) - np.repeat(np.cumsum(n_periods) - n_periods, n_periods)
     index = pd.DataFrame(
         {
             "store_id": np.repeat(first.index.get_level_values(0), n_periods),
             "item_id": np.repeat(first.index.get_level_values(1), n_periods),
-            PERIOD: np.concatenate([pd.date_range(f, last, freq=step).values for f in first]),
+            PERIOD: np.repeat(first.to_numpy(), n_periods) + steps * frequency(freq).step,
         }
     )
     panel = index.merge(grouped, on=["store_id", "item_id", PERIOD], how="left")
