@@ -272,8 +272,8 @@ class LightGBMForecaster(Forecaster):
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
-            x, y, usable, period = self._matrix(train, self.spec(lead))
-            if usable.sum() < 2 * self.min_child_samples:
+            x, y, series, period = self._matrix(train, self.spec(lead))
+            if len(y) < 2 * self.min_child_samples:
                 raise ValueError(
                     f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
                     f"{lead} periods ahead (its model reads nothing more recent than {lead} "
@@ -282,8 +282,8 @@ class LightGBMForecaster(Forecaster):
                 )
             booster = None
             if start is not None:
-                before = usable & (period < start)
-                after = usable & (period >= start)
+                before = period < start
+                after = ~before
                 if before.sum() >= 2 * self.min_child_samples and after.any():
                     booster = (
                         self._select_objective(x, y, before, after, trainer, effort)
@@ -295,7 +295,7 @@ class LightGBMForecaster(Forecaster):
                         if self.strategy == "recursive"
                         else pd.DataFrame(
                             {
-                                SERIES: train[SERIES].to_numpy()[after],
+                                SERIES: series[after],
                                 "bucket": index,
                                 "mean": self._predict(booster, x[after]),
                                 "actual": y[after],
@@ -303,7 +303,7 @@ class LightGBMForecaster(Forecaster):
                         )
                     )
             if self.refit or booster is None:
-                booster = self._train(x[usable], y[usable], self.objective_, trainer)
+                booster = self._train(x, y, self.objective_, trainer)
             self.boosters_.append(booster)
         self.leads_ = self.models()
         before_start = panel if start is None else panel[panel[PERIOD] < start]
@@ -431,13 +431,15 @@ class LightGBMForecaster(Forecaster):
     def _matrix(
         self, panel: pd.DataFrame, spec: FeatureSpec
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-        """Features, target, which rows can train (uncensored, nearest lag known) and periods."""
+        """The rows that can train (uncensored, nearest lag known): their features, target,
+        series and periods."""
         features = build_features(panel, spec, freq=self.freq, items=self.items_, codes=self.codes_)
         usable = (~panel["censored"].to_numpy(dtype=bool)) & features[
             f"lag{min(spec.lags)}"
         ].notna().to_numpy()
-        x = features.drop(columns=[SERIES, PERIOD])
-        return x, panel[TARGET].to_numpy(dtype=np.float64), usable, panel[PERIOD].to_numpy()
+        x = features.loc[usable, features.columns.drop([SERIES, PERIOD])]
+        y, series, period = (panel[c].to_numpy()[usable] for c in (TARGET, SERIES, PERIOD))
+        return x, y.astype(np.float64), series, period
 
     def _select_objective(
         self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray,

@@ -79,22 +79,27 @@ def dask_client() -> Iterator[Any]:
 
 def trainer_on(client: Any) -> Trainer:
     """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
-    learner (``lightgbm.dask``), the rows in one partition per worker (Dask places them),
-    each worker building its histograms and the workers merging them over the network. The
-    parameters are the in-process ones but the threads: each worker uses its own. The
-    features are built on the client — the demand panel is far smaller than the events it
-    comes from."""
+    learner (``lightgbm.dask``), a slice of the rows sent to each worker (features and target
+    together, straight to it: not through the scheduler in the task graph), each worker
+    building its histograms and the workers merging them over the network. The parameters are
+    the in-process ones but the threads: each worker uses its own. The features are built on
+    the client — the demand panel is far smaller than the events it comes from."""
 
     def train(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int) -> Any:
         import dask.dataframe as dd
         from lightgbm.dask import DaskLGBMRegressor
 
-        parts = max(len(client.scheduler_info()["workers"]), 1)
+        workers = list(client.scheduler_info()["workers"])
+        slices = np.array_split(np.arange(len(x)), len(workers))
+        xs, ys = [], []
+        for worker, rows in zip(workers, slices, strict=True):
+            xs.append(client.scatter(x.iloc[rows].reset_index(drop=True), workers=[worker]))
+            ys.append(client.scatter(pd.Series(y[rows]), workers=[worker]))
         settings = {k: v for k, v in params.items() if k != "num_threads"}
         model = DaskLGBMRegressor(client=client, n_estimators=rounds, **settings)
         model.fit(
-            dd.from_pandas(x.reset_index(drop=True), npartitions=parts),
-            dd.from_pandas(pd.Series(y), npartitions=parts),
+            dd.from_delayed(xs, meta=x.iloc[:0].reset_index(drop=True)),
+            dd.from_delayed(ys, meta=pd.Series(y[:0])),
             categorical_feature=CATEGORICAL,
         )
         return model.to_local().booster_
