@@ -384,7 +384,7 @@ def build_features(
 
     store = pd.factorize(panel["store_id"], sort=True)[0]
     item = pd.factorize(panel["item_id"], sort=True)[0]
-    item_category = panel["item_id"].map(_categories(items)) if items is not None else None
+    item_category = _item_categories(panel, items)
     category = pd.factorize(item_category, sort=True)[0] if item_category is not None else item
     lag = spec.horizon
     short = min(min(spec.rolling.get(lag, (4,))), frequency(freq).short)
@@ -448,17 +448,21 @@ def category_blocks(
     panel: pd.DataFrame, items: pd.DataFrame | None, max_rows: int
 ) -> list[np.ndarray]:
     """The panel's row positions (each block in the panel's order) in blocks of whole
-    categories — the ``items`` table's category of each item, or the item itself without a
-    table — taken in a fixed pseudo-random order of the categories (a hash of their names),
-    each block at most ``max_rows`` rows unless one category alone has more.
+    categories — the ``items`` table's category of each item (the items it does not categorise
+    together), or each item its own without a table — taken in a fixed pseudo-random order of
+    the categories (a hash of their names), each block at most ``max_rows`` rows unless one
+    category alone has more; one block when the whole panel fits.
 
     Every aggregate of :func:`build_features` reads within one category (its items at a store,
     an item over its stores), so on a block of whole categories it gives exactly the features
-    those rows have in the whole panel: the forecaster trains on the first block when a panel
-    is too large and forecasts block by block.
+    those rows have in the whole panel: the forecaster builds its features block by block.
     """
-    category = panel["item_id"].map(_categories(items)) if items is not None else panel["item_id"]
-    codes, names = pd.factorize(category, use_na_sentinel=False)  # no category: one together
+    if len(panel) <= max_rows:
+        return [np.arange(len(panel))]
+    category = _item_categories(panel, items)
+    codes, names = pd.factorize(
+        panel["item_id"] if category is None else category, use_na_sentinel=False
+    )
     rank = np.empty(len(names), dtype=np.int64)
     rank[np.argsort(pd.util.hash_array(np.asarray(names, dtype=object)), kind="stable")] = (
         np.arange(len(names))
@@ -474,6 +478,12 @@ def category_blocks(
     if taken:
         blocks.append(np.sort(order[start : start + taken]))
     return blocks
+
+
+def _item_categories(panel: pd.DataFrame, items: pd.DataFrame | None) -> pd.Series | None:
+    """Each row's item category from the ``items`` table (NaN where it has none); None without
+    a table."""
+    return panel["item_id"].map(_categories(items)) if items is not None else None
 
 
 def _to_grid(

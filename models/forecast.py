@@ -49,8 +49,8 @@ FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50",
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 STRATEGIES = ("recursive", "direct")
 CATEGORICAL = ["store_code", "category_code"]
-#: Rows of the panel a forecast builds features for at once (blocks of whole categories).
-_PREDICT_BLOCK_ROWS = 2_000_000
+#: Rows of the panel whose features are built at once (blocks of whole categories).
+_BLOCK_ROWS = 2_000_000
 
 #: Trains one LightGBM model: ``(params, features, target, rounds) -> booster``.
 Trainer = Callable[[dict[str, Any], pd.DataFrame, np.ndarray, int], lgb.Booster]
@@ -158,9 +158,10 @@ class LightGBMForecaster(Forecaster):
     ones): they only estimate the final models' errors and choose the objective, and a quarter
     of the work estimates them as well (docs/benchmarks.md, Forecaster accuracy).
     ``max_train_rows`` bounds the rows the models learn from: a larger panel trains on whole
-    categories of items (every store's series of them; a fixed pseudo-random choice, see
-    :func:`features.demand.category_blocks`) up to that many rows, and still forecasts every
-    series (None: always the whole panel).
+    series, taken in a fixed pseudo-random order (a hash of their ids) up to that many rows,
+    and still forecasts every series (None: always the whole panel). Features are built a
+    block of whole categories at a time (:func:`features.demand.category_blocks`): exactly the
+    whole panel's.
     """
 
     name = "lightgbm"
@@ -267,17 +268,18 @@ class LightGBMForecaster(Forecaster):
         self.selection_wape_: dict[str, float] = {}
         start = self._held_out_start(panel)
         effort = self.calibration_effort if self.refit else 1.0
-        train = self._training_panel(panel)
-        self.train_rows_ = len(train)
+        kept = self._training_rows(panel)
+        self.train_rows_ = len(panel) if kept is None else int(kept.sum())
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
-            x, y, series, period = self._matrix(train, self.spec(lead))
+            x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept)
             if len(y) < 2 * self.min_child_samples:
+                sampled = "" if kept is None else f" (max_train_rows: {self.train_rows_} rows)"
                 raise ValueError(
-                    f"{panel[PERIOD].nunique()} periods of history are too few to forecast "
-                    f"{lead} periods ahead (its model reads nothing more recent than {lead} "
-                    f"periods back); the longest horizon they support is "
+                    f"{panel[PERIOD].nunique()} periods of history{sampled} are too few to "
+                    f"forecast {lead} periods ahead (its model reads nothing more recent than "
+                    f"{lead} periods back); the longest horizon they support is "
                     f"{self._longest_lead(panel)}."
                 )
             booster = None
@@ -291,11 +293,11 @@ class LightGBMForecaster(Forecaster):
                         else self._train(x[before], y[before], self.objective_, trainer, effort)
                     )
                     held.append(
-                        self._recursive_errors(booster, train, start)
+                        self._recursive_errors(booster, panel, start)
                         if self.strategy == "recursive"
                         else pd.DataFrame(
                             {
-                                SERIES: series[after],
+                                SERIES: panel[SERIES].iloc[rows[after]].to_numpy(),
                                 "bucket": index,
                                 "mean": self._predict(booster, x[after]),
                                 "actual": y[after],
@@ -318,12 +320,32 @@ class LightGBMForecaster(Forecaster):
         )
         return self
 
-    def _training_panel(self, panel: pd.DataFrame) -> pd.DataFrame:
-        """The panel, or its first block of whole categories when it has more than
-        ``max_train_rows`` rows."""
+    def _training_rows(self, panel: pd.DataFrame) -> np.ndarray | None:
+        """Which rows may train (None: all): with more than ``max_train_rows``, those of whole
+        series taken in a fixed pseudo-random order (a hash of their ids) up to that many."""
         if self.max_train_rows is None or len(panel) <= self.max_train_rows:
-            return panel
-        return panel.iloc[category_blocks(panel, self.items_, self.max_train_rows)[0]]
+            return None
+        codes, ids = pd.factorize(panel[SERIES])
+        order = np.argsort(pd.util.hash_array(np.asarray(ids, dtype=object)), kind="stable")
+        fits = np.cumsum(np.bincount(codes, minlength=len(ids))[order]) <= self.max_train_rows
+        taken = np.zeros(len(ids), dtype=bool)
+        taken[order[fits]] = True
+        return taken[codes]
+
+    def _training_matrix(
+        self, panel: pd.DataFrame, spec: FeatureSpec, kept: np.ndarray | None
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_matrix` of the rows ``kept`` (None: all), the features built a block of
+        whole categories at a time."""
+        if kept is None:
+            return self._matrix(panel, spec)
+        parts = [
+            (block, self._matrix(panel.iloc[block], spec, kept[block]))
+            for block in category_blocks(panel, self.items_, _BLOCK_ROWS)
+        ]
+        x = pd.concat([part[0] for _, part in parts])
+        y, period = (np.concatenate([part[i] for _, part in parts]) for i in (1, 3))
+        return x, y, np.concatenate([block[part[2]] for block, part in parts]), period
 
     def _longest_lead(self, panel: pd.DataFrame) -> int:
         """The longest lead whose model would have enough rows to train on: rows at least that
@@ -429,17 +451,17 @@ class LightGBMForecaster(Forecaster):
         return result.assign(mean=target[future]).reset_index(drop=True)
 
     def _matrix(
-        self, panel: pd.DataFrame, spec: FeatureSpec
+        self, panel: pd.DataFrame, spec: FeatureSpec, kept: np.ndarray | None = None
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-        """The rows that can train (uncensored, nearest lag known): their features, target,
-        series and periods."""
+        """The rows that can train (uncensored, nearest lag known; of those ``kept``): their
+        features, target, positions in ``panel`` and periods."""
         features = build_features(panel, spec, freq=self.freq, items=self.items_, codes=self.codes_)
         usable = (~panel["censored"].to_numpy(dtype=bool)) & features[
             f"lag{min(spec.lags)}"
         ].notna().to_numpy()
-        x = features.loc[usable, features.columns.drop([SERIES, PERIOD])]
-        y, series, period = (panel[c].to_numpy()[usable] for c in (TARGET, SERIES, PERIOD))
-        return x, y.astype(np.float64), series, period
+        rows = np.flatnonzero(usable if kept is None else usable & kept)
+        x = features.drop(columns=[SERIES, PERIOD]).iloc[rows]
+        return x, panel[TARGET].to_numpy(np.float64)[rows], rows, panel[PERIOD].to_numpy()[rows]
 
     def _select_objective(
         self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray,
@@ -545,7 +567,7 @@ class LightGBMForecaster(Forecaster):
         step = frequency(self.freq).step
         lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
         mean = np.zeros(len(extended))
-        for block in category_blocks(extended, self.items_, _PREDICT_BLOCK_ROWS):
+        for block in category_blocks(extended, self.items_, _BLOCK_ROWS):
             part, first = extended.iloc[block], 1
             for booster, last in zip(self.boosters_, self.leads_, strict=True):
                 x = build_features(

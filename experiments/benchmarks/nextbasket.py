@@ -178,6 +178,10 @@ def _ranked(model: Any, customers: list[str], *, exclude_seen: bool) -> dict[str
     return {str(c): list(items) for c, items in recs.groupby("customer_id")["item_id"]}
 
 
+#: The two-stage model the last full run chose on validation (docs/benchmarks.md).
+CHOSEN_RANKED = {"group_size": 7, "within": 0.9, "across": 0.7, "neighbours": 100, "alpha": 0.7}
+
+
 def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
     """Every model with its hyper-parameter grid (chosen on the validation basket). The zoo's
     models may recommend what a household bought before, except "ALS, no repeats": what today's
@@ -196,7 +200,7 @@ def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
         (params, tifu_knn(RankedTIFURecommender, **params))
         for params in (
             {"group_size": 3, "within": 0.9, "across": 0.9, "neighbours": 100, "alpha": 0.7},
-            {"group_size": 7, "within": 0.9, "across": 0.7, "neighbours": 100, "alpha": 0.7},
+            CHOSEN_RANKED,
         )
     ]
     return {
@@ -213,8 +217,6 @@ def candidates() -> dict[str, list[tuple[dict[str, Any], Ranker]]]:
     }
 
 
-#: The two-stage model the last full run chose on validation (docs/benchmarks.md).
-CHOSEN_RANKED = {"group_size": 7, "within": 0.9, "across": 0.7, "neighbours": 100, "alpha": 0.7}
 BONUSES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 

@@ -333,7 +333,7 @@ def bench_nextbasket_cmd(
         bool,
         typer.Option(
             help="Only the trade of repeats for never-bought items: the two-stage model's "
-            "lists with a score bonus for new items (about a minute)."
+            "lists with a score bonus for new items (under a minute; --config plays no part)."
         ),
     ] = False,
 ) -> None:

@@ -79,8 +79,8 @@ def dask_client() -> Iterator[Any]:
 
 def trainer_on(client: Any) -> Trainer:
     """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
-    learner (``lightgbm.dask``), a slice of the rows sent to each worker (features and target
-    together, straight to it: not through the scheduler in the task graph), each worker
+    learner (``lightgbm.dask``), every n-th row sent to each of n workers (features and target
+    together, straight to it: not through the scheduler or the task graph), each worker
     building its histograms and the workers merging them over the network. The parameters are
     the in-process ones but the threads: each worker uses its own. The features are built on
     the client — the demand panel is far smaller than the events it comes from."""
@@ -89,12 +89,16 @@ def trainer_on(client: Any) -> Trainer:
         import dask.dataframe as dd
         from lightgbm.dask import DaskLGBMRegressor
 
-        workers = list(client.scheduler_info()["workers"])
-        slices = np.array_split(np.arange(len(x)), len(workers))
+        def send(part: Any, worker: str) -> Any:
+            return client.scatter(part, workers=[worker], direct=True, hash=False)
+
+        client.wait_for_workers(1)
+        workers = list(client.nthreads())[: max(len(x), 1)]
         xs, ys = [], []
-        for worker, rows in zip(workers, slices, strict=True):
-            xs.append(client.scatter(x.iloc[rows].reset_index(drop=True), workers=[worker]))
-            ys.append(client.scatter(pd.Series(y[rows]), workers=[worker]))
+        for n, worker in enumerate(workers):
+            rows = np.arange(n, len(x), len(workers))  # every store and week on every worker
+            xs.append(send(x.iloc[rows].reset_index(drop=True), worker))
+            ys.append(send(pd.Series(y[rows]), worker))
         settings = {k: v for k, v in params.items() if k != "num_threads"}
         model = DaskLGBMRegressor(client=client, n_estimators=rounds, **settings)
         model.fit(

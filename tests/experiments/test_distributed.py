@@ -164,7 +164,7 @@ def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
 
 def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path: Path) -> None:
     """LightGBM trained data-parallel on a cluster of this machine's cores (started by the
-    command), half the rows on each worker: a different model, as accurate."""
+    command), a share of the rows on each worker: a different model, as accurate."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "OMNI_DASK_SCHEDULER": ""}
     args = ["backtest", "forecaster", "--data", str(SAMPLE), "--horizon", "4", "--freq", "W"]
     args += ["--windows", "2"]

@@ -200,28 +200,37 @@ def test_held_out_models_train_a_share_of_the_rounds_and_the_final_ones_all() ->
         LightGBMForecaster(horizon=3, freq="D", calibration_effort=0).fit(panel)
 
 
-def test_a_panel_over_max_train_rows_trains_on_whole_items_and_forecasts_every_series(
+def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
     monkeypatch,
 ) -> None:
     panel = synthetic_panel(n_series=12, days=80)  # 12 items, one store each: 960 rows
-    trained: list[int] = []
+    trained: list[pd.DataFrame] = []
 
     def recording(params, x, y, rounds):
-        trained.append(len(x))
+        trained.append(x)
         return train_here(params, x, y, rounds)
 
     small = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=400)
     small.fit(panel, trainer=recording)
     assert small.train_rows_ == 400  # five whole series of 80 (a sixth would pass 400)
-    assert trained and max(trained) <= 400
+    assert {x["item_code"].nunique() for x in trained} == {5}
     forecast = small.predict()
     assert set(forecast["unique_id"]) == set(panel["unique_id"])
+    # Built an item at a time, the training rows have the same features as at once.
+    at_once = [x.sort_values(list(x.columns), ignore_index=True) for x in trained]
+    trained.clear()
+    monkeypatch.setattr("models.forecast._BLOCK_ROWS", 100)
+    LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=400).fit(
+        panel, trainer=recording
+    )
+    for x, expected in zip(trained, at_once, strict=True):
+        pd.testing.assert_frame_equal(x.sort_values(list(x.columns), ignore_index=True), expected)
+    # Forecasting an item at a time gives what the whole panel at once does.
     whole = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=None)
     assert whole.fit(panel).train_rows_ == len(panel)
-    # Forecasting a block of whole items at a time gives what the whole panel at once does.
-    at_once = whole.predict()
-    monkeypatch.setattr("models.forecast._PREDICT_BLOCK_ROWS", 100)
-    pd.testing.assert_frame_equal(whole.predict(), at_once)
+    by_block = whole.predict()
+    monkeypatch.setattr("models.forecast._BLOCK_ROWS", 10_000)
+    pd.testing.assert_frame_equal(whole.predict(), by_block)
     with pytest.raises(ValueError, match="max_train_rows must be at least 1"):
         LightGBMForecaster(horizon=3, freq="D", max_train_rows=0).fit(panel)
 
