@@ -301,6 +301,10 @@ def run_placement_speed(stores: int = 500, items: int = 10_000, seed: int = 0) -
     }
 
 
+#: The recommenders ``omni bench fit-memory`` fits (:func:`_fit_memory_worker`).
+FIT_MEMORY_MODELS = ("als", "bpr", "item_knn", "ease", "tifu_knn")
+
+
 def _fit_memory_worker(model: str, customers: str, items: str, per_customer: str) -> dict:
     import numpy as np
     import pandas as pd

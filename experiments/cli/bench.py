@@ -284,7 +284,7 @@ def bench_scale_cmd(
 
 @bench_app.command("fit-memory")
 def bench_fit_memory_cmd(
-    model: Annotated[str, typer.Option(help="als, bpr, item_knn, ease or tifu_knn.")] = "als",
+    model: Annotated[str, typer.Option(help=", ".join(bench.FIT_MEMORY_MODELS))] = "als",
     customers: Annotated[int, typer.Option(help="Rows of the matrix.")] = 1_000_000,
     items: Annotated[int, typer.Option(help="Columns of the matrix.")] = 100_000,
     per_customer: Annotated[int, typer.Option(help="Interactions per customer.")] = 30,
@@ -292,8 +292,9 @@ def bench_fit_memory_cmd(
     """One recommender's fit on a random long-tailed matrix: seconds and peak memory above the
     matrix, in a fresh process (what one node needs to fit it); then the milliseconds to post
     one purchase to it, as the service applies events."""
-    if model not in ("als", "bpr", "item_knn", "ease", "tifu_knn"):
-        raise UsageError(f"--model is als, bpr, item_knn, ease or tifu_knn, not {model!r}.")
+    if model not in bench.FIT_MEMORY_MODELS:
+        names = ", ".join(bench.FIT_MEMORY_MODELS)
+        raise UsageError(f"--model is one of {names}, not {model!r}.")
     out.print_json(json.dumps(bench.run_fit_memory(model, customers, items, per_customer)))
 
 
