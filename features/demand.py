@@ -464,9 +464,7 @@ def category_blocks(
         panel["item_id"] if category is None else category, use_na_sentinel=False
     )
     rank = np.empty(len(names), dtype=np.int64)
-    rank[np.argsort(pd.util.hash_array(np.asarray(names, dtype=object)), kind="stable")] = (
-        np.arange(len(names))
-    )
+    rank[_hash_order(names)] = np.arange(len(names))
     key = rank[codes]
     order = np.argsort(key, kind="stable")
     blocks, start, taken = [], 0, 0
@@ -478,6 +476,25 @@ def category_blocks(
     if taken:
         blocks.append(np.sort(order[start : start + taken]))
     return blocks
+
+
+def series_sample(panel: pd.DataFrame, max_rows: int) -> np.ndarray | None:
+    """Which rows belong to whole series taken in a fixed pseudo-random order (a hash of their
+    ids) up to ``max_rows`` rows (at least one series); None when the whole panel fits."""
+    if len(panel) <= max_rows:
+        return None
+    codes, ids = pd.factorize(panel[SERIES])
+    order = _hash_order(ids)
+    fits = np.cumsum(np.bincount(codes, minlength=len(ids))[order]) <= max_rows
+    fits[0] = True
+    taken = np.zeros(len(ids), dtype=bool)
+    taken[order[fits]] = True
+    return taken[codes]
+
+
+def _hash_order(names: pd.Index | np.ndarray) -> np.ndarray:
+    """The positions of ``names`` in a fixed pseudo-random order: by a hash of each name."""
+    return np.argsort(pd.util.hash_array(np.asarray(names, dtype=object)), kind="stable")
 
 
 def _item_categories(panel: pd.DataFrame, items: pd.DataFrame | None) -> pd.Series | None:

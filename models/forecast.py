@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -40,6 +40,7 @@ from features.demand import (
     extend_with_future,
     frequency,
     series_profile,
+    series_sample,
     spans_a_year,
 )
 from models.errors import BeyondModelError, UnknownIdError
@@ -268,12 +269,13 @@ class LightGBMForecaster(Forecaster):
         self.selection_wape_: dict[str, float] = {}
         start = self._held_out_start(panel)
         effort = self.calibration_effort if self.refit else 1.0
-        kept = self._training_rows(panel)
+        kept = None if self.max_train_rows is None else series_sample(panel, self.max_train_rows)
         self.train_rows_ = len(panel) if kept is None else int(kept.sum())
+        blocks = category_blocks(panel, self.items_, _BLOCK_ROWS)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
-            x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept)
+            x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept, blocks)
             if len(y) < 2 * self.min_child_samples:
                 sampled = "" if kept is None else f" (max_train_rows: {self.train_rows_} rows)"
                 raise ValueError(
@@ -320,32 +322,24 @@ class LightGBMForecaster(Forecaster):
         )
         return self
 
-    def _training_rows(self, panel: pd.DataFrame) -> np.ndarray | None:
-        """Which rows may train (None: all): with more than ``max_train_rows``, those of whole
-        series taken in a fixed pseudo-random order (a hash of their ids) up to that many."""
-        if self.max_train_rows is None or len(panel) <= self.max_train_rows:
-            return None
-        codes, ids = pd.factorize(panel[SERIES])
-        order = np.argsort(pd.util.hash_array(np.asarray(ids, dtype=object)), kind="stable")
-        fits = np.cumsum(np.bincount(codes, minlength=len(ids))[order]) <= self.max_train_rows
-        taken = np.zeros(len(ids), dtype=bool)
-        taken[order[fits]] = True
-        return taken[codes]
-
     def _training_matrix(
-        self, panel: pd.DataFrame, spec: FeatureSpec, kept: np.ndarray | None
+        self,
+        panel: pd.DataFrame,
+        spec: FeatureSpec,
+        kept: np.ndarray | None,
+        blocks: list[np.ndarray],
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_matrix` of the rows ``kept`` (None: all), the features built a block of
-        whole categories at a time."""
-        if kept is None:
-            return self._matrix(panel, spec)
+        whole categories at a time (``blocks``, :func:`features.demand.category_blocks`)."""
         parts = [
-            (block, self._matrix(panel.iloc[block], spec, kept[block]))
-            for block in category_blocks(panel, self.items_, _BLOCK_ROWS)
+            (block, self._matrix(part, spec, None if kept is None else kept[block]))
+            for block, part in _parts(panel, blocks)
         ]
-        x = pd.concat([part[0] for _, part in parts])
-        y, period = (np.concatenate([part[i] for _, part in parts]) for i in (1, 3))
-        return x, y, np.concatenate([block[part[2]] for block, part in parts]), period
+        if len(parts) == 1:
+            return parts[0][1]
+        x = pd.concat([matrix[0] for _, matrix in parts])
+        y, period = (np.concatenate([matrix[i] for _, matrix in parts]) for i in (1, 3))
+        return x, y, np.concatenate([block[matrix[2]] for block, matrix in parts]), period
 
     def _longest_lead(self, panel: pd.DataFrame) -> int:
         """The longest lead whose model would have enough rows to train on: rows at least that
@@ -435,18 +429,21 @@ class LightGBMForecaster(Forecaster):
         lead = ((extended[PERIOD] - last) // step).to_numpy()
         target = extended[TARGET].to_numpy(dtype=np.float64, copy=True)
         spec = self.spec(1)
-        for h in range(1, steps + 1):
-            features = build_features(
-                extended.assign(**{TARGET: target}),
-                spec,
-                freq=self.freq,
-                items=self.items_,
-                codes=self.codes_,
-            )
-            rows = future & (lead == h)
-            target[rows] = self._predict(
-                booster, features.drop(columns=[SERIES, PERIOD])[rows], threads
-            )
+        for block, part in _parts(extended, category_blocks(extended, self.items_, _BLOCK_ROWS)):
+            known = target[block]
+            for h in range(1, steps + 1):
+                features = build_features(
+                    part.assign(**{TARGET: known}),
+                    spec,
+                    freq=self.freq,
+                    items=self.items_,
+                    codes=self.codes_,
+                )
+                rows = future[block] & (lead[block] == h)
+                known[rows] = self._predict(
+                    booster, features.drop(columns=[SERIES, PERIOD])[rows], threads
+                )
+            target[block] = known
         result = extended.loc[future, [SERIES, "store_id", "item_id", PERIOD]]
         return result.assign(mean=target[future]).reset_index(drop=True)
 
@@ -567,8 +564,8 @@ class LightGBMForecaster(Forecaster):
         step = frequency(self.freq).step
         lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
         mean = np.zeros(len(extended))
-        for block in category_blocks(extended, self.items_, _BLOCK_ROWS):
-            part, first = extended.iloc[block], 1
+        for block, part in _parts(extended, category_blocks(extended, self.items_, _BLOCK_ROWS)):
+            first = 1
             for booster, last in zip(self.boosters_, self.leads_, strict=True):
                 x = build_features(
                     part, self.spec(last), freq=self.freq, items=self.items_, codes=self.codes_
@@ -747,6 +744,14 @@ class LightGBMForecaster(Forecaster):
             frame["mean"], frame["method"] = mean, "category prior"
             rows.append(frame)
         return pd.concat(rows, ignore_index=True)[FORECAST_COLUMNS]
+
+
+def _parts(
+    frame: pd.DataFrame, blocks: list[np.ndarray]
+) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    """Each block's positions and rows, one at a time (one block: the frame itself, no copy)."""
+    for block in blocks:
+        yield block, frame if len(blocks) == 1 else frame.iloc[block]
 
 
 class CalibrationWarning(UserWarning):

@@ -79,9 +79,9 @@ def dask_client() -> Iterator[Any]:
 
 def trainer_on(client: Any) -> Trainer:
     """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
-    learner (``lightgbm.dask``), every n-th row sent to each of n workers (features and target
-    together, straight to it: not through the scheduler or the task graph), each worker
-    building its histograms and the workers merging them over the network. The parameters are
+    learner (``lightgbm.dask``), every n-th row scattered to each of n workers (features and
+    target together; data, not tasks in the graph), each worker building its histograms and
+    the workers merging them over the network. The parameters are
     the in-process ones but the threads: each worker uses its own. The features are built on
     the client — the demand panel is far smaller than the events it comes from."""
 
@@ -90,9 +90,9 @@ def trainer_on(client: Any) -> Trainer:
         from lightgbm.dask import DaskLGBMRegressor
 
         def send(part: Any, worker: str) -> Any:
-            return client.scatter(part, workers=[worker], direct=True, hash=False)
+            return client.scatter(part, workers=[worker], hash=False)
 
-        client.wait_for_workers(1)
+        client.wait_for_workers(1)  # then trains on the workers up at this moment
         workers = list(client.nthreads())[: max(len(x), 1)]
         xs, ys = [], []
         for n, worker in enumerate(workers):

@@ -179,22 +179,25 @@ def test_blocks_of_whole_categories_have_the_whole_panels_features() -> None:
         for day in days[i:]  # series of different lengths: item i has 3 x (30 - i) rows
     ]
     panel = build_panel(pd.DataFrame(rows, columns=["date", "store_id", "item_id", "units"]))
-    # I5 is not in the table: with the other items it has no category for, it is one category.
-    items = pd.DataFrame({"item_id": [f"I{i}" for i in range(5)], "category": list("aabcd")})
+    # I4 and I5 are not in the table: the items it does not categorise are one category.
+    items = pd.DataFrame({"item_id": [f"I{i}" for i in range(4)], "category": list("aabc")})
     spec = FeatureSpec(horizon=2, lags=(2, 3), rolling={2: (3,)})
     by_table = panel["item_id"].map(items.set_index("item_id")["category"]).fillna("none")
     for table, category in ((items, by_table), (None, panel["item_id"])):
         codes = Codes.learn(panel, table)
         whole = build_features(panel, spec, freq="D", items=table, codes=codes)
-        blocks = category_blocks(panel, table, max_rows=200)
-        assert np.array_equal(np.sort(np.concatenate(blocks)), np.arange(len(panel)))
-        for block in blocks:
-            inside = category.iloc[block]
-            assert len(block) <= 200 or inside.nunique() == 1
-            assert (category.isin(inside.unique()).to_numpy().nonzero()[0] == block).all()
-            part = build_features(panel.iloc[block], spec, freq="D", items=table, codes=codes)
-            pd.testing.assert_frame_equal(part, whole.iloc[block])
-        assert any(category.iloc[block].nunique() > 1 for block in blocks)  # packed together
+        packed = False
+        for max_rows in (100, 170):  # every category (I4 and I5 together: 153 rows) alone; pairs
+            blocks = category_blocks(panel, table, max_rows=max_rows)
+            assert np.array_equal(np.sort(np.concatenate(blocks)), np.arange(len(panel)))
+            for block in blocks:
+                inside = category.iloc[block]
+                assert len(block) <= max_rows or inside.nunique() == 1
+                assert (category.isin(inside.unique()).to_numpy().nonzero()[0] == block).all()
+                part = build_features(panel.iloc[block], spec, freq="D", items=table, codes=codes)
+                pd.testing.assert_frame_equal(part, whole.iloc[block])
+                packed |= inside.nunique() > 1
+        assert packed
         assert len(category_blocks(panel, table, max_rows=len(panel))) == 1
 
 

@@ -203,34 +203,43 @@ def test_held_out_models_train_a_share_of_the_rounds_and_the_final_ones_all() ->
 def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
     monkeypatch,
 ) -> None:
-    panel = synthetic_panel(n_series=12, days=80)  # 12 items, one store each: 960 rows
+    # 12 series of 80 days: items I0-I3 each at stores S0-S2, in categories a, a, b, b.
+    panel = synthetic_panel(n_series=12, days=80)
+    number = panel["item_id"].str[1:].astype(int)
+    panel["item_id"] = "I" + (number % 4).astype(str)
+    panel["unique_id"] = panel["store_id"] + "|" + panel["item_id"]
+    items = pd.DataFrame({"item_id": ["I0", "I1", "I2", "I3"], "category": list("aabb")})
     trained: list[pd.DataFrame] = []
 
     def recording(params, x, y, rounds):
-        trained.append(x)
+        trained.append(x.assign(target=y).sort_values([*x.columns, "target"], ignore_index=True))
         return train_here(params, x, y, rounds)
 
-    small = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=400)
-    small.fit(panel, trainer=recording)
+    def fit(max_train_rows: int | None) -> LightGBMForecaster:
+        model = LightGBMForecaster(
+            horizon=3, freq="D", n_estimators=30, max_train_rows=max_train_rows
+        )
+        return model.fit(panel, items=items, trainer=recording)
+
+    small = fit(400)
     assert small.train_rows_ == 400  # five whole series of 80 (a sixth would pass 400)
-    assert {x["item_code"].nunique() for x in trained} == {5}
+    assert {len(x[["store_code", "item_code"]].drop_duplicates()) for x in trained} == {5}
     forecast = small.predict()
     assert set(forecast["unique_id"]) == set(panel["unique_id"])
-    # Built an item at a time, the training rows have the same features as at once.
-    at_once = [x.sort_values(list(x.columns), ignore_index=True) for x in trained]
-    trained.clear()
+    # Built a category (480 rows) at a time, training sees the same rows, features and targets,
+    # and the intervals are calibrated alike.
+    at_once, trained[:] = list(trained), []
     monkeypatch.setattr("models.forecast._BLOCK_ROWS", 100)
-    LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=400).fit(
-        panel, trainer=recording
-    )
+    by_block = fit(400)
     for x, expected in zip(trained, at_once, strict=True):
-        pd.testing.assert_frame_equal(x.sort_values(list(x.columns), ignore_index=True), expected)
-    # Forecasting an item at a time gives what the whole panel at once does.
-    whole = LightGBMForecaster(horizon=3, freq="D", n_estimators=30, max_train_rows=None)
-    assert whole.fit(panel).train_rows_ == len(panel)
-    by_block = whole.predict()
+        pd.testing.assert_frame_equal(x, expected)
+    assert by_block.intervals_.as_dict() == small.intervals_.as_dict()
+    # Forecasting a category at a time gives what the whole panel at once does.
+    whole = fit(None)
+    assert whole.train_rows_ == len(panel)
+    in_blocks = whole.predict()
     monkeypatch.setattr("models.forecast._BLOCK_ROWS", 10_000)
-    pd.testing.assert_frame_equal(whole.predict(), by_block)
+    pd.testing.assert_frame_equal(whole.predict(), in_blocks)
     with pytest.raises(ValueError, match="max_train_rows must be at least 1"):
         LightGBMForecaster(horizon=3, freq="D", max_train_rows=0).fit(panel)
 
