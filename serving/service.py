@@ -544,10 +544,8 @@ class OmnichannelService:
     def _recommend(
         self, ctx: bentoml.Context, r: RecommendRequest, state: ServingState
     ) -> dict[str, Any]:
-        if r.channel not in state.channels:
-            raise NotFound(f"Unknown channel {r.channel!r}.")
-        if r.store_id is not None and r.store_id not in state.stores:
-            raise NotFound(f"Unknown store {r.store_id!r}.")
+        if refusal := state.refusal(r.channel, r.store_id):
+            raise NotFound(refusal)
         customer, who = r.identify(state)
         arm = self._arm(who)
         filters = r.rules(state)

@@ -88,6 +88,15 @@ class ServingState:
     _forecast: pd.DataFrame | None = field(default=None, repr=False)
     _unhabituated: list[pd.DataFrame] = field(default_factory=list, repr=False)
 
+    def refusal(self, channel: str | None, store_id: str | None) -> str | None:
+        """The sentence refusing a channel or store nothing ever named (a 404), or None."""
+        if channel is not None and channel not in self.channels:
+            known = ", ".join(sorted(self.channels))
+            return f"Unknown channel {channel!r} (known: {known})."
+        if store_id is not None and store_id not in self.stores:
+            return f"Unknown store {store_id!r}."
+        return None
+
     def identify(self, channel: str, customer_key: str) -> tuple[str | None, str]:
         """A channel's customer key as ``(customer_id, or None if never seen; the customer_id
         it is known by, or will get with its first event)``, from one look-up."""

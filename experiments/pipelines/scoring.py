@@ -56,11 +56,8 @@ def batch_recommendations(
     Raises:
         ValueError: a channel or store the service would refuse (404).
     """
-    if channel is not None and channel not in state.channels:
-        known = ", ".join(sorted(state.channels))
-        raise ValueError(f"Unknown channel {channel!r} (known: {known}).")
-    if store_id is not None and store_id not in state.stores:
-        raise ValueError(f"Unknown store {store_id!r}.")
+    if refusal := state.refusal(channel, store_id):
+        raise ValueError(refusal)
     customers = state.recommender.customer_ids_.sort_values()
     ask: dict[str, Any] = {"n": n, "now": as_of, "channel": channel, "store_id": store_id}
     if client is None:

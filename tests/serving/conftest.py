@@ -48,14 +48,21 @@ class SessionClient(TestClient):
         return super().request(*args, **kwargs)
 
 
+def service_app() -> Any:
+    """The service as an in-process ASGI app, its Prometheus metrics off: every app would
+    register BentoML's metrics in the one global registry again (DuplicateTimeseries), and
+    pytest-randomly decides which app starts first."""
+    from serving.service import OmnichannelService
+
+    OmnichannelService.config["metrics"] = {"enabled": False}
+    return OmnichannelService.to_asgi()
+
+
 @pytest.fixture(scope="session")
 def client(champions: Path) -> Iterator[TestClient]:
     from _bentoml_sdk.service import get_current_service
 
-    from serving.service import OmnichannelService
-
-    OmnichannelService.config["metrics"] = {"enabled": False}
-    with SessionClient(OmnichannelService.to_asgi()) as test_client:
+    with SessionClient(service_app()) as test_client:
         test_client.service = get_current_service()  # the instance its start-up made
         yield test_client
 
@@ -64,11 +71,10 @@ def client(champions: Path) -> Iterator[TestClient]:
 def own_service(champions: Path):
     """A second service instance in-process, for a test that changes its settings first (the
     session's client makes its own service current again at its next request)."""
-    from serving.service import OmnichannelService
 
     @contextmanager
     def start() -> Iterator[TestClient]:
-        with TestClient(OmnichannelService.to_asgi()) as own:
+        with TestClient(service_app()) as own:
             yield own
 
     return start

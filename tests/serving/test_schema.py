@@ -22,6 +22,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
+from tests.serving.conftest import service_app
+
 pytestmark = pytest.mark.integration
 
 OPERATIONS = [
@@ -37,9 +39,7 @@ OPERATIONS = [
 @pytest.fixture(scope="session")
 def api_schema(champions: Path):
     """A service app of its own: schemathesis runs the app's lifespan around its calls."""
-    from serving.service import OmnichannelService
-
-    return schemathesis.openapi.from_asgi("/docs.json", OmnichannelService.to_asgi())
+    return schemathesis.openapi.from_asgi("/docs.json", service_app())
 
 
 def test_the_schema_documents_every_api(api_schema) -> None:
