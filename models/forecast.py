@@ -160,9 +160,9 @@ class LightGBMForecaster(Forecaster):
     of the work estimates them as well (docs/benchmarks.md, Forecaster accuracy).
     ``max_train_rows`` bounds the rows the models learn from: a larger panel trains on whole
     series, taken in a fixed pseudo-random order (a hash of their ids) up to that many rows,
-    and still forecasts every series (None: always the whole panel). Features are built a
-    block of whole categories at a time (:func:`features.demand.category_blocks`): exactly the
-    whole panel's.
+    and still forecasts every series (None: always the whole panel). Then, and for forecasts,
+    features are built a block of whole categories at a time
+    (:func:`features.demand.category_blocks`): exactly the whole panel's.
     """
 
     name = "lightgbm"
@@ -271,7 +271,7 @@ class LightGBMForecaster(Forecaster):
         effort = self.calibration_effort if self.refit else 1.0
         kept = None if self.max_train_rows is None else series_sample(panel, self.max_train_rows)
         self.train_rows_ = len(panel) if kept is None else int(kept.sum())
-        blocks = category_blocks(panel, self.items_, _BLOCK_ROWS)
+        blocks = [] if kept is None else category_blocks(panel, self.items_, _BLOCK_ROWS)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
@@ -329,8 +329,11 @@ class LightGBMForecaster(Forecaster):
         kept: np.ndarray | None,
         blocks: list[np.ndarray],
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_matrix` of the rows ``kept`` (None: all), the features built a block of
-        whole categories at a time (``blocks``, :func:`features.demand.category_blocks`)."""
+        """:meth:`_matrix` of the rows ``kept`` (None: all, at once), the features built a
+        block of whole categories at a time (``blocks``, :func:`features.demand.category_blocks`)
+        and only the kept rows' kept: what bounds the memory of a large panel."""
+        if kept is None:  # every row is kept: blocks would only add a concatenation
+            return self._matrix(panel, spec)
         parts = [
             (block, self._matrix(part, spec, None if kept is None else kept[block]))
             for block, part in _parts(panel, blocks)
