@@ -153,11 +153,16 @@ def uplift(part: pd.DataFrame) -> dict[str, float]:
     treated, control = customers[arm == TREATMENT], customers[arm == CONTROL]
     if not len(treated) or not len(control):
         nan = math.nan
-        return {"control_customers": len(control), "control_conversion": nan, "uplift": nan,
-                "uplift_low": nan, "uplift_high": nan, "uplift_anytime_low": nan,
-                "uplift_anytime_high": nan}  # fmt: skip
+        return {"control_customers": len(control), "control_conversion": nan,
+                **dict.fromkeys(UPLIFT_FIGURES, nan)}  # fmt: skip
     p1, n1, p0, n0 = float(treated.mean()), len(treated), float(control.mean()), len(control)
     return {"control_customers": n0, "control_conversion": p0, **difference(p1, n1, p0, n0)}
+
+
+#: What :func:`difference` gives: the difference, its one-look and its any-time interval.
+UPLIFT_FIGURES = (
+    "uplift", "uplift_low", "uplift_high", "uplift_anytime_low", "uplift_anytime_high",
+)  # fmt: skip
 
 
 def difference(p1: float, n1: int, p0: float, n0: int) -> dict[str, float]:
@@ -172,13 +177,9 @@ def difference(p1: float, n1: int, p0: float, n0: int) -> dict[str, float]:
 
     se = math.sqrt(variance(p1, n1) + variance(p0, n0))
     anytime = anytime_half_width(se, n1 + n0)
-    return {
-        "uplift": p1 - p0,
-        "uplift_low": p1 - p0 - _Z95 * se,
-        "uplift_high": p1 - p0 + _Z95 * se,
-        "uplift_anytime_low": p1 - p0 - anytime,
-        "uplift_anytime_high": p1 - p0 + anytime,
-    }
+    d = p1 - p0
+    bounds = (d, d - _Z95 * se, d + _Z95 * se, d - anytime, d + anytime)
+    return dict(zip(UPLIFT_FIGURES, bounds, strict=True))
 
 
 def anytime_half_width(

@@ -426,11 +426,13 @@ def stock_kpis(
     pairs["average_on_hand"] = pairs.pop("unit_hours") / pairs["hours"]
     pairs["turnover"] = pairs["sold"] / pairs["average_on_hand"].where(pairs["average_on_hand"] > 0)
     pairs["lost_units"] = np.nan
-    if demand_per_hour is not None:  # never out of stock: nothing lost, whatever the estimate
+    if demand_per_hour is not None:
         keys = pd.MultiIndex.from_frame(pairs[["node_id", "item_id"]])
         lost = pairs["stockout_hours"] * demand_per_hour.reindex(keys).to_numpy()
+        # Never out of stock: nothing lost, whatever the estimate.
         pairs["lost_units"] = lost.where(pairs["stockout_hours"] > 0, 0.0)
-    pairs["fill_rate"] = _fill_rate(pairs["sold"].clip(lower=0), pairs["lost_units"])
+    served = pairs["sold"].clip(lower=0)
+    pairs["fill_rate"] = _fill_rate(served, pairs["lost_units"])
     errors = frame["count_error"].dropna()
     estimated = pairs["lost_units"].notna()
     nan = float("nan")
@@ -441,10 +443,7 @@ def stock_kpis(
         "stockout_share": float(pairs["stockout_hours"].sum() / max(pairs["hours"].sum(), 1e-9)),
         "lost_units": float(pairs["lost_units"].sum(min_count=1)),
         "fill_rate": float(  # over the pairs whose lost units the demand model estimated
-            _fill_rate(
-                pairs.loc[estimated, "sold"].clip(lower=0).sum(),
-                pairs.loc[estimated, "lost_units"].sum(),
-            )
+            _fill_rate(served[estimated].sum(), pairs.loc[estimated, "lost_units"].sum())
         ),
         "units_sold": float(pairs["sold"].sum()),
         "turnover": float(pairs["sold"].sum() / stocked) if stocked > 0 else nan,

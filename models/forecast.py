@@ -271,7 +271,7 @@ class LightGBMForecaster(Forecaster):
         effort = self.calibration_effort if self.refit else 1.0
         kept = None if self.max_train_rows is None else series_sample(panel, self.max_train_rows)
         self.train_rows_ = len(panel) if kept is None else int(kept.sum())
-        blocks = [] if kept is None else category_blocks(panel, self.items_, _BLOCK_ROWS)
+        blocks = [] if kept is None else self._blocks(panel)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
         for index, lead in enumerate(self.models()):
@@ -334,15 +334,18 @@ class LightGBMForecaster(Forecaster):
         and only the kept rows' kept: what bounds the memory of a large panel."""
         if kept is None:  # every row is kept: blocks would only add a concatenation
             return self._matrix(panel, spec)
-        parts = [
-            (block, self._matrix(part, spec, None if kept is None else kept[block]))
-            for block, part in _parts(panel, blocks)
-        ]
-        if len(parts) == 1:
-            return parts[0][1]
-        x = pd.concat([matrix[0] for _, matrix in parts])
-        y, period = (np.concatenate([matrix[i] for _, matrix in parts]) for i in (1, 3))
-        return x, y, np.concatenate([block[matrix[2]] for block, matrix in parts]), period
+        xs, ys, rows, periods = [], [], [], []
+        for block, part in _parts(panel, blocks):
+            x, y, at, period = self._matrix(part, spec, kept[block])
+            xs.append(x)
+            ys.append(y)
+            rows.append(block[at])
+            periods.append(period)
+        return pd.concat(xs), np.concatenate(ys), np.concatenate(rows), np.concatenate(periods)
+
+    def _blocks(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """The frame's rows in blocks of whole categories (:data:`_BLOCK_ROWS`)."""
+        return category_blocks(frame, self.items_, _BLOCK_ROWS)
 
     def _longest_lead(self, panel: pd.DataFrame) -> int:
         """The longest lead whose model would have enough rows to train on: rows at least that
@@ -432,7 +435,7 @@ class LightGBMForecaster(Forecaster):
         lead = ((extended[PERIOD] - last) // step).to_numpy()
         target = extended[TARGET].to_numpy(dtype=np.float64, copy=True)
         spec = self.spec(1)
-        for block, part in _parts(extended, category_blocks(extended, self.items_, _BLOCK_ROWS)):
+        for block, part in _parts(extended, self._blocks(extended)):
             known = target[block]
             for h in range(1, steps + 1):
                 features = build_features(
@@ -567,7 +570,7 @@ class LightGBMForecaster(Forecaster):
         step = frequency(self.freq).step
         lead = ((extended[PERIOD] - panel[PERIOD].max()) // step).to_numpy()
         mean = np.zeros(len(extended))
-        for block, part in _parts(extended, category_blocks(extended, self.items_, _BLOCK_ROWS)):
+        for block, part in _parts(extended, self._blocks(extended)):
             first = 1
             for booster, last in zip(self.boosters_, self.leads_, strict=True):
                 x = build_features(

@@ -302,6 +302,7 @@ def _print_frontier(points: list[dict[str, float]], dataset: str, metrics_out: P
     import mlflow
 
     from experiments.benchmarks.nextbasket import CHOSEN_RANKED
+    from experiments.pipelines.training import metric_key
 
     names = {"nDCG@10": "ndcg@10", "R@20": "recall@20", "explore nDCG@10": "ndcg@10_explore"}
     table = Table("bonus", *names, title=f"{dataset}: a bonus for never-bought items (test)")
@@ -312,8 +313,7 @@ def _print_frontier(points: list[dict[str, float]], dataset: str, metrics_out: P
     with mlflow.start_run(run_name="explore frontier"):
         mlflow.log_params({"dataset": dataset, **CHOSEN_RANKED})
         for step, point in enumerate(points):
-            metrics = {k.replace("@", "_at_"): v for k, v in point.items()}
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics({metric_key(k): v for k, v in point.items()}, step=step)
     if metrics_out:
         metrics_out.write_text(json.dumps({"dataset": dataset, "frontier": points}) + "\n")
 
@@ -343,6 +343,7 @@ def bench_nextbasket_cmd(
     import mlflow
 
     from experiments.benchmarks import datasets, nextbasket
+    from experiments.pipelines.training import metric_key
 
     if dataset != "completejourney":
         raise UsageError(f"Unknown dataset {dataset!r}; use completejourney.")
@@ -374,7 +375,7 @@ def bench_nextbasket_cmd(
     for row in rows:
         with mlflow.start_run(run_name=row.model):
             mlflow.log_params({"dataset": dataset, **row.params})
-            metrics = {k.replace("@", "_at_"): v for k, v in row.test.items()}
+            metrics = {metric_key(k): v for k, v in row.test.items()}
             mlflow.log_metrics({**metrics, "fit_seconds": row.fit_seconds, "peak_mb": row.peak_mb})
     if metrics_out:
         payload = [vars(row) for row in rows]

@@ -81,9 +81,9 @@ def trainer_on(client: Any) -> Trainer:
     """A forecaster's :data:`~models.forecast.Trainer` on the cluster: LightGBM's data-parallel
     learner (``lightgbm.dask``), every n-th row scattered to each of n workers (features and
     target together; data, not tasks in the graph), each worker building its histograms and
-    the workers merging them over the network. The parameters are
-    the in-process ones but the threads: each worker uses its own. The features are built on
-    the client — the demand panel is far smaller than the events it comes from."""
+    the workers merging them over the network. The parameters are the in-process ones but the
+    threads: each worker uses its own. The features are built on the client — the demand panel
+    is far smaller than the events it comes from."""
 
     def train(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int) -> Any:
         import dask.dataframe as dd

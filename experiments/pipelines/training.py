@@ -245,7 +245,7 @@ def train_recommender(
             mlflow.log_params(
                 {"model": result.candidate.model, **result.candidate.params, **common}
             )
-            mlflow.log_metrics({_metric_key(k): v for k, v in result.metrics.items()})
+            mlflow.log_metrics({metric_key(k): v for k, v in result.metrics.items()})
             mlflow.log_metric("fit_seconds", result.fit_seconds)
             mlflow.log_figure(_metrics_figure(result), "metrics.png")
 
@@ -284,14 +284,14 @@ def train_recommender(
             **common,
             "timing": selection.timing,
         },
-        metrics={_metric_key(k): v for k, v in best.metrics.items()},
+        metrics={metric_key(k): v for k, v in best.metrics.items()},
     )
     client = MlflowClient()
     client.set_model_version_tag(
         REGISTERED_NAME, version, "candidate", json.dumps(_candidate_json(best.candidate))
     )
     client.set_model_version_tag(
-        REGISTERED_NAME, version, f"validation_{_metric_key(metric)}", f"{best.metrics[metric]:.6f}"
+        REGISTERED_NAME, version, f"validation_{metric_key(metric)}", f"{best.metrics[metric]:.6f}"
     )
     score = f"{metric} {best.metrics[metric]:.4f}"
     registered = f"{best.candidate.label} registered as {REGISTERED_NAME} v{version}"
@@ -407,7 +407,8 @@ def _candidate_json(candidate: Candidate) -> dict[str, Any]:
     return {"model": candidate.model, "params": candidate.params}
 
 
-def _metric_key(name: str) -> str:
+def metric_key(name: str) -> str:
+    """An MLflow metric name for ``name`` (MLflow refuses "@")."""
     return name.replace("@", "_at_")
 
 
