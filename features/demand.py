@@ -210,31 +210,52 @@ def build_panel(
         .reset_index()
     )
 
-    first = grouped.groupby(["store_id", "item_id"], observed=True)["ds"].min()
-    n_periods = ((last - first).dt.days // frequency(freq).days).to_numpy(dtype=np.int64) + 1
+    keys = grouped.groupby(["store_id", "item_id"], observed=True)
+    first = keys["ds"].min()  # one row per series, in the order of their keys
+    stores, items = first.index.get_level_values(0), first.index.get_level_values(1)
+    ids = (stores.astype("str") + SEP + items.astype("str")).to_numpy(dtype=object)
+    order = np.argsort(ids, kind="stable")  # the panel's series order: by their ids
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    start = first.to_numpy()[order]
+    step = frequency(freq).step
+    n_periods = np.subtract(np.datetime64(last), start) // step + 1
     # Each series' periods from its first to ``last``: its start plus 0, 1, ... steps.
-    steps = np.arange(n_periods.sum()) - np.repeat(np.cumsum(n_periods) - n_periods, n_periods)
-    index = pd.DataFrame(
+    offsets = np.cumsum(n_periods) - n_periods
+    series = np.repeat(np.arange(len(order)), n_periods)
+    steps = np.arange(len(series)) - offsets[series]
+
+    def key(values: np.ndarray) -> pd.Categorical:
+        """A key column, every row a code into the sorted distinct keys: as strings, the
+        keys would be most of the panel's memory."""
+        codes, uniques = pd.factorize(values[order], sort=True)
+        return pd.Categorical.from_codes(codes[series], categories=pd.Index(uniques))
+
+    panel = pd.DataFrame(
         {
-            "store_id": np.repeat(first.index.get_level_values(0), n_periods),
-            "item_id": np.repeat(first.index.get_level_values(1), n_periods),
-            PERIOD: np.repeat(first.to_numpy(), n_periods) + steps * frequency(freq).step,
+            SERIES: key(ids),
+            "store_id": key(stores.to_numpy()),
+            "item_id": key(items.to_numpy()),
+            PERIOD: start[series] + steps * step,
         }
     )
-    panel = index.merge(grouped, on=["store_id", "item_id", PERIOD], how="left")
+    # Each aggregated period's row: its series' first row plus the steps since its first period.
+    at = rank[keys.ngroup().to_numpy()]
+    at = offsets[at] + (grouped[PERIOD].to_numpy() - start[at]) // step
+    for column in aggregations:
+        values = np.full(len(panel), np.nan)
+        values[at] = grouped[column].to_numpy(dtype=np.float64)
+        panel[column] = values
     panel[TARGET] = panel[TARGET].fillna(0.0).clip(lower=0.0)
     for column in ("on_promo", *covariates):
         if column in panel:
             panel[column] = panel[column].fillna(0.0)
     if "unit_price" in panel:
-        panel["unit_price"] = panel.groupby(["store_id", "item_id"], observed=True)[
-            "unit_price"
-        ].ffill()
-    panel[SERIES] = panel["store_id"].astype("str") + SEP + panel["item_id"].astype("str")
+        panel["unit_price"] = panel.groupby(SERIES, observed=True)["unit_price"].ffill()
     panel["censored"] = _censored(panel, inventory, freq, last)
     ordered = [SERIES, "store_id", "item_id", PERIOD, TARGET, "censored"]
     rest = [c for c in ("unit_price", "on_promo", *covariates) if c in panel]
-    return panel[ordered + rest].sort_values([SERIES, PERIOD], ignore_index=True)
+    return panel[ordered + rest]
 
 
 def _censored(

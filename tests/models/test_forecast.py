@@ -207,7 +207,7 @@ def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_
     panel = synthetic_panel(n_series=12, days=80)
     number = panel["item_id"].str[1:].astype(int)
     panel["item_id"] = "I" + (number % 4).astype(str)
-    panel["unique_id"] = panel["store_id"] + "|" + panel["item_id"]
+    panel["unique_id"] = panel["store_id"].astype(str) + "|" + panel["item_id"]
     items = pd.DataFrame({"item_id": ["I0", "I1", "I2", "I3"], "category": list("aabb")})
     trained: list[pd.DataFrame] = []
 
