@@ -72,14 +72,18 @@ def split_at(
     return history, panel[(panel[PERIOD] > origin) & (panel[PERIOD] <= end)]
 
 
-def series_profile(panel: pd.DataFrame, freq: str) -> pd.DataFrame:
-    """Per series, over its observed periods in the panel's last quarter (13 weeks, 28 days):
-    ``volume``, the mean demand, and ``volatility``, the mean absolute change from one period
-    to the next (the scale of MASE). Indexed by series; a series with one such period has
-    volatility 0."""
+def series_profile(
+    panel: pd.DataFrame, freq: str, before: np.datetime64 | None = None
+) -> pd.DataFrame:
+    """Per series, over its observed periods in the last quarter (13 weeks, 28 days) of the
+    panel or of its periods ``before`` one: ``volume``, the mean demand, and ``volatility``,
+    the mean absolute change from one period to the next (the scale of MASE). Indexed by
+    series; a series with one such period has volatility 0."""
     spec = frequency(freq)
+    end = panel[PERIOD].max() if before is None else before - spec.step
+    period = panel[PERIOD]
     recent = panel[
-        (panel[PERIOD] > panel[PERIOD].max() - spec.step * spec.long) & ~panel["censored"]
+        (period > end - spec.step * spec.long) & (period <= end) & ~panel["censored"]
     ].sort_values([SERIES, PERIOD])
     grouped = recent.groupby(SERIES, observed=True)[TARGET]
     change = grouped.diff().abs()
@@ -222,14 +226,16 @@ def build_panel(
     n_periods = np.subtract(np.datetime64(last), start) // step + 1
     # Each series' periods from its first to ``last``: its start plus 0, 1, ... steps.
     offsets = np.cumsum(n_periods) - n_periods
-    series = np.repeat(np.arange(len(order)), n_periods)
+    series = np.repeat(np.arange(len(order), dtype=np.int32), n_periods)
     steps = np.arange(len(series)) - offsets[series]
 
     def key(values: np.ndarray) -> pd.Categorical:
         """A key column, every row a code into the sorted distinct keys: as strings, the
         keys would be most of the panel's memory."""
         codes, uniques = pd.factorize(values[order], sort=True)
-        return pd.Categorical.from_codes(codes[series], categories=pd.Index(uniques))
+        return pd.Categorical.from_codes(
+            codes.astype(np.int32)[series], categories=pd.Index(uniques)
+        )
 
     panel = pd.DataFrame(
         {
@@ -250,8 +256,11 @@ def build_panel(
     for column in ("on_promo", *covariates):
         if column in panel:
             panel[column] = panel[column].fillna(0.0)
-    if "unit_price" in panel:
-        panel["unit_price"] = panel.groupby(SERIES, observed=True)["unit_price"].ffill()
+    if "unit_price" in panel:  # carried forward within each series (its rows are contiguous)
+        known = panel["unit_price"].notna().to_numpy()
+        latest = np.maximum.accumulate(np.where(known, np.arange(len(panel)), -1))
+        carried = panel["unit_price"].to_numpy()[latest]
+        panel["unit_price"] = np.where(latest >= offsets[series], carried, np.nan)
     panel["censored"] = _censored(panel, inventory, freq, last)
     ordered = [SERIES, "store_id", "item_id", PERIOD, TARGET, "censored"]
     rest = [c for c in ("unit_price", "on_promo", *covariates) if c in panel]

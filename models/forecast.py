@@ -310,16 +310,16 @@ class LightGBMForecaster(Forecaster):
                 booster = self._train(x, y, self.objective_, trainer)
             self.boosters_.append(booster)
         self.leads_ = self.models()
-        before_start = panel if start is None else panel[panel[PERIOD] < start]
         self.intervals_ = self._calibrate(
-            pd.concat(held, ignore_index=True) if held else None, before_start
+            pd.concat(held, ignore_index=True) if held else None, panel, start
         )
-        # Enough recent history to forecast from later without the data (lags, means, median price).
+        # Enough recent history to forecast from later without the data (lags, means, median
+        # price): often the whole panel, then kept without a copy (pandas copies on write).
         keep = max(self._reach(lead) for lead in self.models()) + 2 * frequency(self.freq).season
         periods = np.sort(panel[PERIOD].unique())
-        self.history_ = panel[panel[PERIOD] >= periods[max(len(periods) - keep, 0)]].reset_index(
-            drop=True
-        )
+        self.history_ = (
+            panel[panel[PERIOD] >= periods[-keep]] if len(periods) > keep else panel
+        ).reset_index(drop=True)
         return self
 
     def _training_matrix(
@@ -508,8 +508,11 @@ class LightGBMForecaster(Forecaster):
         rows = x[booster.feature_name()].to_numpy()
         return np.clip(booster.predict(rows, num_threads=threads or self._threads()), 0.0, None)
 
-    def _calibrate(self, held: pd.DataFrame | None, history: pd.DataFrame) -> Intervals:
-        """The interval method with the least pinball loss on the held-out errors."""
+    def _calibrate(
+        self, held: pd.DataFrame | None, panel: pd.DataFrame, start: np.datetime64 | None
+    ) -> Intervals:
+        """The interval method with the least pinball loss on the held-out errors (those of
+        the periods from ``start``), the series profiled on the periods before."""
         if held is None or len(held) < MIN_CELL:
             warnings.warn(
                 CalibrationWarning(
@@ -519,7 +522,7 @@ class LightGBMForecaster(Forecaster):
                 stacklevel=3,
             )
             return Intervals.default()
-        profile = series_profile(history, self.freq).reindex(held[SERIES]).fillna(0.0)
+        profile = series_profile(panel, self.freq, start).reindex(held[SERIES]).fillna(0.0)
         held = pd.concat([held, profile.reset_index(drop=True)], axis=1)
         methods = INTERVAL_METHODS if self.quantiles == "auto" else (self.quantiles,)
         return Intervals.calibrate(held, methods, len(self.buckets()))

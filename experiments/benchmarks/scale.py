@@ -125,8 +125,10 @@ def _inprocess(data: Path, step: Step) -> dict[str, int]:
         interactions = build_interactions(unified)
     with step("demand panel"):
         panel = build_panel(sales_from_events(unified), freq="W")
+    rows = len(unified)
+    del unified  # the models need only the training sets
     _fit(interactions, panel, step, train_here)
-    return _sizes(len(unified), interactions, panel)
+    return _sizes(rows, interactions, panel)
 
 
 def _dask(data: Path, step: Step) -> dict[str, int]:
@@ -148,8 +150,10 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
         with step("interactions"):
             interactions = interactions_on(client, parts)
         with step("demand panel"):
-            panel = build_panel(sales_on(client, parts), freq="W")
-        del parts
+            sales = sales_on(client, parts)
+            del parts  # the workers drop the events before the panel is built here
+            panel = build_panel(sales, freq="W")
+            del sales
         _fit(interactions, panel, step, trainer_on(client))
     return _sizes(rows, interactions, panel)
 
