@@ -41,6 +41,7 @@ import re
 import tempfile
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,12 +99,56 @@ def partition_files(path: Path) -> list[Path]:
     return sorted(path.rglob("*.parquet"))
 
 
+class ParquetPiece(NamedTuple):
+    """Some consecutive row groups of one Parquet file."""
+
+    file: Path
+    row_groups: tuple[int, ...]
+
+
+def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
+    """The Parquet files of ``path`` (one file or a partitioned directory) in the order their
+    rows are read, each cut into pieces of whole row groups of at most ``max_rows`` rows (a
+    larger group alone): what can be read and checked at once in bounded memory."""
+    pieces = []
+    for file in partition_files(path) if path.is_dir() else [path]:
+        with _readable(file):
+            metadata = pq.ParquetFile(file).metadata
+        groups: list[int] = []
+        rows = 0
+        for group in range(metadata.num_row_groups):
+            size = metadata.row_group(group).num_rows
+            if groups and rows + size > max_rows:
+                pieces.append(ParquetPiece(file, tuple(groups)))
+                groups, rows = [], 0
+            groups.append(group)
+            rows += size
+        pieces.append(ParquetPiece(file, tuple(groups)))  # no row groups: an empty piece
+    return pieces
+
+
+def read_piece(piece: ParquetPiece) -> pa.Table:
+    """A piece's rows, as :func:`read_raw` gives a Parquet file's."""
+    with _readable(piece.file):
+        parquet = pq.ParquetFile(piece.file)
+        if not piece.row_groups:
+            return _large_strings(parquet.schema_arrow.empty_table())
+        return _large_strings(parquet.read_row_groups(list(piece.row_groups)))
+
+
 def _read_parquet(path: Path) -> pa.Table:
-    try:
+    with _readable(path):
         # Batch by batch: reading the whole file at once peaks at twice the table's size.
         parquet = pq.ParquetFile(path)
         batches = list(parquet.iter_batches(batch_size=1 << 20))
         return pa.Table.from_batches(batches, schema=parquet.schema_arrow)
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Arrow's and the file system's errors as the one sentence a user gets."""
+    try:
+        yield
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(f"{path.name} is not a readable Parquet file ({exc}).") from exc
 

@@ -1,8 +1,9 @@
 """Validation, unification and feature building on a Dask cluster, with the same results as
 in-process, bit for bit.
 
-* **Validation**: the contract checked partition by partition on the workers, the uniqueness of
-  keys across partitions checked once on the client from the key columns alone. The same
+* **Validation**: the contract checked partition by partition on the workers — a large file in
+  pieces of whole row groups, so that a worker's memory does not grow with the files — the
+  uniqueness of keys across partitions checked once on the client from the key columns alone. The same
   accepted rows, in the same order, as in-process (:func:`features.ingest.load_dataset`), and
   every row either accepted or quarantined (a row whose key an earlier partition holds was
   accepted by its own, so it is quarantined last, its text from its typed values). The accepted
@@ -45,15 +46,25 @@ from features.identity import (
     resolve_identities,
     unify_events,
 )
-from features.ingest import REASON, ContractError, LoadedTable, find_table_files, load_table
+from features.ingest import (
+    REASON,
+    ContractError,
+    LoadedTable,
+    find_table_files,
+    load_table,
+    validate_table,
+)
 from features.interactions import Interactions, InteractionWeights, build_interactions
-from features.rawfiles import partition_files
+from features.rawfiles import ParquetPiece, parquet_pieces, read_piece
 from features.schema import TABLES, Bounds, TableSchema
 from models.forecast import CATEGORICAL, Trainer
 from models.recommenders import Recommender
 from models.rules import BusinessRules, recommend_with_rules
 
 SCHEDULER_ENV = "OMNI_DASK_SCHEDULER"
+#: Rows of a partition file checked by one task at most (whole row groups): bounds a worker's
+#: memory whatever the size of the files (a check peaks at about 500 bytes a row).
+PIECE_ROWS = 2_000_000
 
 
 @contextmanager
@@ -131,7 +142,8 @@ def load_demand_on(
 @dataclass
 class PartitionedTable:
     """A table checked on the cluster: its accepted rows stay on the workers, one future per
-    partition in partition order; the quarantined rows (few) are here."""
+    piece of a partition file (:data:`PIECE_ROWS`) in read order; the quarantined rows (few)
+    are here."""
 
     name: str
     source: str
@@ -170,19 +182,20 @@ def load_table_on(client: Any, path: Path, schema: TableSchema) -> LoadedTable:
 
 def check_table_on(client: Any, path: Path, schema: TableSchema) -> PartitionedTable:
     """One table, its accepted rows left on the workers. Each file of a partitioned table is
-    checked on a worker against the contract (and for repeated keys within it); then a key
-    repeated in a later partition is quarantined as in-process ("duplicate ...", the first
-    occurrence kept). A single file is checked here and sent as one partition."""
+    checked on the workers in pieces of whole row groups (:data:`PIECE_ROWS` rows at most)
+    against the contract (and for repeated keys within the piece); then a key repeated in a
+    later piece is quarantined as in-process ("duplicate ...", the first occurrence kept). A
+    single file is checked here and sent as one partition."""
     if not path.is_dir():
         loaded = load_table(path, schema)
         return PartitionedTable(
             schema.name, loaded.source, [client.scatter(loaded.accepted)], loaded.quarantined
         )
-    files = partition_files(path)
+    pieces = parquet_pieces(path, PIECE_ROWS)
     bounds = Bounds.from_env()  # the client's, not each worker's environment
-    checked = client.map(_check, files, schema=schema, source=path.name, bounds=bounds)
-    parts = client.map(operator.getitem, checked, [0] * len(files))
-    quarantined = client.gather(client.map(operator.getitem, checked, [1] * len(files)))
+    checked = client.map(_check, pieces, schema=schema, source=path.name, bounds=bounds)
+    parts = client.map(operator.getitem, checked, [0] * len(pieces))
+    quarantined = client.gather(client.map(operator.getitem, checked, [1] * len(pieces)))
     keys, moved = list(schema.unique), []
     if keys:
         reason = f"duplicate {', '.join(keys)}"
@@ -210,11 +223,10 @@ def _later_repeats(client: Any, parts: list[Any], keys: list[str]) -> list[np.nd
 
 
 def _check(
-    file: Path, schema: TableSchema, source: str, bounds: Bounds
+    piece: ParquetPiece, schema: TableSchema, source: str, bounds: Bounds
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """On a worker: one partition file through the file loader's checks."""
-    loaded = load_table(file, schema, source=source, bounds=bounds)
-    return loaded.accepted, loaded.quarantined
+    """On a worker: one piece of a partition file through the file loader's checks."""
+    return validate_table(read_piece(piece), schema, source=source, bounds=bounds)
 
 
 def _columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -402,9 +414,10 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
     """:func:`features.demand.sales_from_events` of the (unified) partitions, bit for bit.
 
     Each partition's daily sales are summed on its worker: with partitions by month, a day's
-    rows are all in one partition, in the order in-process sums them. A (day, store, item) found
-    in two partitions (a late file, logged events) would be summed in another order, so its
-    days are summed again here from their rows of every partition, in partition order. The
+    rows are mostly in one partition, in the order in-process sums them. A (day, store, item)
+    found in two partitions (a late file, logged events, a day across two pieces of a file)
+    would be summed in another order, so its days are summed again here from their rows of
+    every partition, in partition order. The
     client receives the daily sales (days x stores x items sold); ``build_panel`` runs there.
     """
     keys = ["date", "store_id", "item_id"]

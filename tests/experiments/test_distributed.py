@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from features.eventlog import validate_events
 from features.identity import IdentityConfig
 from features.ingest import REASON, load_dataset
 from features.interactions import InteractionWeights, build_interactions
+from features.rawfiles import parquet_pieces, partition_files
 from tests.conftest import SAMPLE
 from tests.processes import omni
 
@@ -147,6 +149,31 @@ def test_interactions_and_demand_built_on_a_cluster_equal_in_process(
                 build_panel(expected_sales, freq=freq, inventory=inventory),
                 check_exact=True,
             )
+
+
+def test_files_larger_than_a_piece_are_checked_in_pieces_with_the_same_results(
+    partitioned: Path, client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.pipelines import distributed
+
+    data = tmp_path / "data"
+    shutil.copytree(partitioned, data)
+    for file in partition_files(data / "events"):  # row groups of 100 rows
+        pq.write_table(pq.read_table(file), file, row_group_size=100)
+    monkeypatch.setattr(distributed, "PIECE_ROWS", 250)  # two whole row groups a piece
+    pieces = parquet_pieces(data / "events", distributed.PIECE_ROWS)
+    assert len(pieces) > 2 * len(partition_files(data / "events"))
+    assert {len(piece.row_groups) for piece in pieces} <= {1, 2}
+
+    here = load_dataset(data, ("events",))["events"]
+    there = distributed.load_dataset_on(client, data, ("events",))["events"]
+    pd.testing.assert_frame_equal(there.accepted, here.accepted)
+    assert there.reasons() == here.reasons() and there.rows == here.rows
+    assert here.reasons()["duplicate event_id"] >= 1
+    # Days cut across two pieces are summed again from their rows: still bit for bit.
+    parts = distributed.unify_parts_on(client, data, CONFIG).parts
+    expected = sales_from_events(pipelines.unify(data, CONFIG).unified)
+    pd.testing.assert_frame_equal(distributed.sales_on(client, parts), expected, check_exact=True)
 
 
 def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
