@@ -224,10 +224,15 @@ def build_panel(
     start = first.to_numpy()[order]
     step = frequency(freq).step
     n_periods = np.subtract(np.datetime64(last), start) // step + 1
-    # Each series' periods from its first to ``last``: its start plus 0, 1, ... steps.
+    # Each series' periods from its first to ``last``: its start plus 0, 1, ... steps — as
+    # integers, in place: the panel may have hundreds of millions of rows.
     offsets = np.cumsum(n_periods) - n_periods
     series = np.repeat(np.arange(len(order), dtype=np.int32), n_periods)
-    steps = np.arange(len(series)) - offsets[series]
+    unit = np.datetime_data(start.dtype)[0]
+    ds = np.arange(len(series), dtype=np.int64)
+    ds -= offsets[series]
+    ds *= step.astype(f"m8[{unit}]").astype(np.int64)
+    ds += start.astype(np.int64)[series]
 
     def key(values: np.ndarray) -> pd.Categorical:
         """A key column, every row a code into the sorted distinct keys: as strings, the
@@ -242,29 +247,38 @@ def build_panel(
             SERIES: key(ids),
             "store_id": key(stores.to_numpy()),
             "item_id": key(items.to_numpy()),
-            PERIOD: start[series] + steps * step,
+            PERIOD: ds.view(start.dtype),
         }
     )
+    del ds
     # Each aggregated period's row: its series' first row plus the steps since its first period.
     at = rank[keys.ngroup().to_numpy()]
     at = offsets[at] + (grouped[PERIOD].to_numpy() - start[at]) // step
     for column in aggregations:
         values = np.full(len(panel), np.nan)
         values[at] = grouped[column].to_numpy(dtype=np.float64)
+        if column == "unit_price":  # carried forward within each series (its rows are contiguous)
+            values = _carried_forward(values, offsets[series])
+        else:  # a period without sales: no demand, no promotion; net returns: no demand
+            values[np.isnan(values)] = 0.0
+            if column == TARGET:
+                np.maximum(values, 0.0, out=values)
         panel[column] = values
-    panel[TARGET] = panel[TARGET].fillna(0.0).clip(lower=0.0)
-    for column in ("on_promo", *covariates):
-        if column in panel:
-            panel[column] = panel[column].fillna(0.0)
-    if "unit_price" in panel:  # carried forward within each series (its rows are contiguous)
-        known = panel["unit_price"].notna().to_numpy()
-        latest = np.maximum.accumulate(np.where(known, np.arange(len(panel)), -1))
-        carried = panel["unit_price"].to_numpy()[latest]
-        panel["unit_price"] = np.where(latest >= offsets[series], carried, np.nan)
     panel["censored"] = _censored(panel, inventory, freq, last)
     ordered = [SERIES, "store_id", "item_id", PERIOD, TARGET, "censored"]
     rest = [c for c in ("unit_price", "on_promo", *covariates) if c in panel]
     return panel[ordered + rest]
+
+
+def _carried_forward(values: np.ndarray, first_row: np.ndarray) -> np.ndarray:
+    """Each missing value replaced by the last known one of its series (missing if none):
+    ``first_row`` is each row's series' first row, the series being contiguous runs."""
+    index = np.int32 if len(values) < np.iinfo(np.int32).max else np.int64
+    latest = np.where(np.isnan(values), -1, np.arange(len(values), dtype=index))
+    np.maximum.accumulate(latest, out=latest)
+    carried = values[latest]
+    carried[latest < first_row] = np.nan
+    return carried
 
 
 def _censored(

@@ -3,12 +3,12 @@ in-process, bit for bit.
 
 * **Validation**: the contract checked partition by partition on the workers — a large file in
   pieces of whole row groups, so that a worker's memory does not grow with the files — the
-  uniqueness of keys across partitions checked once on the client from the key columns alone. The same
-  accepted rows, in the same order, as in-process (:func:`features.ingest.load_dataset`), and
-  every row either accepted or quarantined (a row whose key an earlier partition holds was
-  accepted by its own, so it is quarantined last, its text from its typed values). The accepted
-  rows stay on the workers, one future per partition (:class:`PartitionedTable`), until a
-  caller gathers them.
+  uniqueness of keys across partitions checked once on the client from the key columns alone.
+  The same accepted rows, in the same order, as in-process
+  (:func:`features.ingest.load_dataset`), and every row either accepted or quarantined (a row
+  whose key an earlier partition holds was accepted by its own, so it is quarantined last, its
+  text from its typed values). The accepted rows stay on the workers, one future per piece
+  (:class:`PartitionedTable`), until a caller gathers them.
 * **Unification**: identity resolution is global (a link may join keys of any two partitions),
   so it runs on the client, on each partition's distinct ``(channel, customer_key)`` pairs and
   the identities table — never on the events; the resolution is then broadcast and every
@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ from models.recommenders import Recommender
 from models.rules import BusinessRules, recommend_with_rules
 
 SCHEDULER_ENV = "OMNI_DASK_SCHEDULER"
+#: A local cluster's memory per worker ("4GB"; default: the machine's, shared among workers):
+#: Dask keeps what a worker holds under 60% of it by spilling to disk, and restarts a worker
+#: that passes 95%.
+MEMORY_ENV = "OMNI_DASK_MEMORY"
 #: Rows of a partition file checked by one task at most (whole row groups): bounds a worker's
 #: memory whatever the size of the files (a check peaks at about 500 bytes a row).
 PIECE_ROWS = 2_000_000
@@ -69,8 +74,9 @@ PIECE_ROWS = 2_000_000
 
 @contextmanager
 def dask_client() -> Iterator[Any]:
-    """A ``distributed.Client`` on ``$OMNI_DASK_SCHEDULER`` (default ``local``), closed at the
-    end (a local cluster with it)."""
+    """A ``distributed.Client`` on ``$OMNI_DASK_SCHEDULER`` (default ``local``: one worker
+    process per core, each with ``$OMNI_DASK_MEMORY``), closed at the end (a local cluster with
+    it)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -78,8 +84,10 @@ def dask_client() -> Iterator[Any]:
 
     address = os.environ.get(SCHEDULER_ENV) or "local"
     if address == "local":
+        workers = os.cpu_count() or 1
+        limit = os.environ.get(MEMORY_ENV) or "auto"
         with (
-            LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1) as cluster,
+            LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=limit) as cluster,
             Client(cluster) as client,
         ):
             yield client
@@ -214,12 +222,22 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _later_repeats(client: Any, parts: list[Any], keys: list[str]) -> list[np.ndarray]:
-    """Per partition, which rows hold a key an earlier row (in partition order) holds. Only the
-    key columns come to the client (for events, ``event_id`` alone)."""
-    columns = client.gather(client.map(_columns, parts, columns=keys))
-    every = pd.concat(columns, ignore_index=True)
-    later = (every.duplicated(keep="first") & every.notna().all(axis=1)).to_numpy()
-    return np.split(later, np.cumsum([len(c) for c in columns])[:-1])
+    """Per partition, which rows hold a key an earlier row (in partition order) holds. What
+    comes to the client is a 64-bit hash of each row's key (8 bytes a row, whatever the key),
+    then the keys of the few rows whose hash is not unique: only those can repeat, and their
+    keys tell a repeat from a collision of hashes."""
+    hashes = client.gather(client.map(_key_hashes, parts, columns=keys))
+    sizes = [len(h) for h in hashes]
+    every = pd.concat(hashes, ignore_index=True)
+    del hashes
+    candidates = np.flatnonzero(every.duplicated(keep=False).to_numpy() & every.notna().to_numpy())
+    del every
+    bounds = np.cumsum([0, *sizes])
+    within = [candidates[(candidates >= a) & (candidates < b)] - a for a, b in pairwise(bounds)]
+    columns = client.gather(client.map(_columns, parts, within, columns=keys))
+    later = np.zeros(bounds[-1], dtype=bool)
+    later[candidates] = pd.concat(columns, ignore_index=True).duplicated(keep="first").to_numpy()
+    return np.split(later, bounds[1:-1])
 
 
 def _check(
@@ -229,9 +247,18 @@ def _check(
     return validate_table(read_piece(piece), schema, source=source, bounds=bounds)
 
 
-def _columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """On a worker: some columns of a partition (missing ones null, as a concatenation has)."""
-    return frame.reindex(columns=columns)
+def _columns(frame: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """On a worker: some columns of some rows of a partition (missing columns null, as a
+    concatenation has)."""
+    return frame.reindex(columns=columns).iloc[rows]
+
+
+def _key_hashes(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """On a worker: a 64-bit hash of each row's key (missing columns null, as a concatenation
+    has), null where a part of it is."""
+    keys = frame.reindex(columns=columns)
+    hashed = pd.util.hash_pandas_object(keys, index=False).astype("UInt64")
+    return hashed.where(keys.notna().all(axis=1).to_numpy())
 
 
 def _repeats(frame: pd.DataFrame, rows: np.ndarray, reason: str) -> pd.DataFrame:
@@ -344,7 +371,9 @@ def interactions_on(
 
     The latest event (recency is measured from it) and the item columns are found first,
     across partitions. Then each customer's events go to one bucket (by a hash of the
-    customer), in partition order, and each bucket's rows of the matrix are built on a worker by
+    customer; a bucket per worker thread, more for many events: about :data:`PIECE_ROWS`
+    events a bucket), in partition order, and each bucket's rows of the matrix are built on a
+    worker by
     ``build_interactions`` itself, so a customer's cells are sums of the same numbers in the same
     order as in-process. Per-partition sums added here would not be: float sums depend on their
     order, and a cell near a float32 rounding boundary would come out one unit apart. The cost is
@@ -358,7 +387,9 @@ def interactions_on(
     if item_ids is None:
         items = pd.concat(client.gather(client.map(_known_items, parts)))
         item_ids = pd.Index(np.sort(items.unique()), dtype="str")
-    buckets = max(sum(client.nthreads().values()), 1)
+    # At least a bucket per worker thread, and none much larger than a piece of a file.
+    rows = sum(client.gather(client.map(len, parts)))
+    buckets = max(sum(client.nthreads().values()), -(-rows // PIECE_ROWS), 1)
     split = client.map(_by_customer, parts, buckets=buckets)
     blocks = client.gather(
         [

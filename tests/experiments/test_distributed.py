@@ -170,10 +170,15 @@ def test_files_larger_than_a_piece_are_checked_in_pieces_with_the_same_results(
     pd.testing.assert_frame_equal(there.accepted, here.accepted)
     assert there.reasons() == here.reasons() and there.rows == here.rows
     assert here.reasons()["duplicate event_id"] >= 1
-    # Days cut across two pieces are summed again from their rows: still bit for bit.
+    # Days cut across two pieces are summed again from their rows: still bit for bit; and the
+    # interactions are built in as many buckets of customers as pieces.
     parts = distributed.unify_parts_on(client, data, CONFIG).parts
-    expected = sales_from_events(pipelines.unify(data, CONFIG).unified)
+    unified = pipelines.unify(data, CONFIG).unified
+    expected = sales_from_events(unified)
     pd.testing.assert_frame_equal(distributed.sales_on(client, parts), expected, check_exact=True)
+    got, interactions = distributed.interactions_on(client, parts), build_interactions(unified)
+    pd.testing.assert_index_equal(got.customer_ids, interactions.customer_ids)
+    assert (got.matrix != interactions.matrix).nnz == 0
 
 
 def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
