@@ -78,12 +78,28 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("OMNI_DEBUG"):
             raise
+        if lost_on_the_cluster(exc):
+            err.print(f"[bold red]error:[/] {LOST_ON_THE_CLUSTER}", highlight=False)
+            sys.exit(1)
         err.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {redact_urls(str(exc))} "
             "(set OMNI_DEBUG=1 for the traceback and report it).",
             highlight=False,
         )
         sys.exit(1)
+
+
+LOST_ON_THE_CLUSTER = (
+    "A Dask worker lost this step's data (most likely restarted for passing its memory "
+    "limit): give the workers more memory ($OMNI_DASK_MEMORY on a local cluster) or the data "
+    "smaller files, and run it again."
+)
+
+
+def lost_on_the_cluster(exc: BaseException) -> bool:
+    """Whether ``exc`` is Dask's report of a task or its data lost with a worker (named, so
+    that Dask need not be installed)."""
+    return type(exc).__name__ in ("FutureCancelledError", "KilledWorker")
 
 
 #: The commands that open the MLflow tracking store.

@@ -373,12 +373,12 @@ def interactions_on(
     across partitions. Then each customer's events go to one bucket (by a hash of the
     customer; a bucket per worker thread, more for many events: about :data:`PIECE_ROWS`
     events a bucket), in partition order, and each bucket's rows of the matrix are built on a
-    worker by
-    ``build_interactions`` itself, so a customer's cells are sums of the same numbers in the same
-    order as in-process. Per-partition sums added here would not be: float sums depend on their
-    order, and a cell near a float32 rounding boundary would come out one unit apart. The cost is
-    one shuffle of the known events' five columns between workers; the client receives only the
-    matrix, the buckets' rows stacked in customer order. ``weights`` None: the defaults.
+    worker by ``build_interactions`` itself, so a customer's cells are sums of the same numbers
+    in the same order as in-process. Per-partition sums added here would not be: float sums
+    depend on their order, and a cell near a float32 rounding boundary would come out one unit
+    apart. The cost is one shuffle of the known events' five columns between workers; the
+    client receives only the matrix, the buckets' rows stacked in customer order. ``weights``
+    None: the defaults.
     """
     weights = weights or InteractionWeights()
     if as_of is None and weights.half_life_days:
@@ -448,8 +448,8 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
     rows are mostly in one partition, in the order in-process sums them. A (day, store, item)
     found in two partitions (a late file, logged events, a day across two pieces of a file)
     would be summed in another order, so its days are summed again here from their rows of
-    every partition, in partition order. The
-    client receives the daily sales (days x stores x items sold); ``build_panel`` runs there.
+    every partition, in partition order. The client receives the daily sales (days x stores x
+    items sold); ``build_panel`` runs there.
     """
     keys = ["date", "store_id", "item_id"]
     sales = _concat(client.gather(client.map(sales_from_events, parts)))

@@ -232,6 +232,18 @@ def test_omni_train_recommender_unified_on_a_cluster_selects_the_same_model(
     assert chosen["dask"] == chosen["inprocess"]
 
 
+def test_a_local_cluster_gives_each_worker_the_memory_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from experiments.pipelines.distributed import MEMORY_ENV, SCHEDULER_ENV, dask_client
+
+    monkeypatch.setenv(SCHEDULER_ENV, "local")
+    monkeypatch.setenv(MEMORY_ENV, "1.5GB")
+    with dask_client() as local:
+        workers = local.scheduler_info()["workers"].values()
+        assert [w["memory_limit"] for w in workers] == [1_500_000_000] * (os.cpu_count() or 1)
+
+
 def test_omni_validate_and_unify_on_a_cluster(
     partitioned: Path, client: Any, tmp_path: Path
 ) -> None:
@@ -352,3 +364,13 @@ def test_omni_score_recommender_writes_every_customers_list(
     refused = omni(*args, "--out", str(tmp_path / "x.parquet"), "--engine", "spark")
     assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_data_lost_with_a_worker_is_reported_in_one_sentence() -> None:
+    from distributed.client import FutureCancelledError
+
+    from experiments.cli.app import LOST_ON_THE_CLUSTER, lost_on_the_cluster
+
+    assert lost_on_the_cluster(FutureCancelledError("sales-1", reason="already forgotten"))
+    assert not lost_on_the_cluster(RuntimeError("already forgotten"))
+    assert "$OMNI_DASK_MEMORY" in LOST_ON_THE_CLUSTER and LOST_ON_THE_CLUSTER.count(". ") == 0
