@@ -80,8 +80,8 @@ def series_profile(
     the mean absolute change from one period to the next (the scale of MASE). Indexed by
     series; a series with one such period has volatility 0."""
     spec = frequency(freq)
-    end = panel[PERIOD].max() if before is None else before - spec.step
     period = panel[PERIOD]
+    end = period.max() if before is None else period[period < before].max()
     recent = panel[
         (period > end - spec.step * spec.long) & (period <= end) & ~panel["censored"]
     ].sort_values([SERIES, PERIOD])
@@ -348,7 +348,7 @@ def extend_with_future(
             )
             future = future.merge(
                 agg, on=["store_id", "item_id", PERIOD], how="left", suffixes=("", "_plan")
-            )
+            ).astype({key: panel[key].dtype for key in ("store_id", "item_id")})  # the panel's keys
             for column in values:
                 future[column] = (
                     future[f"{column}_plan"].fillna(future[column])

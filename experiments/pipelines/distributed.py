@@ -225,7 +225,8 @@ def _later_repeats(client: Any, parts: list[Any], keys: list[str]) -> list[np.nd
     """Per partition, which rows hold a key an earlier row (in partition order) holds. What
     comes to the client is a 64-bit hash of each row's key (8 bytes a row, whatever the key),
     then the keys of the few rows whose hash is not unique: only those can repeat, and their
-    keys tell a repeat from a collision of hashes."""
+    keys tell a repeat from a collision of hashes. Equal keys hash alike because validation
+    gives every piece's key columns the contract's one type."""
     hashes = client.gather(client.map(_key_hashes, parts, columns=keys))
     sizes = [len(h) for h in hashes]
     every = pd.concat(hashes, ignore_index=True)

@@ -238,7 +238,9 @@ def test_extend_uses_the_plan_and_falls_back_where_it_is_silent() -> None:
             "x_ad": 1.0,
         }
     )
-    future = extend_with_future(panel, 2, "D", plan).tail(2)
+    extended = extend_with_future(panel, 2, "D", plan)
+    assert extended.dtypes.equals(panel.dtypes)  # the keys stay categorical
+    future = extended.tail(2)
     assert future["unit_price"].tolist() == [1.5, 2.0]  # Jan 4 has no plan row: last price
     assert future["on_promo"].tolist() == [1.0, 0.0] and future["x_ad"].tolist() == [1.0, 0.0]
 
