@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.rawfiles import REASON, ContractError, partition_files, read_raw
+from features.rawfiles import REASON, ContractError, ParquetPiece, partition_files, read_raw
 from features.schema import (
     CHOICES,
     MAX_ID_LENGTH,
@@ -111,15 +111,15 @@ def load_dataset(
 
 
 def load_table(
-    path: Path,
+    path: Path | ParquetPiece,
     schema: TableSchema,
     *,
     encoding: str = "utf-8",
     source: str | None = None,
     bounds: Bounds | None = None,
 ) -> LoadedTable:
-    """Read one file (CSV text in ``encoding`` unless it has a BOM) and validate it; messages
-    name ``source`` (default: the file's name)."""
+    """Read one file (CSV text in ``encoding`` unless it has a BOM) or piece of a Parquet file
+    and validate it; messages name ``source`` (default: the file's name)."""
     raw, malformed, undecodable = read_raw(path, encoding)
     holder = [raw]
     del raw  # validation owns the raw table from here, so it can free it column by column

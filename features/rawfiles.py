@@ -100,10 +100,15 @@ def partition_files(path: Path) -> list[Path]:
 
 
 class ParquetPiece(NamedTuple):
-    """Some consecutive row groups of one Parquet file."""
+    """Some consecutive row groups of one Parquet file (:func:`read_raw` reads them)."""
 
     file: Path
     row_groups: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """The file's name, as messages name it."""
+        return self.file.name
 
 
 def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
@@ -127,13 +132,12 @@ def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
     return pieces
 
 
-def read_piece(piece: ParquetPiece) -> pa.Table:
-    """A piece's rows, as :func:`read_raw` gives a Parquet file's."""
+def _read_piece(piece: ParquetPiece) -> pa.Table:
     with _readable(piece.file):
         parquet = pq.ParquetFile(piece.file)
         if not piece.row_groups:
-            return _large_strings(parquet.schema_arrow.empty_table())
-        return _large_strings(parquet.read_row_groups(list(piece.row_groups)))
+            return parquet.schema_arrow.empty_table()
+        return parquet.read_row_groups(list(piece.row_groups))
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -153,12 +157,14 @@ def _readable(path: Path) -> Iterator[None]:
         raise ContractError(f"{path.name} is not a readable Parquet file ({exc}).") from exc
 
 
-def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFrame, np.ndarray]:
-    """Read a CSV, CSV.gz or Parquet file, or a directory of Parquet files, without
-    interpreting values.
+def read_raw(
+    path: Path | ParquetPiece, encoding: str = "utf-8"
+) -> tuple[pa.Table, pd.DataFrame, np.ndarray]:
+    """Read a CSV, CSV.gz or Parquet file, a directory of Parquet files or a piece of one
+    (:func:`parquet_pieces`), without interpreting values.
 
     Args:
-        path: the file (its name says its format) or the directory.
+        path: the file (its name says its format), the directory or the piece.
         encoding: a Python codec name for CSV text without a byte-order mark (e.g. ``cp932``).
 
     Returns:
@@ -170,8 +176,9 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFram
         ContractError: if the file cannot be read at all (one sentence naming it).
         ValueError: if ``encoding`` is not a text encoding Python knows.
     """
-    path = Path(path)
-    if path.name.endswith(".parquet") or path.is_dir():
+    if isinstance(path, ParquetPiece):
+        table = _read_piece(path)
+    elif (path := Path(path)).name.endswith(".parquet") or path.is_dir():
         # A directory is a partitioned dataset: its files in path order (months, days, ...);
         # partition keys in the paths are not columns — the rows carry their own.
         files = partition_files(path) if path.is_dir() else [path]
@@ -180,12 +187,13 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, pd.DataFram
             table = pa.concat_tables(tables, promote_options="permissive")
         except pa.ArrowException as exc:
             raise ContractError(f"The Parquet files of {path.name} do not agree ({exc}).") from exc
-        return (
-            _large_strings(table),
-            _quarantine_frame([]),
-            np.full(table.num_rows, None, dtype=object),
-        )
-    return _read_csv(path, _codec(encoding))
+    else:
+        return _read_csv(path, _codec(encoding))
+    return (
+        _large_strings(table),
+        _quarantine_frame([]),
+        np.full(table.num_rows, None, dtype=object),
+    )
 
 
 def _large_strings(table: pa.Table) -> pa.Table:

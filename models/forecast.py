@@ -331,7 +331,7 @@ class LightGBMForecaster(Forecaster):
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_matrix` of the rows ``kept`` (None: all, at once), the features built a
         block of whole categories at a time (``blocks``, :func:`features.demand.category_blocks`)
-        and only the kept rows' kept: what bounds the memory of a large panel."""
+        and only the kept rows' features kept: what bounds the memory of a large panel."""
         if kept is None:  # every row is kept: blocks would only add a concatenation
             return self._matrix(panel, spec)
         xs, ys, rows, periods = [], [], [], []

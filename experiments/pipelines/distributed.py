@@ -47,16 +47,9 @@ from features.identity import (
     resolve_identities,
     unify_events,
 )
-from features.ingest import (
-    REASON,
-    ContractError,
-    LoadedTable,
-    find_table_files,
-    load_table,
-    validate_table,
-)
+from features.ingest import REASON, ContractError, LoadedTable, find_table_files, load_table
 from features.interactions import Interactions, InteractionWeights, build_interactions
-from features.rawfiles import ParquetPiece, parquet_pieces, read_piece
+from features.rawfiles import ParquetPiece, parquet_pieces
 from features.schema import TABLES, Bounds, TableSchema
 from models.forecast import CATEGORICAL, Trainer
 from models.recommenders import Recommender
@@ -245,7 +238,8 @@ def _check(
     piece: ParquetPiece, schema: TableSchema, source: str, bounds: Bounds
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """On a worker: one piece of a partition file through the file loader's checks."""
-    return validate_table(read_piece(piece), schema, source=source, bounds=bounds)
+    loaded = load_table(piece, schema, source=source, bounds=bounds)
+    return loaded.accepted, loaded.quarantined
 
 
 def _columns(frame: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
