@@ -73,18 +73,22 @@ def split_at(
 
 
 def series_profile(
-    panel: pd.DataFrame, freq: str, before: np.datetime64 | None = None
+    panel: pd.DataFrame,
+    freq: str,
+    before: np.datetime64 | None = None,
+    series: pd.Index | None = None,
 ) -> pd.DataFrame:
-    """Per series, over its observed periods in the last quarter (13 weeks, 28 days) of the
-    panel or of its periods ``before`` one: ``volume``, the mean demand, and ``volatility``,
-    the mean absolute change from one period to the next (the scale of MASE). Indexed by
-    series; a series with one such period has volatility 0."""
+    """Per series (of ``series`` only, when given), over its observed periods in the last
+    quarter (13 weeks, 28 days) of the panel or of its periods ``before`` one: ``volume``, the
+    mean demand, and ``volatility``, the mean absolute change from one period to the next (the
+    scale of MASE). Indexed by series; a series with one such period has volatility 0."""
     spec = frequency(freq)
     period = panel[PERIOD]
     end = period.max() if before is None else period[period < before].max()
-    recent = panel[
-        (period > end - spec.step * spec.long) & (period <= end) & ~panel["censored"]
-    ].sort_values([SERIES, PERIOD])
+    rows = (period > end - spec.step * spec.long) & (period <= end) & ~panel["censored"]
+    if series is not None:
+        rows &= panel[SERIES].isin(series)
+    recent = panel[rows].sort_values([SERIES, PERIOD])
     grouped = recent.groupby(SERIES, observed=True)[TARGET]
     change = grouped.diff().abs()
     return pd.DataFrame(
@@ -163,9 +167,20 @@ def period_end(dates: pd.Series, freq: str, last: pd.Timestamp) -> pd.Series:
     return last.normalize() - pd.to_timedelta((days_before_last // 7) * 7, unit="D")
 
 
+#: The columns of the events that their sales are summed from.
+SOLD = ["event_time", "event_type", "store_id", "item_id", "quantity", "unit_price"]
+
+
+def stock_moves(events: pd.DataFrame) -> pd.DataFrame:
+    """The purchase and return events with a fulfilling store, the columns of :data:`SOLD`:
+    all that :func:`sales_from_events` reads."""
+    moves = events["event_type"].isin(["purchase", "return"]) & events["store_id"].notna()
+    return events.loc[moves, SOLD]
+
+
 def sales_from_events(events: pd.DataFrame) -> pd.DataFrame:
     """Daily units per fulfilling store x item from purchase and return events (returns netted)."""
-    moves = events[events["event_type"].isin(["purchase", "return"]) & events["store_id"].notna()]
+    moves = stock_moves(events)
     sign = np.where(moves["event_type"] == "return", -1.0, 1.0)
     daily = moves.assign(
         date=moves["event_time"].dt.normalize(),
@@ -213,6 +228,7 @@ def build_panel(
         .agg(**aggregations)
         .reset_index()
     )
+    del frame
 
     keys = grouped.groupby(["store_id", "item_id"], observed=True)
     first = keys["ds"].min()  # one row per series, in the order of their keys
@@ -234,23 +250,15 @@ def build_panel(
     ds *= step.astype(f"m8[{unit}]").astype(np.int64)
     ds += start.astype(np.int64)[series]
 
-    def key(values: np.ndarray) -> pd.Categorical:
-        """A key column, every row a code into the sorted distinct keys: as strings, the
-        keys would be most of the panel's memory."""
-        codes, uniques = pd.factorize(values[order], sort=True)
-        return pd.Categorical.from_codes(
-            codes.astype(np.int32)[series], categories=pd.Index(uniques)
-        )
-
     panel = pd.DataFrame(
         {
-            SERIES: key(ids),
-            "store_id": key(stores.to_numpy()),
-            "item_id": key(items.to_numpy()),
+            SERIES: _key(ids, order, series),
+            "store_id": _key(stores.to_numpy(), order, series),
+            "item_id": _key(items.to_numpy(), order, series),
             PERIOD: ds.view(start.dtype),
         }
     )
-    del ds
+    del ds, series
     # Each aggregated period's row: its series' first row plus the steps since its first period.
     at = rank[keys.ngroup().to_numpy()]
     at = offsets[at] + (grouped[PERIOD].to_numpy() - start[at]) // step
@@ -258,7 +266,7 @@ def build_panel(
         values = np.full(len(panel), np.nan)
         values[at] = grouped[column].to_numpy(dtype=np.float64)
         if column == "unit_price":  # carried forward within each series (its rows are contiguous)
-            values = _carried_forward(values, offsets[series])
+            values = _carried_forward(values, offsets)
         else:  # a period without sales: no demand, no promotion; net returns: no demand
             values[np.isnan(values)] = 0.0
             if column == TARGET:
@@ -270,15 +278,24 @@ def build_panel(
     return panel[ordered + rest]
 
 
-def _carried_forward(values: np.ndarray, first_row: np.ndarray) -> np.ndarray:
-    """Each missing value replaced by the last known one of its series (missing if none):
-    ``first_row`` is each row's series' first row, the series being contiguous runs."""
+def _key(values: np.ndarray, order: np.ndarray, series: np.ndarray) -> pd.Categorical:
+    """A key column of the panel from each series' key (``values``, in the series' ``order``):
+    every row a code into the sorted distinct keys. As strings, the keys would be most of the
+    panel's memory."""
+    codes, uniques = pd.factorize(values[order], sort=True)
+    categories: pd.Index = pd.Index(uniques)
+    return pd.Categorical.from_codes(codes.astype(np.int32)[series], categories=categories)
+
+
+def _carried_forward(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each missing value replaced by the last known one of its series (missing if none): the
+    series are contiguous runs of rows starting at ``starts``."""
     index = np.int32 if len(values) < np.iinfo(np.int32).max else np.int64
     latest = np.where(np.isnan(values), -1, np.arange(len(values), dtype=index))
+    # A series' first row is its own latest, missing or not: nothing is carried across series.
+    latest[starts] = starts
     np.maximum.accumulate(latest, out=latest)
-    carried = values[latest]
-    carried[latest < first_row] = np.nan
-    return carried
+    return values[latest]
 
 
 def _censored(
@@ -375,8 +392,8 @@ class Codes:
     def learn(cls, panel: pd.DataFrame, items: pd.DataFrame | None = None) -> Codes:
         categories = _categories(items) if items is not None else pd.Series(dtype="str")
         return cls(
-            stores=tuple(sorted(panel["store_id"].astype(str).unique())),
-            items=tuple(sorted(panel["item_id"].astype(str).unique())),
+            stores=tuple(sorted(panel["store_id"].unique().astype(str))),
+            items=tuple(sorted(panel["item_id"].unique().astype(str))),
             categories=tuple(sorted(categories.dropna().astype(str).unique())),
         )
 

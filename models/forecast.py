@@ -522,7 +522,8 @@ class LightGBMForecaster(Forecaster):
                 stacklevel=3,
             )
             return Intervals.default()
-        profile = series_profile(panel, self.freq, start).reindex(held[SERIES]).fillna(0.0)
+        series = pd.Index(held[SERIES].unique())
+        profile = series_profile(panel, self.freq, start, series).reindex(held[SERIES]).fillna(0.0)
         held = pd.concat([held, profile.reset_index(drop=True)], axis=1)
         methods = INTERVAL_METHODS if self.quantiles == "auto" else (self.quantiles,)
         return Intervals.calibrate(held, methods, len(self.buckets()))

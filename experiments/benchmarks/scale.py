@@ -34,6 +34,10 @@ ALS: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: Told each step's name and figures as it ends (a run at scale takes many minutes).
+Done = Callable[[str, dict[str, float]], None]
+
+
 class PeakMemory:
     """The summed RSS of this process and its descendants, sampled every ``interval`` seconds
     in a thread; :meth:`step` gives a step's peak and time."""
@@ -73,7 +77,9 @@ class PeakMemory:
         return total
 
     @contextmanager
-    def step(self, name: str, steps: dict[str, dict[str, float]]) -> Iterator[None]:
+    def step(
+        self, name: str, steps: dict[str, dict[str, float]], done: Done | None = None
+    ) -> Iterator[None]:
         with self._lock:
             self._step += 1
             self.peak = self.now()
@@ -83,9 +89,11 @@ class PeakMemory:
         with self._lock:
             self.peak = max(self.peak, self.now())
             steps[name] = {"seconds": round(seconds, 1), "peak_gb": round(self.peak / 1e9, 2)}
+        if done:
+            done(name, steps[name])
 
 
-def run(events: int, engine: str, cache: Path) -> dict[str, Any]:
+def run(events: int, engine: str, cache: Path, done: Done | None = None) -> dict[str, Any]:
     """Every step on about ``events`` generated events (reused from ``cache`` when there)."""
     config = ingest_config(events, "parquet-partitioned")
     data = cache / f"scale-{events}"
@@ -94,10 +102,10 @@ def run(events: int, engine: str, cache: Path) -> dict[str, Any]:
         if (data / "_truth" / "corrupted_rows.json").exists():  # written last: complete
             steps["generate (reused)"] = {"seconds": 0.0, "peak_gb": 0.0}
         else:
-            with memory.step("generate", steps):
+            with memory.step("generate", steps, done):
                 generate(config, data)
         pipeline = _dask if engine == "dask" else _inprocess
-        sizes = pipeline(data, lambda name: memory.step(name, steps))
+        sizes = pipeline(data, lambda name: memory.step(name, steps, done))
     return {
         "benchmark": f"scale, {engine}",
         "events_asked": events,
@@ -123,12 +131,14 @@ def _inprocess(data: Path, step: Step) -> dict[str, int]:
         unified = unify(data, IdentityConfig(salt=DEMO_SALT)).unified
     with step("interactions"):
         interactions = build_interactions(unified)
+    shape = _recommender(interactions, step)
+    del interactions
     with step("demand panel"):
         panel = build_panel(sales_from_events(unified), freq="W")
     rows = len(unified)
-    del unified  # the models need only the training sets
-    _fit(interactions, panel, step, train_here)
-    return _sizes(rows, interactions, panel)
+    del unified  # the forecaster needs only the panel
+    _forecaster(panel, step, train_here)
+    return _sizes(rows, shape, panel)
 
 
 def _dask(data: Path, step: Step) -> dict[str, int]:
@@ -149,31 +159,37 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
             rows = sum(client.gather(client.map(len, parts)))
         with step("interactions"):
             interactions = interactions_on(client, parts)
+        shape = _recommender(interactions, step)
+        del interactions
         with step("demand panel"):
             sales = sales_on(client, parts)
             del parts  # the workers drop the events before the panel is built here
             panel = build_panel(sales, freq="W")
             del sales
-        _fit(interactions, panel, step, trainer_on(client))
-    return _sizes(rows, interactions, panel)
+        _forecaster(panel, step, trainer_on(client))
+    return _sizes(rows, shape, panel)
 
 
-def _fit(interactions: Any, panel: Any, step: Step, trainer: Trainer) -> None:
+def _recommender(interactions: Any, step: Step) -> dict[str, int]:
+    """ALS fitted on the interactions, dropped with them once fitted; the matrix's shape."""
     from threadpoolctl import threadpool_limits
 
     from models.recommenders import ALSRecommender
 
     with step("recommender (ALS)"), threadpool_limits(limits=1, user_api="blas"):
         ALSRecommender(**ALS).fit(interactions)
+    return {"customers": len(interactions.customer_ids), "items": len(interactions.item_ids)}
+
+
+def _forecaster(panel: Any, step: Step, trainer: Trainer) -> None:
     with step("forecaster (LightGBM)"):
         LightGBMForecaster(horizon=4, freq="W").fit(panel, trainer=trainer)
 
 
-def _sizes(events: int, interactions: Any, panel: Any) -> dict[str, int]:
+def _sizes(events: int, shape: dict[str, int], panel: Any) -> dict[str, int]:
     return {
         "events": events,
-        "customers": len(interactions.customer_ids),
-        "items": len(interactions.item_ids),
+        **shape,
         "series": int(panel[SERIES].nunique()),
         "panel_rows": len(panel),
     }

@@ -272,7 +272,10 @@ def bench_scale_cmd(
     cluster's workers)."""
     from experiments.benchmarks import scale
 
-    figures = scale.run(events, checked_engine(engine), cache)
+    def done(step: str, row: dict[str, float]) -> None:
+        err.print(f"{step}: {row['seconds']:.1f} s, {row['peak_gb']:.2f} GB", highlight=False)
+
+    figures = scale.run(events, checked_engine(engine), cache, done)
     table = Table("step", "seconds", "peak GB", title=f"omni bench scale ({engine})")
     for name, row in figures["steps"].items():
         table.add_row(name, f"{row['seconds']:.1f}", f"{row['peak_gb']:.2f}")

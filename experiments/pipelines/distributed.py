@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from experiments.pipelines.data import UnifyResult
 from experiments.pipelines.forecaster import DemandData, demand_data
-from features.demand import sales_from_events
+from features.demand import sales_from_events, stock_moves
 from features.identity import (
     IdentityConfig,
     IdentityResolution,
@@ -419,8 +419,11 @@ _WEIGHED = ["customer_id", "item_id", "event_type", "event_time", "quantity"]
 
 
 def _by_customer(events: pd.DataFrame, buckets: int) -> list[pd.DataFrame]:
-    """On a worker: a partition's known customers' events split into buckets by customer."""
+    """On a worker: a partition's known customers' events split into buckets by customer, the
+    customer ids as text (as the matrix reads them): a categorical would carry every customer
+    of the resolution with each bucket sent."""
     known = events.loc[events["customer_id"].notna(), _WEIGHED]
+    known = known.assign(customer_id=known["customer_id"].astype("str"))
     bucket = pd.util.hash_pandas_object(known["customer_id"], index=False).to_numpy() % buckets
     return [known[bucket == b] for b in range(buckets)]
 
@@ -458,8 +461,10 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
 
 
 def _on_days(events: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
-    """On a worker: a partition's events on some days."""
-    return events[events["event_time"].dt.normalize().isin(days)]
+    """On a worker: a partition's purchases and returns on some days, only what their sales
+    are summed from."""
+    moves = stock_moves(events)
+    return moves[moves["event_time"].dt.normalize().isin(days)]
 
 
 #: Customers per batch-scoring task at most: its answer is about ``n`` rows per customer.

@@ -129,9 +129,10 @@ def test_bench_scale_times_every_step_of_the_pipeline(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert list(figures["steps"]) == [
-        "generate", "validate and unify", "interactions", "demand panel", "recommender (ALS)",
+        "generate", "validate and unify", "interactions", "recommender (ALS)", "demand panel",
         "forecaster (LightGBM)",
     ]  # fmt: skip
+    assert "interactions: " in result.stderr  # each step told as it ends
     assert figures["events"] > 10_000 and figures["series"] > 0
     assert all(s["peak_gb"] > 0 for s in figures["steps"].values())
     assert omni(*args, str(out), "--engine", "spark").returncode == 2
