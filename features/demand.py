@@ -524,18 +524,21 @@ def category_blocks(
     codes, names = pd.factorize(
         panel["item_id"] if category is None else category, use_na_sentinel=False
     )
-    rank = np.empty(len(names), dtype=np.int64)
+    rank = np.empty(len(names), dtype=np.int32)
     rank[_hash_order(names)] = np.arange(len(names))
     key = rank[codes]
+    del codes
     order = np.argsort(key, kind="stable")
+    # Positions of 32 bits where they fit: a panel at scale has 10^8 rows.
+    index = np.int32 if len(panel) < np.iinfo(np.int32).max else np.int64
     blocks, start, taken = [], 0, 0
     for size in np.bincount(key, minlength=len(names)):
         if taken and taken + size > max_rows:
-            blocks.append(np.sort(order[start : start + taken]))
+            blocks.append(np.sort(order[start : start + taken]).astype(index))
             start, taken = start + taken, 0
         taken += size
     if taken:
-        blocks.append(np.sort(order[start : start + taken]))
+        blocks.append(np.sort(order[start : start + taken]).astype(index))
     return blocks
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from experiments.benchmarks.runner import ingest_config, machine
+from experiments.pipelines.memory import give_back_memory
 from experiments.synthetic import generate
 from features.demand import SERIES
 from features.identity import DEMO_SALT, IdentityConfig
@@ -104,8 +105,15 @@ def run(events: int, engine: str, cache: Path, done: Done | None = None) -> dict
         else:
             with memory.step("generate", steps, done):
                 generate(config, data)
+
+        @contextmanager
+        def step(name: str) -> Iterator[None]:
+            with memory.step(name, steps, done):
+                yield
+                give_back_memory()  # what the step freed, as the training pipelines do
+
         pipeline = _dask if engine == "dask" else _inprocess
-        sizes = pipeline(data, lambda name: memory.step(name, steps, done))
+        sizes = pipeline(data, step)
     return {
         "benchmark": f"scale, {engine}",
         "events_asked": events,
@@ -145,6 +153,7 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
     from experiments.pipelines.distributed import (
         dask_client,
         interactions_on,
+        release,
         sales_on,
         trainer_on,
         unify_parts_on,
@@ -163,7 +172,8 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
         del interactions
         with step("demand panel"):
             sales = sales_on(client, parts)
-            del parts  # the workers drop the events before the panel is built here
+            release(client, parts)  # the workers drop the events before the panel is built here
+            del parts
             panel = build_panel(sales, freq="W")
             del sales
         _forecaster(panel, step, trainer_on(client))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import scipy.sparse as sp
 
 from experiments.pipelines.data import UnifyResult
 from experiments.pipelines.forecaster import DemandData, demand_data
+from experiments.pipelines.memory import give_back_memory
 from features.demand import sales_from_events, stock_moves
 from features.identity import (
     IdentityConfig,
@@ -135,9 +137,30 @@ def load_demand_on(
     def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])
         live = logged() if logged else None
-        return sales_on(client, _with_logged_on(client, events.parts, live))
+        parts = _with_logged_on(client, events.parts, live)
+        sales = sales_on(client, parts)
+        release(client, parts)  # before the panel is built here
+        return sales
 
     return demand_data(data_dir, tables, sales_of_events if "events" in files else None, freq)
+
+
+def release(client: Any, futures: list[Any]) -> None:
+    """Drop what ``futures`` hold on the workers (the futures are cancelled), then have every
+    worker give the memory it freed back to the system (:func:`give_back_memory`): after
+    dropping their share of 5·10^7 events the two workers of a local cluster otherwise kept
+    1.1 GB each."""
+    keys = {future.key for future in futures}
+    client.cancel(futures)
+    deadline = time.monotonic() + 10.0
+    while any(client.run(_keeps, keys=keys).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers hear of the release from the scheduler, not from here
+    client.run(give_back_memory)
+
+
+def _keeps(keys: set[Any], dask_worker: Any) -> bool:
+    """On a worker: whether it still holds any of ``keys``."""
+    return any(key in dask_worker.data for key in keys)
 
 
 @dataclass
@@ -457,7 +480,9 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
         sales = pd.concat(
             [sales[~sales["date"].isin(days)], sales_from_events(rows)], ignore_index=True
         )
-    return sales.sort_values(keys, ignore_index=True)
+    sales = sales.sort_values(keys, ignore_index=True)
+    give_back_memory()  # the gathered frames and their sorting: several times the result
+    return sales
 
 
 def _on_days(events: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:

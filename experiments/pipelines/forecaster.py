@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.pipelines.memory import give_back_memory
 from features.demand import (
     PERIOD,
     SERIES,
@@ -78,6 +79,8 @@ def demand_data(
         raise ContractError(f"{data_dir} has no sales or purchase events to forecast from.")
     accepted = {name: table.accepted for name, table in tables.items()}
     panel = build_panel(sales, freq=freq, inventory=accepted.get("inventory"))
+    del sales
+    give_back_memory()  # the panel's temporaries: several times its size
     return DemandData(panel, accepted.get("items"), accepted.get("plan"))
 
 

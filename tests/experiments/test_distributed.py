@@ -194,6 +194,20 @@ def test_the_demand_panel_summed_on_a_cluster_equals_in_process(
         pd.testing.assert_frame_equal(there.plan, here.plan)
 
 
+def test_released_partitions_leave_every_worker(client: Any) -> None:
+    from distributed import wait
+
+    from experiments.pipelines.distributed import release
+
+    parts = client.map(lambda n: pd.DataFrame({"x": range(n)}), [1_000, 2_000, 3_000])
+    wait(parts)
+    keys = {part.key for part in parts}
+    assert keys <= {key for held in client.has_what().values() for key in held}
+    release(client, parts)
+    assert not keys & {key for held in client.has_what().values() for key in held}
+    assert all(part.cancelled() for part in parts)
+
+
 def test_omni_backtest_forecaster_on_a_local_cluster_within_one_percent(tmp_path: Path) -> None:
     """LightGBM trained data-parallel on a cluster of this machine's cores (started by the
     command), a share of the rows on each worker: a different model, as accurate."""
