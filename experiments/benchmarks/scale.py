@@ -153,7 +153,6 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
     from experiments.pipelines.distributed import (
         dask_client,
         interactions_on,
-        release,
         sales_on,
         trainer_on,
         unify_parts_on,
@@ -171,8 +170,7 @@ def _dask(data: Path, step: Step) -> dict[str, int]:
         shape = _recommender(interactions, step)
         del interactions
         with step("demand panel"):
-            sales = sales_on(client, parts)
-            release(client, parts)  # the workers drop the events before the panel is built here
+            sales = sales_on(client, parts)  # the workers drop the events
             del parts
             panel = build_panel(sales, freq="W")
             del sales

@@ -138,9 +138,7 @@ def load_demand_on(
         events = check_table_on(client, files["events"], TABLES["events"])
         live = logged() if logged else None
         parts = _with_logged_on(client, events.parts, live)
-        sales = sales_on(client, parts)
-        release(client, parts)  # before the panel is built here
-        return sales
+        return sales_on(client, parts)
 
     return demand_data(data_dir, tables, sales_of_events if "events" in files else None, freq)
 
@@ -470,7 +468,8 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
     found in two partitions (a late file, logged events, a day across two pieces of a file)
     would be summed in another order, so its days are summed again here from their rows of
     every partition, in partition order. The client receives the daily sales (days x stores x
-    items sold); ``build_panel`` runs there.
+    items sold); ``build_panel`` runs there. The daily sales are the last thing made of the
+    events, so the workers drop the partitions (:func:`release`) before the panel is built.
     """
     keys = ["date", "store_id", "item_id"]
     sales = _concat(client.gather(client.map(sales_from_events, parts)))
@@ -480,6 +479,7 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
         sales = pd.concat(
             [sales[~sales["date"].isin(days)], sales_from_events(rows)], ignore_index=True
         )
+    release(client, parts)
     sales = sales.sort_values(keys, ignore_index=True)
     give_back_memory()  # the gathered frames and their sorting: several times the result
     return sales
