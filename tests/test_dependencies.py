@@ -167,6 +167,14 @@ def test_the_bento_installs_the_tested_versions_without_the_dev_tools() -> None:
     assert not {"pytest", "mypy", "ruff"} & set(serve)
 
 
+def test_the_mlforecast_reference_is_pinned_and_shares_numpy_with_the_lock() -> None:
+    from experiments.benchmarks.mlforecast_reference import MLFORECAST_STACK
+
+    pins = dict(requirement.split("==") for requirement in MLFORECAST_STACK)
+    assert len(pins) == len(MLFORECAST_STACK)  # every one exact
+    assert pins["numpy"] == _pins(LOCK)["numpy"]
+
+
 def test_postgresql_without_the_driver_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -57,7 +57,7 @@ def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> 
         x_future = forecaster.make_future_dataframe(h=spec["horizon"]).merge(
             future, on=["unique_id", "ds"], how="left"
         )
-        x_future = x_future.fillna(0.0)
+        x_future[exogenous] = x_future[exogenous].fillna(0.0)  # not the categorical ids
     predicted = forecaster.predict(h=spec["horizon"], X_df=x_future)
     predicted.rename(columns={"lgbm": "point"})[["unique_id", "ds", "point"]].to_parquet(out_path)
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import lightgbm as lgb
 import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData
@@ -22,24 +23,32 @@ MLFORECAST_VENV = Path(".omni/mlforecast-venv")
 MLFORECAST_JOB = Path(__file__).with_name("mlforecast_job.py")
 
 
+#: The mlforecast environment: versions that work together (numpy as this project's lock has
+#: it), pinned so that a later install cannot change the reference (pandas 2.3 broke the job's
+#: filling of missing covariates). LightGBM is added as this process has it, so both sides of
+#: the comparison run the same library.
+MLFORECAST_STACK = (
+    "mlforecast==1.1.0",
+    "coreforecast==0.0.20",
+    "utilsforecast==0.2.17",
+    "pandas==2.3.3",
+    "numpy==2.4.6",
+    "pyarrow==26.0.1",
+    "scikit-learn==1.9.1",
+)
+
+
 def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
-    """The interpreter of the benchmark-only mlforecast environment (created on first use)."""
+    """The interpreter of the benchmark-only mlforecast environment: made on first use, and
+    brought to :data:`MLFORECAST_STACK` when it holds other versions."""
     python = venv / "bin" / "python"
+    wanted = [*MLFORECAST_STACK, f"lightgbm=={lgb.__version__}"]
+    installed = venv / "omni-requirements.txt"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "mlforecast==1.1.0",
-                "lightgbm>=4,<5",
-                "pyarrow",
-            ],
-            check=True,
-        )
+    if not installed.exists() or installed.read_text().split() != wanted:
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True)
+        installed.write_text("\n".join(wanted) + "\n")
     return python
 
 
