@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.baskets import basket_starts
+
 HABIT_COLUMNS = ["customer_id", "channel", "weekday", "hour", "events"]
 
 
@@ -47,10 +49,16 @@ def build_habits(unified: pd.DataFrame, *, days: int = 90) -> pd.DataFrame:
 
 def purchases(unified: pd.DataFrame) -> pd.DataFrame:
     """Distinct ``customer_id, item_id`` pairs each known customer has bought, with the ``time``
-    they last bought it."""
+    they last bought it and the number of ``baskets`` holding it
+    (:func:`features.baskets.basket_starts`)."""
     bought = _known_purchases(unified)
-    pairs = bought[["customer_id", "item_id"]].astype("str").assign(time=bought["event_time"])
-    return pairs.groupby(["customer_id", "item_id"], as_index=False).agg(time=("time", "max"))
+    pairs = bought[["customer_id", "item_id"]].astype("str")
+    pairs = pairs.assign(
+        time=bought["event_time"], basket=basket_starts(pairs["customer_id"], bought["event_time"])
+    )
+    return pairs.groupby(["customer_id", "item_id"], as_index=False).agg(
+        time=("time", "max"), baskets=("basket", "nunique")
+    )
 
 
 @dataclass(frozen=True)

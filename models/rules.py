@@ -1,8 +1,9 @@
 """Business rules, applied after scoring for every model.
 
-* an item the customer already bought is not offered again unless it is ``repurchasable``;
-  a repurchasable item just bought moves down its list and comes back as its usual interval
-  (``repurchase_days``) passes — given the time of the request (``now``);
+* an item the customer already bought is not offered again unless it is ``repurchasable`` or
+  they have bought it in two baskets (their own evidence: the catalogue or most buyers may say
+  otherwise); such an item just bought moves down its list and comes back as its usual
+  interval (``repurchase_days``) passes — given the time of the request (``now``);
 * an item is offered only where it can be bought: at a store, that store's units available to
   promise must be positive; online (any other channel), any node with some will do; without an
   inventory table or movements, or for a store they never mention, nothing is filtered;
@@ -24,9 +25,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from features.baskets import BASKET_GAP
 from models.recommenders.base import RECOMMENDATION_COLUMNS, Recommender
 
 STORE_CHANNEL = "store"
+_GAP_DAYS = BASKET_GAP / pd.Timedelta(days=1)
 #: How far a repurchasable item just bought moves down, unless training chose otherwise.
 DEFAULT_TIMING = 0.25
 
@@ -49,6 +52,8 @@ class BusinessRules:
         bought_by: customer id -> column indices of items they bought (sorted, distinct).
         bought_at: customer id -> when they last bought each of those (days since the epoch,
             aligned with ``bought_by``; NaN when unknown).
+        bought_again: customer id -> whether they bought each of those in two baskets or more
+            (:data:`features.baskets.BASKET_GAP` apart), aligned with ``bought_by``.
         interval: per item, its usual days between purchases (NaN when unknown: no timing).
         timing: how far a repurchasable item just bought moves down: its score ``s`` becomes
             ``s - timing * (1 - due) * |s|``, ``due`` the share of its interval elapsed since
@@ -64,6 +69,7 @@ class BusinessRules:
     online_stock: np.ndarray | None
     bought_by: dict[str, np.ndarray]
     bought_at: dict[str, np.ndarray]
+    bought_again: dict[str, np.ndarray]
     interval: np.ndarray
     timing: float = DEFAULT_TIMING
 
@@ -81,9 +87,10 @@ class BusinessRules:
 
         Args:
             item_ids: the model's items.
-            purchases: ``customer_id, item_id`` of every purchase, and the ``time`` of the last
-                one if known (returns already netted or not: a returned item may be offered
-                again only if repurchasable, as any other).
+            purchases: ``customer_id, item_id`` of every purchase, the ``time`` of the last
+                one and the number of ``baskets`` holding the item, if known (returns already
+                netted or not: a returned item may be offered again only if repurchasable, as
+                any other).
             items: the items table (``repurchasable``, ``repurchase_days``, ``category``,
                 ``unit_price``, ``promotable``), if any.
             inventory: the inventory table (``date, store_id, item_id, on_hand``; without a
@@ -131,10 +138,11 @@ class BusinessRules:
             online_stock[columns[on_hand > 0]] = True
         rules = cls(
             item_ids, repurchasable, category, price, promotable, levels, online_stock, {}, {},
-            interval, timing,
+            {}, interval, timing,
         )  # fmt: skip
         times = purchases["time"] if "time" in purchases else pd.Series(pd.NaT, purchases.index)
-        rules.add_purchases(purchases["customer_id"], purchases["item_id"], times)
+        baskets = purchases.get("baskets")
+        rules.add_purchases(purchases["customer_id"], purchases["item_id"], times, baskets)
         return rules
 
     @cached_property
@@ -161,31 +169,54 @@ class BusinessRules:
         customer_ids: np.ndarray | pd.Index | pd.Series | list[str],
         item_ids: pd.Series | pd.Index,
         times: pd.Series | pd.Index,
+        baskets: pd.Series | None = None,
     ) -> None:
-        """Record purchases at once (row-aligned customers, items and times; a NaT time is
-        unknown); items outside the index are ignored."""
+        """Record purchases at once (row-aligned customers, items, times and, if known, the
+        number of baskets each row stands for; a NaT time is unknown); items outside the index
+        are ignored. An item is bought again when ``baskets`` says two or more, or when its
+        purchases lie a basket apart (:data:`~features.baskets.BASKET_GAP`), in this call or
+        after the last one known."""
         columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
         pairs = pd.DataFrame(
             {
                 "customer": pd.Index(customer_ids, dtype="str"),
                 "column": columns,
                 "day": _days(pd.DatetimeIndex(times)),
+                "baskets": 1 if baskets is None else np.asarray(baskets, dtype=np.int64),
             }
         )
-        latest = pairs[pairs["column"] >= 0].groupby(["customer", "column"])["day"].max()
-        columns = latest.index.get_level_values("column").to_numpy(np.int64)
-        days = latest.to_numpy(np.float64)  # the latest known time; NaN only when none is
-        for customer, rows in latest.groupby(level="customer").indices.items():
+        grouped = pairs[pairs["column"] >= 0].groupby(["customer", "column"])
+        spans = grouped.agg(first=("day", "min"), last=("day", "max"), baskets=("baskets", "max"))
+        columns = spans.index.get_level_values("column").to_numpy(np.int64)
+        days = spans["last"].to_numpy(np.float64)  # the latest known time; NaN only when none is
+        again = ((spans["baskets"] >= 2) | (spans["last"] - spans["first"] >= _GAP_DAYS)).to_numpy()
+        for customer, rows in spans.groupby(level="customer").indices.items():
             customer = str(customer)
-            bought, at = columns[rows], days[rows]
+            bought, at, twice = columns[rows], days[rows], again[rows]
             known = self.bought_by.get(customer)
             if known is not None:  # merge with what the customer bought before
+                before, was = self.bought_at[customer], self.bought_again[customer]
                 bought, slot = np.unique(np.concatenate([known, bought]), return_inverse=True)
+                old, new = slot[: len(known)], slot[len(known) :]
                 last = np.full(len(bought), -np.inf)
-                np.fmax.at(last, slot, np.concatenate([self.bought_at[customer], at]))
-                at = np.where(np.isinf(last), np.nan, last)
+                np.fmax.at(last, slot, np.concatenate([before, at]))
+                previous = np.full(len(bought), np.nan)
+                previous[old] = before
+                flags = np.zeros(len(bought), dtype=bool)
+                flags[old] = was
+                flags[new] |= twice | (at - previous[new] >= _GAP_DAYS)  # NaN: not known apart
+                at, twice = np.where(np.isinf(last), np.nan, last), flags
             self.bought_at[customer] = at
+            self.bought_again[customer] = twice
             self.bought_by[customer] = bought  # the columns last: readers pair them with times
+
+    def rebought(self, customer_id: str, bought: np.ndarray) -> np.ndarray:
+        """Which of the ``bought`` columns (``bought_by[customer_id]``) may be offered again: the
+        repurchasable items and those the customer bought in two baskets."""
+        again = self.bought_again.get(customer_id)
+        if again is None or len(again) != len(bought):  # a concurrent purchase: next time
+            return self.repurchasable[bought]
+        return self.repurchasable[bought] | again
 
     def set_available(
         self, node_ids: list[str], item_ids: list[str], units: list[float] | np.ndarray
@@ -268,14 +299,15 @@ class BusinessRules:
     def move_down_recent(
         self, scores: np.ndarray, customer_id: str, bought: np.ndarray, now: pd.Timestamp
     ) -> None:
-        """Lower, in place, the scores of the repurchasable items ``customer_id`` bought (their
-        ``bought`` columns) less than an interval before ``now`` (see the class)."""
+        """Lower, in place, the scores of the items ``customer_id`` bought (their ``bought``
+        columns) and may buy again (:meth:`rebought`) less than an interval before ``now`` (see
+        the class)."""
         days = self.bought_at.get(customer_id)
         if days is None or len(days) != len(bought):  # a concurrent purchase: next time
             return
         elapsed = _day(now) - days
         due = np.clip(elapsed / self.interval[bought], 0.0, 1.0)
-        recent = self.repurchasable[bought] & (due < 1)  # NaN (unknown) is never recent
+        recent = self.rebought(customer_id, bought) & (due < 1)  # NaN (unknown): never recent
         columns = bought[recent]
         scores[columns] -= self.timing * (1 - due[recent]) * np.abs(scores[columns])
 
@@ -379,7 +411,7 @@ def top_for_customer(
     scores[~allowed] = -np.inf
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
-        scores[bought[~rules.repurchasable[bought]]] = -np.inf
+        scores[bought[~rules.rebought(customer_id, bought)]] = -np.inf
         if now is not None and rules.timing:
             rules.move_down_recent(scores, customer_id, bought, now)
     if exclude_columns is not None:

@@ -32,6 +32,7 @@ from experiments.pipelines.recommender import (
     select,
     selection_config,
 )
+from features.baskets import basket_starts
 from features.customers import build_habits, purchases, with_learned_repurchase
 from features.demand import PERIOD, SERIES, TARGET
 from features.eventlog import EventLog
@@ -69,9 +70,10 @@ class TrainResult:
     skipped: list[tuple[Candidate, str]]
 
 
-#: What a customer's list is scored against: their next basket after the cutoff (the items they
-#: bought on their first purchase day in the window, the list asked for as that day began), or
-#: everything they bought in the window (the list asked for at the cutoff).
+#: What a customer's list is scored against: their next basket after the cutoff (the items of
+#: their first basket in the window, :func:`features.baskets.basket_starts`; the list asked for
+#: as that basket began), or everything they bought in the window (the list asked for at the
+#: cutoff).
 TARGETS = ("next_basket", "window")
 
 
@@ -100,16 +102,16 @@ def split_for_validation(
         raise ValueError(f"Unknown validation target {target!r}; use one of {', '.join(TARGETS)}.")
     times = events["event_time"].sort_values().to_numpy()
     end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
-    cutoff = (end - pd.Timedelta(days=days)).floor("D")  # a day's basket is never split
+    cutoff = (end - pd.Timedelta(days=days)).floor("D")  # midnight: few baskets cross it
     before, after = split_by_time(events, cutoff)
     known = before["customer_id"].dropna().astype("str").unique()
     bought = after[(after["event_type"] == "purchase") & after["customer_id"].isin(known)]
     bought = bought.assign(customer_id=bought["customer_id"].astype("str"))
     if target == "next_basket":
-        day = bought["event_time"].dt.floor("D")
-        first = day.groupby(bought["customer_id"]).min()
-        bought = bought[day == bought["customer_id"].map(first)]
-        now = first.to_dict()
+        start = basket_starts(bought["customer_id"], bought["event_time"])
+        first = start.groupby(bought["customer_id"]).min()
+        bought = bought[start == bought["customer_id"].map(first)]
+        now = dict(zip(first.index.astype("str"), first, strict=True))
     else:
         now = dict.fromkeys(bought["customer_id"].unique(), cutoff)
     relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()

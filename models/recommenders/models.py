@@ -300,7 +300,7 @@ class TIFUKNNRecommender(Recommender):
     vectors (or any weights) directly, each customer's row counting as one basket. Purchases
     posted later enter as a new newest group per customer and update (:meth:`_merged`; the
     service applies each posted batch, or each stretch of the log another worker wrote, as one
-    update, so two batches on one day count as two baskets until the next training). Scoring
+    update, so two batches minutes apart count as two baskets until the next training). Scoring
     compares a customer with every other one: its cost grows with the number of customers. A
     customer scored with ``extra_history`` may count themself among their neighbours.
     """

@@ -40,6 +40,7 @@ def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> N
         ("b", "milk", "2024-03-02 09:00"),
         ("a", "tea", "2024-03-20 18:00"),  # a's next basket: one day, two items
         ("a", "eggs", "2024-03-20 18:05"),
+        ("a", "salt", "2024-03-20 21:00"),  # the same day, later: another basket
         ("a", "soap", "2024-03-25 10:00"),  # a later basket
         ("c", "jam", "2024-03-21 10:00"),  # never seen before the cutoff: not scored
     ]
@@ -47,12 +48,12 @@ def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> N
     events = events.assign(event_time=pd.to_datetime(events["event_time"]), event_type="purchase")
     nxt = split_for_validation(events, 10)
     # The end is where all but the latest 0.1% of events lie (here all but the very last); the
-    # window starts at the midnight before it, so no day's basket is split.
+    # window starts at the midnight before it; the list is asked for as the basket begins.
     assert nxt.cutoff == pd.Timestamp("2024-03-11")
     assert sorted(map(tuple, nxt.relevant.to_numpy())) == [("a", "eggs"), ("a", "tea")]
-    assert nxt.now == {"a": pd.Timestamp("2024-03-20")}
+    assert nxt.now == {"a": pd.Timestamp("2024-03-20 18:00")}
     window = split_for_validation(events, 10, "window")
-    assert sorted(window.relevant["item_id"]) == ["eggs", "soap", "tea"]
+    assert sorted(window.relevant["item_id"]) == ["eggs", "salt", "soap", "tea"]
     assert window.now == {"a": window.cutoff}
     with pytest.raises(ValueError, match="next_basket, window"):
         split_for_validation(events, 10, "month")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.baskets import Decay, basket_order, decayed_vectors
+from features.baskets import Decay, basket_order, baskets_from_events, decayed_vectors
 
 
 def baskets(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -59,3 +59,31 @@ def test_the_columns_can_be_fixed_and_bad_decays_are_refused() -> None:
     assert vectors.matrix.shape == (1, 2) and vectors.matrix[0, 1] == 0
     with pytest.raises(ValueError, match="decays"):
         Decay(within=0.0)
+
+
+def test_a_basket_is_a_customers_purchases_less_than_half_an_hour_apart() -> None:
+    rows = [  # (customer, item, time, event type); the input in no particular order
+        ("a", "tea", "2024-03-20 18:20", "purchase"),
+        ("a", "milk", "2024-03-20 18:00", "purchase"),
+        ("a", "jam", "2024-03-20 18:45", "purchase"),  # 25 minutes after tea: the same trip
+        ("a", "salt", "2024-03-20 21:00", "purchase"),  # the same day, later: another basket
+        ("a", "soap", "2024-03-20 23:50", "purchase"),
+        ("a", "rice", "2024-03-21 00:10", "purchase"),  # across midnight: soap's basket
+        ("b", "milk", "2024-03-20 18:10", "purchase"),  # another customer: their own basket
+        ("b", "eggs", "2024-03-20 18:15", "view"),  # no purchase: no basket line
+        (None, "milk", "2024-03-20 18:15", "purchase"),  # anonymous: no basket line
+    ]
+    events = pd.DataFrame(rows, columns=["customer_id", "item_id", "event_time", "event_type"])
+    events = events.assign(event_time=pd.to_datetime(events["event_time"], utc=True))
+    events.index = [7, 3, 9, 1, 4, 8, 2, 6, 5]  # the unified frame's index plays no part
+    lines = baskets_from_events(events)
+    start = {
+        (customer, item): str(basket)[:16]
+        for customer, item, basket in lines[["customer_id", "item_id", "basket_id"]].to_numpy()
+    }
+    assert start == {
+        ("a", "tea"): "2024-03-20 18:00", ("a", "milk"): "2024-03-20 18:00",
+        ("a", "jam"): "2024-03-20 18:00", ("a", "salt"): "2024-03-20 21:00",
+        ("a", "soap"): "2024-03-20 23:50", ("a", "rice"): "2024-03-20 23:50",
+        ("b", "milk"): "2024-03-20 18:10",
+    }  # fmt: skip

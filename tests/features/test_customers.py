@@ -26,6 +26,7 @@ def test_habits_follow_recent_engagement_and_the_usual_hour() -> None:
         "customer_id": ["c"],
         "item_id": ["i"],
         "time": [pd.Timestamp("2024-01-05 10:00")],  # the last purchase
+        "baskets": [5],  # one a day
     }
 
 

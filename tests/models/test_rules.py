@@ -45,6 +45,30 @@ def test_bought_items_come_back_only_when_repurchasable() -> None:
     assert "milk" in set(recs["item_id"]) and "tv" not in set(recs["item_id"])
 
 
+def test_an_item_a_customer_bought_in_two_baskets_comes_back_for_them() -> None:
+    """Their own evidence wins over the catalogue's flag, for them alone: from the purchases
+    table (``baskets``) or from purchases posted later, a basket apart (30 minutes)."""
+    bought = pd.DataFrame(
+        {"customer_id": ["c1", "c1", "c2"], "item_id": ["milk", "tv", "tv"], "baskets": [1, 2, 1]}
+    )
+    r = BusinessRules.from_tables(pd.Index(ITEMS["item_id"]), purchases=bought, items=ITEMS)
+    offered = recommend_with_rules(model(), r, ["c1", "c2"], n=5).groupby("customer_id")["item_id"]
+    assert "tv" in set(offered.get_group("c1")) and "tv" not in set(offered.get_group("c2"))
+
+    def offered_to_c2() -> set[str]:
+        return set(recommend_with_rules(model(), r, ["c2"], n=5)["item_id"])
+
+    at = pd.Timestamp("2024-03-20 18:00")
+    r.add_purchases(["c2"], pd.Series(["radio"]), pd.Series([at]))
+    r.add_purchases(["c2"], pd.Series(["radio"]), pd.Series([at + pd.Timedelta(minutes=10)]))
+    assert "radio" not in offered_to_c2()  # the same basket
+    r.add_purchases(["c2"], pd.Series(["radio"]), pd.Series([at + pd.Timedelta(hours=2)]))
+    assert "radio" in offered_to_c2()  # a second basket
+    posted = pd.Series([at, at + pd.Timedelta(hours=2)])  # two baskets in one posted batch
+    r.add_purchases(["c2", "c2"], pd.Series(["phone", "phone"]), posted)
+    assert {"radio", "phone"} <= offered_to_c2() and "tv" not in offered_to_c2()
+
+
 def test_unknown_repurchasability_means_not_offered_again() -> None:
     recs = recommend_with_rules(model(), rules(), ["c1"], n=5)
     assert not {"milk", "tv"} & set(recs["item_id"])

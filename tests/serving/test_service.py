@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
@@ -241,13 +242,19 @@ def test_events_reject_malformed_batches_with_422(app: TestClient, body: dict) -
     assert app.post("/events", json=body).status_code == 422
 
 
-def test_a_store_purchase_changes_the_apps_next_recommendation(app: TestClient, linked_keys):
-    """The omnichannel story: bought at the till, gone from the app's list at once."""
+def test_a_store_purchase_changes_the_apps_next_recommendation(
+    app: TestClient, client: TestClient, linked_keys
+) -> None:
+    """The omnichannel story: bought at the till, gone from the app's list at once (an item
+    not repurchasable that the customer never bought)."""
     store_key, app_key = linked_keys
     ask = {"customer_key": app_key, "channel": "app", "n": 100}
-    before = [i["item_id"] for i in app.post("/recommend", json=ask).json()["items"]]
+    answer = app.post("/recommend", json=ask).json()
+    before = [i["item_id"] for i in answer["items"]]
     items = pd.read_csv(SAMPLE / "items.csv.gz").set_index("item_id")
-    bought = next(i for i in before if not items.loc[i, "repurchasable"])
+    rules = client.service._state().rules
+    had = set(rules.item_ids[rules.bought_by.get(answer["customer_id"], [])])
+    bought = next(i for i in before if not items.loc[i, "repurchasable"] and i not in had)
     purchase = {
         "event_time": pd.Timestamp.now().isoformat(timespec="seconds"),
         "channel": "store",
@@ -415,8 +422,9 @@ def test_selling_a_stores_last_units_takes_the_item_off_its_list(app: TestClient
 def test_a_consumable_just_bought_moves_down_until_its_usual_interval_has_passed(
     app: TestClient, client: TestClient, linked_keys, monkeypatch
 ) -> None:
-    """Bought at the till: a durable item leaves the app's list for good; a consumable moves
-    down at once and is back when its usual interval has passed (a simulated clock)."""
+    """Bought at the till: a durable item (one this customer never bought) leaves the app's
+    list for good; a consumable moves down at once and is back when its usual interval has
+    passed (a simulated clock)."""
     store_key, app_key = linked_keys
     state = client.service._state()
     bought_at = pd.Timestamp("2026-11-23T09:00:00")
@@ -429,8 +437,10 @@ def test_a_consumable_just_bought_moves_down_until_its_usual_interval_has_passed
     before = ranks(-1)
     rules = state.rules
     columns = rules.item_ids.get_indexer(pd.Index(list(before)))
+    customer = app.post("/recommend", json={"customer_key": app_key, "channel": "app"}).json()
+    never = ~np.isin(columns, rules.bought_by.get(customer["customer_id"], []))
     kinds = {
-        "durable": ~rules.repurchasable[columns],
+        "durable": ~rules.repurchasable[columns] & never,
         "consumable": rules.repurchasable[columns] & (rules.interval[columns] >= 2),
     }
     chosen = {kind: list(before)[int(mask.argmax())] for kind, mask in kinds.items() if mask.any()}
