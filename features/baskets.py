@@ -50,8 +50,8 @@ def basket_starts(customer_ids: pd.Series, times: pd.Series) -> pd.Series[pd.Tim
     lines = pd.DataFrame({"customer": customer_ids.array, "time": times.array})
     lines = lines.sort_values(["customer", "time"], kind="stable")
     new = (lines["customer"] != lines["customer"].shift()) | ~(lines["time"].diff() < BASKET_GAP)
-    starts = lines["time"].where(new).ffill().sort_index().array
-    return pd.Series(starts, index=times.index, name="basket_start")
+    starts = lines["time"].groupby(new.cumsum()).transform("first")  # an unknown time: its own
+    return pd.Series(starts.sort_index().array, index=times.index, name="basket_start")
 
 
 def baskets_from_events(unified: pd.DataFrame) -> pd.DataFrame:

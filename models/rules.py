@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.baskets import BASKET_GAP
+from features.baskets import BASKET_GAP, basket_starts
 from models.recommenders.base import RECOMMENDATION_COLUMNS, Recommender
 
 STORE_CHANNEL = "store"
@@ -171,25 +171,28 @@ class BusinessRules:
         times: pd.Series | pd.Index,
         baskets: pd.Series | None = None,
     ) -> None:
-        """Record purchases at once (row-aligned customers, items, times and, if known, the
-        number of baskets each row stands for; a NaT time is unknown); items outside the index
-        are ignored. An item is bought again when ``baskets`` says two or more, or when its
-        purchases lie a basket apart (:data:`~features.baskets.BASKET_GAP`), in this call or
-        after the last one known."""
-        columns = self.item_ids.get_indexer(pd.Index(item_ids, dtype="str"))
+        """Record purchases at once (row-aligned customers, items, times and, for a table of
+        distinct pairs, the number of baskets each stands for; a NaT time is unknown); items
+        outside the index are ignored. An item is bought again when ``baskets`` says two or
+        more, when the purchases make two baskets (:func:`~features.baskets.basket_starts`), or
+        when they lie a basket gap from the last one known."""
+        customers = pd.Series(pd.Index(customer_ids, dtype="str"))
+        stamps = pd.Series(pd.DatetimeIndex(times))
         pairs = pd.DataFrame(
             {
-                "customer": pd.Index(customer_ids, dtype="str"),
-                "column": columns,
-                "day": _days(pd.DatetimeIndex(times)),
-                "baskets": 1 if baskets is None else np.asarray(baskets, dtype=np.int64),
+                "customer": customers,
+                "column": self.item_ids.get_indexer(pd.Index(item_ids, dtype="str")),
+                "day": _days(pd.DatetimeIndex(stamps)),
+                # posted purchases: their baskets' starts, counted; a table: its counts
+                "basket": basket_starts(customers, stamps) if baskets is None else baskets.array,
             }
         )
         grouped = pairs[pairs["column"] >= 0].groupby(["customer", "column"])
-        spans = grouped.agg(first=("day", "min"), last=("day", "max"), baskets=("baskets", "max"))
+        counted = "nunique" if baskets is None else "max"
+        spans = grouped.agg(last=("day", "max"), baskets=("basket", counted))
         columns = spans.index.get_level_values("column").to_numpy(np.int64)
         days = spans["last"].to_numpy(np.float64)  # the latest known time; NaN only when none is
-        again = ((spans["baskets"] >= 2) | (spans["last"] - spans["first"] >= _GAP_DAYS)).to_numpy()
+        again = (spans["baskets"] >= 2).to_numpy()
         for customer, rows in spans.groupby(level="customer").indices.items():
             customer = str(customer)
             bought, at, twice = columns[rows], days[rows], again[rows]
@@ -204,7 +207,8 @@ class BusinessRules:
                 previous[old] = before
                 flags = np.zeros(len(bought), dtype=bool)
                 flags[old] = was
-                flags[new] |= twice | (at - previous[new] >= _GAP_DAYS)  # NaN: not known apart
+                apart = np.abs(at - previous[new]) >= _GAP_DAYS  # NaN: not known to be
+                flags[new] |= twice | apart
                 at, twice = np.where(np.isinf(last), np.nan, last), flags
             self.bought_at[customer] = at
             self.bought_again[customer] = twice
@@ -297,17 +301,22 @@ class BusinessRules:
         return mask
 
     def move_down_recent(
-        self, scores: np.ndarray, customer_id: str, bought: np.ndarray, now: pd.Timestamp
+        self,
+        scores: np.ndarray,
+        customer_id: str,
+        bought: np.ndarray,
+        again: np.ndarray,
+        now: pd.Timestamp,
     ) -> None:
         """Lower, in place, the scores of the items ``customer_id`` bought (their ``bought``
-        columns) and may buy again (:meth:`rebought`) less than an interval before ``now`` (see
-        the class)."""
+        columns) and may buy again (``again``: :meth:`rebought`) less than an interval before
+        ``now`` (see the class); an item whose interval is unknown is not moved."""
         days = self.bought_at.get(customer_id)
         if days is None or len(days) != len(bought):  # a concurrent purchase: next time
             return
         elapsed = _day(now) - days
         due = np.clip(elapsed / self.interval[bought], 0.0, 1.0)
-        recent = self.rebought(customer_id, bought) & (due < 1)  # NaN (unknown): never recent
+        recent = again & (due < 1)  # NaN (unknown) is never recent
         columns = bought[recent]
         scores[columns] -= self.timing * (1 - due[recent]) * np.abs(scores[columns])
 
@@ -411,9 +420,10 @@ def top_for_customer(
     scores[~allowed] = -np.inf
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
-        scores[bought[~rules.rebought(customer_id, bought)]] = -np.inf
+        again = rules.rebought(customer_id, bought)
+        scores[bought[~again]] = -np.inf
         if now is not None and rules.timing:
-            rules.move_down_recent(scores, customer_id, bought, now)
+            rules.move_down_recent(scores, customer_id, bought, again, now)
     if exclude_columns is not None:
         scores[exclude_columns] = -np.inf
     if per_category is not None:

@@ -535,9 +535,10 @@ class OmnichannelService:
     @answers
     async def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Ranked items for a customer, by ``customer_id`` or by the ``customer_key`` a channel
-        knows them by. Bought items are left out unless repurchasable; only items in stock
-        where they would be bought (the store, else anywhere) are offered. An unknown customer
-        gets the store's / channel's best sellers, flagged ``fallback`` — never an error."""
+        knows them by. Bought items are left out unless repurchasable or bought in two baskets;
+        only items in stock where they would be bought (the store, else anywhere) are offered.
+        An unknown customer gets the store's / channel's best sellers, flagged ``fallback`` —
+        never an error."""
         r = RecommendRequest.model_construct(**request)
         return await self._answer(lambda state: self._recommend(ctx, r, state))
 

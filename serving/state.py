@@ -54,7 +54,7 @@ class ServingState:
         key_ids: pseudonym of each (channel, customer_key) -> customer_id.
         habits: per customer_id: most engaged recent ``channel``, habitual ``weekday`` / ``hour``.
         salt: the identity salt (the same one training pseudonymised with).
-        clock: the time of a request (for when a repurchasable item bought is due again).
+        clock: the time of a request (for when an item bought, and bought again, is due again).
         stores, channels: every store and channel the data or the posted events named; a
             request naming another is refused (404), not answered with a guess.
         stock: on hand, reserved and available to promise per node and item.

@@ -10,9 +10,9 @@ import json
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
-import lightgbm as lgb
 import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData
@@ -40,9 +40,10 @@ MLFORECAST_STACK = (
 
 def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
     """The interpreter of the benchmark-only mlforecast environment: made on first use, and
-    brought to :data:`MLFORECAST_STACK` when it holds other versions."""
+    installed again when :data:`MLFORECAST_STACK` (or our LightGBM) has changed since it was
+    last installed (``omni-requirements.txt`` in it records what was asked for)."""
     python = venv / "bin" / "python"
-    wanted = [*MLFORECAST_STACK, f"lightgbm=={lgb.__version__}"]
+    wanted = [*MLFORECAST_STACK, f"lightgbm=={version('lightgbm')}"]
     installed = venv / "omni-requirements.txt"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

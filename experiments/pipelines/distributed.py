@@ -469,17 +469,24 @@ def sales_on(client: Any, parts: list[Any]) -> pd.DataFrame:
     would be summed in another order, so its days are summed again here from their rows of
     every partition, in partition order. The client receives the daily sales (days x stores x
     items sold); ``build_panel`` runs there. The daily sales are the last thing made of the
-    events, so the workers drop the partitions (:func:`release`) before the panel is built.
+    events: ``parts`` are consumed, the workers drop them (:func:`release`) before the panel is
+    built, even when summing fails.
     """
     keys = ["date", "store_id", "item_id"]
-    sales = _concat(client.gather(client.map(sales_from_events, parts)))
-    days = sales.loc[sales.duplicated(keys, keep=False), "date"].unique()
-    if len(days):
-        rows = pd.concat(client.gather(client.map(_on_days, parts, days=days)), ignore_index=True)
-        sales = pd.concat(
-            [sales[~sales["date"].isin(days)], sales_from_events(rows)], ignore_index=True
-        )
-    release(client, parts)
+    try:
+        sales = _concat(client.gather(client.map(sales_from_events, parts)))
+        days = sales.loc[sales.duplicated(keys, keep=False), "date"].unique()
+        if len(days):
+            pieces = client.gather(client.map(_on_days, parts, days=days))
+            sales = pd.concat(
+                [
+                    sales[~sales["date"].isin(days)],
+                    sales_from_events(pd.concat(pieces, ignore_index=True)),
+                ],
+                ignore_index=True,
+            )
+    finally:
+        release(client, parts)
     sales = sales.sort_values(keys, ignore_index=True)
     give_back_memory()  # the gathered frames and their sorting: several times the result
     return sales

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.baskets import Decay, basket_order, baskets_from_events, decayed_vectors
+from features.baskets import (
+    Decay,
+    basket_order,
+    basket_starts,
+    baskets_from_events,
+    decayed_vectors,
+)
 
 
 def baskets(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -87,3 +93,11 @@ def test_a_basket_is_a_customers_purchases_less_than_half_an_hour_apart() -> Non
         ("a", "soap"): "2024-03-20 23:50", ("a", "rice"): "2024-03-20 23:50",
         ("b", "milk"): "2024-03-20 18:10",
     }  # fmt: skip
+
+
+def test_a_purchase_of_unknown_time_is_a_basket_of_its_own() -> None:
+    times = pd.Series(pd.to_datetime(["2024-01-01 10:00", None, "2024-01-01 10:10", None]))
+    starts = basket_starts(pd.Series(["a", "a", "a", "b"]), times)
+    assert starts.isna().tolist() == [False, True, False, True]
+    assert (starts[[0, 2]] == pd.Timestamp("2024-01-01 10:00")).all()  # b's start is not a's
+    assert basket_starts(pd.Series([], dtype=str), pd.Series([], dtype="datetime64[ns]")).empty

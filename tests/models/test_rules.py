@@ -69,6 +69,30 @@ def test_an_item_a_customer_bought_in_two_baskets_comes_back_for_them() -> None:
     assert {"radio", "phone"} <= offered_to_c2() and "tv" not in offered_to_c2()
 
 
+def test_a_rebought_item_just_bought_moves_down_like_a_repurchasable_one() -> None:
+    """A tv bought in two baskets, the last a day ago, with a usual interval of 8 days: moved
+    down at once, back in its place once the interval has passed. One batch that adds a known
+    item and a new one merges both."""
+    items = ITEMS.assign(repurchase_days=[np.nan, np.nan, 8.0, np.nan, np.nan])
+    at = pd.Timestamp("2024-03-20 18:00")
+    bought = pd.DataFrame({"customer_id": ["c1"], "item_id": ["tv"], "baskets": [2], "time": [at]})
+    r = BusinessRules.from_tables(
+        pd.Index(ITEMS["item_id"]), purchases=bought, items=items, timing=1.0
+    )
+
+    def ranks(now: pd.Timestamp) -> dict[str, int]:
+        listed = recommend_with_rules(model(), r, ["c1"], n=5, now=now)
+        return dict(zip(listed["item_id"], listed["rank"], strict=True))
+
+    assert ranks(at + pd.Timedelta(days=1))["tv"] > ranks(at + pd.Timedelta(days=9))["tv"] == 3
+    later = at + pd.Timedelta(days=2)
+    r.add_purchases(["c1", "c1"], pd.Series(["tv", "radio"]), pd.Series([later, later]))
+    columns = r.item_ids[r.bought_by["c1"]]
+    assert dict(zip(columns, r.bought_again["c1"], strict=True)) == {"tv": True, "radio": False}
+    last = dict(zip(columns, r.bought_at["c1"], strict=True))
+    assert last["tv"] == last["radio"]  # the tv's last purchase is the new one
+
+
 def test_unknown_repurchasability_means_not_offered_again() -> None:
     recs = recommend_with_rules(model(), rules(), ["c1"], n=5)
     assert not {"milk", "tv"} & set(recs["item_id"])
