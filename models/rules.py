@@ -394,13 +394,15 @@ def top_for_customer(
     max_price: float | None = None,
     now: pd.Timestamp | None = None,
     popular: bool = False,
+    new_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """One customer's best ``n`` items under every rule (the service's per-request path).
 
     ``now`` is the time of the request: a repurchasable item bought shortly before moves down
     (see :class:`BusinessRules`); None leaves timing out. ``popular`` ranks by the store's (or
     channel's) popularity instead of the model's scores, still under this customer's rules (a
-    control arm: nothing personal, nothing they may not be offered).
+    control arm: nothing personal, nothing they may not be offered). ``new_only`` leaves out
+    every item the customer ever bought, repurchasable or not (a list to discover from).
 
     Returns:
         ``(columns, scores, fallback)``: item columns best first, their scores, and whether
@@ -420,7 +422,9 @@ def top_for_customer(
     scores[~allowed] = -np.inf
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
-        again = rules.rebought(customer_id, bought)
+        again = (
+            np.zeros(len(bought), dtype=bool) if new_only else rules.rebought(customer_id, bought)
+        )
         scores[bought[~again]] = -np.inf
         if now is not None and rules.timing:
             rules.move_down_recent(scores, customer_id, bought, again, now)

@@ -159,14 +159,16 @@ Price = (
 
 class _Filters(_Strict):
     """Business rules a caller may add: categories to keep or leave out (at most 50 each, every
-    one known to the catalogue), at most ``max_per_category`` items of one category, and a price
-    range (an item without a price is outside every range)."""
+    one known to the catalogue), at most ``max_per_category`` items of one category, a price
+    range (an item without a price is outside every range), and ``new_only``: none of the items
+    the customer ever bought (a list to discover from)."""
 
     include_categories: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
     exclude_categories: list[Id] = Field(default_factory=list, max_length=50, examples=[[]])
     max_per_category: int | None = Field(default=None, ge=1, le=100, examples=[None])
     min_price: Price | None = Field(default=None, examples=[None])
     max_price: Price | None = Field(default=None, examples=[None])
+    new_only: bool = Field(default=False, examples=[False])
 
     def rules(self, state: ServingState) -> dict[str, Any]:
         """The keyword arguments of :func:`top_for_customer` for these filters.
@@ -187,6 +189,7 @@ class _Filters(_Strict):
             "per_category": self.max_per_category,
             "min_price": low,
             "max_price": high,
+            "new_only": self.new_only,
         }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -283,10 +283,11 @@ def served(
     lines: pd.DataFrame,
     config: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
-) -> tuple[Row, dict[str, list[str]]]:
+) -> tuple[Row, dict[str, list[str]], dict[str, list[str]]]:
     """What ``omni train recommender`` selects and fits on everything before the targets, and
     what /recommend then answers each household when it comes to shop (``now``: its target
-    basket's time): the same functions, rules and timing."""
+    basket's time): the same functions, rules and timing; and what it answers with
+    ``new_only`` (only items the household never bought)."""
     started = time.perf_counter()
     events = as_events(lines)
     options = load_training_options(config)
@@ -305,12 +306,13 @@ def served(
     model = fit_final(events, best.candidate, options.weights)
     rules = rules_from_events(events, model.item_ids_, None, selection.timing)
     items = model.item_ids_.to_numpy()
-    ranked = {}
+    ranked, new = {}, {}
     for household in sorted(split.target):
-        columns, _, _ = top_for_customer(
-            model, rules, household, max(KS), now=split.target_time[household]
-        )
+        now = split.target_time[household]
+        columns, _, _ = top_for_customer(model, rules, household, max(KS), now=now)
         ranked[household] = list(items[columns])
+        columns, _, _ = top_for_customer(model, rules, household, max(KS), now=now, new_only=True)
+        new[household] = list(items[columns])
     row = Row(
         "as served",
         {"model": best.candidate.model, **best.candidate.params, "timing": selection.timing},
@@ -319,7 +321,7 @@ def served(
         time.perf_counter() - started,
         0.0,
     )
-    return row, ranked
+    return row, ranked, new
 
 
 def run(
@@ -356,10 +358,13 @@ def run(
         )
         progress(f"{name}: test nDCG@10 {rows[-1].test['ndcg@10']:.4f}")
     tracemalloc.start()
-    row, ranked = served(split, full, config, progress)
+    row, ranked, new = served(split, full, config, progress)
     row.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     row.test = scores(ranked, split.target, before_target)
-    rows.append(row)
+    discovery = replace(
+        row, model="as served, new_only", test=scores(new, split.target, before_target)
+    )
+    rows += [row, discovery]
     progress(f"{row.model}: test nDCG@10 {row.test['ndcg@10']:.4f}")
     return rows

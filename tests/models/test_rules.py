@@ -93,6 +93,11 @@ def test_a_rebought_item_just_bought_moves_down_like_a_repurchasable_one() -> No
     assert last["tv"] == last["radio"]  # the tv's last purchase is the new one
 
 
+def test_new_only_leaves_out_every_item_bought_repurchasable_or_not() -> None:
+    recs = recommend_with_rules(model(), rules(items=ITEMS), ["c1"], n=5, new_only=True)
+    assert set(recs["item_id"]) == {"bread", "radio", "phone"}  # c1 bought milk and tv
+
+
 def test_unknown_repurchasability_means_not_offered_again() -> None:
     recs = recommend_with_rules(model(), rules(), ["c1"], n=5)
     assert not {"milk", "tv"} & set(recs["item_id"])

@@ -133,6 +133,21 @@ def test_recommend_and_offers_obey_the_callers_categories_caps_and_prices(
     assert empty.status_code == 422 and "above max_price" in empty.json()["error"]
 
 
+def test_new_only_lists_none_of_the_items_the_customer_ever_bought(
+    app: TestClient, client: TestClient, linked_keys
+) -> None:
+    _, app_key = linked_keys
+    who = {"customer_key": app_key, "channel": "app", "n": 50}
+    usual = app.post("/recommend", json=who).json()
+    rules = client.service._state().rules
+    bought = set(rules.item_ids[rules.bought_by[usual["customer_id"]]])
+    assert bought & {i["item_id"] for i in usual["items"]}, "the usual list re-offers some"
+    for route in ("/recommend", "/offers"):
+        new = app.post(route, json={**who, "new_only": True})
+        assert new.status_code == 200, new.text
+        assert new.json()["items"] and not bought & {i["item_id"] for i in new.json()["items"]}
+
+
 def test_context_items_steer_an_anonymous_visitor(app: TestClient) -> None:
     plain = app.post("/recommend", json={"customer_id": "visitor", "channel": "web"}).json()
     viewing = app.post(
