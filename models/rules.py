@@ -422,12 +422,13 @@ def top_for_customer(
     scores[~allowed] = -np.inf
     bought = rules.bought_by.get(customer_id)
     if bought is not None:
-        again = (
-            np.zeros(len(bought), dtype=bool) if new_only else rules.rebought(customer_id, bought)
-        )
-        scores[bought[~again]] = -np.inf
-        if now is not None and rules.timing:
-            rules.move_down_recent(scores, customer_id, bought, again, now)
+        if new_only:
+            scores[bought] = -np.inf
+        else:
+            again = rules.rebought(customer_id, bought)
+            scores[bought[~again]] = -np.inf
+            if now is not None and rules.timing:
+                rules.move_down_recent(scores, customer_id, bought, again, now)
     if exclude_columns is not None:
         scores[exclude_columns] = -np.inf
     if per_category is not None:

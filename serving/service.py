@@ -538,8 +538,9 @@ class OmnichannelService:
     @answers
     async def recommend(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Ranked items for a customer, by ``customer_id`` or by the ``customer_key`` a channel
-        knows them by. Bought items are left out unless repurchasable or bought in two baskets;
-        only items in stock where they would be bought (the store, else anywhere) are offered.
+        knows them by. Bought items are left out unless repurchasable or bought in two baskets
+        (all of them with ``new_only``); only items in stock where they would be bought (the
+        store, else anywhere) are offered.
         An unknown customer gets the store's / channel's best sellers, flagged ``fallback`` —
         never an error."""
         r = RecommendRequest.model_construct(**request)
@@ -572,7 +573,8 @@ class OmnichannelService:
         items = model.item_ids_.take(columns).tolist()  # not the whole index per request
         # The control arm is shown the popular list; what it was not shown is recorded, so that
         # both arms are measured on the same items (the personal ones).
-        self._shown(ctx, "recommend", who, r.channel, r.store_id, arm, state, items)
+        route = "recommend:new_only" if r.new_only else "recommend"  # measured apart
+        self._shown(ctx, route, who, r.channel, r.store_id, arm, state, items)
         if arm == CONTROL:
             columns, scores, fallback = top_for_customer(
                 model, state.rules, customer or "", r.n, popular=True, **ask
@@ -639,7 +641,8 @@ class OmnichannelService:
     @answers
     def offers(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
         """Promotable items for a customer, the channel to send them through (their most
-        engaged recent channel) and when (the next of their habitual weekday and hour, UTC)."""
+        engaged recent channel) and when (the next of their habitual weekday and hour, UTC),
+        under the same rules and rule fields as /recommend's."""
         r = OffersRequest.model_construct(**request)
         state = self._state()
         customer, _ = r.identify(state)
@@ -657,7 +660,8 @@ class OmnichannelService:
         send_at = _next(int(habit["weekday"]), int(habit["hour"]))
         # The control arm is sent nothing; what it was not sent is recorded, to compare with,
         # from when it would have been sent.
-        self._shown(ctx, "offers", customer, channel, None, arm, state, items, at=send_at)
+        route = "offers:new_only" if r.new_only else "offers"
+        self._shown(ctx, route, customer, channel, None, arm, state, items, at=send_at)
         shown = zip(items, scores, strict=True) if arm == TREATMENT else iter(())
         return {
             "customer_id": customer,

@@ -28,6 +28,9 @@ def score_recommender_cmd(
         str | None,
         typer.Option(help="ISO time the lists are for (default: now, UTC); fix it to repeat."),
     ] = None,
+    new_only: Annotated[
+        bool, typer.Option("--new-only", help="None of the items a customer ever bought.")
+    ] = False,
     engine: Engine = "inprocess",
 ) -> None:
     """Top-n items for every customer the recommender champion knows, through the service's
@@ -42,7 +45,9 @@ def score_recommender_cmd(
         raise UsageError(f"--n is 1 to 100, not {n}.")
     when = utc_time(as_of, "--as-of") if as_of else pd.Timestamp.now(tz="UTC").tz_localize(None)
     started = time.perf_counter()
-    recs = score_recommender(n, as_of=when, channel=channel, store_id=store_id, engine=engine)
+    recs = score_recommender(
+        n, as_of=when, channel=channel, store_id=store_id, new_only=new_only, engine=engine
+    )
     recs.to_parquet(out_path, index=False)
     customers = recs["customer_id"].nunique()
     seconds = time.perf_counter() - started

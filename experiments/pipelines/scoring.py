@@ -42,14 +42,16 @@ def batch_recommendations(
     as_of: pd.Timestamp,
     channel: str | None = None,
     store_id: str | None = None,
+    new_only: bool = False,
     client: Any = None,
 ) -> pd.DataFrame:
     """Every known customer's best ``n`` items (``customer_id, item_id, score, rank, fallback,
     arm, model_version, as_of``), customers in id order; on ``client``'s cluster when given.
 
     ``as_of`` is the time the lists are for (a repurchasable item bought shortly before moves
-    down); ``channel`` and ``store_id`` are ``/recommend``'s: at a store, only what that store
-    has; elsewhere, what any node has. ``arm`` is the customer's A/B arm as the service draws
+    down); ``channel``, ``store_id`` and ``new_only`` are ``/recommend``'s: at a store, only
+    what that store has; elsewhere, what any node has; with ``new_only``, none of the items the
+    customer ever bought. ``arm`` is the customer's A/B arm as the service draws
     it: the service shows ``control`` the popular list, so a send that must leave the control
     group untouched filters on it.
 
@@ -59,7 +61,9 @@ def batch_recommendations(
     if refusal := state.refusal(channel, store_id):
         raise ValueError(refusal)
     customers = state.recommender.customer_ids_.sort_values()
-    ask: dict[str, Any] = {"n": n, "now": as_of, "channel": channel, "store_id": store_id}
+    ask: dict[str, Any] = {
+        "n": n, "now": as_of, "channel": channel, "store_id": store_id, "new_only": new_only
+    }  # fmt: skip
     if client is None:
         recs = recommend_with_rules(state.recommender, state.rules, customers, **ask)
     else:
@@ -78,16 +82,18 @@ def score_recommender(
     as_of: pd.Timestamp,
     channel: str | None = None,
     store_id: str | None = None,
+    new_only: bool = False,
     engine: str = "inprocess",
 ) -> pd.DataFrame:
     """:func:`batch_recommendations` of the served champion (:func:`served_state`), in this
     process or (``engine`` ``dask``) on ``$OMNI_DASK_SCHEDULER``."""
     state = served_state()
+    ask: dict[str, Any] = {
+        "as_of": as_of, "channel": channel, "store_id": store_id, "new_only": new_only
+    }  # fmt: skip
     if engine == "dask":
         from experiments.pipelines.distributed import dask_client
 
         with dask_client() as client:
-            return batch_recommendations(
-                state, n, as_of=as_of, channel=channel, store_id=store_id, client=client
-            )
-    return batch_recommendations(state, n, as_of=as_of, channel=channel, store_id=store_id)
+            return batch_recommendations(state, n, client=client, **ask)
+    return batch_recommendations(state, n, **ask)

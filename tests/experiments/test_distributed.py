@@ -380,6 +380,16 @@ def test_omni_score_recommender_writes_every_customers_list(
     refused = omni(*args, "--out", str(tmp_path / "x.parquet"), "--engine", "spark")
     assert refused.returncode == 2 and "inprocess or dask" in refused.stderr
     assert not (tmp_path / "x.parquet").exists()
+    new = omni(*args, "--new-only", "--out", str(tmp_path / "new.parquet"), env=salt)
+    assert new.returncode == 0, new.stderr[-2000:]
+    written = pd.read_parquet(tmp_path / "new.parquet")
+    rules = served.rules
+    bought = {(c, i) for c, cols in rules.bought_by.items() for i in rules.item_ids[cols]}
+    pairs = {
+        name: set(zip(f["customer_id"], f["item_id"], strict=True))
+        for name, f in (("new", written), ("usual", expected))
+    }
+    assert len(written) and not bought & pairs["new"] and bought & pairs["usual"]
 
 
 def test_data_lost_with_a_worker_is_reported_in_one_sentence() -> None:

@@ -158,12 +158,16 @@ def test_the_control_arm_sees_the_popular_list_and_its_personal_list_is_recorded
             body = {"customer_key": str(card), "channel": "store", "n": 10}
             answer = app.post("/recommend", json=body, headers=as_(keys, "recommend")).json()
             answers[answer["customer_id"]] = answer
+        discovery = {"customer_key": str(cards[0]), "channel": "store", "new_only": True}
+        assert app.post("/recommend", json=discovery, headers=as_(keys, "recommend")).is_success
         since = pd.Timestamp.now(tz="UTC").tz_localize(None) - pd.Timedelta(hours=1)
         flushed = app.get("/kpis", params={"since": since.isoformat()}, headers=as_(keys, "report"))
         assert flushed.status_code == 200
     arms = {a["arm"] for a in answers.values()}
     assert arms == {"control", "treatment"}  # 40 customers, half and half by hash
-    recorded = EventLog(url).read_exposures().set_index("customer_id")["items"]
+    exposures = EventLog(url).read_exposures()
+    assert exposures["route"].value_counts().to_dict() == {"recommend": 40, "recommend:new_only": 1}
+    recorded = exposures[exposures["route"] == "recommend"].set_index("customer_id")["items"]
     for customer, answer in answers.items():
         shown = [item["item_id"] for item in answer["items"]]
         if answer["arm"] == "treatment":
