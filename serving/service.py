@@ -192,6 +192,11 @@ class _Filters(_Strict):
             "new_only": self.new_only,
         }
 
+    def route(self, name: str) -> str:
+        """The route an answer is recorded under: lists asked with ``new_only`` are measured
+        apart (``recommend:new_only``)."""
+        return f"{name}:new_only" if self.new_only else name
+
 
 class RecommendRequest(_Customer, _Filters):
     channel: Id = Field(examples=["store"])
@@ -573,8 +578,7 @@ class OmnichannelService:
         items = model.item_ids_.take(columns).tolist()  # not the whole index per request
         # The control arm is shown the popular list; what it was not shown is recorded, so that
         # both arms are measured on the same items (the personal ones).
-        route = "recommend:new_only" if r.new_only else "recommend"  # measured apart
-        self._shown(ctx, route, who, r.channel, r.store_id, arm, state, items)
+        self._shown(ctx, r.route("recommend"), who, r.channel, r.store_id, arm, state, items)
         if arm == CONTROL:
             columns, scores, fallback = top_for_customer(
                 model, state.rules, customer or "", r.n, popular=True, **ask
@@ -660,8 +664,7 @@ class OmnichannelService:
         send_at = _next(int(habit["weekday"]), int(habit["hour"]))
         # The control arm is sent nothing; what it was not sent is recorded, to compare with,
         # from when it would have been sent.
-        route = "offers:new_only" if r.new_only else "offers"
-        self._shown(ctx, route, customer, channel, None, arm, state, items, at=send_at)
+        self._shown(ctx, r.route("offers"), customer, channel, None, arm, state, items, at=send_at)
         shown = zip(items, scores, strict=True) if arm == TREATMENT else iter(())
         return {
             "customer_id": customer,

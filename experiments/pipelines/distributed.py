@@ -137,8 +137,7 @@ def load_demand_on(
     def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])
         live = logged() if logged else None
-        parts = _with_logged_on(client, events.parts, live)
-        return sales_on(client, parts)
+        return sales_on(client, _with_logged_on(client, events.parts, live))
 
     return demand_data(data_dir, tables, sales_of_events if "events" in files else None, freq)
 
