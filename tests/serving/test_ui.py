@@ -10,13 +10,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from serving.keys import create_key, keys_file
 from tests.conftest import in_ci
-from tests.processes import post, serving
+from tests.processes import get, post, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,6 +64,10 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         # Something to measure: one list shown in the app.
         shown = {"customer_key": "LC-00009806", "channel": "app", "n": 5}
         assert post(port, "/recommend", shown, keys["recommend"])[0] == 200
+        # Written by the worker that answered within a second; the page asks for the KPIs once,
+        # perhaps of another worker, so wait until they hold it.
+        since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        until(lambda: bool(get(port, f"/kpis?since={since}", planner)[1].get("rows")))
         url = f"http://127.0.0.1:{port}/ui"
 
         page = browser.new_page(viewport={"width": 1280, "height": 900})
