@@ -77,6 +77,7 @@ def attribute(
     )
     shown = shown.rename(columns={"channel": "shown_in"})
     shown = shown.explode("items").dropna(subset=["items"]).rename(columns={"items": "item_id"})
+    shown = shown.astype({"item_id": "str"})  # no exposures: an empty float column
     shown = shown.rename_axis("exposure").reset_index()
     acts = (
         events[events["event_type"].isin(("view", "purchase")) & events["customer_id"].notna()]

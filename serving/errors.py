@@ -22,7 +22,8 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from features.eventlog import EventStoreUnavailable, redact_urls
 from features.stock import StockRefusal
@@ -124,16 +125,25 @@ def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
     status = status_of(exc)
     path = ctx.request.url.path
     if status is None or status == HTTPStatus.INTERNAL_SERVER_ERROR:
-        log.error("%s failed (request %s)", path, request_id, exc_info=exc)
-        message = f"Internal error (request {request_id}); it has been logged."
-        if debug():
-            message += f" {type(exc).__name__}: {exc}"
-        return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, message)
+        return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, _internal(path, request_id, exc))
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
     level = logging.WARNING if status >= 500 else logging.INFO
     log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
     return refuse(ctx, status, str(exc))
+
+
+def _internal(path: str, request_id: str, exc: Exception) -> str:
+    """A 500's message, its traceback logged with the request id."""
+    log.error("%s failed (request %s)", path, request_id, exc_info=exc)
+    message = f"Internal error (request {request_id}); it has been logged."
+    return message + (f" {type(exc).__name__}: {exc}" if debug() else "")
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """An unexpected error of a mounted (non-API) route, answered as the API routes do."""
+    message = _internal(request.url.path, request.headers.get(REQUEST_ID, "-"), exc)
+    return JSONResponse({"error": redact_urls(message)}, status_code=500)
 
 
 def refuse(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from serving.errors import (
     Unavailable,
     Unprocessable,
     answers,
+    internal_error,
 )
 from serving.exposures import ExposureWriter, control_share, experiment
 from serving.exposures import enabled as exposures_enabled
@@ -391,7 +392,8 @@ info_app = Starlette(
         Route("/kpis", _kpis, methods=["GET"]),
         Route("/ui", _ui, methods=["GET"]),
         Route("/ui/app.js", _ui, methods=["GET"]),
-    ]
+    ],
+    exception_handlers={Exception: internal_error},
 )
 
 

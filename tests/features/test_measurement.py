@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from features.measurement import CONTROL, TREATMENT, arms, attribute, difference, kpis
+from features.eventlog import EventLog, validate_events
+from features.measurement import CONTROL, TREATMENT, arms, attribute, difference, kpis, measure
 
 T0 = pd.Timestamp("2026-11-01 10:00")
 H = pd.Timedelta(hours=1)
@@ -116,3 +119,17 @@ def test_the_anytime_interval_holds_however_often_it_is_read() -> None:
     assert fixed >= 0.15 and anytime <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 300)
     _, _, found = peeks(0.06, rng, runs=100)
     assert found >= 0.85  # a real 6-point effect is found by 4,000 customers (in theory 94%)
+
+
+def test_a_period_with_nothing_shown_and_nothing_bought_is_an_empty_table(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path}/events.db")
+    accepted, _ = validate_events(
+        [{"event_time": "2026-11-23T10:00:00", "channel": "app", "event_type": "view",
+          "item_id": "I000010", "customer_key": "A-1", "event_id": "v-1"}]
+    )  # fmt: skip
+    log.append(accepted)
+    try:
+        empty = measure(log, "salt", {}, pd.Timestamp("2026-01-01"), pd.Timestamp("2026-01-02"))
+    finally:
+        log.close()
+    assert empty.empty

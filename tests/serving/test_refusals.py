@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import postgres_admin, postgres_database_url
-from tests.serving.conftest import as_, signed_in
+from tests.serving.conftest import SessionClient, as_, signed_in
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,16 @@ def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
     assert "till-42" in failed.json()["error"] and "a bug" not in failed.text
     logged = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert logged and "till-42" in logged[0].getMessage()
+
+    # The mounted GET routes too (it was a bare text/plain "Internal Server Error").
+    monkeypatch.setattr("serving.service.measure", broken)
+    raw = SessionClient(app.app, raise_server_exceptions=False)  # the same running service
+    raw.service = app.service  # type: ignore[attr-defined]
+    failed = raw.get(
+        "/kpis", params={"since": "2026-01-01"}, headers={**app.headers, "X-Request-ID": "pc-7"}
+    )
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "pc-7"
+    assert failed.json() == {"error": "Internal error (request pc-7); it has been logged."}
 
 
 def test_api_docs_are_public_and_data_is_not(client: TestClient) -> None:
