@@ -344,7 +344,7 @@ def _parse(
     """Check one column: typed values (invalid ones as null) and (mask, reason) per problem."""
     if kind in (Kind.TIME, Kind.DATE):
         return _parse_time(values, name, kind, limits)
-    if kind in (Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY):
+    if kind in (Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY, Kind.STOCK_CHANGE):
         return _parse_number(values, name, kind, limits)
     if kind is Kind.BOOL:
         if pa.types.is_boolean(values.type):
@@ -407,7 +407,7 @@ def _parse_number(
         ).cast(pa.float64())
     number = given & _mask(pc.is_finite(parsed))
     x = np.asarray(pc.fill_null(parsed, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    top = limits.max_quantity if kind is Kind.QUANTITY else limits.max_amount
+    top = limits.max_quantity if kind in (Kind.QUANTITY, Kind.STOCK_CHANGE) else limits.max_amount
     high, high_text = number & (x > top), f"is over {top:g}"
     if kind is Kind.QUANTITY:
         low, low_text = number & (x <= 0), "is not positive"
@@ -493,6 +493,7 @@ _ARROW_TYPE = {
     Kind.NUMBER: pa.float64(),
     Kind.NONNEGATIVE: pa.float64(),
     Kind.QUANTITY: pa.float64(),
+    Kind.STOCK_CHANGE: pa.float64(),
     Kind.BOOL: pa.bool_(),
     Kind.ID: pa.large_string(),
     Kind.TEXT: pa.large_string(),

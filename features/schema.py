@@ -22,6 +22,7 @@ class Kind(StrEnum):
     NUMBER = "number"  # finite float, |x| <= max amount
     NONNEGATIVE = "nonnegative"  # finite float, 0 <= x <= max amount
     QUANTITY = "quantity"  # finite float, 0 < x <= max quantity
+    STOCK_CHANGE = "stock_change"  # finite float, |x| <= max quantity
     BOOL = "bool"  # true/false, 1/0, yes/no, t/f, y/n
     EVENT_TYPE = "event_type"  # one of EVENT_TYPES
     STORE_KIND = "store_kind"  # one of STORE_KINDS
@@ -233,7 +234,7 @@ MOVEMENTS = TableSchema(
         _c("node_id", Kind.ID, True),
         _c("item_id", Kind.ID, True),
         # Signed for an adjustment, absolute for a count, positive otherwise (features/stock.py).
-        _c("quantity", Kind.NUMBER, True),
+        _c("quantity", Kind.STOCK_CHANGE, True),
         _c("movement_id", Kind.ID, True),
         _c("reservation_id", Kind.ID),
         _c("hold_seconds", Kind.NONNEGATIVE),

@@ -194,6 +194,14 @@ def allocate(
     # Presentation minimums first, in whole packs.
     need = np.maximum(minimum - on_hand, 0)
     send = np.ceil(need / pack_size).astype(np.int64) * pack_size
+    over = np.flatnonzero(on_hand + send > np.maximum(capacity, on_hand))
+    if len(over):
+        i = over[0]
+        raise PlacementError(
+            f"Store {frame['store_id'].iloc[i]!r} cannot reach its minimum of {minimum[i]} "
+            f"units in whole packs of {pack_size} without going over its capacity of "
+            f"{int(capacity[i])} ({on_hand[i]} on hand)."
+        )
     if send.sum() > available:
         needed = int(send.sum())
         raise PlacementError(

@@ -186,9 +186,13 @@ def test_posted_movements_are_checked_by_the_contract_and_their_type() -> None:
         {**good, "movement_type": "transfer_out", "quantity": 0, "movement_id": "m6"},
         {**good, "movement_type": "teleport", "movement_id": "m7"},
         {**good, "movement_id": "m1"},  # the same key twice in one batch
+        # Regression: movements were bounded by 10^12, not an event's 10^6 units.
+        {**good, "quantity": 1e12, "movement_id": "m8"},
+        {**good, "movement_type": "adjustment", "quantity": -2e6, "movement_id": "m9"},
+        {**good, "movement_type": "count", "quantity": 1e6, "movement_id": "m10"},
     ]
     accepted, reasons = check_movements(records, Bounds())
-    assert list(accepted["movement_id"]) == ["m1", "m5"]
+    assert list(accepted["movement_id"]) == ["m1", "m5", "m10"]
     assert reasons[0] is None and reasons[5] is None
     for i, words in {
         1: "cannot be negative",
@@ -198,6 +202,8 @@ def test_posted_movements_are_checked_by_the_contract_and_their_type() -> None:
         6: "positive",
         7: "movement_type",
         8: "movement_id",
+        9: "quantity is over 1e+06",
+        10: "quantity is below -1e+06",
     }.items():
         assert words in str(reasons[i]), (i, reasons[i])
 
