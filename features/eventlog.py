@@ -207,7 +207,7 @@ def check_movements(
     movement, in order, None or the reason it was rejected. Which nodes exist is the caller's
     to check."""
     accepted, reasons = _checked(records, bounds, MOVEMENTS)
-    problems = movement_problems(accepted)
+    problems = movement_problems(accepted, pd.Timestamp.now("UTC").tz_localize(None))
     for row, problem in zip(accepted[_ROW], problems, strict=True):
         if isinstance(problem, str):
             reasons[int(row)] = problem

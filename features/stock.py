@@ -57,6 +57,8 @@ RESERVATION_PREFIX = "reservation:"
 #: How long a reservation holds its units unless the caller says otherwise (48 hours).
 DEFAULT_HOLD_SECONDS = 48 * 3600.0
 MAX_HOLD_SECONDS = 30 * 86_400.0
+#: How far ahead of the receiving clock a count may be dated (clock drift).
+COUNT_AHEAD = pd.Timedelta(minutes=5)
 _NEVER = -(2**63)
 Pair = tuple[str, str]
 
@@ -92,16 +94,24 @@ class StockRefusal(Exception):
         self.status = status
 
 
-def movement_problems(movements: pd.DataFrame) -> pd.Series:
+def movement_problems(movements: pd.DataFrame, now: pd.Timestamp) -> pd.Series:
     """Per typed movement (``validate_table`` of :data:`features.schema.MOVEMENTS`), why its
     quantity makes no sense for its type, or None: a count is absolute (>= 0), an adjustment
-    signed but not 0, every other movement positive; reservations go through their own routes."""
+    signed but not 0, every other movement positive; reservations go through their own routes.
+    A count may be dated at most :data:`COUNT_AHEAD` after ``now`` (naive UTC): every change
+    dated before it is taken as already in it, so one dated a day ahead would hide a day of
+    sales, deliveries and pick-ups."""
     kind, quantity = movements["movement_type"], movements["quantity"]
     reasons = pd.Series(None, index=movements.index, dtype=object)
     reservation = ~kind.isin(POSTABLE) | movements["movement_id"].str.startswith(RESERVATION_PREFIX)
     reasons[reservation] = (
         f"reserve, release and fulfil go through /reservations (and {RESERVATION_PREFIX!r} "
         "movement ids are theirs)"
+    )
+    ahead = (kind == "count") & (movements["movement_time"] > now + COUNT_AHEAD)
+    reasons[ahead & reasons.isna()] = (
+        f"a count is what the shelf held when it was made and cannot be dated more than "
+        f"{COUNT_AHEAD.seconds // 60} minutes ahead of now ({now:%Y-%m-%dT%H:%M} UTC)"
     )
     negative_count = (kind == "count") & (quantity < 0)
     reasons[negative_count & reasons.isna()] = "a count is the units on hand and cannot be negative"

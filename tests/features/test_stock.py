@@ -167,6 +167,10 @@ def test_reservations_hold_units_until_released_fulfilled_or_expired() -> None:
     assert ledger.closing_refusal("r2", "fulfil") is None  # a retry
 
 
+def ahead(**delta: float) -> str:
+    return (pd.Timestamp.now("UTC") + pd.Timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_posted_movements_are_checked_by_the_contract_and_their_type() -> None:
     good = {
         "movement_time": "2026-11-01T08:00:00",
@@ -190,9 +194,13 @@ def test_posted_movements_are_checked_by_the_contract_and_their_type() -> None:
         {**good, "quantity": 1e12, "movement_id": "m8"},
         {**good, "movement_type": "adjustment", "quantity": -2e6, "movement_id": "m9"},
         {**good, "movement_type": "count", "quantity": 1e6, "movement_id": "m10"},
+        # Regression: a count dated a day ahead hid every sale and pick-up until then.
+        {**good, "movement_type": "count", "movement_time": ahead(minutes=6), "movement_id": "m11"},
+        {**good, "movement_type": "count", "movement_time": ahead(minutes=4), "movement_id": "m12"},
+        {**good, "movement_type": "receipt", "movement_time": ahead(hours=2), "movement_id": "m13"},
     ]
     accepted, reasons = check_movements(records, Bounds())
-    assert list(accepted["movement_id"]) == ["m1", "m5", "m10"]
+    assert list(accepted["movement_id"]) == ["m1", "m5", "m10", "m12", "m13"]
     assert reasons[0] is None and reasons[5] is None
     for i, words in {
         1: "cannot be negative",
@@ -204,6 +212,7 @@ def test_posted_movements_are_checked_by_the_contract_and_their_type() -> None:
         8: "movement_id",
         9: "quantity is over 1e+06",
         10: "quantity is below -1e+06",
+        12: "cannot be dated more than 5 minutes ahead of now",
     }.items():
         assert words in str(reasons[i]), (i, reasons[i])
 
