@@ -481,10 +481,7 @@ class EventLog:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Insert typed rows (their first column a time) whose ``key`` is not stored yet."""
         received = pd.Timestamp.now(tz="UTC").isoformat()
-        values = [
-            (received, _iso(r[0]), *(_nullable(v) for v in r[1:]))
-            for r in rows[list(columns)].itertuples(index=False, name=None)
-        ]
+        values = [(received, *row) for row in _as_stored(rows, columns)]
         marks = "(" + ", ".join([self._param] * (len(columns) + 1)) + ")"
         cursor.execute(
             f"INSERT INTO {table} (received_at, {', '.join(columns)}) VALUES "
@@ -498,6 +495,23 @@ class EventLog:
         mask = (ids.isin(stored) & ~ids.duplicated()).to_numpy(dtype=bool)
         seqs = np.array([stored[e] for e in ids[mask]], dtype=np.int64)
         return mask, seqs
+
+    def recorded_otherwise(self, rows: pd.DataFrame, movements: bool = False) -> list[str]:
+        """The ids of typed events (or ``movements``) that are stored with other content than
+        ``rows`` give them: not a retry, but a new event or movement under a used id."""
+        columns, key = (MOVEMENT_COLUMNS, "movement_id") if movements else (COLUMNS, "event_id")
+        at = columns.index(key)
+        sent = {row[at]: row for row in _as_stored(rows, columns)}
+        if not sent:
+            return []
+        marks = ", ".join([self._param] * len(sent))
+        with self._transaction() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(columns)} FROM omni_{'movements' if movements else 'events'} "
+                f"WHERE {key} IN ({marks})",
+                list(sent),
+            )
+            return [str(row[at]) for row in cursor.fetchall() if tuple(row) != sent[row[at]]]
 
     def last_seq(self) -> int:
         """The position of the latest event (0 for an empty log)."""
@@ -618,6 +632,14 @@ class EventLog:
 
 def _iso(value: pd.Timestamp) -> str:
     return pd.Timestamp(value).isoformat()
+
+
+def _as_stored(rows: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
+    """Typed rows (their first column a time) as the store keeps and returns them."""
+    return [
+        (_iso(r[0]), *(_nullable(v) for v in r[1:]))
+        for r in rows[list(columns)].itertuples(index=False, name=None)
+    ]
 
 
 def _nullable(value: Any) -> Any:

@@ -122,7 +122,8 @@ def _replay(body: bytes) -> Receive:
 EXTRA_RESPONSES = {
     "401": "Missing or invalid API key.",
     "403": "The key lacks the route's scope.",
-    "409": "A valid request the served model cannot answer (e.g. beyond its horizon).",
+    "409": "A valid request that cannot be done (beyond the model's horizon, not enough stock "
+    "to reserve, an id already recorded with other content).",
     "413": "The request body is too large.",
     "422": "A field breaks its type or a limit, or an event breaks the contract (all named).",
     "503": "Not ready (see /readyz), or the event store is down; retry after Retry-After.",

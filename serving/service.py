@@ -37,6 +37,7 @@ from features.eventlog import (
     EventStoreUnavailable,
     check_events,
     check_movements,
+    events_frame,
     redact_urls,
 )
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records
@@ -686,7 +687,9 @@ class OmnichannelService:
         """Record up to 1,000 events, all or none: when any event breaks the events contract,
         nothing is stored and the 422 names every bad event by index with its reason. Stored
         events are durable before this returns and count at once; an ``event_id`` already
-        recorded is not stored again (``already_recorded``), so a retry is always safe."""
+        recorded is not stored again (``already_recorded``), so a retry is always safe — and
+        one recorded with other content is a 409 (``recorded_otherwise``): not a retry, but a
+        second event under a used id, which would otherwise be lost without a word."""
         r = EventsRequest.model_construct(**request)
         records = [event.model_dump() for event in r.events]
         # Async: BentoML runs plain API methods one at a time per worker, and concurrent posts
@@ -705,7 +708,11 @@ class OmnichannelService:
         except EventStoreUnavailable as exc:
             self._store_failed(exc)  # /readyz says so too
             raise
-        return _recorded("event_id", [row[-1] for row in rows], stored)
+        again = [row for row, new in zip(rows, stored, strict=True) if not new]
+        clashing = []
+        if again:
+            clashing = await run_in_threadpool(self.log.recorded_otherwise, events_frame(again))
+        return _recorded(ctx, "event_id", [row[-1] for row in rows], stored, clashing)
 
     @bentoml.api(route="/movements", input_spec=MovementsRequest)
     @answers
@@ -713,8 +720,9 @@ class OmnichannelService:
         """Record up to 1,000 stock movements, all or none, as /events does: when any breaks
         the contract or names a node the service does not know, nothing is stored and the 422
         names each by index. A ``movement_id`` already recorded is not applied again
-        (``already_recorded``; the first movement with that id stands), so a till or WMS may
-        always retry. Stored movements change availability at once, in every worker."""
+        (``already_recorded``; the first movement with that id stands, and one with other
+        content is a 409, as on /events), so a till or WMS may always retry. Stored movements
+        change availability at once, in every worker."""
         r = MovementsRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)
         records = [movement.model_dump() for movement in r.movements]
@@ -727,7 +735,11 @@ class OmnichannelService:
         if refusal is not None:
             return refusal
         stored = await run_in_threadpool(state.record_movements, self.log, accepted)
-        return _recorded("movement_id", list(accepted["movement_id"]), stored)
+        clashing = []
+        if not stored.all():
+            again = accepted[~stored]
+            clashing = await run_in_threadpool(self.log.recorded_otherwise, again, True)
+        return _recorded(ctx, "movement_id", list(accepted["movement_id"]), stored, clashing)
 
     @bentoml.api(route="/reservations", input_spec=ReserveRequest)
     @answers
@@ -943,16 +955,33 @@ def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict
     }
 
 
-def _recorded(key: str, ids: list[str], stored: np.ndarray) -> dict[str, Any]:
-    """A stored batch's answer: how many were new, and per row its id and status."""
-    return {
-        "stored": int(stored.sum()),
-        "already_recorded": int((~stored).sum()),
+def _recorded(
+    ctx: bentoml.Context, key: str, ids: list[str], stored: np.ndarray, clashing: list[str]
+) -> dict[str, Any]:
+    """A stored batch's answer: how many were new, and per row its id and status —
+    ``stored``, ``already_recorded`` (a retry), or ``recorded_otherwise``: its id is stored
+    with other content, so it was not stored (a 409, though the batch's new rows were)."""
+    status = [
+        "stored" if new else "recorded_otherwise" if id_ in clashing else "already_recorded"
+        for id_, new in zip(ids, stored, strict=True)
+    ]
+    answer: dict[str, Any] = {
+        "stored": status.count("stored"),
+        "already_recorded": status.count("already_recorded"),
         "results": [
-            {"index": i, key: id_, "status": "stored" if new else "already_recorded"}
-            for i, (id_, new) in enumerate(zip(ids, stored, strict=True))
+            {"index": i, key: id_, "status": state}
+            for i, (id_, state) in enumerate(zip(ids, status, strict=True))
         ],
     }
+    if clashing:
+        ctx.response.status_code = HTTPStatus.CONFLICT
+        first = status.index("recorded_otherwise")
+        answer["error"] = (
+            f"{status.count('recorded_otherwise')} {key}s (the first at index {first}: "
+            f"{ids[first]!r}) are already recorded with other content and were not stored; "
+            f"a new one needs a new {key} (the batch's other rows are as results says)."
+        )
+    return answer
 
 
 def _actuals(state: ServingState, r: ForecastRequest) -> list[dict[str, Any]]:

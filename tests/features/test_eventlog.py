@@ -78,6 +78,9 @@ def test_append_is_durable_idempotent_and_reads_back_typed(log: EventLog) -> Non
     back = log.read()
     pd.testing.assert_frame_equal(back, accepted.reset_index(drop=True))
     assert len(log.read(after=1)) == 1 and log.event_ids() == set(accepted["event_id"])
+    assert log.recorded_otherwise(accepted) == []  # a retry, as typed and stored
+    other, _ = validate_events([{**GOOD, "unit_price": 3.75}, {**GOOD, "event_id": "new-1"}])
+    assert log.recorded_otherwise(other) == ["till-1"]
 
 
 def test_training_adds_only_the_logged_events_a_file_does_not_hold() -> None:

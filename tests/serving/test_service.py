@@ -239,6 +239,12 @@ def test_a_batch_with_bad_events_is_refused_whole_naming_each(app: TestClient) -
     again = app.post("/events", json={"events": [good]}).json()
     assert (again["stored"], again["already_recorded"]) == (0, 1)
     assert again["results"][0]["status"] == "already_recorded"
+    # Regression: the same id with other content was answered already_recorded, and lost.
+    other = {**good, "event_id": "test-other-1"}
+    clash = app.post("/events", json={"events": [other, {**good, "quantity": 7}]})
+    assert clash.status_code == 409, clash.text
+    assert [r["status"] for r in clash.json()["results"]] == ["stored", "recorded_otherwise"]
+    assert "already recorded with other content" in clash.json()["error"]
     logged = EventLog.from_env().event_ids()
     assert {"test-good-1", stored["results"][1]["event_id"]} <= logged
 

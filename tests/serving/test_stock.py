@@ -105,6 +105,9 @@ def test_movements_count_at_once_everywhere_once_and_after_a_restart(
         assert nodes["S001"]["available"] == before + 9 and nodes["S003"]["on_hand"] == 4
         retried = b.post("/movements", json={"movements": moves})  # a WMS that retries
         assert retried.json()["stored"] == 0 and retried.json()["already_recorded"] == 5
+        other = movement("receipt", "S001", item, 13, "delivery-1")  # not a retry: a new one
+        clash = b.post("/movements", json={"movements": [other]})
+        assert clash.status_code == 409 and "other content" in clash.json()["error"]
         seen = picture(a, keys, item, store_id="S002")
         assert picture(b, keys, item, store_id="S002") == seen
         assert {n["node_id"]: n for n in seen[0]["nodes"]}["S001"]["on_hand"] == before + 9
