@@ -385,7 +385,7 @@ class EventLog:
                 connection = self._connection
                 cursor = connection.cursor()
             except Exception as exc:
-                raise self._failed(exc) from None
+                raise self._failed(exc, connecting=True) from None
             try:
                 yield cursor
                 connection.commit()
@@ -408,15 +408,17 @@ class EventLog:
                 self._connection.close()
         self._connection = None
 
-    def _failed(self, exc: BaseException) -> EventStoreUnavailable:
-        """Forget the connection, remember the failure, and say it without the password."""
+    def _failed(self, exc: BaseException, connecting: bool = False) -> EventStoreUnavailable:
+        """Forget the connection and say why without the password. A failed connect is
+        remembered (calls fail at once for a moment); a connection that broke in use (the
+        server dropped it) is not: the next call connects again at once."""
         self._drop_connection()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         password = urlsplit(self._url).password
         if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")
         message = f"The event store {self.url} is unavailable: {redact_urls(reason)}"
-        self._failure = (message, time.monotonic())
+        self._failure = (message, time.monotonic()) if connecting else None
         return EventStoreUnavailable(message)
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
