@@ -50,7 +50,8 @@ _ROW = "__row"
 _SEQ = "__seq"
 #: Seconds to wait for PostgreSQL to answer a connection before calling it unavailable.
 CONNECT_TIMEOUT = 5
-#: After a failure, calls within this many seconds fail at once instead of connecting again.
+#: After a failure (not a dropped connection), calls within this many seconds fail at once
+#: instead of connecting again.
 RECONNECT_SECONDS = 1.0
 
 logger = logging.getLogger("omnichannel_ml")
@@ -385,7 +386,7 @@ class EventLog:
                 connection = self._connection
                 cursor = connection.cursor()
             except Exception as exc:
-                raise self._failed(exc, connecting=True) from None
+                raise self._failed(exc) from None
             try:
                 yield cursor
                 connection.commit()
@@ -396,7 +397,10 @@ class EventLog:
                 except Exception:
                     broken = True
                 if broken:
-                    raise self._failed(exc) from None
+                    # A connection the server dropped (psycopg says so) is made again at the
+                    # next call; any other failure starts the fail-fast window.
+                    dropped = bool(getattr(connection, "broken", False))
+                    raise self._failed(exc, remember=not dropped) from None
                 raise
             finally:
                 with suppress(Exception):  # a broken connection's cursor may not close cleanly
@@ -408,17 +412,16 @@ class EventLog:
                 self._connection.close()
         self._connection = None
 
-    def _failed(self, exc: BaseException, connecting: bool = False) -> EventStoreUnavailable:
-        """Forget the connection and say why without the password. A failed connect is
-        remembered (calls fail at once for a moment); a connection that broke in use (the
-        server dropped it) is not: the next call connects again at once."""
+    def _failed(self, exc: BaseException, remember: bool = True) -> EventStoreUnavailable:
+        """Forget the connection and say why without the password; unless told otherwise,
+        remember the failure, so that calls fail at once for a moment."""
         self._drop_connection()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         password = urlsplit(self._url).password
         if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")
         message = f"The event store {self.url} is unavailable: {redact_urls(reason)}"
-        self._failure = (message, time.monotonic()) if connecting else None
+        self._failure = (message, time.monotonic()) if remember else None
         return EventStoreUnavailable(message)
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
@@ -140,10 +140,21 @@ def _internal(path: str, request_id: str, exc: Exception) -> str:
     return message + (f" {type(exc).__name__}: {exc}" if debug() else "")
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """An unexpected error of a mounted (non-API) route, answered as the API routes do."""
-    message = _internal(request.url.path, request.headers.get(REQUEST_ID, "-"), exc)
-    return JSONResponse({"error": redact_urls(message)}, status_code=500)
+def json_errors(
+    route: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A mounted (non-API) route whose unexpected errors are answered as the API routes'
+    are: a JSON 500 naming the request id, the traceback logged once, with it."""
+
+    @functools.wraps(route)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await route(request)
+        except Exception as exc:
+            message = _internal(request.url.path, request.headers.get(REQUEST_ID, "-"), exc)
+            return JSONResponse({"error": redact_urls(message)}, status_code=500)
+
+    return wrapper
 
 
 def refuse(ctx: bentoml.Context, status: HTTPStatus, message: str) -> dict[str, Any]:

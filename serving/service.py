@@ -54,7 +54,7 @@ from serving.errors import (
     Unavailable,
     Unprocessable,
     answers,
-    internal_error,
+    json_errors,
 )
 from serving.exposures import ExposureWriter, control_share, experiment
 from serving.exposures import enabled as exposures_enabled
@@ -389,12 +389,11 @@ async def _ui(request: Request) -> Response:
 
 info_app = Starlette(
     routes=[
-        Route("/model_info", _model_info, methods=["GET"]),
-        Route("/kpis", _kpis, methods=["GET"]),
-        Route("/ui", _ui, methods=["GET"]),
-        Route("/ui/app.js", _ui, methods=["GET"]),
-    ],
-    exception_handlers={Exception: internal_error},
+        Route("/model_info", json_errors(_model_info), methods=["GET"]),
+        Route("/kpis", json_errors(_kpis), methods=["GET"]),
+        Route("/ui", json_errors(_ui), methods=["GET"]),
+        Route("/ui/app.js", json_errors(_ui), methods=["GET"]),
+    ]
 )
 
 
@@ -705,13 +704,13 @@ class OmnichannelService:
             return refusal
         try:
             stored = await run_in_threadpool(self.writer.write, rows)
+            again = [row for row, new in zip(rows, stored, strict=True) if not new]
+            clashing = []
+            if again:  # retries, or new events under used ids
+                clashing = await run_in_threadpool(self.log.recorded_otherwise, events_frame(again))
         except EventStoreUnavailable as exc:
             self._store_failed(exc)  # /readyz says so too
             raise
-        again = [row for row, new in zip(rows, stored, strict=True) if not new]
-        clashing = []
-        if again:
-            clashing = await run_in_threadpool(self.log.recorded_otherwise, events_frame(again))
         return _recorded(ctx, "event_id", [row[-1] for row in rows], stored, clashing)
 
     @bentoml.api(route="/movements", input_spec=MovementsRequest)
@@ -961,8 +960,9 @@ def _recorded(
     """A stored batch's answer: how many were new, and per row its id and status —
     ``stored``, ``already_recorded`` (a retry), or ``recorded_otherwise``: its id is stored
     with other content, so it was not stored (a 409, though the batch's new rows were)."""
+    otherwise = set(clashing)
     status = [
-        "stored" if new else "recorded_otherwise" if id_ in clashing else "already_recorded"
+        "stored" if new else "recorded_otherwise" if id_ in otherwise else "already_recorded"
         for id_, new in zip(ids, stored, strict=True)
     ]
     answer: dict[str, Any] = {

@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import postgres_admin, postgres_database_url
-from tests.serving.conftest import SessionClient, as_, signed_in
+from tests.serving.conftest import as_, signed_in
 
 pytestmark = pytest.mark.integration
 
@@ -94,13 +94,13 @@ def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
 
     # The mounted GET routes too (it was a bare text/plain "Internal Server Error").
     monkeypatch.setattr("serving.service.measure", broken)
-    raw = SessionClient(app.app, raise_server_exceptions=False)  # the same running service
-    raw.service = app.service  # type: ignore[attr-defined]
-    failed = raw.get(
-        "/kpis", params={"since": "2026-01-01"}, headers={**app.headers, "X-Request-ID": "pc-7"}
-    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        failed = app.get("/kpis", params={"since": "2026-01-01"}, headers={"X-Request-ID": "pc-7"})
     assert failed.status_code == 500 and failed.headers["x-request-id"] == "pc-7"
     assert failed.json() == {"error": "Internal error (request pc-7); it has been logged."}
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1 and "pc-7" in logged[0].getMessage()  # once, with its request id
 
 
 def test_api_docs_are_public_and_data_is_not(client: TestClient) -> None:
