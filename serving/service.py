@@ -9,7 +9,11 @@ answers 503 until that is done. Every route but the probes and the API descripti
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +90,8 @@ ROUTES = {
 
 #: Seconds between attempts to load the champions while the service is not ready.
 LOAD_RETRY_SECONDS = 5.0
+#: prctl(2): the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 #: Event batches up to this size are checked on the event loop (see ``events``).
 INLINE_CHECK = 100
 #: Stored events that broke the contract when read back (quarantined, never applied).
@@ -414,10 +420,24 @@ class Readiness:
         await JSONResponse(details, status_code=status)(scope, receive, send)
 
 
+def _stop_with_parent() -> None:
+    """On Linux, have this process sent SIGTERM when the one that started it dies.
+    ``bentoml serve`` starts each worker in a session of its own, so when its arbiter is killed
+    (``kill -9``, the OOM killer) the workers would serve on, orphaned, on the port that a
+    restarted service needs, answering from state nobody can reload."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="omnichannel_ml")
 class OmnichannelService:
     def __init__(self) -> None:
+        _stop_with_parent()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
         # Read once: a wrong OMNI_TIME_FLOOR etc. stops the start, not every request.
         self.bounds = Bounds.from_env()

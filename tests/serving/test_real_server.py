@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -65,6 +66,23 @@ def test_the_demo_curl_examples_answer(champions: Path, keys: dict[str, str], tm
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         assert "omni_events_quarantined" in scraped.stdout  # what /readyz counts, for Prometheus
+
+
+def test_workers_stop_when_their_arbiter_is_killed(champions: Path, tmp_path: Path) -> None:
+    """Regression: kill -9 of ``bentoml serve`` (or the OOM killer taking it) left its workers
+    serving, orphaned, on the port a restarted service needs."""
+    import psutil
+
+    env = {**os.environ, "OMNI_EVENTS_URL": f"sqlite:///{tmp_path}/events.db"}
+    with serving(env, tmp_path / "server.log") as (port, process):
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert workers
+        os.kill(process.pid, signal.SIGKILL)  # the arbiter alone
+        process.wait(timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=45)
+        assert not alive, f"{len(alive)} workers outlived their arbiter"
+        with pytest.raises(OSError):  # nothing answers on the port any more
+            get(port, "/livez", timeout=2)
 
 
 def test_kill_9_loses_no_acknowledged_event(
