@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from experiments.synthetic import GeneratorConfig, generate
@@ -60,6 +61,18 @@ class UsageError(Exception):
     """A user mistake reported as one sentence with exit code 2."""
 
 
+def apart_from(out: Path, data: Path) -> None:
+    """Refuse an ``out`` that is the data directory or inside it, where a write would replace
+    or add to its tables; folders of it named ``_...`` are the product's own (``_quarantine``)."""
+    target, source = out.resolve(), data.resolve()
+    inside = target.relative_to(source).parts if target.is_relative_to(source) else None
+    if inside is not None and (not inside or not inside[0].startswith("_")):
+        raise UsageError(
+            f"--out {out} is inside the data directory {data}, where a write would replace or "
+            "add to its tables; choose a folder outside it (or one whose name starts with _)."
+        )
+
+
 def checked_engine(engine: str) -> str:
     if engine not in ("inprocess", "dask"):
         raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
@@ -73,7 +86,12 @@ def main() -> None:
             _private_tracking_store()
         app()
     except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
-        err.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(redact_urls(str(exc)))}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:  # a path that cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        err.print(f"[bold red]error:[/] cannot use{escape(str(where))}: {escape(reason)}.")
         sys.exit(2)
     except Exception as exc:
         if os.environ.get("OMNI_DEBUG"):
@@ -82,7 +100,7 @@ def main() -> None:
             err.print(f"[bold red]error:[/] {LOST_ON_THE_CLUSTER}", highlight=False)
             sys.exit(1)
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {redact_urls(str(exc))} "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact_urls(str(exc)))} "
             "(set OMNI_DEBUG=1 for the traceback and report it).",
             highlight=False,
         )

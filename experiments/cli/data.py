@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from experiments.cli.app import (
     DataOpt,
     Engine,
+    apart_from,
     app,
     checked_engine,
     generate_with_progress,
@@ -39,6 +41,8 @@ def validate_cmd(
     engine: Engine = "inprocess",
 ) -> None:
     """Check every table against the data contract; quarantine bad rows with a reason."""
+    if out_dir is not None:
+        apart_from(out_dir, data)
     tables = pipelines.validate(data, out_dir, encoding, engine=checked_engine(engine))
     summary = pipelines.validation_summary(tables)
     if as_json:
@@ -46,7 +50,7 @@ def validate_cmd(
         return
     table = Table("table", "rows", "accepted", "quarantined", "top reasons")
     for name, s in summary["tables"].items():
-        reasons = "; ".join(f"{r} ({n})" for r, n in s["reasons"].items())
+        reasons = escape("; ".join(f"{r} ({n})" for r, n in s["reasons"].items()))
         table.add_row(name, str(s["rows"]), str(s["accepted"]), str(s["quarantined"]), reasons)
     out.print(table)
     quarantine = out_dir or data / pipelines.QUARANTINE_DIR
@@ -61,6 +65,7 @@ def unify_cmd(
     engine: Engine = "inprocess",
 ) -> None:
     """Resolve identities across channels; write pseudonymous events and customers."""
+    apart_from(out_dir, data)
     result = pipelines.unify(data, identity_config(), engine=checked_engine(engine))
     paths = pipelines.write_unified(result, out_dir)
     report = pipelines.identity_report(result)

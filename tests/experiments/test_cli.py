@@ -60,6 +60,23 @@ def test_validate_table_output_and_custom_quarantine_dir(data: Path, tmp_path: P
     assert (tmp_path / "q" / "events.csv").exists()
 
 
+def test_an_output_inside_the_data_directory_is_refused_and_the_data_kept(data: Path) -> None:
+    """Regression: ``--out`` = ``--data`` deleted five tables and overwrote two with their
+    quarantined rows (validate), or the raw events with pseudonymised ones (unify)."""
+    before = {f.name: f.read_bytes() for f in data.iterdir() if f.is_file()}
+    for command, out in (("validate", data), ("validate", data / "events"), ("unify", data)):
+        result = omni(command, "--data", str(data), "--out", str(out))
+        assert result.returncode == 2 and "is inside the data directory" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert {f.name: f.read_bytes() for f in data.iterdir() if f.is_file()} == before
+    assert not (data / "events").exists()
+    bad = omni("validate", "--data", str(data), "--out", "/proc/omni-quarantine")
+    assert bad.returncode == 2 and "cannot use /proc/omni-quarantine" in bad.stderr
+    # Regression: rich read "[/]" in a path as markup and stopped with a traceback.
+    odd = omni("validate", "--data", str(data / "x[/]y"))
+    assert odd.returncode == 2 and "x[/]y does not exist" in odd.stderr
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
