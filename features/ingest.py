@@ -342,7 +342,7 @@ def _parse(
     values: pa.ChunkedArray, name: str, kind: Kind, limits: _Limits
 ) -> tuple[pa.ChunkedArray, Problems]:
     """Check one column: typed values (invalid ones as null) and (mask, reason) per problem."""
-    if kind in (Kind.TIME, Kind.DATE):
+    if kind in (Kind.TIME, Kind.DATE, Kind.PLAN_DATE):
         return _parse_time(values, name, kind, limits)
     if kind in (Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY, Kind.STOCK_CHANGE):
         return _parse_number(values, name, kind, limits)
@@ -447,19 +447,19 @@ def _parse_time(
         parsed = pa.chunked_array(
             [pa.array(times.astype("datetime64[us]"), type=pa.timestamp("us"))]
         )
-    if kind is Kind.DATE:
+    if kind is not Kind.TIME:
         parsed = pc.floor_temporal(parsed, unit="day")
     stamps = np.asarray(parsed.to_numpy(), dtype="datetime64[us]")
     present = ~np.isnat(stamps)
-    latest = limits.latest_time if kind is Kind.TIME else limits.latest_date
+    latest = limits.latest_date if kind is Kind.PLAN_DATE else limits.latest_time
     early = present & (stamps < limits.earliest)
     late = present & (stamps > latest)
     if early.any() or late.any():
         parsed = pc.if_else(pa.array(early | late), pa.scalar(None, parsed.type), parsed)
     ahead = (
-        f"more than {limits.skew_hours:g} h ahead of now (clock skew)"
-        if kind is Kind.TIME
-        else "too far in the future"
+        "too far in the future"
+        if kind is Kind.PLAN_DATE
+        else f"more than {limits.skew_hours:g} h ahead of now (clock skew)"
     )
     return parsed, [
         (bad, f"{name} is not an ISO 8601 {what}"),
@@ -490,6 +490,7 @@ def _assemble(
 _ARROW_TYPE = {
     Kind.TIME: pa.timestamp("us"),
     Kind.DATE: pa.timestamp("us"),
+    Kind.PLAN_DATE: pa.timestamp("us"),
     Kind.NUMBER: pa.float64(),
     Kind.NONNEGATIVE: pa.float64(),
     Kind.QUANTITY: pa.float64(),

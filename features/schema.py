@@ -16,7 +16,8 @@ class Kind(StrEnum):
     """How a column's raw text is parsed and checked."""
 
     TIME = "time"  # ISO 8601 timestamp; naive means UTC; within [time floor, now + clock skew]
-    DATE = "date"  # ISO 8601 calendar date; within [time floor, now + plan ahead]
+    DATE = "date"  # ISO 8601 calendar date of history; within [time floor, now + clock skew]
+    PLAN_DATE = "plan_date"  # ISO 8601 calendar date; within [time floor, now + plan ahead]
     ID = "id"  # non-empty string, at most MAX_ID_LENGTH characters, no control characters
     TEXT = "text"  # free string, at most MAX_TEXT_LENGTH characters, no NUL
     NUMBER = "number"  # finite float, |x| <= max amount
@@ -214,7 +215,7 @@ INVENTORY = TableSchema(
 PLAN = TableSchema(
     "plan",
     (
-        _c("date", Kind.DATE, True),
+        _c("date", Kind.PLAN_DATE, True),
         _c("store_id", Kind.ID, True),
         _c("item_id", Kind.ID, True),
         _c("unit_price", Kind.NONNEGATIVE),

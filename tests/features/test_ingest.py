@@ -207,6 +207,22 @@ def test_other_tables_good_and_bad_rows(tmp_path: Path) -> None:
     assert plan.reasons() == {"missing item_id": 1}
 
 
+def test_history_cannot_be_dated_ahead_and_a_plan_can(tmp_path: Path) -> None:
+    """Regression: sales dated up to two years ahead (the plan's bound) were taken as history,
+    and a forecaster trained on them forecast zeros and became champion."""
+    today = pd.Timestamp.now("UTC").tz_localize(None).normalize()
+    tomorrow, later = (today + pd.Timedelta(days=d) for d in (1, 3))
+    rows = "".join(f"{d:%Y-%m-%d},S1,I1,1\n" for d in (today, tomorrow, later))
+    sales = load(tmp_path, "sales", "date,store_id,item_id,units\n" + rows)
+    assert sales.accepted["date"].tolist() == [today, tomorrow]  # a till east of UTC
+    assert sales.reasons() == {"date is more than 24 h ahead of now (clock skew)": 1}
+    stock = load(tmp_path, "inventory", "date,store_id,item_id,on_hand\n" + rows)
+    assert len(stock.accepted) == 2
+    ahead = f"{today + pd.Timedelta(days=300):%Y-%m-%d},S1,I1,1\n"
+    plan = load(tmp_path, "plan", "date,store_id,item_id,on_promo\n" + ahead)
+    assert len(plan.accepted) == 1 and not plan.reasons()
+
+
 def test_load_dataset_reads_the_committed_sample() -> None:
     from tests.conftest import SAMPLE
 
