@@ -164,8 +164,9 @@ class IdentityResolution:
         """Customer index per (channel, key) row; -1 for anonymous rows and unknown keys."""
         pair_codes, names = distinct_nodes(channel, customer_key)
         found = pd.Index(self.nodes["node"]).get_indexer(pd.Index(names))
-        per_pair = np.where(found >= 0, self.nodes["component"].to_numpy()[found], -1)
-        return np.where(pair_codes >= 0, per_pair[pair_codes], -1)
+        # Index -1 (an unknown key; an anonymous row) reads the -1 appended at the end.
+        per_pair = np.append(self.nodes["component"].to_numpy(), -1)[found]
+        return np.append(per_pair, -1)[pair_codes]
 
     def customer_of(self, channel: pd.Series, customer_key: pd.Series) -> pd.Series:
         """customer_id per (channel, key), as a categorical; missing for anonymous rows."""

@@ -100,6 +100,8 @@ def split_for_validation(
     """
     if target not in TARGETS:
         raise ValueError(f"Unknown validation target {target!r}; use one of {', '.join(TARGETS)}.")
+    if events.empty:
+        raise ValueError("there are no accepted events to train on (omni validate says why).")
     times = events["event_time"].sort_values().to_numpy()
     end = pd.Timestamp(times[int((len(times) - 1) * (1 - LATE_SHARE))])
     cutoff = (end - pd.Timedelta(days=days)).floor("D")  # midnight: few baskets cross it
@@ -107,12 +109,12 @@ def split_for_validation(
     known = before["customer_id"].dropna().astype("str").unique()
     bought = after[(after["event_type"] == "purchase") & after["customer_id"].isin(known)]
     bought = bought.assign(customer_id=bought["customer_id"].astype("str"))
-    if target == "next_basket":
+    if target == "next_basket" and len(bought):
         start = basket_starts(bought["customer_id"], bought["event_time"])
         first = start.groupby(bought["customer_id"]).min()
         bought = bought[start == bought["customer_id"].map(first)]
         now = dict(zip(first.index.astype("str"), first, strict=True))
-    else:
+    else:  # all they bought in the window (or nothing bought in it)
         now = dict.fromkeys(bought["customer_id"].unique(), cutoff)
     relevant = bought[["customer_id", "item_id"]].astype("str").drop_duplicates()
     return ValidationSplit(before, relevant.reset_index(drop=True), cutoff, now)

@@ -57,6 +57,11 @@ def test_validation_scores_each_customers_next_basket_or_the_whole_window() -> N
     assert window.now == {"a": window.cutoff}
     with pytest.raises(ValueError, match="next_basket, window"):
         split_for_validation(events, 10, "month")
+    # Regression: data with nothing to validate on stopped with an IndexError or TypeError.
+    assert split_for_validation(events.assign(event_type="view"), 10).relevant.empty
+    assert split_for_validation(events[events["customer_id"] == "c"], 10).relevant.empty
+    with pytest.raises(ValueError, match="no accepted events"):
+        split_for_validation(events.iloc[:0], 10)
 
 
 def test_the_service_log_is_read_only_when_events_make_the_demand(tmp_path) -> None:

@@ -78,6 +78,10 @@ def test_anonymous_rows_stay_anonymous() -> None:
     unified = unify_events(events, r)
     assert unified["customer_id"].notna().tolist() == [True, False]
     assert "customer_key" not in unified.columns
+    # Regression: with no key at all (an all-anonymous export) this was an IndexError.
+    nobody = events.assign(customer_key=pd.Series([None, None], dtype="str"))
+    alone = unify_events(nobody, resolve_identities(nobody, None, CONFIG))
+    assert alone["customer_id"].isna().all()
 
 
 def test_over_shared_link_is_ignored_and_reported() -> None:
