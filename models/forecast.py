@@ -132,7 +132,8 @@ class MovingAverage(_Baseline):
         recent = observed.groupby(SERIES, observed=True).tail(window)
         mean = recent.groupby(SERIES, observed=True)[TARGET].mean()
         series = pd.Index(panel[SERIES].unique(), name=SERIES)
-        point = np.repeat(mean.reindex(series).fillna(0.0).to_numpy(), self.horizon)
+        # By value: two categorical indexes whose codes differ in width cannot be aligned.
+        point = np.repeat(mean.reindex(series.to_numpy()).fillna(0.0).to_numpy(), self.horizon)
         return _point_forecast(
             _future_frame(panel, self.horizon, self.freq), series, point, self.name
         )

@@ -52,6 +52,20 @@ def test_moving_average_skips_censored_periods() -> None:
     assert forecast["mean"].tolist() == [3.0, 3.0]  # mean of 2 and 4; the censored 100 is ignored
 
 
+def test_moving_average_of_a_series_with_nothing_uncensored_is_zero() -> None:
+    """Regression: among more than 127 series (categorical codes wider than a byte), a series
+    whose every period is censored stopped the forecast ("Buffer dtype mismatch")."""
+    days = pd.date_range("2024-01-01", periods=2, freq="D")
+    sales = pd.DataFrame(
+        {"date": np.tile(days, 200), "store_id": "S", "units": 1.0,
+         "item_id": np.repeat([f"I{i:03d}" for i in range(200)], 2)}
+    )  # fmt: skip
+    panel = build_panel(sales)
+    last = panel[panel["item_id"] == "I199"].assign(censored=True)
+    forecast = MovingAverage(horizon=2, freq="D").fit(panel).predict(last)
+    assert forecast["mean"].tolist() == [0.0, 0.0]
+
+
 def test_negative_binomial_quantiles_never_cross() -> None:
     mean = np.array([0.0, 0.3, 2.0, 17.5, 400.0])
     for dispersion in (0.05, 1.0, 50.0):
