@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -88,23 +88,33 @@ def main() -> None:
     except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
         err.print(f"[bold red]error:[/] {escape(redact_urls(str(exc)))}", highlight=False)
         sys.exit(2)
+    except LookupError as exc:
+        if type(exc) is not LookupError:  # KeyError, IndexError: bugs, reported below
+            _internal_error(exc)
+        # The registry has no champion (serving.registry.champion).
+        err.print(f"[bold red]error:[/] {escape(str(exc))} omni train makes one.")
+        sys.exit(2)
     except OSError as exc:  # a path that cannot be read or written
         where = f" {exc.filename}" if exc.filename else ""
         reason = exc.strerror or str(exc)
         err.print(f"[bold red]error:[/] cannot use{escape(str(where))}: {escape(reason)}.")
         sys.exit(2)
     except Exception as exc:
-        if os.environ.get("OMNI_DEBUG"):
-            raise
-        if lost_on_the_cluster(exc):
-            err.print(f"[bold red]error:[/] {LOST_ON_THE_CLUSTER}", highlight=False)
-            sys.exit(1)
-        err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact_urls(str(exc)))} "
-            "(set OMNI_DEBUG=1 for the traceback and report it).",
-            highlight=False,
-        )
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    if os.environ.get("OMNI_DEBUG"):
+        raise exc
+    if lost_on_the_cluster(exc):
+        err.print(f"[bold red]error:[/] {LOST_ON_THE_CLUSTER}", highlight=False)
         sys.exit(1)
+    err.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact_urls(str(exc)))} "
+        "(set OMNI_DEBUG=1 for the traceback and report it).",
+        highlight=False,
+    )
+    sys.exit(1)
 
 
 LOST_ON_THE_CLUSTER = (

@@ -238,6 +238,9 @@ def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None
     [
         (("forecast", "--store", "S001"), "has no demand_forecaster@champion. Run omni train"),
         (("build",), "no champion yet: the MLflow registry has no recommender@champion"),
+        # Regression: an internal error (LookupError) instead.
+        (("score", "recommender", "--out", "recs.parquet"), "has no recommender@champion"),
+        (("report", "kpis", "--since", "2026-01-01"), "has no recommender@champion"),
     ],
 )
 def test_commands_that_need_a_champion_say_so_when_there_is_none(
