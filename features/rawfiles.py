@@ -37,6 +37,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import os
 import re
 import tempfile
 from collections import defaultdict, deque
@@ -95,8 +96,19 @@ class ContractError(ValueError):
 
 def partition_files(path: Path) -> list[Path]:
     """The Parquet files of a partitioned dataset directory, in path order (months, days, ...):
-    the order its rows are read in, wherever they are read."""
-    return sorted(path.rglob("*.parquet"))
+    the order its rows are read in, wherever they are read. A folder that cannot be read is
+    refused: its rows would be left out without a word (symbolic links are not followed)."""
+
+    def refuse(error: OSError) -> None:
+        raise ContractError(
+            f"{error.filename} cannot be read ({error.strerror}), so the {path.name} table "
+            "would be read without it; give this process access to it or move it out."
+        )
+
+    files = []
+    for folder, _, names in os.walk(path, onerror=refuse):
+        files += [Path(folder) / name for name in names if name.endswith(".parquet")]
+    return sorted(files)
 
 
 class ParquetPiece(NamedTuple):

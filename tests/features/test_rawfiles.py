@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +181,30 @@ def test_omni_validate_reads_cp932_with_encoding(tmp_path: Path) -> None:
     result = omni("validate", "--data", str(tmp_path), "--encoding", "cp932", "--json")
     assert result.returncode == 0, result.stderr
     assert '"accepted": 1' in result.stdout and '"wrong number of fields": 1' in result.stdout
+
+
+def test_a_partition_folder_that_cannot_be_read_is_refused_not_left_out(tmp_path: Path) -> None:
+    """Regression: os-level errors under a partitioned table were swallowed, and a month the
+    process could not read was silently missing from its rows."""
+    for month in (1, 2):
+        (tmp_path / "events" / f"month={month}").mkdir(parents=True)
+        (tmp_path / "events" / f"month={month}" / "part-0.parquet").write_bytes(b"")
+    assert len(rawfiles.partition_files(tmp_path / "events")) == 2
+    (tmp_path / "events" / "month=2").chmod(0)
+    # As root, drop the capabilities that ignore permissions (as any other user has none).
+    drop = "-dac_override,-dac_read_search"
+    as_user = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    events = str(tmp_path / "events")
+    script = (
+        "from pathlib import Path; from features.rawfiles import partition_files; "
+        f"partition_files(Path({events!r}))"
+    )
+    try:
+        result = subprocess.run(
+            [*(as_user if os.geteuid() == 0 else []), sys.executable, "-c", script],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        (tmp_path / "events" / "month=2").chmod(0o755)
+    assert result.returncode == 1
+    assert "month=2 cannot be read (Permission denied), so the events table" in result.stderr
