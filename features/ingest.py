@@ -162,6 +162,20 @@ def validate_table(
     return _validate([table], schema, source=source, initial_reasons=initial_reasons, bounds=bounds)
 
 
+def _contract_names(table: pa.Table, schema: TableSchema) -> pa.Table:
+    """Columns named as the contract's but for case (``Quantity``, ``Event_Time``) under the
+    contract's names: left as unknown extra columns, an optional one would be replaced by its
+    default without a word. Two columns that differ only in case are left as they are."""
+    known = {column.name for column in schema.columns}
+    names = table.column_names
+    lowered = [name.lower() for name in names]
+    renamed = [
+        low if name not in known and low in known and lowered.count(low) == 1 else name
+        for name, low in zip(names, lowered, strict=True)
+    ]
+    return table.rename_columns(renamed) if renamed != names else table
+
+
 def _validate(
     holder: list[pa.Table],
     schema: TableSchema,
@@ -171,7 +185,7 @@ def _validate(
     bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
-    table = holder.pop()
+    table = _contract_names(holder.pop(), schema)
     limits = _Limits.of(bounds or Bounds.from_env())
     if table.num_columns == 0 and table.num_rows == 0:
         table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})

@@ -261,6 +261,11 @@ class LightGBMForecaster(Forecaster):
             raise ValueError(
                 f"max_train_rows must be at least 1 (or None), not {self.max_train_rows!r}."
             )
+        if not (panel[TARGET] > 0).any():
+            raise ValueError(
+                "Every period of the history has zero demand (net returns count as zero), so "
+                "there is nothing to learn a forecast from."
+            )
         self.items_ = items
         self.codes_ = Codes.learn(panel, items)
         # Per model: week of year and month only where the history has seen the weeks it

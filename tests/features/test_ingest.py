@@ -294,3 +294,15 @@ def test_validate_table_does_not_modify_its_input() -> None:
     accepted, quarantined = validate_table(raw, TABLES["sales"], source="sales.csv")
     pd.testing.assert_frame_equal(raw, before)
     assert len(accepted) == 1 and len(quarantined) == 1
+
+
+def test_contract_columns_are_found_whatever_their_case(tmp_path: Path) -> None:
+    """Regression: a ``Quantity`` header was an unknown extra column, and every quantity 1."""
+    events = load(
+        tmp_path,
+        "events",
+        "Event_Time,CHANNEL,event_type,item_id,Quantity,x_Note\n"
+        "2024-01-01T10:00:00,web,purchase,I1,5,a\n",
+    )
+    assert events.accepted["quantity"].tolist() == [5.0]
+    assert events.accepted["channel"].tolist() == ["web"]

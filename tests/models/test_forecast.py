@@ -66,6 +66,13 @@ def test_moving_average_of_a_series_with_nothing_uncensored_is_zero() -> None:
     assert forecast["mean"].tolist() == [0.0, 0.0]
 
 
+def test_a_history_without_demand_is_refused_in_one_sentence() -> None:
+    """Regression: LightGBM's "sum of labels is zero" (every sale a net return)."""
+    panel = hand_panel([-1.0] * 60)
+    with pytest.raises(ValueError, match="Every period of the history has zero demand"):
+        LightGBMForecaster(horizon=7, freq="D").fit(panel)
+
+
 def test_negative_binomial_quantiles_never_cross() -> None:
     mean = np.array([0.0, 0.3, 2.0, 17.5, 400.0])
     for dispersion in (0.05, 1.0, 50.0):
