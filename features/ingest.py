@@ -176,6 +176,31 @@ def _contract_names(table: pa.Table, schema: TableSchema) -> pa.Table:
     return table.rename_columns(renamed) if renamed != names else table
 
 
+def _readable(table: pa.Table, schema: TableSchema, source: str) -> pa.Table:
+    """The table, its binary contract columns as text; a contract column of a type that holds
+    no single value (a list, a struct, a duration, bytes that are not UTF-8) is refused in one
+    sentence naming it (Parquet files carry types; CSV is text)."""
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if schema.column(name) is None:
+            continue
+        if pa.types.is_nested(kind) or pa.types.is_duration(kind) or pa.types.is_interval(kind):
+            raise ContractError(
+                f"{source} has a column {name!r} of type {kind}, which holds no value the "
+                "contract can read; write it as text or a number."
+            )
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            try:
+                text = table.column(name).cast(pa.large_string())
+            except pa.ArrowInvalid:
+                raise ContractError(
+                    f"{source} has a column {name!r} of bytes that are not UTF-8 text; write "
+                    "it as a string column."
+                ) from None
+            table = table.set_column(table.column_names.index(name), name, text)
+    return table
+
+
 def _validate(
     holder: list[pa.Table],
     schema: TableSchema,
@@ -185,7 +210,7 @@ def _validate(
     bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
-    table = _contract_names(holder.pop(), schema)
+    table = _readable(_contract_names(holder.pop(), schema), schema, source)
     limits = _Limits.of(bounds or Bounds.from_env())
     if table.num_columns == 0 and table.num_rows == 0:
         table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})
@@ -315,8 +340,10 @@ def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _float_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Floats as text, without the '.0' a float id picks up (1.0 -> '1')."""
-    text = values.cast(pa.large_string())
+    """Floats as text, without the '.0' a float id picks up (1.0 -> '1'); NaN and infinities
+    are missing, not the ids 'nan' and 'inf'."""
+    finite = pc.if_else(pc.is_finite(values), values, pa.scalar(None, values.type))
+    text = finite.cast(pa.large_string())
     return pc.replace_substring_regex(text, r"\.0$", "")
 
 
@@ -404,7 +431,7 @@ def _parse_number(
         or pa.types.is_floating(values.type)
         or pa.types.is_decimal(values.type)
     ):
-        parsed = values.cast(pa.float64())
+        parsed = values.cast(pa.float64(), safe=False)  # 2^62 is over every bound anyway
         given = ~_is_null(values)
     else:
         text = _as_text(values)

@@ -306,3 +306,32 @@ def test_contract_columns_are_found_whatever_their_case(tmp_path: Path) -> None:
     )
     assert events.accepted["quantity"].tolist() == [5.0]
     assert events.accepted["channel"].tolist() == ["web"]
+
+
+def test_odd_parquet_types_are_a_row_reason_or_one_sentence(tmp_path: Path) -> None:
+    """Regression: a 2^62 integer quantity and bytes that are not UTF-8 stopped the load with
+    Arrow's message naming neither file nor column; a list column was an internal error; a NaN
+    float id was the item 'nan'."""
+    base = {
+        "event_time": pa.array([pd.Timestamp("2024-01-01")] * 2, pa.timestamp("us")),
+        "channel": ["web", "web"],
+        "event_type": ["view", "view"],
+    }
+
+    def events(**columns: pa.Array) -> Path:
+        path = tmp_path / "events.parquet"
+        pq.write_table(pa.table({**base, **columns}), path)
+        return path
+
+    typed = load_table(
+        events(item_id=pa.array([1.0, float("nan")]), quantity=pa.array([2**62, 3], pa.int64())),
+        TABLES["events"],
+    )
+    assert typed.accepted["quantity"].tolist() == []
+    assert typed.reasons() == {"quantity is over 1e+06": 1, "missing item_id": 1}
+    for column, message in (
+        (pa.array([[1], [2]]), "'item_id' of type list<element: int64>, which holds no value"),
+        (pa.array([b"I1", b"\xff"], pa.binary()), "'item_id' of bytes that are not UTF-8"),
+    ):
+        with pytest.raises(ContractError, match=message):
+            load_table(events(item_id=column), TABLES["events"])
