@@ -168,6 +168,10 @@ def load_training_options(path: Path | None) -> TrainingOptions:
     )
 
 
+#: A champion is replaced only by a model validated on at least this many customers' baskets.
+MIN_VALIDATION_CUSTOMERS = 20
+
+
 @dataclass
 class Selection:
     """What selection found: the candidates' results (best first), those that refused the
@@ -178,6 +182,7 @@ class Selection:
     skipped: list[tuple[Candidate, str]]
     timing: float
     rescore: Callable[[Candidate], float]
+    customers: int  # scored on validation
 
 
 def select_recommender(
@@ -216,7 +221,7 @@ def select_recommender(
     for timing in options.timings[1:]:
         scored.setdefault(timing, score(best.model, timing)[metric])
     timing = max(scored, key=scored.__getitem__)  # ties: the first
-    return Selection(results, skipped, timing, rescore)
+    return Selection(results, skipped, timing, rescore, split.relevant["customer_id"].nunique())
 
 
 def fit_final(
@@ -264,7 +269,8 @@ def train_recommender(
             mlflow.set_tag("skipped", reason)
     metric = options.selection.metric
     champion_metric = _champion_metric(selection.rescore)
-    promoted = champion_metric is None or best.metrics[metric] >= champion_metric
+    too_few = selection.customers < MIN_VALIDATION_CUSTOMERS
+    promoted = champion_metric is None or (best.metrics[metric] >= champion_metric and not too_few)
 
     final = fit_final(unified, best.candidate, options.weights)
     probe_recommender(final)  # never register a model that answers NaN or nothing
@@ -303,6 +309,11 @@ def train_recommender(
         message = f"{registered} and is now {CHAMPION} (there was none); {score}."
     elif promoted:
         message = f"{registered} and is now {CHAMPION}: {score} >= its {champion_metric:.4f}."
+    elif too_few:
+        message = (
+            f"{registered}; the {CHAMPION} stays: its validation held {selection.customers} "
+            f"customers, too few to replace it (at least {MIN_VALIDATION_CUSTOMERS})."
+        )
     else:
         message = (
             f"{registered}; the {CHAMPION} stays: {score} < its {champion_metric:.4f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -71,6 +72,20 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}@{CHAMPION}")
     predicted = pyfunc.predict(pd.DataFrame({"customer_id": list(model.customer_ids_[:3])}))
     assert set(predicted["customer_id"]) == set(model.customer_ids_[:3])
+
+    # Regression: a model validated on a handful of customers replaced a good champion.
+    few = own_tracking / "few"
+    shutil.copytree(SAMPLE, few)
+    events = pd.read_csv(few / "events.csv.gz")
+    times = pd.to_datetime(events["event_time"], errors="coerce")  # the sample has bad rows
+    late = times > times.max() - pd.Timedelta(days=20)
+    buyers = events.loc[late & (events["event_type"] == "purchase"), "customer_key"].dropna()
+    events[events["customer_key"].isin(buyers.unique()[:8])].to_csv(
+        few / "events.csv.gz", index=False
+    )
+    third = train_recommender(few, write(own_tracking, "good-again.toml", GOOD))
+    assert not third.promoted and "too few to replace it" in third.message, third.message
+    assert str(client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION).version) == "1"
 
 
 REPEATS = """
