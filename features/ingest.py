@@ -379,13 +379,19 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _CONTROL = r"[\x00-\x1f\x7f]"
 
 
+#: Kinds read as numbers (:func:`_parse_number`).
+_NUMBERS = (
+    Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY, Kind.STOCK_CHANGE, Kind.LATITUDE, Kind.LONGITUDE,
+)  # fmt: skip
+
+
 def _parse(
     values: pa.ChunkedArray, name: str, kind: Kind, limits: _Limits
 ) -> tuple[pa.ChunkedArray, Problems]:
     """Check one column: typed values (invalid ones as null) and (mask, reason) per problem."""
     if kind in (Kind.TIME, Kind.DATE, Kind.PLAN_DATE):
         return _parse_time(values, name, kind, limits)
-    if kind in (Kind.NUMBER, Kind.NONNEGATIVE, Kind.QUANTITY, Kind.STOCK_CHANGE):
+    if kind in _NUMBERS:
         return _parse_number(values, name, kind, limits)
     if kind is Kind.BOOL:
         if pa.types.is_boolean(values.type):
@@ -448,7 +454,10 @@ def _parse_number(
         ).cast(pa.float64())
     number = given & _mask(pc.is_finite(parsed))
     x = np.asarray(pc.fill_null(parsed, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    top = limits.max_quantity if kind in (Kind.QUANTITY, Kind.STOCK_CHANGE) else limits.max_amount
+    top = {Kind.LATITUDE: 90.0, Kind.LONGITUDE: 180.0}.get(
+        kind,
+        limits.max_quantity if kind in (Kind.QUANTITY, Kind.STOCK_CHANGE) else limits.max_amount,
+    )
     high, high_text = number & (x > top), f"is over {top:g}"
     if kind is Kind.QUANTITY:
         low, low_text = number & (x <= 0), "is not positive"
@@ -536,6 +545,8 @@ _ARROW_TYPE = {
     Kind.NONNEGATIVE: pa.float64(),
     Kind.QUANTITY: pa.float64(),
     Kind.STOCK_CHANGE: pa.float64(),
+    Kind.LATITUDE: pa.float64(),
+    Kind.LONGITUDE: pa.float64(),
     Kind.BOOL: pa.bool_(),
     Kind.ID: pa.large_string(),
     Kind.TEXT: pa.large_string(),

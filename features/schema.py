@@ -23,6 +23,8 @@ class Kind(StrEnum):
     NUMBER = "number"  # finite float, |x| <= max amount
     NONNEGATIVE = "nonnegative"  # finite float, 0 <= x <= max amount
     QUANTITY = "quantity"  # finite float, 0 < x <= max quantity
+    LATITUDE = "latitude"  # finite float, |x| <= 90
+    LONGITUDE = "longitude"  # finite float, |x| <= 180
     STOCK_CHANGE = "stock_change"  # finite float, |x| <= max quantity
     BOOL = "bool"  # true/false, 1/0, yes/no, t/f, y/n
     EVENT_TYPE = "event_type"  # one of EVENT_TYPES
@@ -184,8 +186,8 @@ STORES = TableSchema(
         _c("store_id", Kind.ID, True),
         _c("kind", Kind.STORE_KIND),
         _c("region", Kind.TEXT),
-        _c("lat", Kind.NUMBER),
-        _c("lon", Kind.NUMBER),
+        _c("lat", Kind.LATITUDE),
+        _c("lon", Kind.LONGITUDE),
     ),
     unique=("store_id",),
 )

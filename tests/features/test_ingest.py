@@ -184,6 +184,11 @@ def test_other_tables_good_and_bad_rows(tmp_path: Path) -> None:
     stores = load(tmp_path, "stores", "store_id,kind,lat\nS1,store,35.1\nS2,warehouse,x\nDC,DC,\n")
     assert stores.reasons() == {"kind is not one of store, online, dc": 1}
     assert stores.accepted["kind"].tolist() == ["store", "dc"]
+    # Regression: a store at latitude 999 was accepted (the API refuses one outside +-90).
+    placed = load(
+        tmp_path, "stores", "store_id,lat,lon\nS1,999,0\nS2,-91,0\nS3,0,-720\nS4,-90,180\n"
+    )
+    assert placed.reasons() == {"lat is over 90": 1, "lat is below -90": 1, "lon is below -180": 1}
     sales = load(
         tmp_path,
         "sales",
