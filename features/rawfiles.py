@@ -128,9 +128,12 @@ def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
     rows are read, each cut into pieces of whole row groups of at most ``max_rows`` rows (a
     larger group alone): what can be read and checked at once in bounded memory."""
     pieces = []
+    schemas = []
     for file in partition_files(path) if path.is_dir() else [path]:
         with _readable(file):
-            metadata = pq.ParquetFile(file).metadata
+            parquet = pq.ParquetFile(file)
+            metadata = parquet.metadata
+            schemas.append(parquet.schema_arrow)
         groups: list[int] = []
         rows = 0
         for group in range(metadata.num_row_groups):
@@ -141,7 +144,15 @@ def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
             groups.append(group)
             rows += size
         pieces.append(ParquetPiece(file, tuple(groups)))  # no row groups: an empty piece
+    try:  # as read_raw reads them whole: files whose types cannot be reconciled are refused
+        pa.unify_schemas(schemas, promote_options="permissive")
+    except pa.ArrowException as exc:
+        raise _disagree(path, exc) from exc
     return pieces
+
+
+def _disagree(path: Path, exc: Exception) -> ContractError:
+    return ContractError(f"The Parquet files of {path.name} do not agree ({exc}).")
 
 
 def _read_piece(piece: ParquetPiece) -> pa.Table:
@@ -198,7 +209,7 @@ def read_raw(
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
         except pa.ArrowException as exc:
-            raise ContractError(f"The Parquet files of {path.name} do not agree ({exc}).") from exc
+            raise _disagree(path, exc) from exc
     else:
         return _read_csv(path, _codec(encoding))
     return (

@@ -208,3 +208,29 @@ def test_a_partition_folder_that_cannot_be_read_is_refused_not_left_out(tmp_path
         (tmp_path / "events" / "month=2").chmod(0o755)
     assert result.returncode == 1
     assert "month=2 cannot be read (Permission denied), so the events table" in result.stderr
+
+
+def test_partitions_whose_types_disagree_are_refused_by_both_engines(tmp_path: Path) -> None:
+    """Regression: the Dask engine read each piece alone and accepted what the in-process one
+    refused (one month's times as text, the next as timestamps)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    months = {
+        1: pa.table({"event_time": ["2024-01-01T00:00:00"], "quantity": pa.array([1], pa.int64())}),
+        2: pa.table(
+            {"event_time": pa.array([pd.Timestamp("2024-02-01")]), "quantity": pa.array([1.5])}
+        ),
+    }
+    for month, table in months.items():
+        (tmp_path / "events" / f"month={month}").mkdir(parents=True)
+        pq.write_table(table, tmp_path / "events" / f"month={month}" / "part-0.parquet")
+    for read in (read_raw, lambda path: rawfiles.parquet_pieces(path, 1000)):
+        with pytest.raises(ContractError, match="The Parquet files of events do not agree"):
+            read(tmp_path / "events")
+    # Types that widen (an integer and a float quantity) are one table either way.
+    widening = pa.table({"event_time": ["2024-02-01T00:00:00"], "quantity": pa.array([1.5])})
+    pq.write_table(widening, tmp_path / "events" / "month=2" / "part-0.parquet")
+    assert len(rawfiles.parquet_pieces(tmp_path / "events", 1000)) == 2
+    assert read_raw(tmp_path / "events")[0].num_rows == 2
