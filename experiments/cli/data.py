@@ -44,7 +44,7 @@ def validate_cmd(
     if out_dir is not None:
         apart_from(out_dir, data)
     tables = pipelines.validate(data, out_dir, encoding, engine=checked_engine(engine))
-    summary = pipelines.validation_summary(tables)
+    summary = pipelines.validation_summary(tables, top=None if as_json else 5)
     if as_json:
         typer.echo(json.dumps(summary))
         return

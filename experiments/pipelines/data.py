@@ -21,8 +21,9 @@ from features.ingest import ContractError, LoadedTable, load_dataset, write_quar
 QUARANTINE_DIR = "_quarantine"
 
 
-def validation_summary(tables: dict[str, LoadedTable], top: int = 5) -> dict[str, dict]:
-    """The ``--json`` shape: per table rows / accepted / quarantined and the top reasons."""
+def validation_summary(tables: dict[str, LoadedTable], top: int | None = None) -> dict[str, dict]:
+    """The ``--json`` shape: per table rows / accepted / quarantined and its reasons with their
+    counts, most frequent first (every one, or the ``top`` few)."""
     return {
         "tables": {
             name: {

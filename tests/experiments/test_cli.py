@@ -48,6 +48,7 @@ def test_validate_json_counts_every_hand_appended_corrupt_line(data: Path) -> No
     assert report["rows"] == lines_before + len(corrupt) + 1
     assert report["quarantined"] == corrupted["events"] + len(corrupt) + 1
     assert report["rows"] == report["accepted"] + report["quarantined"]
+    assert sum(report["reasons"].values()) == report["quarantined"]  # every reason, not the top 5
     quarantine = pd.read_csv(data / "_quarantine" / "events.csv", dtype=str)
     assert len(quarantine) == report["quarantined"] and quarantine["reason"].notna().all()
     assert "wrong number of fields" in set(quarantine["reason"])
