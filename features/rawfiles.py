@@ -609,7 +609,15 @@ def _sniff(path: Path, encoding: str) -> _Dialect | None:
     """
     head = _head(path)
     encoding = next((name for bom, name in _BOMS if head.startswith(bom)), encoding)
-    text = codecs.getincrementaldecoder(encoding)("replace").decode(head, len(head) < _HEAD_BYTES)
+    try:
+        text = codecs.getincrementaldecoder(encoding)("replace").decode(
+            head, len(head) < _HEAD_BYTES
+        )
+    except UnicodeError:  # utf-16 and utf-32 without their byte-order mark
+        raise ContractError(
+            f"{path.name} does not start with the byte-order mark that {encoding} needs; give "
+            "the byte order in --encoding (e.g. utf-16-le or utf-16-be)."
+        ) from None
     _refuse_binary(path, head, text)
     text = text.removeprefix("\ufeff")
     if not text.strip() and len(head) < _HEAD_BYTES:

@@ -234,3 +234,11 @@ def test_partitions_whose_types_disagree_are_refused_by_both_engines(tmp_path: P
     pq.write_table(widening, tmp_path / "events" / "month=2" / "part-0.parquet")
     assert len(rawfiles.parquet_pieces(tmp_path / "events", 1000)) == 2
     assert read_raw(tmp_path / "events")[0].num_rows == 2
+
+
+def test_utf16_without_its_byte_order_mark_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    """Regression: Python's own "UTF-16 stream does not start with BOM", naming no file."""
+    text = "event_time,channel,event_type,item_id\n2024-01-01T00:00:00,web,view,I1\n"
+    with pytest.raises(ContractError, match=r"events\.csv does not start with the byte-order mark"):
+        load(tmp_path / "events.csv", text.encode("utf-16-le"), encoding="utf-16")
+    assert len(load(tmp_path / "events.csv", text.encode("utf-16-le"), "utf-16-le").accepted) == 1
