@@ -81,7 +81,8 @@ def series_profile(
     """Per series (of ``series`` only, when given), over its observed periods in the last
     quarter (13 weeks, 28 days) of the panel or of its periods ``before`` one: ``volume``, the
     mean demand, and ``volatility``, the mean absolute change from one period to the next (the
-    scale of MASE). Indexed by series; a series with one such period has volatility 0."""
+    scale of MASE). Indexed by series id (plain values, so that any frame's series can be
+    looked up in it); a series with one such period has volatility 0."""
     spec = frequency(freq)
     period = panel[PERIOD]
     end = period.max() if before is None else period[period < before].max()
@@ -91,12 +92,15 @@ def series_profile(
     recent = panel[rows].sort_values([SERIES, PERIOD])
     grouped = recent.groupby(SERIES, observed=True)[TARGET]
     change = grouped.diff().abs()
-    return pd.DataFrame(
+    profile = pd.DataFrame(
         {
             "volume": grouped.mean(),
             "volatility": change.groupby(recent[SERIES], observed=True).mean().fillna(0.0),
         }
     )
+    # Not categorical: two categorical indexes whose codes differ in width cannot be aligned
+    # (an empty group's are a byte wide), and a forecast's series would not be found in it.
+    return profile.set_axis(pd.Index(profile.index.to_numpy(), name=SERIES))
 
 
 def spans_a_year(panel: pd.DataFrame, horizon: int, freq: str) -> bool:

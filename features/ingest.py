@@ -176,7 +176,7 @@ def _contract_names(table: pa.Table, schema: TableSchema) -> pa.Table:
     return table.rename_columns(renamed) if renamed != names else table
 
 
-def _readable(table: pa.Table, schema: TableSchema, source: str) -> pa.Table:
+def _typed_columns(table: pa.Table, schema: TableSchema, source: str) -> pa.Table:
     """The table, its binary contract columns as text; a contract column of a type that holds
     no single value (a list, a struct, a duration, bytes that are not UTF-8) is refused in one
     sentence naming it (Parquet files carry types; CSV is text)."""
@@ -210,7 +210,7 @@ def _validate(
     bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
-    table = _readable(_contract_names(holder.pop(), schema), schema, source)
+    table = _typed_columns(_contract_names(holder.pop(), schema), schema, source)
     limits = _Limits.of(bounds or Bounds.from_env())
     if table.num_columns == 0 and table.num_rows == 0:
         table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})

@@ -97,7 +97,7 @@ class ContractError(ValueError):
 def partition_files(path: Path) -> list[Path]:
     """The Parquet files of a partitioned dataset directory, in path order (months, days, ...):
     the order its rows are read in, wherever they are read. A folder that cannot be read is
-    refused: its rows would be left out without a word (symbolic links are not followed)."""
+    refused, as is a symbolic link to a folder: its rows would be left out without a word."""
 
     def refuse(error: OSError) -> None:
         raise ContractError(
@@ -106,7 +106,13 @@ def partition_files(path: Path) -> list[Path]:
         )
 
     files = []
-    for folder, _, names in os.walk(path, onerror=refuse):
+    for folder, folders, names in os.walk(path, onerror=refuse):
+        linked = [Path(folder) / name for name in folders if (Path(folder) / name).is_symlink()]
+        if linked:
+            raise ContractError(
+                f"{linked[0]} is a symbolic link to a folder, which is not followed (it could "
+                f"loop, or lead outside); put the files themselves in {path.name}."
+            )
         files += [Path(folder) / name for name in names if name.endswith(".parquet")]
     return sorted(files)
 
@@ -144,15 +150,25 @@ def parquet_pieces(path: Path, max_rows: int) -> list[ParquetPiece]:
             groups.append(group)
             rows += size
         pieces.append(ParquetPiece(file, tuple(groups)))  # no row groups: an empty piece
-    try:  # as read_raw reads them whole: files whose types cannot be reconciled are refused
-        pa.unify_schemas(schemas, promote_options="permissive")
-    except pa.ArrowException as exc:
-        raise _disagree(path, exc) from exc
+    _check_agreement(path, schemas)  # as read_raw does, before any row is read
     return pieces
 
 
-def _disagree(path: Path, exc: Exception) -> ContractError:
-    return ContractError(f"The Parquet files of {path.name} do not agree ({exc}).")
+def _check_agreement(path: Path, schemas: list[pa.Schema]) -> None:
+    """The files of one table must make one: types that cannot be reconciled (text in one
+    month, timestamps in the next) or a column named two ways (``Quantity``, ``quantity``:
+    the contract reads either, but not both) are refused."""
+    try:
+        names = pa.unify_schemas(schemas, promote_options="permissive").names
+    except pa.ArrowException as exc:
+        raise ContractError(f"The Parquet files of {path.name} do not agree ({exc}).") from exc
+    lowered = [name.lower() for name in names]
+    twice = [name for name in names if lowered.count(name.lower()) > 1]
+    if twice:
+        raise ContractError(
+            f"The Parquet files of {path.name} do not agree: they name a column "
+            f"{' and '.join(map(repr, twice))}; name it one way."
+        )
 
 
 def _read_piece(piece: ParquetPiece) -> pa.Table:
@@ -206,10 +222,8 @@ def read_raw(
         # partition keys in the paths are not columns — the rows carry their own.
         files = partition_files(path) if path.is_dir() else [path]
         tables = [_read_parquet(file) for file in files]
-        try:
-            table = pa.concat_tables(tables, promote_options="permissive")
-        except pa.ArrowException as exc:
-            raise _disagree(path, exc) from exc
+        _check_agreement(path, [t.schema for t in tables])
+        table = pa.concat_tables(tables, promote_options="permissive")
     else:
         return _read_csv(path, _codec(encoding))
     return (

@@ -13,3 +13,7 @@ class UnknownIdError(KeyError, ValueError):
 
 class BeyondModelError(ValueError):
     """A valid request the fitted model cannot answer (e.g. a horizon beyond its own)."""
+
+
+class NoChampion(LookupError):
+    """The model registry has no champion of a model yet (``omni train`` makes one)."""

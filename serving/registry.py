@@ -14,6 +14,8 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from models.errors import NoChampion
+
 RECOMMENDER = "recommender"
 FORECASTER = "demand_forecaster"
 CHAMPION = "champion"
@@ -36,7 +38,7 @@ def model_to_serve(name: str) -> tuple[str, Path]:
     the version pinned in the Bento being served, else the current ``@champion``.
 
     Raises:
-        LookupError: when nothing is pinned and there is no champion.
+        NoChampion: when nothing is pinned and there is no champion.
         mlflow.exceptions.MlflowException: when the registry cannot be read.
         bentoml.exceptions.NotFound: when the pinned model is not in BentoML's model store.
     """
@@ -55,12 +57,12 @@ def champion(name: str) -> tuple[str, Path]:
     alias moves meanwhile).
 
     Raises:
-        LookupError: when there is no champion.
+        NoChampion: when there is no champion.
         mlflow.exceptions.MlflowException: when the registry cannot be read.
     """
     found = champion_version(name)
     if found is None:
-        raise LookupError(f"The MLflow registry has no {name}@{CHAMPION}.")
+        raise NoChampion(f"The MLflow registry has no {name}@{CHAMPION}.")
     version = str(found.version)
     path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
     return version, Path(path) / MODEL_DIR

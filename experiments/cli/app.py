@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from experiments.synthetic import GeneratorConfig, generate
 from features.eventlog import EventStoreUnavailable, redact_urls
 from features.identity import DemoSaltWarning, IdentityConfig
+from models.errors import NoChampion
 
 app = typer.Typer(
     help="omnichannel-ml: unified customer histories -> recommendations, forecasts, placement.",
@@ -41,7 +42,7 @@ app.add_typer(keys_app, name="keys")
 score_app = typer.Typer(help="Batch scoring: every customer's lists, for CRM and marketing.")
 app.add_typer(score_app, name="score")
 
-out = Console()
+out = Console(markup=False)  # what it prints holds paths, ids and column names: not markup
 err = Console(stderr=True)
 
 Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
@@ -88,16 +89,14 @@ def main() -> None:
     except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
         err.print(f"[bold red]error:[/] {escape(redact_urls(str(exc)))}", highlight=False)
         sys.exit(2)
-    except LookupError as exc:
-        if type(exc) is not LookupError:  # KeyError, IndexError: bugs, reported below
-            _internal_error(exc)
-        # The registry has no champion (serving.registry.champion).
+    except NoChampion as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))} omni train makes one.")
         sys.exit(2)
-    except OSError as exc:  # a path that cannot be read or written
-        where = f" {exc.filename}" if exc.filename else ""
-        reason = exc.strerror or str(exc)
-        err.print(f"[bold red]error:[/] cannot use{escape(str(where))}: {escape(reason)}.")
+    except OSError as exc:
+        if not exc.filename:  # a network error, or a bug: not a path of the user's
+            _internal_error(exc)
+        reason = redact_urls(f"cannot use {exc.filename}: {exc.strerror or exc}.")
+        err.print(f"[bold red]error:[/] {escape(reason)}")
         sys.exit(2)
     except Exception as exc:
         _internal_error(exc)

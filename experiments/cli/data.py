@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from experiments.cli.app import (
@@ -50,7 +49,7 @@ def validate_cmd(
         return
     table = Table("table", "rows", "accepted", "quarantined", "top reasons")
     for name, s in summary["tables"].items():
-        reasons = escape("; ".join(f"{r} ({n})" for r, n in s["reasons"].items()))
+        reasons = "; ".join(f"{r} ({n})" for r, n in s["reasons"].items())
         table.add_row(name, str(s["rows"]), str(s["accepted"]), str(s["quarantined"]), reasons)
     out.print(table)
     quarantine = out_dir or data / pipelines.QUARANTINE_DIR

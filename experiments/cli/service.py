@@ -76,20 +76,22 @@ def demo_cmd(port: Port = 3000) -> None:
     from serving.keys import SCOPES, create_key, write_private
 
     identity_config()
-    out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...")
+    out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...", markup=True)
     for message in serve.train_demo_models():
         out.print(message)
     keys = {scope: create_key([scope]) for scope in SCOPES}
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
     write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start
-    out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).")
-    out.print(f"[bold]3/3[/] starting the service on port {port} ...")
+    out.print(f"[bold]2/3[/] created demo keys (saved for you in {keys_out}).", markup=True)
+    out.print(f"[bold]3/3[/] starting the service on port {port} ...", markup=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does, workers too
     process = serve.start(port)
     try:
         serve.wait_ready(port, process)
-        out.print(f"\n[bold green]ready[/] on http://127.0.0.1:{port} (docs: /docs). Try:\n")
+        out.print(
+            f"\n[bold green]ready[/] on http://127.0.0.1:{port} (docs: /docs). Try:\n", markup=True
+        )
         for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
             out.print(example, highlight=False, soft_wrap=True)
         out.print(

@@ -143,12 +143,13 @@ def forecast_cmd(
 
 
 def champion_forecaster() -> Any:
+    from models.errors import NoChampion
     from models.forecast import LightGBMForecaster
     from serving.registry import FORECASTER, champion
 
     try:
         return LightGBMForecaster.load(champion(FORECASTER)[1])
-    except LookupError as exc:
+    except NoChampion as exc:
         raise UsageError(f"{exc} Run omni train forecaster first.") from exc
 
 

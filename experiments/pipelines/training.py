@@ -40,6 +40,7 @@ from features.identity import IdentityConfig
 from features.ingest import LoadedTable, load_dataset
 from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
+from models.errors import NoChampion
 from models.forecast import LightGBMForecaster, Trainer
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -543,7 +544,7 @@ def _champion_wape(
     frequency is not compared (None)."""
     try:
         current = LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
-    except LookupError:
+    except NoChampion:
         return None
     if (current.horizon, current.freq) != (candidate.horizon, candidate.freq):
         return None

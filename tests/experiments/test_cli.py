@@ -76,6 +76,9 @@ def test_an_output_inside_the_data_directory_is_refused_and_the_data_kept(data: 
     # Regression: rich read "[/]" in a path as markup and stopped with a traceback.
     odd = omni("validate", "--data", str(data / "x[/]y"))
     assert odd.returncode == 2 and "x[/]y does not exist" in odd.stderr
+    shutil.copytree(data, data.parent / "x[/]y")
+    odd = omni("validate", "--data", str(data.parent / "x[/]y"))
+    assert odd.returncode == 0 and "x[/]y/_quarantine/" in odd.stdout, odd.stderr
 
 
 @pytest.mark.parametrize(

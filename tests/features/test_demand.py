@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from features.demand import (
+    PERIOD,
+    SERIES,
     Codes,
     FeatureSpec,
     build_features,
@@ -16,6 +18,7 @@ from features.demand import (
     period_end,
     rolling_origins,
     sales_from_events,
+    series_profile,
 )
 
 
@@ -251,3 +254,16 @@ def test_a_backtest_too_long_for_the_data_names_the_longest_horizon_it_allows() 
     with pytest.raises(ValueError, match="the longest horizon they allow for 3 windows is 6"):
         rolling_origins(panel, horizon=7, windows=3)
     assert len(rolling_origins(panel, horizon=6, windows=3)) == 3
+
+
+def test_a_series_profile_can_be_looked_up_whatever_was_censored() -> None:
+    """Regression: among more than 127 series, a recent quarter with every period censored
+    gave an index pandas could not align with the panel's series ("Buffer dtype mismatch"),
+    and the forecaster's calibration and intervals stopped."""
+    days = pd.date_range("2024-01-01", periods=60, freq="D")
+    items = np.repeat([f"I{i:03d}" for i in range(200)], 60)
+    sales = pd.DataFrame({"date": np.tile(days, 200), "store_id": "S", "item_id": items})
+    panel = build_panel(sales.assign(units=1.0))
+    panel["censored"] = panel[PERIOD] >= days[20]
+    looked_up = series_profile(panel, "D").reindex(panel[SERIES]).fillna(0.0)
+    assert len(looked_up) == len(panel) and (looked_up["volume"] == 0.0).all()

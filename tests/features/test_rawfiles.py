@@ -234,6 +234,20 @@ def test_partitions_whose_types_disagree_are_refused_by_both_engines(tmp_path: P
     pq.write_table(widening, tmp_path / "events" / "month=2" / "part-0.parquet")
     assert len(rawfiles.parquet_pieces(tmp_path / "events", 1000)) == 2
     assert read_raw(tmp_path / "events")[0].num_rows == 2
+    # A column named two ways: in-process, both survived the merge and one month's quantities
+    # became the default; on Dask each piece was renamed. Both engines refuse it now.
+    pq.write_table(
+        widening.rename_columns(["event_time", "Quantity"]),
+        tmp_path / "events" / "month=2" / "part-0.parquet",
+    )
+    for read in (read_raw, lambda path: rawfiles.parquet_pieces(path, 1000)):
+        with pytest.raises(ContractError, match="name a column 'quantity' and 'Quantity'"):
+            read(tmp_path / "events")
+    # A symbolic link to a folder would be skipped by the walk: it is refused instead.
+    (tmp_path / "events" / "month=2").rename(tmp_path / "elsewhere")
+    (tmp_path / "events" / "month=2").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ContractError, match="month=2 is a symbolic link to a folder"):
+        rawfiles.partition_files(tmp_path / "events")
 
 
 def test_utf16_without_its_byte_order_mark_names_the_file_and_the_fix(tmp_path: Path) -> None:
