@@ -359,6 +359,12 @@ class _Limits:
     max_amount: float
     skew_hours: float
 
+    def top(self, kind: Kind) -> float:
+        """The largest magnitude a number of ``kind`` may have."""
+        if kind in (Kind.QUANTITY, Kind.STOCK_CHANGE):
+            return self.max_quantity
+        return {Kind.LATITUDE: 90.0, Kind.LONGITUDE: 180.0}.get(kind, self.max_amount)
+
     @classmethod
     def of(cls, bounds: Bounds) -> _Limits:
         now = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -454,10 +460,7 @@ def _parse_number(
         ).cast(pa.float64())
     number = given & _mask(pc.is_finite(parsed))
     x = np.asarray(pc.fill_null(parsed, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    top = {Kind.LATITUDE: 90.0, Kind.LONGITUDE: 180.0}.get(
-        kind,
-        limits.max_quantity if kind in (Kind.QUANTITY, Kind.STOCK_CHANGE) else limits.max_amount,
-    )
+    top = limits.top(kind)
     high, high_text = number & (x > top), f"is over {top:g}"
     if kind is Kind.QUANTITY:
         low, low_text = number & (x <= 0), "is not positive"

@@ -269,9 +269,14 @@ def train_recommender(
             mlflow.log_params({"model": candidate.model, **candidate.params, **common})
             mlflow.set_tag("skipped", reason)
     metric = options.selection.metric
-    champion_metric = _champion_metric(selection.rescore)
+    champion = _champion_candidate()
     too_few = selection.customers < MIN_VALIDATION_CUSTOMERS
-    promoted = champion_metric is None or (best.metrics[metric] >= champion_metric and not too_few)
+    # Refitted on this training split and scored on this validation split — the same data the
+    # challenger was scored on; not at all when the validation is too small to replace it.
+    champion_metric = None if champion is None or too_few else selection.rescore(champion)
+    promoted = champion is None or (
+        champion_metric is not None and best.metrics[metric] >= champion_metric
+    )
 
     final = fit_final(unified, best.candidate, options.weights)
     probe_recommender(final)  # never register a model that answers NaN or nothing
@@ -306,15 +311,15 @@ def train_recommender(
     )
     score = f"{metric} {best.metrics[metric]:.4f}"
     registered = f"{best.candidate.label} registered as {REGISTERED_NAME} v{version}"
-    if champion_metric is None:
+    if champion is None:
         message = f"{registered} and is now {CHAMPION} (there was none); {score}."
-    elif promoted:
-        message = f"{registered} and is now {CHAMPION}: {score} >= its {champion_metric:.4f}."
-    elif too_few:
+    elif champion_metric is None:
         message = (
             f"{registered}; the {CHAMPION} stays: its validation held {selection.customers} "
             f"customers, too few to replace it (at least {MIN_VALIDATION_CUSTOMERS})."
         )
+    elif promoted:
+        message = f"{registered} and is now {CHAMPION}: {score} >= its {champion_metric:.4f}."
     else:
         message = (
             f"{registered}; the {CHAMPION} stays: {score} < its {champion_metric:.4f} "
@@ -408,15 +413,14 @@ def _register(
     return str(info.registered_model_version)
 
 
-def _champion_metric(rescore: Callable[[Candidate], float]) -> float | None:
-    """The champion's configuration, refitted on this training split and scored on this
-    validation split — the same data the challenger was scored on."""
+def _champion_candidate() -> Candidate | None:
+    """The champion's configuration (None without a champion, or one registered without it)."""
     version = champion_version(REGISTERED_NAME)
     raw = version.tags.get("candidate") if version is not None else None
     if raw is None:
         return None
     spec = json.loads(raw)
-    return rescore(Candidate(spec["model"], spec["params"]))
+    return Candidate(spec["model"], spec["params"])
 
 
 def _candidate_json(candidate: Candidate) -> dict[str, Any]:
