@@ -66,27 +66,11 @@ def train_forecaster_cmd(
     """Backtest, fit on all data, register demand_forecaster; champion only if it wins."""
     from experiments.pipelines import training
 
-    result, version, promoted, champion = training.train_forecaster(
+    trained = training.train_forecaster(
         data, horizon=horizon, freq=freq, engine=checked_engine(engine)
     )
-    print_backtest(result, "backtest of the new forecaster")
-    name = training.FORECASTER_NAME
-    wape = result.metrics["wape"]
-    if champion is None:
-        out.print(
-            f"registered {name} v{version}; it is now champion (there was none for this horizon "
-            "and frequency)."
-        )
-    else:
-        verdict = (
-            f"it is now champion: WAPE {wape:.4f} <="
-            if promoted
-            else (f"the champion stays: WAPE {wape:.4f} >")
-        )
-        out.print(
-            f"registered {name} v{version}; {verdict} {champion:.4f}, the champion's "
-            "configuration on the same backtest."
-        )
+    print_backtest(trained.backtest, "backtest of the new forecaster")
+    out.print(trained.message)
 
 
 @backtest_app.command("forecaster")
@@ -193,9 +177,9 @@ def print_backtest(result: Any, title: str) -> None:
         f"point forecast's; 80% coverage by volume quintile (lowest first) "
         f"{', '.join(f'{c:.3f}' for c in quintiles)}."
     )
-    best = min(m["wape"] for m in result.baselines.values())
+    gain = 1 - result.metrics["wape"] / min(m["wape"] for m in result.baselines.values())
     out.print(
-        f"WAPE {1 - result.metrics['wape'] / best:+.1%} below the best baseline; "
+        f"WAPE {abs(gain):.1%} {'below' if gain >= 0 else 'above'} the best baseline's; "
         f"{result.series} series, {result.rows} test rows, {result.seconds:.0f} s."
     )
 

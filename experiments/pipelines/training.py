@@ -171,6 +171,10 @@ def load_training_options(path: Path | None) -> TrainingOptions:
 
 #: A champion is replaced only by a model validated on at least this many customers' baskets.
 MIN_VALIDATION_CUSTOMERS = 20
+#: ... and only by a model of at least this share of the customers or series the champion
+#: serves: a run on a sample (a few stores, a month of events) never takes over from one
+#: trained on the whole chain. Each registered version carries its count as a tag.
+MIN_SHARE_OF_CHAMPION = 0.5
 
 
 @dataclass
@@ -270,9 +274,11 @@ def train_recommender(
             mlflow.set_tag("skipped", reason)
     metric = options.selection.metric
     champion = _champion_candidate()
-    too_few = selection.customers < MIN_VALIDATION_CUSTOMERS
+    customers = int(unified["customer_id"].nunique())
+    narrower = _narrower_than_champion(REGISTERED_NAME, "customers", customers)
+    too_few = selection.customers < MIN_VALIDATION_CUSTOMERS or narrower is not None
     # Refitted on this training split and scored on this validation split — the same data the
-    # challenger was scored on; not at all when the validation is too small to replace it.
+    # challenger was scored on; not at all when these data cannot replace it.
     champion_metric = None if champion is None or too_few else selection.rescore(champion)
     promoted = champion is None or (
         champion_metric is not None and best.metrics[metric] >= champion_metric
@@ -309,10 +315,13 @@ def train_recommender(
     client.set_model_version_tag(
         REGISTERED_NAME, version, f"validation_{metric_key(metric)}", f"{best.metrics[metric]:.6f}"
     )
+    client.set_model_version_tag(REGISTERED_NAME, version, "customers", str(customers))
     score = f"{metric} {best.metrics[metric]:.4f}"
     registered = f"{best.candidate.label} registered as {REGISTERED_NAME} v{version}"
     if champion is None:
         message = f"{registered} and is now {CHAMPION} (there was none); {score}."
+    elif narrower is not None:
+        message = f"{registered}; the {CHAMPION} stays: {narrower}"
     elif champion_metric is None:
         message = (
             f"{registered}; the {CHAMPION} stays: its validation held {selection.customers} "
@@ -490,14 +499,27 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
         return str(run.info.run_id)
 
 
+@dataclass
+class ForecasterTraining:
+    """What ``omni train forecaster`` did: the backtest, the registered version, whether it became
+    champion, the champion's WAPE it was compared with (None when it was not compared) and one
+    sentence saying so."""
+
+    backtest: BacktestResult
+    version: str
+    promoted: bool
+    champion_wape: float | None
+    message: str
+
+
 def train_forecaster(
     data_dir: Path, *, horizon: int, freq: str, windows: int = 3, engine: str = "inprocess"
-) -> tuple[BacktestResult, str, bool, float | None]:
+) -> ForecasterTraining:
     """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins.
 
-    Returns the backtest, the registered version, whether it became champion and the champion's
-    backtest WAPE it was compared with: its configuration backtested on the same data and
-    windows (None without a champion, or when it forecasts another horizon or frequency).
+    The champion's WAPE is its configuration backtested on the same data and windows; a
+    champion for another horizon or frequency is replaced without comparison, one forecasting
+    more than twice as many series is not replaced (:data:`MIN_SHARE_OF_CHAMPION`).
     ``engine="dask"`` sums the daily sales and trains LightGBM on a Dask cluster
     (:func:`experiments.pipelines.forecaster.engine`).
     """
@@ -508,13 +530,18 @@ def train_forecaster(
             data.panel, items=data.items, trainer=trainer
         )
         probe_forecast(final.predict(final.history_))
-        champion_wape = _champion_wape(final, result, data, windows, trainer)
+        narrower = _narrower_than_champion(FORECASTER_NAME, "series", result.series)
+        current = None if narrower else _champion_forecaster()
+        champion_wape = None
+        if current is not None and (current.horizon, current.freq) == (horizon, freq):
+            champion_wape = _champion_wape(current, final, result, data, windows, trainer)
     params = {
         "data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows,
         "engine": engine,
     }  # fmt: skip
     log_backtest(result, params)
-    promoted = champion_wape is None or result.metrics["wape"] <= champion_wape
+    wape = result.metrics["wape"]
+    promoted = narrower is None and (champion_wape is None or wape <= champion_wape)
     version = _register(
         FORECASTER_NAME,
         "forecaster",
@@ -524,34 +551,66 @@ def train_forecaster(
         metrics=result.metrics,
     )
     client = MlflowClient()
-    client.set_model_version_tag(
-        FORECASTER_NAME, version, "backtest_wape", f"{result.metrics['wape']:.6f}"
-    )
-    client.set_model_version_tag(FORECASTER_NAME, version, "freq", freq)
-    client.set_model_version_tag(FORECASTER_NAME, version, "horizon", str(horizon))
-    client.set_model_version_tag(FORECASTER_NAME, version, "interval", final.intervals_.label)
+    tags = {
+        "backtest_wape": f"{wape:.6f}", "freq": freq, "horizon": str(horizon),
+        "interval": final.intervals_.label, "series": str(result.series),
+    }  # fmt: skip
+    for key, value in tags.items():
+        client.set_model_version_tag(FORECASTER_NAME, version, key, value)
+    registered = f"registered {FORECASTER_NAME} v{version}"
+    if narrower is not None:
+        message = f"{registered}; the {CHAMPION} stays: {narrower}"
+    elif current is None:
+        message = f"{registered}; it is now {CHAMPION} (there was none)."
+    elif champion_wape is None:
+        message = (
+            f"{registered}; it is now {CHAMPION}, replacing one for {current.horizon} "
+            f"periods of {current.freq} (not compared: another horizon or frequency)."
+        )
+    else:
+        outcome = f"it is now {CHAMPION}" if promoted else f"the {CHAMPION} stays"
+        message = (
+            f"{registered}; {outcome}: WAPE {wape:.4f} {'<=' if promoted else '>'} "
+            f"{champion_wape:.4f}, the {CHAMPION}'s configuration on the same backtest."
+        )
     if promoted:
         client.set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
-    return result, version, promoted, champion_wape
+    return ForecasterTraining(result, version, promoted, champion_wape, message)
+
+
+def _champion_forecaster() -> LightGBMForecaster | None:
+    try:
+        return LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
+    except NoChampion:
+        return None
+
+
+def _narrower_than_champion(name: str, unit: str, count: int) -> str | None:
+    """Why a model of ``count`` ``unit`` (customers, series) may not replace ``name``'s champion:
+    it serves fewer than :data:`MIN_SHARE_OF_CHAMPION` of the champion's; None when it may (or
+    the champion was registered without the count)."""
+    version = champion_version(name)
+    held = version.tags.get(unit) if version is not None else None
+    if held is None or count >= MIN_SHARE_OF_CHAMPION * int(held):
+        return None
+    return (
+        f"these data hold {count:,} {unit}, fewer than {MIN_SHARE_OF_CHAMPION:.0%} of its "
+        f"{int(held):,} (a sample?). To replace it on purpose, point the {CHAMPION} alias of "
+        f"{name} at this version in MLflow."
+    )
 
 
 def _champion_wape(
+    current: LightGBMForecaster,
     candidate: LightGBMForecaster,
     result: BacktestResult,
     data: DemandData,
     windows: int,
     trainer: Trainer,
-) -> float | None:
+) -> float:
     """The champion forecaster's WAPE on the candidate's backtest: its configuration refitted at
     the same origins of the same data (a WAPE stored from another run measured other data). The
-    same configuration scores what the candidate scored; a champion for another horizon or
-    frequency is not compared (None)."""
-    try:
-        current = LightGBMForecaster.load(champion(FORECASTER_NAME)[1])
-    except NoChampion:
-        return None
-    if (current.horizon, current.freq) != (candidate.horizon, candidate.freq):
-        return None
+    same configuration scores what the candidate scored."""
     if _configuration(current) == _configuration(candidate):
         return result.metrics["wape"]
     config = current.get_params()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from sklearn.base import clone
@@ -23,8 +24,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
-    result, version, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=2)
-    assert champion is None and promoted and version == "1"  # the first forecaster in this store
+    trained = train_forecaster(SAMPLE, horizon=4, freq="W", windows=2)
+    result, version = trained.backtest, trained.version
+    assert trained.champion_wape is None and trained.promoted and version == "1"  # the first
+    assert trained.message.endswith("it is now champion (there was none).")
     client = MlflowClient()
     alias = client.get_model_version_by_alias(FORECASTER_NAME, CHAMPION)
     assert str(alias.version) == version and alias.tags["freq"] == "W"
@@ -44,6 +47,20 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     view = model.forecast("S001", horizon=2)
     assert len(view) > 0 and (view["p10"] <= view["p90"]).all()
 
+    # Regression: a run on a sample of the data (three items of every store) replaced the
+    # champion of the whole chain, which then forecast nothing else.
+    sample = own_tracking / "three-items"
+    sample.mkdir()
+    for table in SAMPLE.glob("*.csv.gz"):
+        frame = pd.read_csv(table)
+        if "store_id" in frame and "item_id" in frame:
+            frame = frame[frame["item_id"].isin(frame["item_id"].value_counts().index[:3])]
+        frame.to_csv(sample / table.name, index=False)
+    narrow = train_forecaster(sample, horizon=4, freq="W", windows=1)
+    assert not narrow.promoted and narrow.champion_wape is None
+    assert f"fewer than 50% of its {result.series:,}" in narrow.message, narrow.message
+    assert str(client.get_model_version_by_alias(FORECASTER_NAME, CHAMPION).version) == "1"
+
 
 def test_the_champion_is_rescored_on_the_candidates_data(own_tracking: Path) -> None:
     """A champion of another configuration is backtested again on the candidate's data: WAPEs
@@ -56,10 +73,11 @@ def test_the_champion_is_rescored_on_the_candidates_data(own_tracking: Path) -> 
         run_name="a weak champion", params={}, metrics={},
     )  # fmt: skip
     MlflowClient().set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
-    result, _, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
+    trained = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
     expected = backtest(data, horizon=4, freq="W", windows=1, model=lambda: clone(weak))
-    assert champion == pytest.approx(expected.metrics["wape"])
-    assert champion > result.metrics["wape"] and promoted  # 5 rounds against 400
+    assert trained.champion_wape == pytest.approx(expected.metrics["wape"])
+    assert trained.champion_wape > trained.backtest.metrics["wape"]  # 5 rounds against 400
+    assert trained.promoted and "it is now champion: WAPE" in trained.message
     # The same configuration against itself: the candidate's own WAPE, no second backtest.
-    again, _, promoted, champion = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
-    assert promoted and champion == again.metrics["wape"]
+    again = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
+    assert again.promoted and again.champion_wape == again.backtest.metrics["wape"]

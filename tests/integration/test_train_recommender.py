@@ -87,7 +87,15 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
     # would be more than the 0.1% of stragglers the validation window ignores in so few.
     monkeypatch.setenv("OMNI_EVENTS_URL", f"sqlite:///{own_tracking}/few-events.db")
     third = train_recommender(few, write(own_tracking, "good-again.toml", GOOD))
-    assert not third.promoted and "too few to replace it" in third.message, third.message
+    assert not third.promoted and third.champion_metric is None
+    customers = client.get_model_version(REGISTERED_NAME, "1").tags["customers"]
+    assert f"fewer than 50% of its {int(customers):,}" in third.message, third.message
+    assert str(client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION).version) == "1"
+    # A champion registered before versions carried their customers: the validation's own size
+    # still keeps it.
+    client.delete_model_version_tag(REGISTERED_NAME, "1", "customers")
+    fourth = train_recommender(few, write(own_tracking, "good-again.toml", GOOD))
+    assert not fourth.promoted and "too few to replace it" in fourth.message, fourth.message
     assert str(client.get_model_version_by_alias(REGISTERED_NAME, CHAMPION).version) == "1"
 
 
