@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,9 +83,14 @@ def dask_client() -> Iterator[Any]:
         workers = os.cpu_count() or 1
         limit = os.environ.get(MEMORY_ENV) or "auto"
         with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=limit) as cluster,
+            # The workers' spill files, removed with the cluster (Dask's default folder stays).
+            tempfile.TemporaryDirectory(prefix="omni-dask-") as scratch,
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, memory_limit=limit,
+                local_directory=scratch,
+            ) as cluster,
             Client(cluster) as client,
-        ):
+        ):  # fmt: skip
             yield client
     else:
         with Client(address) as client:
