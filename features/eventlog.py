@@ -53,6 +53,8 @@ CONNECT_TIMEOUT = 5
 #: After a failure (not a dropped connection), calls within this many seconds fail at once
 #: instead of connecting again.
 RECONNECT_SECONDS = 1.0
+#: Parameters in one INSERT at most (under SQLite's default limit, 32,766).
+MAX_PARAMETERS = 30_000
 
 logger = logging.getLogger("omnichannel_ml")
 
@@ -488,13 +490,19 @@ class EventLog:
         received = pd.Timestamp.now(tz="UTC").isoformat()
         values = [(received, *row) for row in _as_stored(rows, columns)]
         marks = "(" + ", ".join([self._param] * (len(columns) + 1)) + ")"
-        cursor.execute(
-            f"INSERT INTO {table} (received_at, {', '.join(columns)}) VALUES "
-            + ", ".join([marks] * len(values))
-            + f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}, seq",
-            [v for row in values for v in row],
-        )
-        stored = dict(cursor.fetchall())
+        # A statement takes a bounded number of parameters (PostgreSQL 65,535; SQLite 32,766 by
+        # default); a group commit of many requests is as many statements in one transaction.
+        step = MAX_PARAMETERS // (len(columns) + 1)
+        stored: dict[str, int] = {}
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            cursor.execute(
+                f"INSERT INTO {table} (received_at, {', '.join(columns)}) VALUES "
+                + ", ".join([marks] * len(chunk))
+                + f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}, seq",
+                [v for row in chunk for v in row],
+            )
+            stored.update(cursor.fetchall())
         # An id twice in one call (two requests of a group commit) is stored once: the first.
         ids = rows[key]
         mask = (ids.isin(stored) & ~ids.duplicated()).to_numpy(dtype=bool)

@@ -83,6 +83,20 @@ def test_append_is_durable_idempotent_and_reads_back_typed(log: EventLog) -> Non
     assert log.recorded_otherwise(other) == ["till-1"]
 
 
+def test_a_group_commit_larger_than_a_statement_takes_is_stored(log: EventLog) -> None:
+    """Regression: ten full /events batches committed together were one INSERT of 10,000 rows,
+    over PostgreSQL's 65,535 parameters (SQLite's limit: 26,000 rows here) — 503 for every
+    request of the group, and /readyz 503."""
+    batches = [
+        validate_events([{**GOOD, "event_id": f"e{b}-{i}"} for i in range(1000)])[0]
+        for b in range(26)
+    ]
+    both = pd.concat([*batches, batches[0]], ignore_index=True)  # a retry inside the group
+    stored, seqs = log.append(both)
+    assert stored.sum() == 26_000 and not stored[-1000:].any()
+    assert seqs.tolist() == list(range(1, 26_001)) and log.last_seq() == 26_000
+
+
 def test_training_adds_only_the_logged_events_a_file_does_not_hold() -> None:
     file_events, _ = validate_events([GOOD])
     logged, _ = validate_events([GOOD, {**GOOD, "event_id": "till-2"}])
