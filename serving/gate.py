@@ -9,12 +9,13 @@ file changes, so ``omni keys create`` takes effect without a restart.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from serving.keys import keys_file, load_keys, scopes_of
+from serving.keys import KeysFileError, keys_file, load_keys, scopes_of
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -29,6 +30,8 @@ PUBLIC = frozenset(
 PUBLIC_PREFIXES = ("/static_content/",)
 ADMIN = "admin"
 
+logger = logging.getLogger("omnichannel_ml")
+
 
 class Gate:
     """ASGI middleware: ``routes`` maps a path to the scope it needs (others need ``admin``)."""
@@ -37,17 +40,24 @@ class Gate:
         self.app = app
         self.routes = routes
         self.max_body = max_body or int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
-        self._keys: dict[str, dict] = {}
+        self._keys: dict[str, dict] | None = None
         self._stamp: tuple[Path, float] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if path == "/docs":  # BentoML serves its Swagger UI at "/"; /docs is where people look
             scope = {**scope, "path": "/", "raw_path": b"/"}
+        if scope["type"] == "websocket":  # no route takes one; none passes without a key
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers = dict(pairs)
+        if sum(name == "authorization" for name, _ in pairs) > 1:
+            await _respond(send, 400, "Send one Authorization header, not several.")
+            return
         refusal = self._refusal(headers.get("authorization", ""), self.routes.get(path, ADMIN))
         if refusal is not None:
             await _respond(send, *refusal)
@@ -67,18 +77,33 @@ class Gate:
     def _refusal(self, header: str, scope: str) -> tuple[int, str] | None:
         if not header.lower().startswith("bearer "):
             return 401, "Missing 'Authorization: Bearer <key>' header."
-        scopes = scopes_of(header[7:].strip(), self._current_keys())
+        keys = self._current_keys()
+        if keys is None:
+            return 503, "The service cannot read its keys file; its log says why."
+        scopes = scopes_of(header[7:].strip(), keys)
         if scopes is None:
             return 401, "Invalid API key."
         if scope not in scopes and ADMIN not in scopes:
             return 403, f"This key lacks the {scope!r} scope."
         return None
 
-    def _current_keys(self) -> dict[str, dict]:
+    def _current_keys(self) -> dict[str, dict] | None:
+        """The keys, read again when the file changes. A file that cannot be read is logged
+        once and the last keys read stay in force (None when none ever could be read)."""
         path = keys_file()
-        mtime = path.stat().st_mtime if path.exists() else 0.0
+        try:
+            mtime = path.stat().st_mtime if path.exists() else 0.0
+        except OSError:
+            mtime = -1.0
         if self._stamp != (path, mtime):
-            self._keys, self._stamp = load_keys(path), (path, mtime)
+            self._stamp = (path, mtime)
+            try:
+                self._keys = load_keys(path)
+            except KeysFileError as exc:
+                if self._keys is None:
+                    logger.error("%s Every key is refused (503) until it is mended.", exc)
+                else:
+                    logger.error("%s The keys read before stay in force.", exc)
         return self._keys
 
 

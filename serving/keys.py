@@ -50,9 +50,44 @@ def create_key(scopes: list[str], path: Path | None = None) -> str:
     return f"omni_{key_id}_{secret}"
 
 
+class KeysFileError(ValueError):
+    """The keys file cannot be read or is not what ``create_key`` writes."""
+
+
 def load_keys(path: Path | None = None) -> dict[str, dict]:
+    """The keys file's entries by key id ({} when there is no file).
+
+    Raises:
+        KeysFileError: the file cannot be read, or an entry lacks a SHA-256 or known scopes
+            (one sentence naming the file; a hand edit or a copy cut short).
+    """
     path = path or keys_file()
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        store = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KeysFileError(f"The keys file {path} cannot be read: {exc}.") from None
+    if not isinstance(store, dict):
+        raise KeysFileError(f"The keys file {path} is not a JSON object of keys by id.")
+    for key_id, entry in store.items():
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        scopes = entry.get("scopes") if isinstance(entry, dict) else None
+        if not (isinstance(digest, str) and len(digest) == 64 and _is_hex(digest)) or not (
+            isinstance(scopes, list) and scopes and set(scopes) <= set(SCOPES)
+        ):
+            raise KeysFileError(
+                f"The keys file {path} has an entry {key_id!r} without a SHA-256 and known scopes."
+            )
+    return store
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager
