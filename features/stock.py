@@ -261,14 +261,23 @@ class StockLedger:
     def reservation_refusal(
         self, reservation_id: str, node_id: str, item_id: str, quantity: float
     ) -> StockRefusal | None:
-        """Why a new reservation cannot be made (409), or None. A retry of one already made
-        (same id, node, item and quantity) is no refusal: :attr:`reservations` holds it."""
+        """Why a new reservation cannot be made (409), or None. A retry of one still held
+        (same id, node, item and quantity) is no refusal: :attr:`reservations` holds it; a retry
+        of one released, fulfilled or expired is (nothing is held under it)."""
         held = self.reservations.get(reservation_id)
         if held is not None:
-            if (held.node_id, held.item_id, held.quantity) == (node_id, item_id, quantity):
-                return None
-            used = f"{held.quantity:g} of {held.item_id!r} at {held.node_id!r}"
-            return StockRefusal(409, f"Reservation {reservation_id!r} is already used for {used}.")
+            if (held.node_id, held.item_id, held.quantity) != (node_id, item_id, quantity):
+                used = f"{held.quantity:g} of {held.item_id!r} at {held.node_id!r}"
+                return StockRefusal(
+                    409, f"Reservation {reservation_id!r} is already used for {used}."
+                )
+            if held.state != "reserved":
+                return StockRefusal(
+                    409,
+                    f"Reservation {reservation_id!r} is already {held.state}: nothing is held "
+                    "under it; reserve under a new id.",
+                )
+            return None
         picture = self.picture((node_id, item_id))
         available = picture["available"] if picture else 0.0
         if quantity > available:

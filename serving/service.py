@@ -767,7 +767,8 @@ class OmnichannelService:
         when fewer are available to promise, and then nothing is held. Decided on the shared
         log under its lock: of two reservations of the last unit, from any workers, exactly
         one wins. A retry (the same ``reservation_id``, node, item and quantity) holds nothing
-        more and answers with the reservation as it is now. The units are held for
+        more and answers with the reservation while it is held; 409 once it was released,
+        fulfilled or expired. The units are held for
         ``hold_minutes`` (48 h by default), unless released or fulfilled first."""
         r = ReserveRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)

@@ -160,11 +160,14 @@ def test_reservations_hold_units_until_released_fulfilled_or_expired() -> None:
     assert ledger.reservations["r1"].state == "expired"
     assert ledger.closing_refusal("r1", "fulfil").status == 409
     assert ledger.closing_refusal("r1", "release") is None
+    # Regression: reserving again under the expired id answered 200 with nothing held.
+    assert "already expired: nothing is held" in str(ledger.reservation_refusal("r1", "S1", "a", 3))
     assert ledger.closing_refusal("nope", "release").status == 404
     ledger.apply_movements(movements(("fulfil", "S1", "a", 1, 3, "r2")))
     assert ledger.picture(("S1", "a")) == {"on_hand": 4.0, "reserved": 0.0, "available": 3.0}
     assert ledger.closing_refusal("r2", "release").status == 409  # already fulfilled
     assert ledger.closing_refusal("r2", "fulfil") is None  # a retry
+    assert ledger.reservation_refusal("r2", "S1", "a", 1).status == 409  # fulfilled: none held
 
 
 def ahead(**delta: float) -> str:
