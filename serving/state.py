@@ -188,10 +188,11 @@ class ServingState:
 
         Returns:
             True when reserved now, False when a reservation with this id, node, item and
-            quantity was made before (a retry: it is not made again, whatever became of it).
+            quantity is held already (a retry: it is not made again).
 
         Raises:
-            StockRefusal: 409, not enough available, or the id used for another reservation.
+            StockRefusal: 409, not enough available, the id used for another reservation, or
+                for this one after it was released, fulfilled or expired.
         """
 
         def decision() -> dict | None:
