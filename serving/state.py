@@ -128,7 +128,10 @@ class ServingState:
     def catch_up(self, log: EventLog) -> None:
         """Apply the events and stock movements logged since this state last looked (by any
         worker or process), and end the reservations whose hold has run out."""
+        seen = (self.log_seq, self.movement_seq)  # before the log's: it only grows meanwhile
         events, movements = log.positions()
+        if events < seen[0] or movements < seen[1]:
+            self._log_went_back(events, movements)
         if not self._past_sales_counted:
             self._count_past_sales(log)
         if events > self.log_seq:
@@ -144,6 +147,21 @@ class ServingState:
         if self.stock.due(now):
             with self._stock_lock:
                 self._restock(self.stock.expire(now))
+
+    def _log_went_back(self, events: int, movements: int) -> None:
+        """The log ends before positions already applied: it is an older copy (restored from a
+        backup) or another store. What it gets from now on is new — applied from its end, not
+        passed over until its positions come back to where they were."""
+        with self._lock, self._stock_lock:
+            if events < self.log_seq or movements < self.movement_seq:
+                logger.warning(
+                    "The event log ends at event %d and movement %d, before this state's %d and "
+                    "%d (a log restored from a backup, or another one): what it gets from now on "
+                    "is applied from there.",
+                    events, movements, self.log_seq, self.movement_seq,
+                )  # fmt: skip
+                self.log_seq = min(self.log_seq, events)
+                self.movement_seq = min(self.movement_seq, movements)
 
     def _count_past_sales(self, log: EventLog) -> None:
         """Once, at load: the sales and returns logged before the champion was trained count

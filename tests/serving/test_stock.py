@@ -273,6 +273,41 @@ def test_a_champion_trained_after_a_sale_still_counts_it_in_stock(
         assert picture(after, keys, item) == seen
 
 
+def test_events_logged_after_a_restore_are_applied(
+    workers: Workers,
+    keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a champion trained further into the log than the log now goes (an event
+    log restored from an older backup) passed over every new event until the positions came
+    back to its own: a sale answered ``stored`` and the stock never moved."""
+    import serving.service
+    from features.eventlog import EventLog
+
+    latest = latest_stock()
+    item = latest.xs("S004", level="store_id").index[0]
+    real_load = serving.service.load_state
+
+    def trained_on_a_longer_log() -> object:
+        state = real_load()
+        state.log_seq = EventLog.from_env().last_seq() + 1000
+        return state
+
+    monkeypatch.setattr(serving.service, "load_state", trained_on_a_longer_log)
+    sale = {
+        "event_time": now(), "channel": "store", "event_type": "purchase", "item_id": item,
+        "quantity": 2, "store_id": "S004", "event_id": "till-S004-restored",
+    }  # fmt: skip
+    with workers(1) as (client,):
+        before = {n["node_id"]: n for n in picture(client, keys, item)[0]["nodes"]}["S004"]
+        posted = client.post("/events", json={"events": [sale]}, headers=as_(keys, "recommend"))
+        assert posted.json()["stored"] == 1
+        after = {n["node_id"]: n for n in picture(client, keys, item)[0]["nodes"]}["S004"]
+    assert after["on_hand"] == before["on_hand"] - 2
+    assert "a log restored from a backup" in caplog.text
+
+
 def test_a_sale_through_one_worker_changes_the_others_next_recommendation(
     workers: Workers, keys: dict[str, str]
 ) -> None:
