@@ -63,14 +63,22 @@ def build(bentofile: Path = BENTOFILE, version: str | None = None) -> Built:
         version: the Bento's version (BentoML makes one up by default).
 
     Raises:
-        ValueError: when a registered model has no champion.
+        ValueError: when a registered model has no champion, ``bentofile`` is not a YAML
+            mapping or ``version`` not a BentoML version — before any model is copied.
     """
     import bentoml
     import yaml
 
+    try:
+        config = yaml.safe_load(bentofile.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{bentofile} is not YAML: {str(exc).splitlines()[0]}.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{bentofile} is not a bentofile: a YAML mapping of build options.")
+    if version is not None:
+        bentoml.Tag("omnichannel", version)  # a ValueError in one sentence when it is not one
     champions = {name: _champion_version(name) for name in (RECOMMENDER, FORECASTER)}
     models = [_import_model(name, found) for name, found in champions.items()]
-    config = yaml.safe_load(bentofile.read_text())
     config["models"] = [model.model_tag for model in models]
     labels = {f"{model.name}_version": model.version for model in models}
     previous = vars(bentoml.use_arguments())

@@ -104,3 +104,30 @@ def test_a_built_bento_serves_the_champions_of_its_build(
         assert ready["forecaster_version"] == pinned[FORECASTER]
         status, answer = post(port, "/recommend", body, keys["recommend"])
         assert status == 200 and answer["items"], answer
+
+
+@pytest.mark.parametrize(
+    ("options", "bentofile", "said"),
+    [
+        ([], "- a list\n", "is not a bentofile: a YAML mapping of build options."),
+        ([], "service: [unclosed\n", "is not YAML"),
+        (["--version", "../../evil"], None, "is not a valid BentoML tag"),
+    ],
+)
+def test_a_build_refused_copies_no_model(
+    champions: Path, tmp_path: Path, options: list[str], bentofile: str | None, said: str
+) -> None:
+    """Regression: both champions were copied into BentoML's model store before the options
+    were read — a copy of each left behind by every failed build — and a bentofile that was not
+    a mapping was an internal error."""
+    home = tmp_path / "bentoml"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    if bentofile is not None:
+        (tmp_path / "bentofile.yaml").write_text(bentofile)
+        options = ["--bentofile", str(tmp_path / "bentofile.yaml")]
+    built = subprocess.run(
+        [*OMNI, "build", *options], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert built.returncode == 2 and said in " ".join(built.stderr.split()), built.stderr
+    assert "internal error" not in built.stderr
+    assert not list(home.glob("models/*/*"))  # no model copied
