@@ -62,6 +62,9 @@ class Gate:
         if refusal is not None:
             await _respond(send, *refusal)
             return
+        if scope.get("method") in ("POST", "PUT", "PATCH") and not _is_json(headers):
+            await _respond(send, 415, "Send the body as JSON (Content-Type: application/json).")
+            return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _respond(send, 413, f"The request body is over {self.max_body} bytes.")
@@ -107,6 +110,13 @@ class Gate:
         return self._keys
 
 
+def _is_json(headers: dict[str, str]) -> bool:
+    """Whether a body is declared JSON (``application/json``, ``…+json``, or not declared):
+    BentoML would read a form or a file as the request's fields too."""
+    declared = headers.get("content-type", "").split(";")[0].strip().lower()
+    return declared in ("", "application/json") or declared.endswith("+json")
+
+
 async def _respond(send: Send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -150,6 +160,7 @@ EXTRA_RESPONSES = {
     "409": "A valid request that cannot be done (beyond the model's horizon, not enough stock "
     "to reserve, an id already recorded with other content).",
     "413": "The request body is too large.",
+    "415": "The body is not declared JSON (Content-Type).",
     "422": "A field breaks its type or a limit, or an event breaks the contract (all named).",
     "503": "Not ready (see /readyz), or the event store is down; retry after Retry-After.",
 }

@@ -298,6 +298,14 @@ class AvailabilityRequest(_Strict):
     lon: float | None = Field(default=None, ge=-180, le=180, allow_inf_nan=False)
     n: int = Field(default=5, ge=1, le=50)
 
+    @model_validator(mode="after")
+    def _one_place(self) -> AvailabilityRequest:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give lat and lon together")
+        if self.store_id is not None and self.lat is not None:
+            raise ValueError("give store_id or lat and lon, not both")
+        return self
+
 
 class ForecastRequest(_Strict):
     store_id: Id = Field(examples=["S001"])

@@ -94,3 +94,25 @@ def test_a_websocket_needs_a_key_too(keys_path: Path) -> None:
     """Regression: WebSocket connections passed the gate without a key."""
     with pytest.raises(WebSocketDisconnect), client().websocket_connect("/recommend") as socket:
         socket.receive_text()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),
+        ("application/json; charset=utf-8", 200),
+        ("application/merge-patch+json", 200),
+        ("application/x-www-form-urlencoded", 415),
+        ("text/plain", 415),
+        ("multipart/form-data; boundary=x", 415),
+    ],
+)
+def test_a_body_must_be_declared_json(keys_path: Path, content_type: str, status: int) -> None:
+    """Regression: a form body (``item_id=I000010``) was answered 200 — BentoML reads forms
+    and files as the request's fields too."""
+    key = create_key(["recommend"], keys_path)
+    headers = {**bearer(key), "content-type": content_type}
+    answer = client().post("/recommend", content=b'{"item_id": "I000010"}', headers=headers)
+    assert answer.status_code == status
+    if status == 415:
+        assert answer.json()["error"].startswith("Send the body as JSON")

@@ -47,6 +47,20 @@ def test_unknown_item_on_forecast_is_404(app: TestClient) -> None:
     assert response.status_code == 404 and "NOPE" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ({"store_id": "S004", "lat": 35.0, "lon": 139.0}, "give store_id or lat and lon, not both"),
+        ({"lat": 35.0}, "give lat and lon together"),
+    ],
+)
+def test_one_place_to_look_from_on_availability(app: TestClient, where: dict, said: str) -> None:
+    """Regression: with a store_id, lat and lon were passed over without a word (and a lat
+    without its lon)."""
+    answer = app.post("/availability", json={"item_ids": ["I000010"], **where})
+    assert answer.status_code == 422 and said in answer.json()["error"], answer.json()
+
+
 def test_a_body_that_is_not_json_is_400(app: TestClient) -> None:
     answer = app.post(
         "/recommend", content=b'{"channel": "app",', headers={"content-type": "application/json"}
