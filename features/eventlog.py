@@ -38,7 +38,15 @@ import pandas as pd
 import pyarrow as pa
 
 from features.ingest import REASON, validate_table
-from features.schema import EVENT_TYPES, EVENTS, MAX_ID_LENGTH, MOVEMENTS, Bounds, TableSchema
+from features.schema import (
+    EVENT_TYPES,
+    EVENTS,
+    ID_FORBIDDEN,
+    MAX_ID_LENGTH,
+    MOVEMENTS,
+    Bounds,
+    TableSchema,
+)
 from features.stock import movement_problems
 
 EVENTS_URL_ENV = "OMNI_EVENTS_URL"
@@ -222,9 +230,9 @@ _FAST_BATCH = 100
 _ISO_TIME = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
 )
-# 1-256 characters, no control characters, no ASCII whitespace at either end (nothing to trim).
+# 1-256 characters, none of ID_FORBIDDEN, no space at either end (nothing to trim).
 _PLAIN_ID = re.compile(
-    rf"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{{0,{MAX_ID_LENGTH - 2}}}[^\x00-\x20\x7f])?"
+    rf"[^{ID_FORBIDDEN}\x20](?:[^{ID_FORBIDDEN}]{{0,{MAX_ID_LENGTH - 2}}}[^{ID_FORBIDDEN}\x20])?"
 )
 _OPTIONAL_IDS = ("customer_key", "store_id")
 

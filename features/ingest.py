@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from features.rawfiles import REASON, ContractError, ParquetPiece, partition_files, read_raw
 from features.schema import (
     CHOICES,
+    ID_FORBIDDEN,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
     PRIMARY_TABLES,
@@ -382,7 +383,7 @@ class _Limits:
 _MISSING_NUMBER = pa.array(["na", "n/a", "null", "none", "nan", "#n/a"])
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # C0 controls and DEL: invisible, break logs and terminals, and PostgreSQL refuses NUL.
-_CONTROL = r"[\x00-\x1f\x7f]"
+_FORBIDDEN_IN_ID = f"[{ID_FORBIDDEN}]"
 
 
 #: Kinds read as numbers (:func:`_parse_number`).
@@ -423,11 +424,11 @@ def _parse(
     long = _mask(pc.greater(pc.binary_length(text), limit))
     if long.any():  # bytes over the limit: count characters before calling it too long
         long &= _mask(pc.greater(pc.utf8_length(text), limit))
-    control = _mask(pc.match_substring_regex(text, _CONTROL if kind is Kind.ID else "\x00"))
+    control = _mask(pc.match_substring_regex(text, _FORBIDDEN_IN_ID if kind is Kind.ID else "\x00"))
     bad = long | control
     if bad.any():
         text = pc.if_else(pa.array(bad), pa.scalar(None, text.type), text)
-    what = "a control character" if kind is Kind.ID else "a NUL character"
+    what = "a control or invisible character" if kind is Kind.ID else "a NUL character"
     return text, [
         (long, f"{name} is longer than {limit} characters"),
         (control, f"{name} has {what}"),

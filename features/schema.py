@@ -18,7 +18,7 @@ class Kind(StrEnum):
     TIME = "time"  # ISO 8601 timestamp; naive means UTC; within [time floor, now + clock skew]
     DATE = "date"  # ISO 8601 calendar date of history; within [time floor, now + clock skew]
     PLAN_DATE = "plan_date"  # ISO 8601 calendar date; within [time floor, now + plan ahead]
-    ID = "id"  # non-empty string, at most MAX_ID_LENGTH characters, no control characters
+    ID = "id"  # non-empty string, at most MAX_ID_LENGTH characters, none of ID_FORBIDDEN
     TEXT = "text"  # free string, at most MAX_TEXT_LENGTH characters, no NUL
     NUMBER = "number"  # finite float, |x| <= max amount
     NONNEGATIVE = "nonnegative"  # finite float, 0 <= x <= max amount
@@ -54,6 +54,12 @@ CHOICES = {
     Kind.MOVEMENT_TYPE: MOVEMENT_TYPES,
 }
 MAX_ID_LENGTH = 256
+#: What an id may not hold, as a regular-expression character class body that Python's,
+#: Arrow's (RE2) and pydantic's (Rust) engines read alike: control characters (C0, DEL, C1) and
+#: the invisible ones that make two different ids look the same or reverse how one is shown —
+#: zero-width spaces and joiners, directional marks, embeddings, overrides and isolates, line
+#: and paragraph separators, the byte-order mark.
+ID_FORBIDDEN = r"\x00-\x1f\x7f-\x9f" + "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 MAX_TEXT_LENGTH = 1024
 COVARIATE_PREFIX = "x_"
 

@@ -45,7 +45,7 @@ from features.eventlog import (
     redact_urls,
 )
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records
-from features.schema import MAX_ID_LENGTH, Bounds
+from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
@@ -262,14 +262,14 @@ class MovementsRequest(_Strict):
     movements: list[Movement] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-#: An id the service stores as given: no control characters, no space at either end (the
-#: contract would trim it when read back), and room for the service's own prefix.
+#: An id the service stores as given: none of the contract's forbidden characters, no space at
+#: either end (the contract would trim it when read back), and room for the service's own prefix.
 PlainId = Annotated[
     str,
     Field(
         min_length=1,
         max_length=200,
-        pattern=r"^[^\x00-\x20\x7f]([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$",
+        pattern=rf"^[^{ID_FORBIDDEN}\x20]([^{ID_FORBIDDEN}]*[^{ID_FORBIDDEN}\x20])?$",
     ),
 ]
 

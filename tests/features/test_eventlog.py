@@ -130,7 +130,12 @@ def test_a_stored_row_that_breaks_the_contract_is_quarantined_not_fatal(log: Eve
 def test_a_nul_in_a_key_is_refused_before_the_store() -> None:
     """Regression (#11): a NUL in customer_key was a 500 on PostgreSQL (SQLite stored it)."""
     accepted, reasons = validate_events([{**GOOD, "customer_key": "LC\x00-1"}])
-    assert accepted.empty and reasons == ["customer_key has a control character"]
+    assert accepted.empty and reasons == ["customer_key has a control or invisible character"]
+    # Invisible characters too, on the direct path for small batches and the contract's alike.
+    for batch in (1, 150):
+        rows = [{**GOOD, "event_id": f"e{i}", "item_id": "I\u2066000010"} for i in range(batch)]
+        accepted, reasons = validate_events(rows)
+        assert accepted.empty and set(reasons) == {"item_id has a control or invisible character"}
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "sqlite"])

@@ -69,8 +69,16 @@ def test_good_events_are_typed_and_in_canonical_order(tmp_path: Path) -> None:
         ("2999-01-01,web,view,I1,K,1,,,e1", "event_time is more than 24 h ahead"),
         ("1970-01-01,web,view,I1,K,1,,,e1", "event_time is before 2000-01-01"),
         # Regression (#11): a NUL in a key was a 500 on PostgreSQL.
-        ("2024-01-01,web,view,I1,K\x00K,1,,,e1", "customer_key has a control character"),
-        ("2024-01-01,web,view,I1\x1b[31m,K,1,,,e1", "item_id has a control character"),
+        (
+            "2024-01-01,web,view,I1,K\x00K,1,,,e1",
+            "customer_key has a control or invisible character",
+        ),
+        ("2024-01-01,web,view,I1\x1b[31m,K,1,,,e1", "item_id has a control or invisible character"),
+        # Regression: zero-width and right-to-left override characters made ids that look alike
+        # or are shown reversed.
+        ("2024-01-01,web,view,I1\u200b,K,1,,,e1", "item_id has a control or invisible character"),
+        ("2024-01-01,web,view,I1,K\u202eK,1,,,e1", "customer_key has a control or invisible"),
+        ("2024-01-01,web,view,I1,K,1,,S\u0085,e1", "store_id has a control or invisible character"),
         ("2024-01-01,web,view,I1,K,two,,,e1", "quantity is not a finite number"),
         ("2024-01-01,web,view,I1,K,inf,,,e1", "quantity is not a finite number"),
         ("2024-01-01,web,view,,K,1,,,e1", "missing item_id"),

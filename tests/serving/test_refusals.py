@@ -239,3 +239,10 @@ def test_a_stored_event_that_breaks_the_contract_is_counted_not_fatal(app: TestC
     ready = app.get("/readyz").json()
     assert ready["ready"] is True and ready["events_quarantined"] >= 1
     assert app.post("/admin/reload").json()["reloaded"] is True  # and loads again
+
+
+def test_a_reservation_id_with_an_invisible_character_is_422(app: TestClient) -> None:
+    """Regression: a right-to-left override in an order number was stored and echoed back."""
+    body = {"reservation_id": "order-\u202e1", "node_id": "S001", "item_id": "I000010"}
+    answer = app.post("/reservations", json={**body, "quantity": 1})
+    assert answer.status_code == 422 and "reservation_id" in answer.json()["error"]
