@@ -8,6 +8,7 @@ file changes, so ``omni keys create`` takes effect without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_BODY_ENV = "OMNI_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a full batch of 1,000 events is about 250 kB
+#: Seconds a client has to send a whole body (a stalled upload holds a connection, not more).
+BODY_SECONDS = 30
 #: Open to anyone: the probes, and the API's own description (no data in it).
 PUBLIC = frozenset(
     {"/livez", "/readyz", "/healthz", "/", "/docs", "/docs.json", "/ui", "/ui/app.js"}
@@ -69,8 +72,16 @@ class Gate:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _respond(send, 413, f"The request body is over {self.max_body} bytes.")
             return
-        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            body = await _read_at_most(receive, self.max_body)
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            # Read here, whole, so that what reaches the service is a body or nothing: a client
+            # that goes away or stalls mid-body costs no worker and no error log.
+            try:
+                body = await asyncio.wait_for(_read_at_most(receive, self.max_body), BODY_SECONDS)
+            except TimeoutError:
+                await _respond(send, 408, f"The request body took over {BODY_SECONDS} s.")
+                return
+            except _Disconnected:
+                return
             if body is None:
                 await _respond(send, 413, f"The request body is over {self.max_body} bytes.")
                 return
@@ -126,11 +137,17 @@ async def _respond(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _Disconnected(Exception):
+    """The client went away before its body was whole."""
+
+
 async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None as soon as it passes ``limit`` bytes."""
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -159,6 +176,7 @@ EXTRA_RESPONSES = {
     "403": "The key lacks the route's scope.",
     "409": "A valid request that cannot be done (beyond the model's horizon, not enough stock "
     "to reserve, an id already recorded with other content).",
+    "408": "The request body did not arrive whole in time.",
     "413": "The request body is too large.",
     "415": "The body is not declared JSON (Content-Type).",
     "422": "A field breaks its type or a limit, or an event breaks the contract (all named).",

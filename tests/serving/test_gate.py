@@ -3,6 +3,7 @@ request or a WebSocket get."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import serving.gate
 from serving.gate import Gate
 from serving.keys import KEYS_ENV, KeysFileError, create_key, load_keys
 
@@ -116,3 +118,49 @@ def test_a_body_must_be_declared_json(keys_path: Path, content_type: str, status
     assert answer.status_code == status
     if status == 415:
         assert answer.json()["error"].startswith("Send the body as JSON")
+
+
+def call(key: str, messages: list[dict | None]) -> tuple[list[dict], list[dict]]:
+    """One POST through the gate from a client that sends ``messages`` (None: nothing more,
+    ever): what the gate sent back, and the requests that reached the app behind it."""
+    sent: list[dict] = []
+    reached: list[dict] = []
+    queue = iter(messages)
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        reached.append(scope)
+        await ok(scope, receive, send)
+
+    async def receive() -> dict:
+        message = next(queue)
+        if message is None:
+            await asyncio.Event().wait()  # a client that stalls
+        return message  # type: ignore[return-value]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/recommend",
+        "headers": [(b"authorization", f"Bearer {key}".encode())],
+    }  # fmt: skip
+    asyncio.run(Gate(app, {"/recommend": "recommend"})(scope, receive, send))
+    return sent, reached
+
+
+PART = {"type": "http.request", "body": b'{"a', "more_body": True}
+
+
+def test_a_client_gone_mid_body_reaches_nothing(keys_path: Path) -> None:
+    """Regression: the service read the body and logged the disconnect as a 500 with its
+    traceback."""
+    key = create_key(["recommend"], keys_path)
+    assert call(key, [PART, {"type": "http.disconnect"}]) == ([], [])
+
+
+def test_a_stalled_body_is_408(keys_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a client announcing more than it sent held its connection for as long as it
+    liked."""
+    monkeypatch.setattr(serving.gate, "BODY_SECONDS", 0.2)
+    sent, reached = call(create_key(["recommend"], keys_path), [PART, None])
+    assert sent[0]["status"] == 408 and reached == []
