@@ -53,6 +53,9 @@ def frequency(freq: str) -> Frequency:
 def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.datetime64]:
     """The origins of a rolling backtest, oldest first: ``windows`` test windows of ``horizon``
     periods each, back to back, the last ending at the panel's last period."""
+    for name, value in (("horizon", horizon), ("windows", windows)):
+        if value < 1:
+            raise ValueError(f"The {name} must be at least 1, not {value}.")
     periods = np.sort(panel[PERIOD].unique())
     if len(periods) < horizon * windows + 2:  # at least two periods of history before the first
         longest = max((len(periods) - 2) // max(windows, 1), 0)

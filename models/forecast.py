@@ -609,7 +609,7 @@ class LightGBMForecaster(Forecaster):
         Raises:
             BeyondModelError: for a horizon beyond the model's.
         """
-        horizon = horizon or self.horizon
+        horizon = self.horizon if horizon is None else horizon
         if not 1 <= horizon <= self.horizon:
             raise BeyondModelError(
                 f"horizon must be between 1 and {self.horizon} (the model's), not {horizon}."

@@ -75,13 +75,21 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
     def by_ratio(shares: dict[float, float]) -> dict[str, float | None]:
         return plain({f"{r:g}": v for r, v in shares.items()})
 
+    def fewer(lost: float, than: float) -> str:
+        """How the policy's lost units compare with another allocation's (named after it)."""
+        if lost == than:
+            return "as many lost units as"
+        if not than:
+            return f"{lost:,.0f} lost units against none for"
+        change = 1 - lost / than
+        return f"{abs(change):.1%} {'fewer' if change > 0 else 'more'} lost units than"
+
     for ratio, blocks in result.by_supply.items():
         lost = {p: blocks[p]["lost_units"] for p in blocks}
-        fewer = {p: 1 - lost["policy"] / max(lost[p], 1e-9) for p in placement.SIMPLE}
         out.print(
-            f"supply {ratio:g}: {fewer['proportional']:.1%} fewer lost units than proportional, "
-            f"{fewer['equal']:.1%} fewer than equal; of the gap between the best simple split "
-            f"and the oracle {closed[ratio]:.1%} closed"
+            f"supply {ratio:g}: {fewer(lost['policy'], lost['proportional'])} proportional, "
+            f"{fewer(lost['policy'], lost['equal'])} equal; of the gap between the best simple "
+            f"split and the oracle {closed[ratio]:.1%} closed"
             + (
                 f", and {attainable[ratio]:.1%} of the gap to the allocation from the true "
                 "demand distribution."

@@ -33,6 +33,8 @@ from models.placement import (
 POLICIES = ("policy", "proportional", "equal", "oracle")
 SIMPLE = ("proportional", "equal")
 TRUE_DISTRIBUTION = "true_distribution"  # generated data only: the attainable bound
+#: Total stock at most this many times the realised demand in a backtest.
+MAX_SUPPLY = 10.0
 
 
 def split(total: int, weights: np.ndarray) -> np.ndarray:
@@ -48,13 +50,21 @@ def split(total: int, weights: np.ndarray) -> np.ndarray:
 
 
 def oracle(total: int, demand: np.ndarray) -> np.ndarray:
-    """The hard bound: ``total`` units placed knowing the realised demand — each store gets its
-    demand while the units last (in proportion to it when they fall short), the rest in
-    proportion to it. Nothing is lost that the total could have covered."""
-    demand = np.rint(demand).astype(np.int64)  # whole units, as the stock is
-    if total <= demand.sum():
-        return np.minimum(split(total, demand), demand)
-    return demand + split(total - int(demand.sum()), demand)
+    """The hard bound: ``total`` whole units placed knowing the realised demand — each store
+    gets the whole units of its demand while they last (in proportion to them when they fall
+    short), then one more unit goes to each store with a fraction of a unit left to sell (kg,
+    litres), largest first, and the rest in proportion to the demand. No placement of whole
+    units loses less."""
+    whole = np.floor(demand).astype(np.int64)
+    if total <= whole.sum():
+        return np.minimum(split(total, whole), whole)
+    fraction = demand - whole
+    topped = np.argsort(-fraction, kind="stable")[
+        : min(total - int(whole.sum()), (fraction > 0).sum())
+    ]
+    stock = whole.copy()
+    stock[topped] += 1
+    return stock + split(total - int(stock.sum()), demand)
 
 
 @dataclass
@@ -111,6 +121,11 @@ def simulate(
     when the data set has one (``_truth/demand``), else the recorded sales.
     """
     started = time.perf_counter()
+    refused = [r for r in supply if not 0 < r <= MAX_SUPPLY]  # NaN is refused too
+    if refused or not supply:
+        raise ValueError(
+            f"Supply ratios must be above 0 and at most {MAX_SUPPLY:g}, not {refused or 'none'}."
+        )
     data = load_demand(data_dir, freq)
     panel = data.panel
     truth = _true_demand(data_dir, freq, panel)
@@ -158,7 +173,7 @@ def simulate(
             items_seen.add(str(item))
             recent = stores["recent"].to_numpy()
             if generated:  # the true distribution, as allocate reads one
-                truth = stores[["store_id", "true_mean", "true_dispersion"]].set_axis(
+                true_distribution = stores[["store_id", "true_mean", "true_dispersion"]].set_axis(
                     ["store_id", "mean", "dispersion"], axis=1
                 )
             for ratio in supply:
@@ -176,7 +191,7 @@ def simulate(
                 }
                 if generated:
                     stock[TRUE_DISTRIBUTION] = allocate(
-                        truth, total, economics=economics, allocate_all=True
+                        true_distribution, total, economics=economics, allocate_all=True
                     )["send"].to_numpy()
                 for policy, units in stock.items():
                     sold = np.minimum(demand, units)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,28 @@ def test_the_oracle_loses_only_what_the_total_cannot_cover(total: int) -> None:
     stock = oracle(total, demand)
     assert stock.sum() == total and (stock >= 0).all()
     assert np.minimum(demand, stock).sum() == min(total, demand.sum())  # lost = max(0, D - S)
+
+
+@pytest.mark.parametrize("total", range(8))
+def test_the_oracle_of_fractional_demand_is_the_best_whole_units_can_do(total: int) -> None:
+    """Regression: kg demand was rounded first, so the bound lost units (12 at supply 1.1)
+    that a better placement of the same whole units would have sold."""
+    demand = np.array([0.4, 2.7, 0.0, 1.45])
+    stock = oracle(total, demand)
+    assert stock.sum() == total and (stock >= 0).all()
+    best = max(
+        np.minimum(demand, np.array(units)).sum()
+        for units in itertools.product(range(total + 1), repeat=len(demand))
+        if sum(units) == total
+    )
+    assert np.minimum(demand, stock).sum() == pytest.approx(best)
+
+
+@pytest.mark.parametrize("supply", [(0.0,), (-1.0,), (float("inf"),), (float("nan"),), (11.0,)])
+def test_a_supply_ratio_out_of_bounds_is_refused_before_any_work(supply: tuple) -> None:
+    """Regression: inf was an OverflowError, 1e12 a 29 TiB allocation, nan a bare sentence."""
+    with pytest.raises(ValueError, match=r"^Supply ratios must be above 0 and at most 10, not"):
+        simulate(Path("/nonexistent"), horizon=2, supply=supply)
 
 
 def test_gap_closed_is_the_share_of_the_way_from_the_best_split_to_the_oracle() -> None:
@@ -53,7 +76,9 @@ def test_generated_data_gets_the_bound_of_its_true_demand_distribution(tmp_path:
     ]
     assert abs(window["demand"].sum() - exact["mean"].sum()) < 4 * np.sqrt(exact["variance"].sum())
 
-    result = simulate(tmp_path, horizon=2, freq="W", supply=(0.9, 1.1), windows=1)
+    # Two origins: the second one crashed (the true distribution of an item took the name of
+    # the realised demand panel).
+    result = simulate(tmp_path, horizon=2, freq="W", supply=(0.9, 1.1), windows=2)
     for blocks in result.by_supply.values():
         # No allocation loses less than the oracle; the true distribution's is one of them.
         assert blocks["oracle"]["lost_units"] <= blocks[TRUE_DISTRIBUTION]["lost_units"]

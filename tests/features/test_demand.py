@@ -254,6 +254,10 @@ def test_a_backtest_too_long_for_the_data_names_the_longest_horizon_it_allows() 
     with pytest.raises(ValueError, match="the longest horizon they allow for 3 windows is 6"):
         rolling_origins(panel, horizon=7, windows=3)
     assert len(rolling_origins(panel, horizon=6, windows=3)) == 3
+    # Regression: a negative horizon was an IndexError, no window at all a pandas sentence.
+    for horizon, windows, said in ((-2, 3, "horizon"), (0, 3, "horizon"), (2, 0, "windows")):
+        with pytest.raises(ValueError, match=f"^The {said} must be at least 1, not"):
+            rolling_origins(panel, horizon=horizon, windows=windows)
 
 
 def test_a_series_profile_can_be_looked_up_whatever_was_censored() -> None:

@@ -177,8 +177,9 @@ def test_save_load_round_trip_and_planner_view(fitted, tmp_path: Path) -> None:
         loaded.forecast("S9")
     with pytest.raises(ValueError, match="no known category for item"):
         loaded.forecast("S1", ["I999"])
-    with pytest.raises(ValueError, match="horizon must be between 1 and 7"):
-        loaded.forecast("S1", horizon=8)
+    for beyond in (8, 0):  # Regression: 0 gave the model's whole horizon
+        with pytest.raises(ValueError, match=f"horizon must be between 1 and 7.*not {beyond}"):
+            loaded.forecast("S1", horizon=beyond)
 
 
 def test_coverage_read_on_the_cdf_is_the_coverage_of_the_quantiles() -> None:
