@@ -42,6 +42,7 @@ from features.schema import (
     EVENT_TYPES,
     EVENTS,
     ID_FORBIDDEN,
+    ISO_TIME,
     MAX_ID_LENGTH,
     MOVEMENTS,
     Bounds,
@@ -227,9 +228,6 @@ def check_movements(
 
 #: Batches up to this size are tried on the direct path first.
 _FAST_BATCH = 100
-_ISO_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
-)
 # 1-256 characters, none of ID_FORBIDDEN, no space at either end (nothing to trim).
 _PLAIN_ID = re.compile(
     rf"[^{ID_FORBIDDEN}\x20](?:[^{ID_FORBIDDEN}]{{0,{MAX_ID_LENGTH - 2}}}[^{ID_FORBIDDEN}\x20])?"
@@ -247,7 +245,7 @@ def plain_rows(records: Sequence[dict[str, Any]], bounds: Bounds) -> list[tuple]
     rows = []
     for record in records:
         stamp = record.get("event_time")
-        if not isinstance(stamp, str) or not _ISO_TIME.fullmatch(stamp):
+        if not isinstance(stamp, str) or not ISO_TIME.fullmatch(stamp):
             return None
         try:
             parsed = datetime.fromisoformat(stamp)

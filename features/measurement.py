@@ -31,6 +31,7 @@ import pandas as pd
 
 from features.eventlog import EventLog
 from features.identity import customers_of_keys
+from features.schema import ISO_TIME
 
 CONTROL, TREATMENT = "control", "treatment"
 DEFAULT_WINDOW = pd.Timedelta(days=7)
@@ -252,12 +253,12 @@ def utc_time(text: str | None, name: str) -> pd.Timestamp:
     """An ISO time as naive UTC; ValueError naming ``name`` when it is not one."""
     if not text:
         raise ValueError(f"Give {name} as an ISO time.")
+    if not ISO_TIME.fullmatch(text.strip()):  # not 01.11.2026, 11/01/2026 or "today"
+        raise ValueError(f"{name} is not an ISO time (2026-11-01 or 2026-11-01T09:00): {text!r}.")
     try:
-        stamp = pd.Timestamp(text)
+        stamp = pd.Timestamp(text.strip())
     except (ValueError, OverflowError):
-        raise ValueError(f"{name} is not an ISO time.") from None
-    if pd.isna(stamp):
-        raise ValueError(f"{name} is not an ISO time.")
+        raise ValueError(f"{name} is not an ISO time: {text!r}.") from None
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
 
 

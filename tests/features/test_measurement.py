@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 
 from features.eventlog import EventLog, validate_events
-from features.measurement import CONTROL, TREATMENT, arms, attribute, difference, kpis, measure
+from features.measurement import (
+    CONTROL,
+    TREATMENT,
+    arms,
+    attribute,
+    difference,
+    kpis,
+    measure,
+    utc_time,
+)
 
 T0 = pd.Timestamp("2026-11-01 10:00")
 H = pd.Timedelta(hours=1)
@@ -133,3 +142,23 @@ def test_a_period_with_nothing_shown_and_nothing_bought_is_an_empty_table(tmp_pa
     finally:
         log.close()
     assert empty.empty
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-01", "2026-11-01 00:00"),
+        ("2026-11-01T09:00+09:00", "2026-11-01 00:00"),
+        ("2026-11-01 10:30Z", "2026-11-01 10:30"),
+    ],
+)
+def test_report_times_are_iso_and_utc(text: str, expected: str) -> None:
+    assert utc_time(text, "--since") == pd.Timestamp(expected)
+
+
+@pytest.mark.parametrize("text", ["01.11.2026", "11/01/2026", "today", "20261101", "2026"])
+def test_a_report_time_that_is_not_iso_is_refused(text: str) -> None:
+    """Regression: 01.11.2026 was read as 11 January, 11/01/2026 as 1 November, and "today"
+    was taken."""
+    with pytest.raises(ValueError, match=r"^--since is not an ISO time"):
+        utc_time(text, "--since")
