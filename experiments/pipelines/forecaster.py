@@ -227,7 +227,13 @@ def backtest(
     fitted: Forecaster | None = None
     fit_seconds = 0.0
     caught: list[str] = []
-    for origin in rolling_origins(panel, horizon, windows):
+    origins = rolling_origins(panel, horizon, windows)
+    if not panel.loc[(panel[PERIOD] > origins[0]) & ~panel["censored"], TARGET].sum() > 0:
+        raise ValueError(
+            f"The last {horizon * windows} periods hold no sales, so no accuracy can be measured "
+            "on them: are the data cut short, or their sales missing?"
+        )
+    for origin in origins:
         history, future = split_at(panel, origin, horizon, freq)
         future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
         known = known_covariates(future)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.pipelines.forecaster import accuracy
+from experiments.pipelines.forecaster import DemandData, accuracy, backtest
 from features.demand import build_panel
 from models.forecast import (
     MIN_CELL,
@@ -440,3 +440,11 @@ def test_a_horizon_the_history_cannot_support_names_the_longest_it_can() -> None
     panel = synthetic_panel(n_series=12, days=60)  # 12 x (60 - k) rows lie k days after the start
     with pytest.raises(ValueError, match="the longest horizon they support is 56"):
         LightGBMForecaster(horizon=80, freq="D", n_estimators=5).fit(panel)
+
+
+def test_a_backtest_whose_windows_hold_no_sales_is_refused_in_one_sentence() -> None:
+    """Regression: WAPE was NaN ("WAPE nan > nan"), and no model could become champion."""
+    panel = synthetic_panel(n_series=3, days=60)
+    panel.loc[panel["ds"] > panel["ds"].max() - pd.Timedelta(days=14), "y"] = 0.0
+    with pytest.raises(ValueError, match=r"^The last 14 periods hold no sales"):
+        backtest(DemandData(panel, None, None), horizon=7, freq="D", windows=2)
