@@ -17,3 +17,7 @@ class BeyondModelError(ValueError):
 
 class NoChampion(LookupError):
     """The model registry has no champion of a model yet (``omni train`` makes one)."""
+
+
+class UnreadableChampion(LookupError):
+    """The champion's files cannot be read (removed, cut short); training replaces it."""

@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from models.errors import NoChampion
+from models.errors import NoChampion, UnreadableChampion
 
 RECOMMENDER = "recommender"
 FORECASTER = "demand_forecaster"
@@ -58,13 +58,20 @@ def champion(name: str) -> tuple[str, Path]:
 
     Raises:
         NoChampion: when there is no champion.
+        UnreadableChampion: when its files cannot be fetched.
         mlflow.exceptions.MlflowException: when the registry cannot be read.
     """
     found = champion_version(name)
     if found is None:
         raise NoChampion(f"The MLflow registry has no {name}@{CHAMPION}.")
     version = str(found.version)
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+    try:
+        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableChampion(
+            f"The files of {name} v{version}, the {CHAMPION}, cannot be read ({reason})."
+        ) from None
     return version, Path(path) / MODEL_DIR
 
 

@@ -40,7 +40,7 @@ from features.identity import IdentityConfig
 from features.ingest import LoadedTable, load_dataset
 from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
-from models.errors import NoChampion
+from models.errors import NoChampion, UnreadableChampion
 from models.forecast import LightGBMForecaster, Trainer
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -531,7 +531,12 @@ def train_forecaster(
         )
         probe_forecast(final.predict(final.history_))
         narrower = _narrower_than_champion(FORECASTER_NAME, "series", result.series)
-        current = None if narrower else _champion_forecaster()
+        current, unreadable = None, None
+        if narrower is None:
+            try:
+                current = _champion_forecaster()
+            except UnreadableChampion as exc:  # replaced: nothing can serve it anyway
+                unreadable = str(exc)
         champion_wape = None
         if current is not None and (current.horizon, current.freq) == (horizon, freq):
             champion_wape = _champion_wape(current, final, result, data, windows, trainer)
@@ -560,6 +565,10 @@ def train_forecaster(
     registered = f"registered {FORECASTER_NAME} v{version}"
     if narrower is not None:
         message = f"{registered}; the {CHAMPION} stays: {narrower}"
+    elif unreadable is not None:
+        message = (
+            f"{registered}; it is now {CHAMPION}, replacing one that cannot serve: {unreadable}"
+        )
     elif current is None:
         message = f"{registered}; it is now {CHAMPION} (there was none)."
     elif champion_wape is None:

@@ -287,3 +287,17 @@ def test_stock_report_reads_the_snapshot_and_the_logged_movements(tmp_path: Path
     assert figures["counts"] == 1 and figures["count_mean_error"] == 2.0  # 2 more than the books
     assert figures["stockout_hours"] >= 12.0  # that pair, empty since 20:00
     assert "most hours out" in result.stdout and "1 stock counts" in result.stdout
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_sentence_in_seconds(
+    tmp_path: Path,
+) -> None:
+    """Regression: nothing for 4 min 12 s (MLflow's seven retries), then an internal error."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens on 9
+    env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+    result = subprocess.run(
+        [*OMNI, "forecast", "--store", "S001"],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120, env=env,
+    )  # fmt: skip
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2 and said.startswith("error: MLflow at http://127.0.0.1:9:"), said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -17,7 +18,9 @@ from experiments.pipelines.training import (
     _register,
     train_forecaster,
 )
+from models.errors import UnreadableChampion
 from models.forecast import LightGBMForecaster
+from serving.registry import champion
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.integration
@@ -81,3 +84,13 @@ def test_the_champion_is_rescored_on_the_candidates_data(own_tracking: Path) -> 
     # The same configuration against itself: the candidate's own WAPE, no second backtest.
     again = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
     assert again.promoted and again.champion_wape == again.backtest.metrics["wape"]
+
+    # Regression: a champion whose files were removed was an internal error at `omni forecast`
+    # and made every training fail after its whole backtest; now training replaces it.
+    client = MlflowClient()
+    shutil.rmtree(client.get_model_version_download_uri(FORECASTER_NAME, again.version))
+    with pytest.raises(UnreadableChampion, match=f"^The files of {FORECASTER_NAME} v"):
+        champion(FORECASTER_NAME)
+    mended = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
+    assert mended.promoted and "replacing one that cannot serve" in mended.message
+    assert champion(FORECASTER_NAME)[0] == mended.version
