@@ -495,8 +495,10 @@ def build_features(
     if "unit_price" in panel:
         price = panel["unit_price"].to_numpy(dtype=np.float64)
         regular = panel.groupby(SERIES, sort=False, observed=True)["unit_price"].transform("median")
+        regular = regular.to_numpy(dtype=np.float64)
         put(price)
-        put(price / regular.to_numpy(dtype=np.float64))
+        # Against the regular price; unknown (missing) where that is 0 (a free item), not 0/0.
+        put(np.divide(price, regular, out=np.full_like(price, np.nan), where=regular > 0))
     for name in covariates:
         put(panel[name].to_numpy(dtype=np.float64))
     codes = codes or Codes.learn(panel, items)

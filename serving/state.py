@@ -433,7 +433,8 @@ def load_state() -> ServingState:
     :meth:`ServingState.catch_up` replays the events logged since.
 
     Raises:
-        mlflow.exceptions.MlflowException: when a champion is missing or cannot be read.
+        NoChampion, UnreadableChampion: when a champion is missing or its files cannot be read.
+        mlflow.exceptions.MlflowException: when the registry cannot be read.
         bentoml.exceptions.NotFound: when a pinned model is not in BentoML's model store.
         UnusableModelError: when a champion's answers on the probe are empty or not finite.
     """

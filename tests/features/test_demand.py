@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,6 +144,18 @@ def test_features_match_a_slow_oracle() -> None:
     )
     assert list(features.columns[:4]) == ["unique_id", "ds", "lag3", "lag7"]
     assert (features["price_ratio"] > 0).all()
+
+
+def test_a_free_item_has_no_price_ratio_and_no_warning() -> None:
+    """Regression: a series priced 0 divided 0 by its median price 0 (a numpy warning)."""
+    panel = random_panel()
+    free = panel[SERIES] == panel[SERIES].iloc[0]
+    panel.loc[free, "unit_price"] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features = build_features(panel, FeatureSpec(horizon=3, lags=(3,)), freq="D")
+    assert features.loc[free, "price_ratio"].isna().all()
+    assert (features.loc[~free, "price_ratio"] > 0).all()
 
 
 def test_features_are_pure_and_row_aligned() -> None:
