@@ -494,8 +494,11 @@ def build_features(
         put(calendar.day_of_week.to_numpy(dtype=np.float64)[period])
     if "unit_price" in panel:
         price = panel["unit_price"].to_numpy(dtype=np.float64)
-        regular = panel.groupby(SERIES, sort=False, observed=True)["unit_price"].transform("median")
-        regular = regular.to_numpy(dtype=np.float64)
+        regular = (
+            panel.groupby(SERIES, sort=False, observed=True)["unit_price"]
+            .transform("median")
+            .to_numpy(dtype=np.float64)
+        )
         put(price)
         # Against the regular price; unknown (missing) where that is 0 (a free item), not 0/0.
         put(np.divide(price, regular, out=np.full_like(price, np.nan), where=regular > 0))

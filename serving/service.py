@@ -44,9 +44,9 @@ from features.eventlog import (
     events_frame,
     redact_urls,
 )
-from features.measurement import CONTROL, TREATMENT, arms, measure, period, records
+from features.measurement import CONTROL, TREATMENT, arms, measure, period, records, utc_time
 from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
-from features.stock import DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
+from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
 from serving.errors import (
@@ -286,6 +286,13 @@ class ReserveRequest(_Strict):
 
 class ReservationRequest(_Strict):
     reservation_id: PlainId = Field(examples=["order-778812"])
+
+
+class FulfilRequest(ReservationRequest):
+    """``collected_at``: when the customer took the units (ISO time, default now), so that a
+    stock count taken after the pick-up but posted before it already holds it."""
+
+    collected_at: Text | None = Field(default=None, examples=["2026-11-29T10:05:00"])
 
 
 class AvailabilityRequest(_Strict):
@@ -796,16 +803,32 @@ class OmnichannelService:
         Safe to retry; releasing one whose hold ran out changes nothing (``expired``)."""
         return await self._close(ReservationRequest.model_construct(**request), "release")
 
-    @bentoml.api(route="/reservations/fulfil", input_spec=ReservationRequest)
+    @bentoml.api(route="/reservations/fulfil", input_spec=FulfilRequest)
     @answers
     async def fulfil(self, ctx: bentoml.Context, **request: Any) -> dict[str, Any]:
-        """The order was collected: the reserved units leave the store's stock. Safe to retry;
-        409 when the reservation was released or its hold ran out."""
-        return await self._close(ReservationRequest.model_construct(**request), "fulfil")
+        """The order was collected (at ``collected_at``, default now: within the longest hold
+        before now, at most the counts' 5 minutes ahead): the reserved units leave the store's
+        stock. Safe to retry; 409 when the reservation was released or its hold ran out."""
+        r = FulfilRequest.model_construct(**request)
+        at = None
+        if r.collected_at is not None:
+            try:
+                at = utc_time(r.collected_at, "collected_at")
+            except ValueError as exc:
+                raise Unprocessable(str(exc)) from None
+            now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+            if not now - pd.Timedelta(seconds=MAX_HOLD_SECONDS) <= at <= now + COUNT_AHEAD:
+                raise Unprocessable(
+                    f"collected_at must be within the last {MAX_HOLD_SECONDS // 86400:.0f} days "
+                    f"and at most {COUNT_AHEAD.seconds // 60} minutes ahead, not {at}."
+                )
+        return await self._close(r, "fulfil", at)
 
-    async def _close(self, r: ReservationRequest, action: str) -> dict[str, Any]:
+    async def _close(
+        self, r: ReservationRequest, action: str, at: pd.Timestamp | None = None
+    ) -> dict[str, Any]:
         state = await run_in_threadpool(self._state)
-        await run_in_threadpool(state.close_reservation, self.log, r.reservation_id, action)
+        await run_in_threadpool(state.close_reservation, self.log, r.reservation_id, action, at)
         return await run_in_threadpool(state.reservation, r.reservation_id)
 
     @bentoml.api(route="/availability", input_spec=AvailabilityRequest)

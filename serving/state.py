@@ -227,9 +227,13 @@ class ServingState:
 
         return self._decide(log, decision)
 
-    def close_reservation(self, log: EventLog, reservation_id: str, action: str) -> str:
+    def close_reservation(
+        self, log: EventLog, reservation_id: str, action: str, at: pd.Timestamp | None = None
+    ) -> str:
         """Release (``release``) or collect (``fulfil``) a reservation; returns its state
-        after (``released``, ``fulfilled``, or ``expired`` when released after its hold).
+        after (``released``, ``fulfilled``, or ``expired`` when released after its hold). The
+        movement is dated ``at`` (naive UTC; the store's clock by default): a collection dated
+        before a stock count is in that count.
 
         Raises:
             StockRefusal: 404 unknown; 409 already closed the other way (or expired, for
@@ -246,7 +250,7 @@ class ServingState:
             return {
                 "movement_type": action, "node_id": held.node_id, "item_id": held.item_id,
                 "quantity": held.quantity, "reservation_id": reservation_id,
-                "hold_seconds": None,
+                "hold_seconds": None, **({} if at is None else {"movement_time": at}),
             }  # fmt: skip
 
         self._decide(log, decision)

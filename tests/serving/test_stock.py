@@ -178,6 +178,37 @@ def test_two_concurrent_reservations_of_the_last_unit_one_wins(
         assert too_many.status_code == 409
 
 
+def test_a_collection_dated_before_a_count_is_in_that_count(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    """Regression: the order system posts the fulfilment after the store counted its shelf
+    (the customer collected at 10:00, the count at 10:30 holds 4, the fulfilment came at
+    11:00): the unit was taken off twice, on hand 3. ``collected_at`` dates the collection."""
+    item = latest_stock().xs("S005", level="store_id").index[0]
+    at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+    with workers(1) as (client,):
+        delivered = movement("count", "S005", item, 5, "count-S005-1")
+        delivered["movement_time"] = (at - pd.Timedelta(hours=2)).isoformat()
+        counted = movement("count", "S005", item, 4, "count-S005-2")  # after the pick-up
+        counted["movement_time"] = (at - pd.Timedelta(minutes=30)).isoformat()
+        body = {"reservation_id": "cc-S005", "node_id": "S005", "item_id": item, "quantity": 1}
+        assert client.post("/movements", json={"movements": [delivered]}).status_code == 200
+        assert client.post("/reservations", json=body).status_code == 200
+        assert client.post("/movements", json={"movements": [counted]}).status_code == 200
+        collected = (at - pd.Timedelta(hours=1)).isoformat()
+        done = client.post(
+            "/reservations/fulfil", json={"reservation_id": "cc-S005", "collected_at": collected}
+        )
+        assert done.status_code == 200 and done.json()["status"] == "fulfilled", done.text
+        node = {n["node_id"]: n for n in picture(client, keys, item)[0]["nodes"]}["S005"]
+        assert (node["on_hand"], node["reserved"]) == (4, 0)
+        late = client.post(
+            "/reservations/fulfil",
+            json={"reservation_id": "cc-S005", "collected_at": "2026-13-01T00:00"},
+        )
+        assert late.status_code == 422 and "collected_at" in late.json()["error"]
+
+
 def test_bad_movements_are_refused_whole_with_reasons_and_nothing_stored(
     workers: Workers, keys: dict[str, str]
 ) -> None:
