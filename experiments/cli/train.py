@@ -173,7 +173,8 @@ def print_backtest(result: Any, title: str) -> None:
     m = result.metrics
     quintiles = [m[f"coverage_80_q{q}"] for q in range(1, 6) if f"coverage_80_q{q}" in m]
     out.print(
-        f"intervals: {result.model.intervals_.label}; pinball {m['pinball_vs_point']:.3f} x the "
+        f"the last origin's intervals: {result.model.intervals_.label}; pinball "
+        f"{m['pinball_vs_point']:.3f} x the "
         f"point forecast's; 80% coverage by volume quintile (lowest first) "
         f"{', '.join(f'{c:.3f}' for c in quintiles)}."
     )

@@ -201,9 +201,17 @@ def select_recommender(
     then the rules' timing that scores the best candidate highest."""
     split = split_for_validation(unified, options.validation_days, options.target)
     if split.relevant.empty:
+        days = options.validation_days
+        if split.before.empty:
+            raise ValueError(
+                f"every event is in the last {days} days, the validation window: no history is "
+                "left to train on before it; add older data, or lower [selection] "
+                "validation_days in a --config file."
+            )
         raise ValueError(
-            f"no known customer bought anything in the last {options.validation_days} days, so "
-            "there is nothing to validate on; lower validation_days or add data."
+            f"no customer seen before the last {days} days bought anything in them, so there "
+            "is nothing to validate on; lower [selection] validation_days in a --config file, "
+            "or add data."
         )
     data = TrainingInput.from_events(split.before, options.weights)
     # The rules as the service would hold them at the cutoff (stock then is not known).
@@ -562,7 +570,7 @@ def train_forecaster(
     }  # fmt: skip
     for key, value in tags.items():
         client.set_model_version_tag(FORECASTER_NAME, version, key, value)
-    registered = f"registered {FORECASTER_NAME} v{version}"
+    registered = f"registered {FORECASTER_NAME} v{version} (intervals: {final.intervals_.label})"
     if narrower is not None:
         message = f"{registered}; the {CHAMPION} stays: {narrower}"
     elif unreadable is not None:

@@ -82,3 +82,20 @@ def test_the_service_log_is_read_only_when_events_make_the_demand(tmp_path) -> N
     shutil.copytree(SAMPLE, events_only)
     (events_only / "sales.csv.gz").unlink()
     assert len(load_demand(events_only, "W", logged).panel) and reads == [1]
+
+
+def test_a_history_all_inside_the_validation_window_says_so() -> None:
+    """Regression: a single day of purchases was refused as "no known customer bought anything
+    in the last 28 days" (the days held 108 purchases) with advice no option could follow."""
+    from experiments.pipelines.training import load_training_options, select_recommender
+
+    events = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "a", "c"],
+            "item_id": ["milk", "tea", "eggs", "milk"],
+            "event_time": pd.to_datetime(["2024-03-20 09:00"] * 2 + ["2024-03-20 18:00"] * 2),
+            "event_type": "purchase",
+        }
+    )
+    with pytest.raises(ValueError, match="no history is left to train on before it"):
+        select_recommender(events, None, load_training_options(None))
