@@ -66,6 +66,19 @@ def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.
     return [periods[len(periods) - horizon * w - 1] for w in range(windows, 0, -1)]
 
 
+def silent_stretches(
+    panel: pd.DataFrame, at_least: int = 3
+) -> list[tuple[pd.Timestamp, pd.Timestamp, int]]:
+    """Runs of at least ``at_least`` consecutive periods in which nothing sold anywhere — in a
+    chain, missing data far more often than no demand (the panel reads them as zero sales):
+    ``(first period, last period, periods)`` each, oldest first."""
+    sold = panel.groupby(PERIOD, observed=True)[TARGET].sum().sort_index()
+    silent = (sold <= 0).to_numpy()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], silent.astype(np.int8), [0]])))
+    runs = zip(edges[::2], edges[1::2], strict=True)
+    return [(sold.index[a], sold.index[b - 1], int(b - a)) for a, b in runs if b - a >= at_least]
+
+
 def split_at(
     panel: pd.DataFrame, origin: np.datetime64, horizon: int, freq: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

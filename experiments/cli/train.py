@@ -162,7 +162,7 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def print_backtest(result: Any, title: str) -> None:
-    for warning in result.warnings:
+    for warning in [*result.gaps, *result.warnings]:
         err.print(f"warning: {warning}", highlight=False)
     table = Table("forecaster", "WAPE", "RMSSE", "bias", "pinball", "coverage 80%", title=title)
     rows = {"lightgbm (ours)": result.metrics, **result.baselines, **result.others}

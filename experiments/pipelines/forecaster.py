@@ -22,6 +22,7 @@ from features.demand import (
     frequency,
     rolling_origins,
     sales_from_events,
+    silent_stretches,
     split_at,
 )
 from features.eventlog import with_logged
@@ -194,6 +195,7 @@ class BacktestResult:
     coverage: pd.DataFrame = field(default_factory=pd.DataFrame)  # see coverage_table
     fit_seconds: float = 0.0  # the model's fits, every origin
     warnings: list[str] = field(default_factory=list)  # calibration warnings, once each
+    gaps: list[str] = field(default_factory=list)  # stretches with no sale anywhere
 
 
 Factory = Callable[[], Forecaster]
@@ -233,6 +235,12 @@ def backtest(
             f"The last {horizon * windows} periods hold no sales, so no accuracy can be measured "
             "on them: are the data cut short, or their sales missing?"
         )
+    gaps = [
+        f"Nothing sold anywhere in {n} consecutive periods ({first:%Y-%m-%d} to {last:%Y-%m-%d}): "
+        "they are read as zero demand; if their sales are missing from the data, the models "
+        "learn a drop that did not happen."
+        for first, last, n in silent_stretches(panel)
+    ]
     for origin in origins:
         history, future = split_at(panel, origin, horizon, freq)
         future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
@@ -277,6 +285,7 @@ def backtest(
         coverage=coverage,
         fit_seconds=fit_seconds,
         warnings=caught,
+        gaps=gaps,
     )
 
 

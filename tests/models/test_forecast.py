@@ -448,3 +448,15 @@ def test_a_backtest_whose_windows_hold_no_sales_is_refused_in_one_sentence() -> 
     panel.loc[panel["ds"] > panel["ds"].max() - pd.Timedelta(days=14), "y"] = 0.0
     with pytest.raises(ValueError, match=r"^The last 14 periods hold no sales"):
         backtest(DemandData(panel, None, None), horizon=7, freq="D", windows=2)
+
+
+def test_a_backtest_names_the_stretches_where_nothing_sold() -> None:
+    panel = synthetic_panel(n_series=3, days=70)
+    quiet = panel["ds"].between(pd.Timestamp("2024-01-20"), pd.Timestamp("2024-01-29"))
+    panel.loc[quiet, "y"] = 0.0
+    result = backtest(DemandData(panel, None, None), horizon=7, freq="D", windows=1)
+    assert result.gaps == [
+        "Nothing sold anywhere in 10 consecutive periods (2024-01-20 to 2024-01-29): they are "
+        "read as zero demand; if their sales are missing from the data, the models learn a drop "
+        "that did not happen."
+    ]
