@@ -174,9 +174,9 @@ def _replay(body: bytes) -> Receive:
 EXTRA_RESPONSES = {
     "401": "Missing or invalid API key.",
     "403": "The key lacks the route's scope.",
+    "408": "The request body did not arrive whole in time.",
     "409": "A valid request that cannot be done (beyond the model's horizon, not enough stock "
     "to reserve, an id already recorded with other content).",
-    "408": "The request body did not arrive whole in time.",
     "413": "The request body is too large.",
     "415": "The body is not declared JSON (Content-Type).",
     "422": "A field breaks its type or a limit, or an event breaks the contract (all named).",

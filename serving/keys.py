@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from pathlib import Path
 SCOPES = ("recommend", "plan", "stock", "report", "admin")
 KEYS_ENV = "OMNI_KEYS_FILE"
 DEFAULT_KEYS_FILE = Path(".omni/keys.json")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def keys_file() -> Path:
@@ -71,23 +73,19 @@ def load_keys(path: Path | None = None) -> dict[str, dict]:
     if not isinstance(store, dict):
         raise KeysFileError(f"The keys file {path} is not a JSON object of keys by id.")
     for key_id, entry in store.items():
-        digest = entry.get("sha256") if isinstance(entry, dict) else None
-        scopes = entry.get("scopes") if isinstance(entry, dict) else None
-        if not (isinstance(digest, str) and len(digest) == 64 and _is_hex(digest)) or not (
-            isinstance(scopes, list) and scopes and set(scopes) <= set(SCOPES)
+        entry = entry if isinstance(entry, dict) else {}
+        digest, scopes = entry.get("sha256"), entry.get("scopes")
+        if not (
+            isinstance(digest, str)
+            and _SHA256.fullmatch(digest)
+            and isinstance(scopes, list)
+            and scopes
+            and all(scope in SCOPES for scope in scopes)
         ):
             raise KeysFileError(
                 f"The keys file {path} has an entry {key_id!r} without a SHA-256 and known scopes."
             )
     return store
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
 
 
 @contextmanager

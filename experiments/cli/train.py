@@ -117,7 +117,7 @@ def forecast_cmd(
     for row in forecast.to_dict(orient="records"):
         table.add_row(
             str(row["item_id"]), str(pd.Timestamp(row["ds"]).date()), f"{row['mean']:.1f}",
-            f"{row['p10']:.0f}", f"{row['p50']:.0f}", f"{row['p90']:.0f}", str(row["method"]),
+            *(_units(row[q]) for q in ("p10", "p50", "p90")), str(row["method"]),
         )  # fmt: skip
     out.print(table)
     out.print(f"P10-P90: {model.intervals_.label}.", highlight=False)
@@ -155,6 +155,11 @@ def backtest_payload(result: Any) -> dict[str, Any]:
         "rows": result.rows,
         "seconds": round(result.seconds, 1),
     }
+
+
+def _units(value: float) -> str:
+    """Units as the data count them: 12 pieces, or 0.43 kg (not rounded to 0)."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:

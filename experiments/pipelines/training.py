@@ -592,6 +592,12 @@ def train_forecaster(
             f"{registered}; {outcome}: WAPE {wape:.4f} {'<=' if promoted else '>'} "
             f"{champion_wape:.4f}, the {CHAMPION}'s configuration on the same backtest."
         )
+    baseline, scores = min(result.baselines.items(), key=lambda named: named[1]["wape"])
+    if wape > scores["wape"]:  # worth a word: a planner would do better with the baseline
+        message += (
+            f" Its backtest WAPE is above the {baseline.replace('_', ' ')}'s "
+            f"({wape:.4f} > {scores['wape']:.4f})."
+        )
     if promoted:
         client.set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)
     return ForecasterTraining(result, version, promoted, champion_wape, message)

@@ -46,7 +46,16 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "text", ["[]", '{"broken":', '{"abc": {"scopes": ["admin"]}}', '{"abc": {"sha256": "0"}}']
+    "text",
+    [
+        "[]",
+        '{"broken":',
+        '{"abc": {"scopes": ["admin"]}}',
+        '{"abc": {"sha256": "0"}}',
+        '{"abc": {"sha256": "0x' + "0" * 62 + '", "scopes": ["admin"]}}',
+        '{"abc": {"sha256": "' + "0" * 64 + '", "scopes": [{"admin": 1}]}}',
+        '{"abc": {"sha256": "' + "0" * 64 + '", "scopes": ["root"]}}',
+    ],
 )
 def test_a_broken_keys_file_is_named_in_one_sentence(keys_path: Path, text: str) -> None:
     keys_path.write_text(text)
