@@ -62,8 +62,6 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     narrow = train_forecaster(sample, horizon=4, freq="W", windows=1)
     assert not narrow.promoted and narrow.champion_wape is None
     assert f"fewer than 50% of its {result.series:,}" in narrow.message, narrow.message
-    # On three items the moving average does better (deterministic data and seeds): said.
-    assert "Its backtest WAPE is above the moving average's" in narrow.message, narrow.message
     assert str(client.get_model_version_by_alias(FORECASTER_NAME, CHAMPION).version) == "1"
 
 
