@@ -58,7 +58,7 @@ def rolling_origins(panel: pd.DataFrame, horizon: int, windows: int) -> list[np.
             raise ValueError(f"The {name} must be at least 1, not {value}.")
     periods = np.sort(panel[PERIOD].unique())
     if len(periods) < horizon * windows + 2:  # at least two periods of history before the first
-        longest = max((len(periods) - 2) // max(windows, 1), 0)
+        longest = max((len(periods) - 2) // windows, 0)
         raise ValueError(
             f"{len(periods)} periods are too few for {windows} backtest windows of {horizon}: "
             f"the longest horizon they allow for {windows} windows is {longest}."

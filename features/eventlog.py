@@ -77,6 +77,12 @@ _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@
 _PASSWORD_PARAMETER = re.compile(r"(?P<name>\b(?:ssl)?password=)[^&\s'\"]*", re.IGNORECASE)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's message in one line (its first), or its type's name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def redact_urls(text: str) -> str:
     """``text`` with every password of a URL in it (``user:password@``, ``password=``) as
     ``***``."""
@@ -424,7 +430,7 @@ class EventLog:
         """Forget the connection and say why without the password; unless told otherwise,
         remember the failure, so that calls fail at once for a moment."""
         self._drop_connection()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         password = urlsplit(self._url).password
         if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")

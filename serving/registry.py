@@ -14,6 +14,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from features.eventlog import first_line
 from models.errors import NoChampion, UnreadableChampion
 
 RECOMMENDER = "recommender"
@@ -68,9 +69,8 @@ def champion(name: str) -> tuple[str, Path]:
     try:
         path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
     except (MlflowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnreadableChampion(
-            f"The files of {name} v{version}, the {CHAMPION}, cannot be read ({reason})."
+            f"The files of {name} v{version}, the {CHAMPION}, cannot be read ({first_line(exc)})."
         ) from None
     return version, Path(path) / MODEL_DIR
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from experiments.synthetic import GeneratorConfig, generate
-from features.eventlog import EventStoreUnavailable, redact_urls
+from features.eventlog import EventStoreUnavailable, first_line, redact_urls
 from features.identity import DemoSaltWarning, IdentityConfig
 from models.errors import NoChampion, UnreadableChampion
 
@@ -112,11 +112,10 @@ def main() -> None:
 
 
 def _mlflow_error(exc: Exception) -> NoReturn:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     err.print(
         f"[bold red]error:[/] MLflow at {escape(redact_urls(where))}: "
-        f"{escape(redact_urls(reason))}",
+        f"{escape(redact_urls(first_line(exc)))}",
         highlight=False,
     )
     sys.exit(2)

@@ -19,6 +19,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 
 from experiments.deploy.process import REPO
+from features.eventlog import first_line
 from serving.registry import (
     CHAMPION,
     FORECASTER,
@@ -72,7 +73,7 @@ def build(bentofile: Path = BENTOFILE, version: str | None = None) -> Built:
     try:
         config = yaml.safe_load(bentofile.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{bentofile} is not YAML: {str(exc).splitlines()[0]}.") from None
+        raise ValueError(f"{bentofile} is not YAML: {first_line(exc)}.") from None
     if not isinstance(config, dict):
         raise ValueError(f"{bentofile} is not a bentofile: a YAML mapping of build options.")
     if version is not None:

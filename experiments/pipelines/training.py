@@ -284,10 +284,10 @@ def train_recommender(
     champion = _champion_candidate()
     customers = int(unified["customer_id"].nunique())
     narrower = _narrower_than_champion(REGISTERED_NAME, "customers", customers)
-    too_few = selection.customers < MIN_VALIDATION_CUSTOMERS or narrower is not None
+    cannot_replace = selection.customers < MIN_VALIDATION_CUSTOMERS or narrower is not None
     # Refitted on this training split and scored on this validation split — the same data the
     # challenger was scored on; not at all when these data cannot replace it.
-    champion_metric = None if champion is None or too_few else selection.rescore(champion)
+    champion_metric = None if champion is None or cannot_replace else selection.rescore(champion)
     promoted = champion is None or (
         champion_metric is not None and best.metrics[metric] >= champion_metric
     )
