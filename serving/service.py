@@ -42,6 +42,7 @@ from features.eventlog import (
     check_events,
     check_movements,
     events_frame,
+    first_line,
     redact_urls,
 )
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records, utc_time
@@ -498,7 +499,7 @@ class OmnichannelService:
         except EventStoreUnavailable as exc:
             self._store_failed(exc)
         except Exception as exc:
-            self.problem = redact_urls(f"The champions could not be loaded: {exc}")
+            self.problem = redact_urls(f"The champions could not be loaded: {first_line(exc)}")
             log.error("%s", self.problem)
         finally:
             self._reload_lock.release()
@@ -969,7 +970,9 @@ class OmnichannelService:
                 state = load_state()
                 state.catch_up(self.log)
             except Exception as exc:
-                message = redact_urls(f"Reload failed; the previous champions keep serving: {exc}")
+                message = redact_urls(
+                    f"Reload failed; the previous champions keep serving: {first_line(exc)}"
+                )
                 log.error("%s", message)
                 ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
                 ctx.response.metadata["retry-after"] = str(RETRY_AFTER)

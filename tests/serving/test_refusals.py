@@ -211,6 +211,24 @@ def test_a_champion_that_answers_nothing_is_not_swapped_in(
     assert app.post("/recommend", json={"customer_id": "c", "channel": "app"}).json()["items"]
 
 
+def test_a_reload_that_fails_says_so_in_one_line(
+    app: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader's error of many lines (a server's traceback, its page) is answered by its first."""
+    from models.recommenders import Recommender
+
+    def broken(path: Path) -> Recommender:
+        raise OSError("model files unreadable\n  File '/srv/internal/x.py', line 3\n<html>")
+
+    monkeypatch.setattr(Recommender, "load", staticmethod(broken))
+    reload = app.post("/admin/reload")
+    assert reload.status_code == 503
+    assert reload.json()["error"] == (
+        "Reload failed; the previous champions keep serving: model files unreadable"
+    )
+    assert app.get("/readyz").json()["ready"] is True  # the previous champions
+
+
 def test_a_billion_units_to_place_are_answered_at_once(app: TestClient) -> None:
     """Regression: 10^9 units grew the worker to 19.5 GB until it was killed."""
     import time
