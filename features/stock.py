@@ -334,6 +334,21 @@ class StockLedger:
         )
 
 
+def sales_as_events(sales: pd.DataFrame) -> pd.DataFrame:
+    """A ``sales`` table's rows (the tills' daily units per store and item) as the purchase
+    events :func:`stock_history` reads, each at noon of its day; negative units (net returns)
+    put units back."""
+    return pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(sales["date"]) + pd.Timedelta(hours=12),
+            "event_type": "purchase",
+            "store_id": sales["store_id"].astype(str),
+            "item_id": sales["item_id"].astype(str),
+            "quantity": sales["units"].astype(float),
+        }
+    )
+
+
 def stock_history(
     inventory: pd.DataFrame | None, movements: pd.DataFrame, events: pd.DataFrame
 ) -> pd.DataFrame:
@@ -422,7 +437,8 @@ def stock_kpis(
     inside = history["time"] > since if since is not None else history["time"].notna()
     counted = (history["kind"] == "count") & inside
     error = (history["on_hand"] - history["book"]).where(counted)
-    sold = -history["change"].where(history["kind"].isin(("purchase", "return")) & inside, 0.0)
+    sales = history["kind"].isin(("purchase", "return")) & inside
+    sold = 0.0 - history["change"].where(sales, 0.0)  # never -0.0 where nothing sold
     frame = history.assign(
         hours=hours,
         stockout_hours=hours.where(history["on_hand"] <= 0, 0.0),

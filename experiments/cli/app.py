@@ -42,7 +42,12 @@ app.add_typer(keys_app, name="keys")
 score_app = typer.Typer(help="Batch scoring: every customer's lists, for CRM and marketing.")
 app.add_typer(score_app, name="score")
 
-out = Console(markup=False)  # what it prints holds paths, ids and column names: not markup
+#: Columns of a table written to a file or a pipe (Rich's 80 would cut figures to "190.…").
+PIPE_WIDTH = 200
+# What it prints holds paths, ids and column names: not markup.
+out = Console(
+    markup=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
+)
 err = Console(stderr=True)
 
 Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]

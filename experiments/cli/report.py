@@ -112,7 +112,11 @@ def _print_stock(pairs: pd.DataFrame, summary: dict, accuracy: pd.DataFrame) -> 
         f"Out of stock {_pct(summary['stockout_share'])} of the time, about "
         f"{summary['lost_units']:,.0f} units lost (fill rate {_pct(summary['fill_rate'])}); "
         f"turnover {summary['turnover']:.2f}; "
-        f"{summary['counts']} stock counts, mean |error| {summary['count_mean_abs_error']:.2f}."
+        + (
+            f"{summary['counts']} stock counts, mean |error| {summary['count_mean_abs_error']:.2f}."
+            if summary["counts"]
+            else "no stock counts in the period."
+        )
     )
     if not len(accuracy):
         out.print("Forecast accuracy: no actuals have come in yet for the forecast's periods.")

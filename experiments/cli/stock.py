@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -52,16 +51,16 @@ def stock_report_cmd(
     out.print(
         f"{summary['pairs']} node/item pairs to {end.isoformat()}: out of stock "
         f"{summary['stockout_share']:.1%} of the time ({summary['stockout_hours']:.0f} h); "
-        f"{summary['counts']} stock counts, {_share(summary['counts_exact'])} matching the "
-        f"books, mean |error| {summary['count_mean_abs_error']:.2f} units, mean error "
-        f"{summary['count_mean_error']:+.2f}."
+        + (
+            f"{summary['counts']} stock counts, {summary['counts_exact']:.0%} matching the "
+            f"books, mean |error| {summary['count_mean_abs_error']:.2f} units, mean error "
+            f"{summary['count_mean_error']:+.2f}."
+            if summary["counts"]
+            else "no stock counts."
+        )
     )
     if pairs_out:
         pairs.to_csv(pairs_out, index=False)
     if metrics_out:
         payload = {**plain(summary), "until": end.isoformat()}
         metrics_out.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def _share(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.0%}"

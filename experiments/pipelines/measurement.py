@@ -12,9 +12,9 @@ import pandas as pd
 from experiments.pipelines.forecaster import load_demand
 from experiments.pipelines.training import pyplot
 from features.demand import PERIOD, TARGET, frequency
-from features.eventlog import EventLog
-from features.ingest import load_dataset
-from features.stock import stock_history, stock_kpis
+from features.eventlog import EventLog, with_logged
+from features.ingest import find_table_files, load_dataset
+from features.stock import sales_as_events, stock_history, stock_kpis
 from models.forecast import LightGBMForecaster
 from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, champion
 
@@ -59,12 +59,24 @@ def stock_side(
     return pairs, summary, accuracy
 
 
-def stock_trail(data_dir: Path, log: EventLog, events: pd.DataFrame) -> pd.DataFrame:
+def stock_trail(data_dir: Path, log: EventLog, logged: pd.DataFrame) -> pd.DataFrame:
     """:func:`features.stock.stock_history` from the inventory snapshot of ``data_dir``, the
-    logged movements and ``events`` (read from ``log`` by the caller)."""
-    tables = load_dataset(data_dir, ("inventory",))
+    logged movements, and what sold: the data directory's ``sales`` table up to its last day
+    (the tills' own record, which already holds what the service logged meanwhile) and the
+    ``logged`` events after it; without one, its events and the logged ones it does not hold."""
+    files = find_table_files(data_dir)
+    tables = load_dataset(data_dir, ("inventory", "sales"))
     inventory = tables["inventory"].accepted if "inventory" in tables else None
-    return stock_history(inventory, log.read_movements(), events)
+    sales = tables["sales"].accepted if "sales" in tables else None
+    if sales is not None and len(sales):
+        recorded_to = pd.to_datetime(sales["date"]).max() + pd.Timedelta(days=1)
+        later = logged[pd.to_datetime(logged["event_time"]) >= recorded_to]
+        sold = pd.concat([sales_as_events(sales), later], ignore_index=True)
+    elif "events" in files:
+        sold = with_logged(load_dataset(data_dir, ("events",))["events"].accepted, logged)
+    else:
+        sold = logged
+    return stock_history(inventory, log.read_movements(), sold)
 
 
 def forecast_accuracy(forecast: pd.DataFrame, panel: pd.DataFrame) -> pd.DataFrame:

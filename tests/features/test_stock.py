@@ -281,5 +281,6 @@ def test_stockout_hours_and_count_accuracy() -> None:
     assert row["fill_rate"] == 0.0  # nothing sold from 06:00, 2 units of demand lost
     s2 = late.set_index(["node_id", "item_id"]).loc[("S2", "b")]
     assert np.isnan(s2["fill_rate"])  # the model expects nothing there: no estimate
+    assert s2["sold"] == 0 and not np.signbit(s2["sold"])  # printed "0", never "-0"
     assert totals["fill_rate"] == 0.0
     assert np.isnan(summary["fill_rate"])  # without the demand model, no lost units known
