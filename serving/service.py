@@ -875,6 +875,7 @@ class OmnichannelService:
                 for row in frame.to_dict(orient="records")
             ],
             "interval": state.forecaster.intervals_.label,
+            "history_end": state.history_end,
             **({"actuals": _actuals(state, r)} if r.history else {}),
             "model_version": state.forecaster_version,
         }
@@ -955,6 +956,7 @@ class OmnichannelService:
                 "freq": state.forecaster.freq,
                 "series": int(state.forecaster.history_[SERIES].nunique()),
                 "interval": state.forecaster.intervals_.label,
+                "history_end": state.history_end,
             },
             "events_applied_since_load": state.events_applied,
             "event_log": self.log.url.split(":", 1)[0],

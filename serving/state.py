@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.customers import build_habits
+from features.demand import PERIOD
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, customers_of_keys
 from features.interactions import InteractionWeights, event_weights
@@ -422,6 +423,12 @@ class ServingState:
             self._unhabituated = []
             habits = build_habits(fresh).set_index("customer_id")
             self.habits = pd.concat([self.habits, habits])  # swapped whole
+
+    @cached_property
+    def history_end(self) -> str:
+        """The end of the last period of sales the forecaster learned from (ISO date): its
+        forecasts are of the periods after it, until the next training."""
+        return str(self.forecaster.history_[PERIOD].max().date().isoformat())
 
     def forecast_all(self) -> pd.DataFrame:
         """The forecaster's forecast of every store and item it knows (computed once)."""

@@ -19,12 +19,21 @@ async function call(method, path, body) {
   return answer;
 }
 
-function guarded(errorId, work) {
+// A form's work: its error line cleared first; on a refusal the reason is said and the last
+// answer's chart, table and note are cleared, so nothing stale stands beside it.
+function guarded(section, work) {
+  const error = $(section + "-error");
+  const results = error.closest("section").querySelectorAll("svg, table, .note");
   return async (event) => {
     if (event) event.preventDefault();
-    $(errorId).textContent = "";
-    if (!key()) { $(errorId).textContent = "Enter an API key first."; return; }
-    try { await work(); } catch (e) { $(errorId).textContent = e.message; }
+    error.textContent = "";
+    try {
+      if (!key()) throw new Error("Enter an API key first.");
+      await work();
+    } catch (e) {
+      results.forEach((node) => node.replaceChildren());
+      error.textContent = e.message;
+    }
   };
 }
 
@@ -66,28 +75,36 @@ function drawForecast(actuals, forecast) {
   const W = 640, H = 260, left = 44, right = 10, top = 10, bottom = 28;
   const dates = [...actuals.map((a) => a.period_end), ...forecast.map((f) => f.period_end)];
   const values = [...actuals.map((a) => a.units), ...forecast.map((f) => f.p90), ...forecast.map((f) => f.mean)];
-  const high = Math.max(1, ...values) * 1.1;
+  // Gridlines at round steps (1, 2 or 5 times a power of ten), labelled as precisely as needed.
+  const raw = Math.max(...values, 0) / 4 || 0.25;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const high = 4 * step;
+  const digits = Math.max(0, -Math.floor(Math.log10(step)));
   const x = (i) => left + (i * (W - left - right)) / Math.max(1, dates.length - 1);
   const y = (v) => top + (1 - v / high) * (H - top - bottom);
   for (let k = 0; k <= 4; k++) {
-    const v = (high * k) / 4;
+    const v = step * k;
     svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), stroke: "#e5e9ef" }, chart);
-    svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6b7c" }, chart).textContent = v.toFixed(0);
+    svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6b7c" }, chart).textContent = v.toFixed(digits);
   }
   const first = actuals.length;
-  const band = forecast.map((f, i) => x(first + i) + "," + y(f.p90))
-    .concat(forecast.map((f, i) => x(first + i) + "," + y(f.p10)).reverse());
+  // One period's band is a bar 12 px wide; more periods', the area between their P10 and P90.
+  const edges = forecast.length === 1 ? [-6, 6] : [0];
+  const at = forecast.flatMap((f, i) => edges.map((d) => ({ x: x(first + i) + d, f })));
+  const band = at.map((p) => p.x + "," + y(p.f.p90)).concat(at.map((p) => p.x + "," + y(p.f.p10)).reverse());
   if (forecast.length) svg("polygon", { id: "band", points: band.join(" "), fill: "#9ec5ff", opacity: 0.7 }, chart);
   const line = (points, attributes) => points.length && svg("polyline", { points: points.join(" "), fill: "none", ...attributes }, chart);
   line(actuals.map((a, i) => x(i) + "," + y(a.units)), { id: "actuals", stroke: "#1d2733", "stroke-width": 2 });
   line(forecast.map((f, i) => x(first + i) + "," + y(f.mean)), { id: "mean", stroke: "#1f6feb", "stroke-width": 2 });
+  forecast.forEach((f, i) => svg("circle", { class: "mean-point", cx: x(first + i), cy: y(f.mean), r: 3, fill: "#1f6feb" }, chart));
   [0, dates.length - 1].filter((i, k, all) => i >= 0 && all.indexOf(i) === k).forEach((i) => {
     const anchor = i === 0 ? "start" : "end";
     svg("text", { x: x(i), y: H - 8, "text-anchor": anchor, "font-size": 11, fill: "#5b6b7c" }, chart).textContent = dates[i];
   });
 }
 
-const showForecast = guarded("fc-error", async () => {
+const showForecast = guarded("fc", async () => {
   const item = $("fc-item").value.trim();
   const answer = await call("POST", "/forecast", {
     store_id: $("fc-store").value.trim(), item_ids: [item],
@@ -96,25 +113,28 @@ const showForecast = guarded("fc-error", async () => {
   const actuals = (answer.actuals || []).filter((a) => a.item_id === item);
   const forecast = answer.forecast.filter((f) => f.item_id === item);
   drawForecast(actuals, forecast);
-  $("fc-note").textContent = "Model " + answer.model_version + "; band: " + answer.interval + ".";
+  $("fc-note").textContent = "Model " + answer.model_version + ", trained on sales to " + answer.history_end +
+    " (the forecast follows it); band: " + answer.interval + ".";
 });
 
 // -- placement ----------------------------------------------------------------------------------
 
-const showPlacement = guarded("pl-error", async () => {
+const showPlacement = guarded("pl", async () => {
   const answer = await call("POST", "/placement", {
     item_id: $("pl-item").value.trim(), units_available: Number($("pl-units").value),
     horizon: Number($("pl-horizon").value),
   });
-  fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "fill rate"],
+  fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "expected sales",
+    "expected lost", "expected leftover", "fill rate"],
     answer.stores.map((s) => [s.store_id, number(s.on_hand, 0), number(s.send, 0), number(s.final_stock, 0),
-      number(s.expected_demand), percent(s.expected_fill_rate)]));
+      number(s.expected_demand), number(s.expected_sales), number(s.expected_lost), number(s.expected_leftover),
+      percent(s.expected_fill_rate)]));
   $("pl-note").textContent = answer.units_sent + " units sent, " + answer.units_kept_at_dc + " kept at the DC.";
 });
 
 // -- KPIs ---------------------------------------------------------------------------------------
 
-const showKpis = guarded("kpi-error", async () => {
+const showKpis = guarded("kpi", async () => {
   const since = $("kpi-since").value, until = $("kpi-until").value;
   const query = new URLSearchParams({ since: since + "T00:00:00", until: until + "T23:59:59", window_days: $("kpi-window").value });
   const answer = await call("GET", "/kpis?" + query.toString());
@@ -144,6 +164,16 @@ $("kpi-since").value = new Date(today - 30 * 86400e3).toISOString().slice(0, 10)
 $("key-form").addEventListener("submit", useKey);
 $("forecast-form").addEventListener("submit", showForecast);
 $("placement-form").addEventListener("submit", showPlacement);
-$("pl-units").addEventListener("change", showPlacement);
+// The placement follows the units as they are typed, once the typing pauses.
+let typing;
+$("pl-units").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => { if ($("placement-form").checkValidity()) showPlacement(); }, 400);
+});
+// A value the browser refuses: its own message replaces the last answer's error.
+document.querySelectorAll("form").forEach((form) => form.addEventListener("invalid", () => {
+  const error = form.parentElement.querySelector(".error");
+  if (error) error.textContent = "";
+}, true));
 $("kpi-form").addEventListener("submit", showKpis);
 if (key()) { $("key-state").textContent = "Key set for this tab."; showForecast(); showPlacement(); showKpis(); }

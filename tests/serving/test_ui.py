@@ -5,6 +5,7 @@ when the key is wrong. A screenshot is written by the test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -81,16 +82,28 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         assert page.get_attribute("#actuals", "points")
         page.wait_for_selector("#pl-table tbody tr")
         until(lambda: units(page) == 120)  # sent + kept at the DC
-        page.fill("#pl-units", "3")
-        page.dispatch_event("#pl-units", "change")
+        page.fill("#pl-units", "3")  # typed: the page asks again once the typing pauses
         until(lambda: units(page) == 3)  # the allocation of the new units
         assert int(page.text_content("#pl-note").split()[0]) <= 3
+        assert re.search(r"trained on sales to \d{4}-\d\d-\d\d", page.text_content("#fc-note"))
+        # One period ahead: the band is a bar and the mean a point (a line of one point is not).
+        page.fill("#fc-horizon", "1")
+        page.click("#forecast-form button")
+        until(lambda: page.locator("#fc-chart circle").count() == 1)
+        assert len(page.get_attribute("#band", "points").split()) == 4
+        grid = [float(t) for t in page.locator("#fc-chart text").all_text_contents()[:5]]
+        assert grid[0] == 0 and len({round(b - a, 9) for a, b in itertools.pairwise(grid)}) == 1
         page.wait_for_selector("#kpi-table tbody tr")
         rows = page.locator("#kpi-table tbody tr").all_text_contents()
         assert any(row.startswith("recommend / app") for row in rows), rows
         page.screenshot(path=str(tmp_path / "planner.png"), full_page=True)
         assert (tmp_path / "planner.png").stat().st_size > 10_000
         assert not problems, problems  # nothing blocked by the page's own security policy
+        # A refusal clears the answer it would otherwise stand beside.
+        page.fill("#pl-item", "NOPE")
+        page.click("#placement-form button")
+        until(lambda: bool(page.text_content("#pl-error")))
+        assert page.locator("#pl-table tr").count() == 0 and not page.text_content("#pl-note")
 
         phone = browser.new_page(viewport={"width": 390, "height": 844})
         phone.goto(url)
