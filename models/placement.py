@@ -585,10 +585,12 @@ def plan_item(
         forecast: ``model.predict(...)`` over its history (every store and item).
         horizon: periods the allocation must cover (default the model's horizon).
         on_hand: each store's stock now (missing stores: 0).
-        limits: optional ``store_id, min_units, max_units`` per store.
+        limits: optional ``store_id, min_units, max_units`` per store. A store named here that
+            has not sold the item yet (a new listing there) takes part with the forecaster's
+            category prior, as :meth:`LightGBMForecaster.forecast` gives it.
 
     Raises:
-        UnknownIdError: for an item without history, or a store that does not sell it.
+        UnknownIdError: for an item without history, or a store the forecaster does not know.
         BeyondModelError: for a horizon beyond the model's.
         PlacementError: for inputs that cannot describe an allocation.
     """
@@ -597,14 +599,16 @@ def plan_item(
             f"Item {item_id!r} has no sales history in the forecaster; nothing to plan from."
         )
     horizon = model.checked_horizon(horizon)
-    forecast = forecast[forecast["item_id"] == item_id]
-    forecast = forecast[forecast[PERIOD] <= np.sort(forecast[PERIOD].unique())[horizon - 1]]
-    stores = coverage_distribution(forecast).drop(columns="item_id")
+    mine = forecast[forecast["item_id"] == item_id]
+    if limits is not None and limits.empty:
+        limits = None
+    named = set() if limits is None else set(limits["store_id"]) - set(mine["store_id"])
+    listed = [model.forecast(store, [item_id], everything=forecast) for store in sorted(named)]
+    mine = pd.concat([mine, *listed], ignore_index=True)
+    mine = mine[mine[PERIOD] <= np.sort(mine[PERIOD].unique())[horizon - 1]]
+    stores = coverage_distribution(mine).drop(columns="item_id")
     if on_hand is not None:
         stores["on_hand"] = stores["store_id"].map(on_hand).fillna(0).astype(int)
-    if limits is not None and len(limits):
-        unknown = sorted(set(limits["store_id"]) - set(stores["store_id"]))
-        if unknown:
-            raise UnknownIdError(f"Store {unknown[0]!r} does not sell item {item_id!r}.")
+    if limits is not None:
         stores = stores.merge(limits, on="store_id", how="left")
     return allocate(stores, units, economics=economics, pack_size=pack_size)

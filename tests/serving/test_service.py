@@ -351,6 +351,37 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
         assert planner.post("/placement", json=bad).status_code == status, bad
 
 
+def test_a_store_named_for_a_new_listing_takes_part_with_the_category_prior(
+    planner: TestClient,
+) -> None:
+    """Regression: /forecast gave a store a category prior for an item it has not sold yet, but
+    /placement refused that store ("does not sell"), even with units asked for it."""
+    sales = pd.read_csv(SAMPLE / "sales.csv.gz", dtype=str).dropna()  # its corrupt rows: out
+    stores = set(sales["store_id"])
+    sold_at = sales.groupby("item_id")["store_id"].agg(set)
+    item = next(i for i, at in sold_at.items() if len(at) >= 2 and stores - at)
+    new = sorted(stores - sold_at[item])[0]  # a store that has never sold it
+    body = {"item_id": item, "units_available": 40, "horizon": 2}
+    plan = planner.post("/placement", json=body).json()
+    assert new not in {s["store_id"] for s in plan["stores"]}
+
+    listed = planner.post(
+        "/placement", json={**body, "constraints": {"stores": {new: {"min_units": 3}}}}
+    )
+    assert listed.status_code == 200, listed.text
+    row = next(s for s in listed.json()["stores"] if s["store_id"] == new)
+    forecast = planner.post(
+        "/forecast", json={"store_id": new, "item_ids": [item], "horizon": 2}
+    ).json()["forecast"]
+    assert {f["method"] for f in forecast} == {"category prior"}
+    assert row["expected_demand"] == pytest.approx(sum(f["mean"] for f in forecast))
+    assert row["final_stock"] >= 3
+    for store in ("DC", "S999"):  # not a store that sells anything: one sentence, 404
+        refused = planner.post("/placement", json={**body, "constraints": {"stores": {store: {}}}})
+        assert refused.status_code == 404
+        assert refused.json()["error"].startswith(f"Store {store!r} is not in the forecaster's")
+
+
 def test_model_info_and_reload(client: TestClient, keys: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
