@@ -13,6 +13,7 @@ from experiments.cli.app import (
     DataOpt,
     Freq,
     UsageError,
+    err,
     out,
     placement_app,
 )
@@ -133,7 +134,7 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
 @placement_app.command("plan")
 def placement_plan_cmd(
     item: Annotated[str, typer.Option(help="Item id.")],
-    units: Annotated[int, typer.Option(help="Units available at the DC.")],
+    units: Annotated[int, typer.Option(help="Units available at the DC.", min=0, max=10**9)],
     horizon: Annotated[
         int | None, typer.Option(help="Coverage periods (default: the model's).")
     ] = None,
@@ -152,6 +153,8 @@ def placement_plan_cmd(
     if data is not None:
         demand = forecaster.load_demand(data, model.freq)
         on_hand = forecaster.latest_on_hand(data, item)
+    else:
+        err.print("No --data: every store's stock is taken as 0.", highlight=False)
     result = placement.plan(
         model, item, units, horizon=horizon, data=demand, on_hand=on_hand, pack_size=pack_size
     )
@@ -173,6 +176,8 @@ def placement_plan_cmd(
     for row in result.to_dict(orient="records"):
         table.add_row(str(row["store_id"]), *(format(row[k], f) for k, f in formats.items()))
     out.print(table)
+    sent = int(result["send"].sum())
+    out.print(f"{sent} units sent, {units - sent} kept at the DC.")
     if out_file:
         result.to_csv(out_file, index=False)
         out.print(f"written to {out_file}")

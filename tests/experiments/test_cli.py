@@ -301,3 +301,18 @@ def test_a_tracking_server_that_does_not_answer_is_one_sentence_in_seconds(
     )  # fmt: skip
     said = " ".join(result.stderr.split())
     assert result.returncode == 2 and said.startswith("error: MLflow at http://127.0.0.1:9:"), said
+
+
+def test_placement_plan_says_what_it_sends_and_keeps(champions: Path, tmp_path: Path) -> None:
+    from tests.conftest import SAMPLE
+
+    written = tmp_path / "plan.csv"
+    args = ("placement", "plan", "--item", "I000010", "--units", "50", "--horizon", "2")
+    result = omni(*args, "--data", str(SAMPLE), "--out", str(written))
+    assert result.returncode == 0, result.stderr[-2000:]
+    sent = int(pd.read_csv(written)["send"].sum())
+    assert f"{sent} units sent, {50 - sent} kept at the DC." in result.stdout
+    assert "No --data" not in result.stderr
+    blind = omni(*args)  # no stock known: said, not silently taken as none
+    assert blind.returncode == 0 and "every store's stock is taken as 0" in blind.stderr
+    assert omni(*args[:4], "1000000001").returncode == 2  # the API's bound: 10^9
