@@ -325,14 +325,33 @@ class EventLog:
         self._failure: tuple[str, float] | None = None  # the last failure and when
         self._quarantined: dict[str, set[int]] = {"events": set(), "movements": set()}
         if url.startswith(("postgresql://", "postgres://")):
+            if urlsplit(url).netloc.count("@") > 1:  # the driver would read part of it as host
+                raise ValueError(
+                    f"{EVENTS_URL_ENV} has more than one '@' before its host: write an '@' in "
+                    "the user or password as %40."
+                )
             self._driver = _psycopg(self.url)  # a missing driver stops the start
             self._postgres, self._param = True, "%s"
         elif url.startswith("sqlite:///"):
             self._postgres, self._param = False, "?"
+            path = self._path()
+            if "?" in url or "#" in url:
+                raise ValueError(
+                    f"{EVENTS_URL_ENV}={self.url!r}: a SQLite URL names its file only, no options."
+                )
+            if path != DEFAULT_PATH and not path.parent.is_dir():
+                raise ValueError(
+                    f"{EVENTS_URL_ENV}={self.url!r}: the directory {path.parent} does not "
+                    "exist (a mistyped path would start an empty log); create it first."
+                )
         else:
             raise ValueError(
                 f"{EVENTS_URL_ENV}={self.url!r} is neither sqlite:///PATH nor postgresql://..."
             )
+
+    def _path(self) -> Path:
+        """A SQLite store's file."""
+        return Path(self._url.removeprefix("sqlite:///"))
 
     @property
     def local(self) -> bool:
@@ -354,8 +373,8 @@ class EventLog:
             )
             serial = "BIGSERIAL"
         else:
-            path = Path(self._url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = self._path()
+            path.parent.mkdir(parents=True, exist_ok=True)  # the default's .omni/
             if not path.exists():  # customer keys inside: readable by its owner only
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             connection = sqlite3.connect(path, check_same_thread=False, timeout=self._wait)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,9 +147,9 @@ def test_an_unreachable_store_is_one_sentence_without_its_password(
     password = "Sup3r-Secret-pw"
     if scheme == "postgresql":  # nothing listens on port 1
         url = f"postgresql://omni:{password}@127.0.0.1:1/test"
-    else:  # a file where the directory should be (SQLite URLs hold no password)
-        (tmp_path / "blocked").write_text("")
-        url = f"sqlite:///{tmp_path}/blocked/events.db"
+    else:  # a directory where the file should be (SQLite URLs hold no password)
+        (tmp_path / "events.db").mkdir()
+        url = f"sqlite:///{tmp_path}/events.db"
     log = EventLog(url)
     with pytest.raises(EventStoreUnavailable) as refused:
         log.last_seq()
@@ -244,13 +245,32 @@ def test_plainly_valid_events_take_the_direct_path() -> None:
     assert plain_rows([{**GOOD, "event_time": "2026-01-01+05:00"}], Bounds()) is None
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("sqlite:///{tmp}/no such dir/events.db", "does not exist (a mistyped path"),
+        ("sqlite:///{tmp}/events.db?mode=ro", "names its file only, no options"),
+        ("postgresql://omni:Tr0ub4dor@3_LEAK@127.0.0.1:1/omni", "write an '@' in the user"),
+    ],
+)
+def test_a_url_that_would_be_misread_is_refused_at_once(
+    url: str, said: str, tmp_path: Path
+) -> None:
+    """Regressions: a mistyped directory started a new, empty log; '?mode=ro' became part of a
+    file's name; with an '@' in the password the driver took its end for the host and said it
+    in its errors."""
+    with pytest.raises(ValueError, match=re.escape(said)) as refused:
+        EventLog(url.format(tmp=tmp_path))
+    assert "3_LEAK" not in str(refused.value) and not (tmp_path / "no such dir").exists()
+
+
 def test_after_a_failure_calls_fail_at_once_for_a_while(tmp_path: Path) -> None:
     """Every request must not wait for its own connect while the store is down."""
-    (tmp_path / "blocked").write_text("")
-    log = EventLog(f"sqlite:///{tmp_path}/blocked/events.db")
+    (tmp_path / "events.db").mkdir()  # a directory where the file should be
+    log = EventLog(f"sqlite:///{tmp_path}/events.db")
     with pytest.raises(EventStoreUnavailable):
         log.last_seq()
-    (tmp_path / "blocked").unlink()  # the store is back, but the log waits a moment to retry
+    (tmp_path / "events.db").rmdir()  # the store is back, but the log waits a moment to retry
     with pytest.raises(EventStoreUnavailable):
         log.last_seq()
     time.sleep(RECONNECT_SECONDS)
