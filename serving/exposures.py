@@ -47,7 +47,11 @@ def experiment() -> str:
 
 def enabled() -> bool:
     """Whether answers are recorded (``$OMNI_EXPOSURES``, default on; ``off`` for none)."""
-    return os.environ.get(EXPOSURES_ENV, "on").lower() not in ("off", "0", "false")
+    text = os.environ.get(EXPOSURES_ENV, "on")
+    switch = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+    if text.strip().lower() not in switch:
+        raise ValueError(f"{EXPOSURES_ENV}={text!r} is neither on nor off.")
+    return switch[text.strip().lower()]
 
 
 class ExposureWriter:

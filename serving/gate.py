@@ -36,13 +36,21 @@ ADMIN = "admin"
 logger = logging.getLogger("omnichannel_ml")
 
 
+def body_limit() -> int:
+    """The request body limit in bytes: ``$OMNI_MAX_BODY_BYTES`` (default 1 MiB)."""
+    text = os.environ.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY))
+    if not (text.isdigit() and 1024 <= int(text) <= 1 << 30):
+        raise ValueError(f"{MAX_BODY_ENV}={text!r} is not a number of bytes in [1024, 2^30].")
+    return int(text)
+
+
 class Gate:
     """ASGI middleware: ``routes`` maps a path to the scope it needs (others need ``admin``)."""
 
     def __init__(self, app: Any, routes: dict[str, str], max_body: int | None = None) -> None:
         self.app = app
         self.routes = routes
-        self.max_body = max_body or int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+        self.max_body = max_body or body_limit()
         self._keys: dict[str, dict] | None = None
         self._stamp: tuple[Path, float] | None = None
 

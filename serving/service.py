@@ -50,6 +50,7 @@ from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.placement import DEFAULT_HOLDING, Economics, plan_item
 from models.rules import top_for_customer
+from serving import settings
 from serving.errors import (
     REQUEST_ID,
     RETRY_AFTER,
@@ -455,6 +456,9 @@ class OmnichannelService:
     def __init__(self) -> None:
         _stop_with_parent()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
+        wrong = settings.problems()
+        if wrong:  # stops the start, every reason said (omni serve says them before starting)
+            raise ValueError(" ".join(wrong))
         # Read once: a wrong OMNI_TIME_FLOOR etc. stops the start, not every request.
         self.bounds = Bounds.from_env()
         self.log = EventLog.from_env()

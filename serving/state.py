@@ -449,12 +449,12 @@ def load_state() -> ServingState:
         bentoml.exceptions.NotFound: when a pinned model is not in BentoML's model store.
         UnusableModelError: when a champion's answers on the probe are empty or not finite.
     """
-    safety_stock = _safety_stock()
+    held_back = safety_stock()
     rec_version, model_dir = model_to_serve(RECOMMENDER)
     fc_version, forecaster_dir = model_to_serve(FORECASTER)
     recommender = Recommender.load(model_dir)
     context = _read_context(model_dir / CONTEXT_DIR)
-    stock = StockLedger.from_snapshot(context.get("inventory"), safety_stock)
+    stock = StockLedger.from_snapshot(context.get("inventory"), held_back)
     available = stock.frame()[["node_id", "item_id", "available"]].set_axis(
         ["store_id", "item_id", "on_hand"], axis=1
     )  # what the rules filter by: units available to promise
@@ -509,7 +509,7 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
 
 
-def _safety_stock() -> float:
+def safety_stock() -> float:
     """Units kept back from available-to-promise at every node: ``$OMNI_SAFETY_STOCK`` (0)."""
     text = os.environ.get(SAFETY_STOCK_ENV, "0")
     try:

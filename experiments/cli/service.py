@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ import typer
 
 from experiments.cli.app import (
     Port,
+    UsageError,
     app,
     err,
     identity_config,
@@ -42,8 +44,27 @@ def serve_cmd(port: Port = 3000) -> None:
     """Start the BentoML service on the MLflow champions (foreground; Ctrl-C stops it)."""
     from experiments.deploy.process import serve_command
 
+    _preflight(port)
     command = serve_command(port)
     os.execv(command[0], command)
+
+
+def _preflight(port: int) -> None:
+    """What would stop the service's start, said before it starts: its settings (one sentence
+    each) and a port already in use."""
+    from serving.settings import problems
+
+    wrong = problems()
+    if wrong:
+        raise UsageError(" ".join(wrong))
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(
+                f"Port {port} on 127.0.0.1 is in use; choose another with --port."
+            ) from None
 
 
 @app.command("build")
@@ -76,6 +97,7 @@ def demo_cmd(port: Port = 3000) -> None:
     from serving.keys import SCOPES, create_key, write_private
 
     identity_config()
+    _preflight(port)  # before minutes of training
     out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...", markup=True)
     for message in serve.train_demo_models():
         out.print(message)

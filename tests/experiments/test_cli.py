@@ -316,3 +316,40 @@ def test_placement_plan_says_what_it_sends_and_keeps(champions: Path, tmp_path: 
     blind = omni(*args)  # no stock known: said, not silently taken as none
     assert blind.returncode == 0 and "every store's stock is taken as 0" in blind.stderr
     assert omni(*args[:4], "1000000001").returncode == 2  # the API's bound: 10^9
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"OMNI_MAX_BODY_BYTES": "1MB"}, "OMNI_MAX_BODY_BYTES='1MB' is not a number of bytes"),
+        ({"OMNI_CONTROL_SHARE": "10%"}, "OMNI_CONTROL_SHARE='10%' is not a share in [0, 0.5]."),
+        ({"OMNI_EXPOSURES": "no"}, "OMNI_EXPOSURES='no' is neither on nor off."),
+        ({"OMNI_EVENTS_URL": "mysql://h/db"}, "is neither sqlite:///PATH nor postgresql://"),
+    ],
+)
+def test_omni_serve_refuses_a_wrong_setting_before_it_starts(
+    setting: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    """Regression: a wrong setting restarted the worker again and again (a traceback each
+    time); OMNI_MAX_BODY_BYTES=1MB answered every route, /livez too, with a 500."""
+    env = {**os.environ, **setting}
+    result = subprocess.run(
+        [*OMNI, "serve", "--port", "1"], capture_output=True, text=True, env=env, cwd=tmp_path,
+        check=False, timeout=60,
+    )  # fmt: skip
+    said_all = " ".join(result.stderr.split())
+    assert result.returncode == 2 and said in said_all, said_all
+    assert "Traceback" not in result.stderr
+
+
+def test_omni_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    """Regression: about 50 lines of BentoML's traceback, exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = omni("serve", "--port", str(port))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2 and f"Port {port} on 127.0.0.1 is in use" in said, said

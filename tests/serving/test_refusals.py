@@ -5,6 +5,7 @@ typed refusals with the right code, a request id on every answer, one INFO line 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -264,3 +265,24 @@ def test_a_reservation_id_with_an_invisible_character_is_422(app: TestClient) ->
     body = {"reservation_id": "order-\u202e1", "node_id": "S001", "item_id": "I000010"}
     answer = app.post("/reservations", json={**body, "quantity": 1})
     assert answer.status_code == 422 and "reservation_id" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("OMNI_MAX_BODY_BYTES", "1MB", "OMNI_MAX_BODY_BYTES='1MB' is not a number of bytes"),
+        ("OMNI_SAFETY_STOCK", "-3", "OMNI_SAFETY_STOCK='-3' is not a number of units"),
+    ],
+)
+def test_a_wrong_setting_stops_the_start(
+    name: str,
+    value: str,
+    said: str,
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: OMNI_MAX_BODY_BYTES=1MB let the service start and answer every route, /livez
+    too, with a plain-text 500 and a traceback in the log per request."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(said)), own_service():
+        pass
