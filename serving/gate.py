@@ -119,6 +119,12 @@ class Gate:
             mtime = -1.0
         if self._stamp != (path, mtime):
             self._stamp = (path, mtime)
+            if not mtime:
+                logger.warning(
+                    "The keys file %s does not exist: every key is refused (401) until "
+                    "omni keys create makes it.",
+                    path,
+                )
             try:
                 self._keys = load_keys(path)
             except KeysFileError as exc:

@@ -65,6 +65,7 @@ from serving.errors import (
 from serving.exposures import ExposureWriter, control_share, experiment
 from serving.exposures import enabled as exposures_enabled
 from serving.gate import DocumentedAPI, Gate
+from serving.keys import KeysFileError, keys_file, load_keys
 from serving.state import ServingState, load_state
 from serving.writer import GroupWriter
 
@@ -543,9 +544,10 @@ class OmnichannelService:
             self._catch_up(self.state)
         state = self.state
         EVENTS_QUARANTINED.set(self.log.quarantined)
+        problem = self.problem or _no_keys()
         return {
-            "ready": state is not None and self.problem is None,
-            "reason": self.problem,
+            "ready": state is not None and problem is None,
+            "reason": problem,
             "events_quarantined": self.log.quarantined,
             "recommender_version": state.recommender_version if state else None,
             "forecaster_version": state.forecaster_version if state else None,
@@ -996,6 +998,18 @@ OmnichannelService.add_asgi_middleware(RequestIds, routes=set(ROUTES))  # type: 
 OmnichannelService.add_asgi_middleware(Gate, routes=ROUTES)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(DocumentedAPI)  # type: ignore[attr-defined]
 OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
+
+
+def _no_keys() -> str | None:
+    """Why no client can be let in, when the keys file is missing or holds no key (one that
+    cannot be read is the gate's to report: it keeps the keys it read before)."""
+    path = keys_file()
+    try:
+        if load_keys(path):
+            return None
+    except KeysFileError:
+        return None
+    return f"No API keys: the keys file {path} is missing or empty (omni keys create makes it)."
 
 
 def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict[str, Any] | None:

@@ -286,3 +286,35 @@ def test_a_wrong_setting_stops_the_start(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=re.escape(said)), own_service():
         pass
+
+
+def test_a_missing_keys_file_is_said_not_silent(
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: with no keys file every key got 401, nothing was logged and /readyz said 200."""
+    from serving.keys import create_key
+
+    path = tmp_path / "keys.json"
+    monkeypatch.setenv("OMNI_KEYS_FILE", str(path))
+    with own_service() as app:
+        ready = app.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == (
+            f"No API keys: the keys file {path} is missing or empty (omni keys create makes it)."
+        )
+        for _ in range(3):
+            assert (
+                app.post("/recommend", json={}, headers={"Authorization": "Bearer x"}).status_code
+                == 401
+            )
+        assert caplog.text.count(f"The keys file {path} does not exist") == 1
+        key = create_key(["recommend"], path)
+        assert app.get("/readyz").status_code == 200
+        answer = app.post(
+            "/recommend", json={"customer_id": "c", "channel": "app"},
+            headers={"Authorization": f"Bearer {key}"},
+        )  # fmt: skip
+        assert answer.status_code == 200
