@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from features.customers import build_habits
 from features.demand import PERIOD
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
-from features.identity import IdentityConfig, customers_of_keys
+from features.identity import IdentityConfig, customers_of_keys, salt_check
 from features.interactions import InteractionWeights, event_weights
 from features.stock import RESERVATION_PREFIX, Pair, StockLedger
 from models.forecast import LightGBMForecaster
@@ -466,6 +466,12 @@ def load_state() -> ServingState:
         timing=float(context["meta"].get("timing", DEFAULT_TIMING)),
     )  # fmt: skip
     meta = context["meta"]
+    salt = IdentityConfig.from_env().salt
+    if meta.get("salt_check", salt_check(salt)) != salt_check(salt):
+        raise ValueError(
+            f"OMNI_SALT is not the salt recommender v{rec_version} was trained with: no customer "
+            "key would find its customer. Set the OMNI_SALT training used."
+        )
     forecaster = LightGBMForecaster.load(forecaster_dir)
     popularity = recommender.popularity_
     segments = {
@@ -481,7 +487,7 @@ def load_state() -> ServingState:
         key_ids=dict(zip(context["keys"]["key_id"], context["keys"]["customer_id"], strict=True)),
         habits=context["habits"].set_index("customer_id"),
         weights=InteractionWeights(**meta.get("weights", {})),
-        salt=IdentityConfig.from_env().salt,
+        salt=salt,
         stock=stock,
         nodes=context["stores"].set_index("store_id"),
         stores=set(meta.get("stores", ()))

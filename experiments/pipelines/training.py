@@ -36,7 +36,7 @@ from features.baskets import basket_starts
 from features.customers import build_habits, purchases, with_learned_repurchase
 from features.demand import PERIOD, SERIES, TARGET
 from features.eventlog import EventLog
-from features.identity import IdentityConfig
+from features.identity import IdentityConfig, salt_check
 from features.ingest import LoadedTable, load_dataset
 from features.interactions import InteractionWeights, split_by_time
 from models import mlflow_code
@@ -255,7 +255,8 @@ def train_recommender(
     started = time.perf_counter()
     options = load_training_options(config_path)
     logged, log_seq = logged_events()
-    unify_result = pipelines.unify(data_dir, IdentityConfig.from_env(), logged, engine=engine)
+    identity = IdentityConfig.from_env()
+    unify_result = pipelines.unify(data_dir, identity, logged, engine=engine)
     unified = unify_result.unified
     extras = load_dataset(data_dir, ("items", "inventory", "stores"))
     catalogue = extras["items"].accepted if "items" in extras else None
@@ -299,7 +300,7 @@ def train_recommender(
         final.save(path)
         write_context(
             path / CONTEXT_DIR, unify_result, extras, final, options.weights, selection.timing,
-            log_seq,
+            log_seq, identity.salt,
         )  # fmt: skip
         return path
 
@@ -368,13 +369,14 @@ def write_context(
     weights: InteractionWeights,
     timing: float,
     log_seq: int,
+    salt: str,
 ) -> None:
     """What serving needs beside the recommender: pseudonymous key map, habits, purchases (with
     their last times), the catalogue's rule columns (``repurchasable`` and ``repurchase_days``
     learned from purchases where the catalogue is silent), each store's latest stock, the
-    stores table, how
-    posted events count for this model, the rules' timing and the event log position training
-    read up to."""
+    stores table, how posted events count for this model, the rules' timing, the event log
+    position training read up to and the fingerprint of the salt the keys were pseudonymised
+    with."""
     out.mkdir(parents=True, exist_ok=True)
     result.resolution.nodes[["key_id", "customer_id"]].to_parquet(out / "customer_keys.parquet")
     build_habits(result.unified).to_parquet(out / "habits.parquet")
@@ -392,6 +394,7 @@ def write_context(
         "weights": asdict(model.posted_weights or weights),
         "timing": timing,
         "log_seq": log_seq,
+        "salt_check": salt_check(salt),
         "stores": sorted(unified["store_id"].dropna().astype(str).unique()),
         "channels": sorted(unified["channel"].astype(str).unique()),
     }

@@ -5,6 +5,7 @@ typed refusals with the right code, a request id on every answer, one INFO line 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -318,3 +319,26 @@ def test_a_missing_keys_file_is_said_not_silent(
             headers={"Authorization": f"Bearer {key}"},
         )  # fmt: skip
         assert answer.status_code == 200
+
+
+def test_a_salt_other_than_trainings_is_not_ready_and_says_so(
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    keys: dict[str, str],
+) -> None:
+    """Regression: with another OMNI_SALT than training's the service was ready, and every
+    customer key found no customer: popular lists for all, 404 on /offers, nothing logged."""
+    trained_with = os.environ["OMNI_SALT"]
+    monkeypatch.setenv("OMNI_SALT", trained_with[:-1])
+    with own_service() as app:
+        ready = app.get("/readyz")
+        assert ready.status_code == 503
+        assert "OMNI_SALT is not the salt recommender v" in ready.json()["reason"]
+        asked = app.post(
+            "/recommend", json={"customer_key": "LC-00009806", "channel": "app"},
+            headers=as_(keys, "recommend"),
+        )  # fmt: skip
+        assert asked.status_code == 503
+    monkeypatch.setenv("OMNI_SALT", trained_with)
+    with own_service() as app:
+        assert app.get("/readyz").status_code == 200
