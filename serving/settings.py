@@ -5,14 +5,32 @@ service reads each again when it starts (docs/operations.md, What the service ne
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-from features.eventlog import EventLog, first_line
+from features.eventlog import EVENTS_URL_ENV, EventLog, first_line
 from features.schema import Bounds
 from serving.exposures import control_share
 from serving.exposures import enabled as exposures_enabled
 from serving.gate import body_limit
+from serving.keys import KEYS_ENV
 from serving.state import safety_stock
+
+
+def bento_paths() -> None:
+    """In a Bento (served from its ``src/``, beside its ``bento.yaml``), the event log and the
+    keys file must be named: their defaults, relative to the working directory, would be inside
+    the Bento store or the image — a new log for every build, lost with it, and no keys."""
+    if not (Path.cwd().parent / "bento.yaml").is_file():
+        return
+    unset = [name for name in (EVENTS_URL_ENV, KEYS_ENV) if not os.environ.get(name)]
+    if unset:
+        raise ValueError(
+            f"A Bento needs {' and '.join(unset)} set: the default paths would be inside the "
+            "Bento, lost with it."
+        )
+
 
 #: Each reads one or more settings and raises ValueError, one sentence, on a wrong value.
 CHECKS: tuple[Callable[[], object], ...] = (
@@ -22,6 +40,7 @@ CHECKS: tuple[Callable[[], object], ...] = (
     exposures_enabled,
     safety_stock,
     body_limit,
+    bento_paths,
 )
 
 

@@ -83,7 +83,8 @@ def build_cmd(
         out.print(f"pinned {model.name} v{model.version} (BentoML model {model.model_tag})")
     out.print(f"built Bento {built.tag}", highlight=False)
     err.print(
-        f"Serve it with: bentoml serve {built.tag}; make an image with: "
+        "Serve it with OMNI_SALT (training's), OMNI_EVENTS_URL and OMNI_KEYS_FILE set (their "
+        f"defaults would be inside the Bento): bentoml serve {built.tag}; make an image with: "
         f"bentoml containerize {built.tag}",
         highlight=False,
     )

@@ -342,3 +342,26 @@ def test_a_salt_other_than_trainings_is_not_ready_and_says_so(
     monkeypatch.setenv("OMNI_SALT", trained_with)
     with own_service() as app:
         assert app.get("/readyz").status_code == 200
+
+
+def test_a_bento_needs_its_event_log_and_keys_file_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a Bento served with the defaults kept its event log inside the Bento store (a
+    new, empty log for every build, deleted with it) and found no keys there."""
+    from serving.settings import problems
+
+    (tmp_path / "bento.yaml").write_text("service: serving.service:OmnichannelService\n")
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")  # where bentoml serve runs a Bento
+    monkeypatch.delenv("OMNI_EVENTS_URL", raising=False)
+    monkeypatch.setenv("OMNI_KEYS_FILE", "/srv/omni/keys.json")
+    assert problems() == [
+        "A Bento needs OMNI_EVENTS_URL set: the default paths would be inside the Bento, lost "
+        "with it."
+    ]
+    monkeypatch.setenv("OMNI_EVENTS_URL", f"sqlite:///{tmp_path}/events.db")
+    assert problems() == []
+    monkeypatch.chdir(tmp_path)  # from a source tree, the defaults are fine
+    monkeypatch.delenv("OMNI_EVENTS_URL")
+    assert problems() == []
