@@ -67,6 +67,16 @@ STATUS: dict[type[Exception], HTTPStatus] = {
 }
 
 
+#: What clients are told when the event store fails; its address (user, host, database) and
+#: the driver's words go to the log only.
+STORE_DOWN = "The event store is unavailable (the service's log says why); retry later."
+
+
+def public_message(exc: Exception) -> str:
+    """What a refusal tells the client: the exception's sentence, except the event store's."""
+    return STORE_DOWN if isinstance(exc, EventStoreUnavailable) else str(exc)
+
+
 def status_of(exc: Exception) -> HTTPStatus | None:
     """The status code for ``exc``, or None when it is not a refusal (a bug: 500)."""
     if isinstance(exc, ServiceError):
@@ -130,7 +140,7 @@ def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
         ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
     level = logging.WARNING if status >= 500 else logging.INFO
     log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
-    return refuse(ctx, status, str(exc))
+    return refuse(ctx, status, public_message(exc))
 
 
 def _internal(path: str, request_id: str, exc: Exception) -> str:

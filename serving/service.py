@@ -54,6 +54,7 @@ from serving import settings
 from serving.errors import (
     REQUEST_ID,
     RETRY_AFTER,
+    STORE_DOWN,
     NotFound,
     QuietRefusals,
     RequestIds,
@@ -61,6 +62,7 @@ from serving.errors import (
     Unprocessable,
     answers,
     json_errors,
+    public_message,
 )
 from serving.exposures import ExposureWriter, control_share, experiment
 from serving.exposures import enabled as exposures_enabled
@@ -363,7 +365,7 @@ class PlacementRequest(_Strict):
 def _unavailable(exc: Exception) -> JSONResponse:
     """The 503 of the mounted GET routes, as the API routes answer it."""
     headers = {"Retry-After": str(RETRY_AFTER)}
-    return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+    return JSONResponse({"error": public_message(exc)}, status_code=503, headers=headers)
 
 
 async def _model_info(request: Request) -> JSONResponse:
@@ -518,9 +520,9 @@ class OmnichannelService:
             self.state.apply_appended(self.log, events, seqs)
 
     def _store_failed(self, exc: EventStoreUnavailable) -> None:
-        if self.problem != str(exc):  # once per outage, not once per request
+        if self.problem != STORE_DOWN:  # once per outage, not once per request
             log.warning("%s", exc)
-        self.problem = str(exc)
+        self.problem = STORE_DOWN
 
     def _catch_up(self, state: ServingState) -> None:
         """Apply what the log holds that ``state`` has not seen; note whether the store answers."""
