@@ -562,11 +562,8 @@ class OmnichannelService:
             self._try_load()
         state = self.state
         if state is None:
-            raise Unavailable(
-                "The service is not ready: "
-                + (self.problem or "the champions are being loaded")
-                + " See /readyz."
-            )
+            why = (self.problem or "the champions are being loaded").rstrip(".")
+            raise Unavailable(f"The service is not ready: {why}. See /readyz.")
         self._catch_up(state)
         return state
 

@@ -341,6 +341,7 @@ def test_a_salt_other_than_trainings_is_not_ready_and_says_so(
             headers=as_(keys, "recommend"),
         )  # fmt: skip
         assert asked.status_code == 503
+        assert asked.json()["error"].endswith("Set the OMNI_SALT training used. See /readyz.")
     monkeypatch.setenv("OMNI_SALT", trained_with)
     with own_service() as app:
         assert app.get("/readyz").status_code == 200
