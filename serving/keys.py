@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 SCOPES = ("recommend", "plan", "stock", "report", "admin")
@@ -31,8 +32,9 @@ def keys_file() -> Path:
     return Path(os.environ.get(KEYS_ENV, DEFAULT_KEYS_FILE))
 
 
-def create_key(scopes: list[str], path: Path | None = None) -> str:
-    """Make a key with these scopes, store its hash, and return the key (shown once)."""
+def create_key(scopes: list[str], path: Path | None = None, name: str = "") -> str:
+    """Make a key with these scopes, store its hash, its ``name`` (what it is for) and when it
+    was made, and return the key (shown once)."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ValueError(
@@ -47,9 +49,33 @@ def create_key(scopes: list[str], path: Path | None = None) -> str:
         store[key_id] = {
             "sha256": hashlib.sha256(secret.encode()).hexdigest(),
             "scopes": sorted(set(scopes)),
+            "name": name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_private(path, json.dumps(store, indent=2))
     return f"omni_{key_id}_{secret}"
+
+
+def revoke_keys(key_ids: list[str], path: Path | None = None) -> list[str]:
+    """Remove these keys (an id, or a whole key: its id is read from it) at once; returns the
+    ids that were there. The service refuses them from its next request."""
+    path = path or keys_file()
+    wanted = {key_id(k) for k in key_ids}
+    if not path.exists():
+        return []
+    with _locked(path):
+        store = load_keys(path)
+        found = sorted(wanted & set(store))
+        if found:
+            kept = {k: v for k, v in store.items() if k not in wanted}
+            write_private(path, json.dumps(kept, indent=2))
+    return found
+
+
+def key_id(key: str) -> str:
+    """A key's id: the key itself when it is an id, else the field after ``omni_``."""
+    parts = key.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "omni" else key
 
 
 class KeysFileError(ValueError):

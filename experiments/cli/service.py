@@ -30,13 +30,47 @@ def keys_create_cmd(
         list[str],
         typer.Option("--scope", help="recommend, plan, stock, report or admin (repeatable)."),
     ],
+    name: Annotated[str, typer.Option(help="What the key is for (shown by keys list).")] = "",
 ) -> None:
     """Create a key and print it once; only its hash is kept (in $OMNI_KEYS_FILE)."""
     from serving.keys import create_key, keys_file
 
-    key = create_key(scope)
+    key = create_key(scope, name=name)
     out.print(key, highlight=False, soft_wrap=True)
     err.print(f"Stored its hash in {keys_file()}; this is the only time the key is shown.")
+
+
+@keys_app.command("list")
+def keys_list_cmd() -> None:
+    """Every key's id, name, scopes and creation time (never the key: only its hash is kept)."""
+    from rich.table import Table
+
+    from serving.keys import keys_file, load_keys
+
+    keys = load_keys()
+    table = Table("id", "name", "scopes", "created", title=f"{len(keys)} key(s) in {keys_file()}")
+    for key_id, entry in keys.items():
+        table.add_row(
+            key_id, entry.get("name", ""), ", ".join(entry["scopes"]), entry.get("created", "")
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(
+    key: Annotated[list[str], typer.Argument(help="Key ids (or whole keys) to remove.")],
+) -> None:
+    """Remove keys: the service refuses them (401) from its next request, no restart."""
+    from serving.keys import key_id, keys_file, revoke_keys
+
+    removed = revoke_keys(key)
+    unknown = sorted({key_id(k) for k in key} - set(removed))
+    if unknown:
+        raise UsageError(
+            f"No key {', '.join(unknown)} in {keys_file()}"
+            + (f"; removed {', '.join(removed)}." if removed else "; nothing was removed.")
+        )
+    out.print(f"Removed {', '.join(removed)} from {keys_file()}.", highlight=False)
 
 
 @app.command("serve")
@@ -95,14 +129,14 @@ def demo_cmd(port: Port = 3000) -> None:
     """Train both models on data_samples, register the champions, create demo keys, start the
     service and print ready-to-paste curl examples; it keeps serving until Ctrl-C."""
     from experiments.deploy import process as serve
-    from serving.keys import SCOPES, create_key, write_private
+    from serving.keys import write_private
 
     identity_config()
     _preflight(port)  # before minutes of training
     out.print(f"[bold]1/3[/] training both models on {serve.DEMO_DATA} ...", markup=True)
     for message in serve.train_demo_models():
         out.print(message)
-    keys = {scope: create_key([scope]) for scope in SCOPES}
+    keys = demo_keys()
     keys_out = Path(".omni/demo/keys.json")
     keys_out.parent.mkdir(parents=True, exist_ok=True)
     write_private(keys_out, json.dumps(keys, indent=2))  # the keys themselves: 0600 from the start
@@ -118,9 +152,10 @@ def demo_cmd(port: Port = 3000) -> None:
         for example in serve.curl_examples(port, keys, customer_key="LC-00009806"):
             out.print(example, highlight=False, soft_wrap=True)
         out.print(
-            f"\nThe planner page: http://127.0.0.1:{port}/ui (use the admin key, or a key with "
-            "the plan and report scopes).",
+            f"\nThe planner page: http://127.0.0.1:{port}/ui with the planner key (plan and "
+            f"report scopes): {keys['planner']}",
             highlight=False,
+            soft_wrap=True,
         )
         out.print("\nThe service keeps running; Ctrl-C stops it.", highlight=False)
         sys.stdout.flush()
@@ -129,6 +164,21 @@ def demo_cmd(port: Port = 3000) -> None:
         pass
     finally:
         serve.stop(process)  # the workers too: they run in sessions of their own
+
+
+#: The name of the keys ``omni demo`` makes: the next run revokes them.
+DEMO = "demo"
+
+
+def demo_keys() -> dict[str, str]:
+    """One key per scope and a planner's (plan and report, what the page needs), named
+    :data:`DEMO`; the keys an earlier demo made are revoked first, not left valid."""
+    from serving.keys import SCOPES, create_key, load_keys, revoke_keys
+
+    revoke_keys([key_id for key_id, entry in load_keys().items() if entry.get("name") == DEMO])
+    keys = {scope: create_key([scope], name=DEMO) for scope in SCOPES}
+    keys["planner"] = create_key(["plan", "report"], name=DEMO)
+    return keys
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -133,7 +133,7 @@ def _alive(processes: list) -> list:
 
 
 def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[str]:
-    """Ready-to-paste requests for every route, with the demo's keys."""
+    """Ready-to-paste requests for the main routes, with the demo's keys."""
     base = f"http://127.0.0.1:{port}"
 
     def post(route: str, scope: str, body: dict | None = None) -> str:
@@ -152,6 +152,7 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
         "customer_key": customer_key,
         "quantity": 1,
         "store_id": "S001",
+        "event_id": f"demo-purchase-{now}",  # the till's receipt line: a retry is stored once
     }
     delivery = {  # a WMS telling the service of a delivery; its id makes a retry harmless
         "movement_time": now,
@@ -177,5 +178,7 @@ def curl_examples(port: int, keys: dict[str, str], customer_key: str) -> list[st
         post("/forecast", "plan", {"store_id": "S001", "item_ids": ["I000010"], "horizon": 2}),
         post("/placement", "plan", {"item_id": "I000010", "units_available": 120, "horizon": 2}),
         f"curl -s {base}/model_info -H 'Authorization: Bearer {keys['plan']}'",
+        f"curl -s '{base}/kpis?since={now[:10]}T00:00:00' -H 'Authorization: Bearer "
+        f"{keys['report']}'",
         post("/admin/reload", "admin"),
     ]

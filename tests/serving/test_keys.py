@@ -126,3 +126,45 @@ def test_a_failed_write_leaves_the_old_file_whole(
     monkeypatch.undo()
     assert path.read_bytes() == before and scopes_of(first, load_keys(path)) == ["admin"]
     assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temporary file left
+
+
+def test_keys_are_listed_by_name_and_revoked_by_id_or_whole_key(tmp_path: Path) -> None:
+    """Regression: rotating a key meant pasting a Python heredoc, and keys had no name or date,
+    so nobody could tell which to revoke; `make demo` piled up keys that stayed valid."""
+    from tests.processes import omni
+
+    env = {"OMNI_KEYS_FILE": str(tmp_path / "keys.json")}
+    made = omni("keys", "create", "--scope", "recommend", "--name", "till-app", env=env)
+    assert made.returncode == 0, made.stderr
+    till = made.stdout.strip()
+    other = create_key(["plan"], tmp_path / "keys.json")
+    listed = omni("keys", "list", env=env)
+    till_id, other_id = till.split("_")[1], other.split("_")[1]
+    assert till_id in listed.stdout and "till-app" in listed.stdout and "recommend" in listed.stdout
+    assert till.split("_", 2)[2] not in listed.stdout  # never a key, only ids
+    gone = omni("keys", "revoke", till, env=env)  # the whole key names its id
+    assert gone.returncode == 0 and f"Removed {till_id}" in gone.stdout
+    keys = load_keys(tmp_path / "keys.json")
+    assert set(keys) == {other_id} and scopes_of(till, keys) is None
+    assert mode(tmp_path / "keys.json") == 0o600
+    again = omni("keys", "revoke", till_id, other_id, env=env)
+    said = " ".join(again.stderr.split())
+    assert again.returncode == 2 and f"No key {till_id} in" in said
+    assert f"removed {other_id}" in said
+    assert load_keys(tmp_path / "keys.json") == {}
+
+
+def test_a_demo_run_revokes_the_keys_the_last_one_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.cli.service import demo_keys
+
+    monkeypatch.setenv("OMNI_KEYS_FILE", str(tmp_path / "keys.json"))
+    kept = create_key(["admin"], name="ops")
+    first = demo_keys()
+    second = demo_keys()
+    keys = load_keys()
+    assert len(keys) == 1 + len(second)  # the operator's key and this run's
+    assert all(scopes_of(key, keys) is None for key in first.values())
+    assert scopes_of(second["planner"], keys) == ["plan", "report"]
+    assert scopes_of(kept, keys) == ["admin"]
