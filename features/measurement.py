@@ -242,7 +242,8 @@ def period(
     latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
     if not pd.Timestamp("2000-01-01") <= start < end <= latest or end - start > MAX_SPAN:
         raise ValueError(
-            "since must come before until, both between 2000 and now, at most a year apart."
+            "since must come before until, both between 2000 and a day from now, at most a "
+            "year apart."
         )
     if not 0 < window_days <= MAX_WINDOW.days:
         raise ValueError("The attribution window must be more than 0 and at most 90 days.")

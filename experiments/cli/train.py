@@ -113,14 +113,22 @@ def forecast_cmd(
     """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
     model = champion_forecaster()
     forecast = model.forecast(store, items, horizon)
+    # The columns and names of /forecast's answer.
+    forecast = forecast.assign(period_end=pd.to_datetime(forecast["ds"]).dt.date)[
+        ["store_id", "item_id", "period_end", "mean", "p10", "p50", "p90", "method"]
+    ]
     table = Table("item", "period", "mean", "P10", "P50", "P90", "method", title=f"store {store}")
     for row in forecast.to_dict(orient="records"):
         table.add_row(
-            str(row["item_id"]), str(pd.Timestamp(row["ds"]).date()), f"{row['mean']:.1f}",
-            *(_units(row[q]) for q in ("p10", "p50", "p90")), str(row["method"]),
+            str(row["item_id"]), str(row["period_end"]),
+            *(_units(row[q]) for q in ("mean", "p10", "p50", "p90")), str(row["method"]),
         )  # fmt: skip
     out.print(table)
-    out.print(f"P10-P90: {model.intervals_.label}.", highlight=False)
+    end = pd.Timestamp(model.history_["ds"].max()).date()
+    out.print(
+        f"Trained on sales to {end} (the forecast follows it); P10-P90: {model.intervals_.label}.",
+        highlight=False,
+    )
     if out_file:
         forecast.to_csv(out_file, index=False)
         out.print(f"written to {out_file}")

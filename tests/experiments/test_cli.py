@@ -353,3 +353,20 @@ def test_omni_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         result = omni("serve", "--port", str(port))
     said = " ".join(result.stderr.split())
     assert result.returncode == 2 and f"Port {port} on 127.0.0.1 is in use" in said, said
+
+
+def test_omni_forecast_writes_the_columns_of_the_api(champions: Path, tmp_path: Path) -> None:
+    """Regression: the CSV said ds and unique_id where /forecast says period_end, and the table
+    gave the mean to one decimal beside a P90 to two."""
+    written = tmp_path / "forecast.csv"
+    result = omni(
+        "forecast", "--store", "S001", "--items", "I000010", "--items", "I000020",
+        "--horizon", "2", "--out", str(written),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    frame = pd.read_csv(written)
+    assert list(frame.columns) == [
+        "store_id", "item_id", "period_end", "mean", "p10", "p50", "p90", "method",
+    ]  # fmt: skip
+    assert len(frame) == 4 and set(frame["item_id"]) == {"I000010", "I000020"}
+    assert "Trained on sales to 20" in result.stdout
