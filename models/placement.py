@@ -566,6 +566,22 @@ def dispersion_of(mean: pd.Series, variance: pd.Series) -> pd.Series:
     return (mean**2 / excess).clip(lower=1e-3, upper=1e6)
 
 
+#: What a planner is shown of each store's allocation: ``/placement``'s stores and the CSV of
+#: ``omni placement plan``.
+PLAN_COLUMNS = [
+    "store_id", "on_hand", "send", "final_stock", "expected_demand", "expected_sales",
+    "expected_fill_rate", "expected_lost", "expected_leftover",
+]  # fmt: skip
+
+
+def planner_view(allocation: pd.DataFrame) -> pd.DataFrame:
+    """:func:`plan_item`'s allocation in :data:`PLAN_COLUMNS` (its ``mean`` is the demand
+    expected over the coverage periods; a store with no stock known has 0 on hand)."""
+    view = allocation.rename(columns={"mean": "expected_demand"}).reindex(columns=PLAN_COLUMNS)
+    view["on_hand"] = view["on_hand"].fillna(0)
+    return view
+
+
 def plan_item(
     model: LightGBMForecaster,
     forecast: pd.DataFrame,

@@ -48,7 +48,7 @@ from features.eventlog import (
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records, utc_time
 from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
-from models.placement import DEFAULT_HOLDING, Economics, plan_item
+from models.placement import DEFAULT_HOLDING, Economics, plan_item, planner_view
 from models.rules import top_for_customer
 from serving import settings
 from serving.errors import (
@@ -903,10 +903,7 @@ class OmnichannelService:
             horizon=r.horizon, on_hand=on_hand, economics=economics,
             pack_size=c.pack_size, limits=limits,
         )  # fmt: skip
-        columns = ["store_id", "on_hand", "send", "final_stock", "mean"]
-        columns += [name for name in frame.columns if name.startswith("expected_")]
-        stores = frame.reindex(columns=columns).rename(columns={"mean": "expected_demand"})
-        stores["on_hand"] = stores["on_hand"].fillna(0)
+        stores = planner_view(frame)
         return {
             "item_id": r.item_id,
             "units_available": r.units_available,

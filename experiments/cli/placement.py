@@ -146,6 +146,7 @@ def placement_plan_cmd(
 ) -> None:
     """Allocate N units of an item across stores from the champion forecaster."""
     from experiments.pipelines import forecaster, placement
+    from models.placement import planner_view
 
     model = champion_forecaster()
     on_hand = None
@@ -155,23 +156,20 @@ def placement_plan_cmd(
         on_hand = forecaster.latest_on_hand(data, item)
     else:
         err.print("No --data: every store's stock is taken as 0.", highlight=False)
-    result = placement.plan(
-        model, item, units, horizon=horizon, data=demand, on_hand=on_hand, pack_size=pack_size
-    )
+    result = planner_view(  # /placement's stores
+        placement.plan(
+            model, item, units, horizon=horizon, data=demand, on_hand=on_hand,
+            pack_size=pack_size,
+        )
+    )  # fmt: skip
     table = Table(
-        "store",
-        "on hand",
-        "send",
-        "stock after",
-        "exp. sales",
-        "fill rate",
-        "exp. lost",
-        "exp. leftover",
-        title=f"{item}: {units} units",
-    )
+        "store", "on hand", "send", "stock after", "exp. demand", "exp. sales", "fill rate",
+        "exp. lost", "exp. leftover", title=f"{item}: {units} units",
+    )  # fmt: skip
     formats = {
-        "on_hand": ".0f", "send": ".0f", "final_stock": ".0f", "expected_sales": ".1f",
-        "expected_fill_rate": ".2f", "expected_lost": ".1f", "expected_leftover": ".1f",
+        "on_hand": ".0f", "send": ".0f", "final_stock": ".0f", "expected_demand": ".1f",
+        "expected_sales": ".1f", "expected_fill_rate": ".2f", "expected_lost": ".1f",
+        "expected_leftover": ".1f",
     }  # fmt: skip
     for row in result.to_dict(orient="records"):
         table.add_row(str(row["store_id"]), *(format(row[k], f) for k, f in formats.items()))

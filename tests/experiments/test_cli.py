@@ -310,7 +310,12 @@ def test_placement_plan_says_what_it_sends_and_keeps(champions: Path, tmp_path: 
     args = ("placement", "plan", "--item", "I000010", "--units", "50", "--horizon", "2")
     result = omni(*args, "--data", str(SAMPLE), "--out", str(written))
     assert result.returncode == 0, result.stderr[-2000:]
-    sent = int(pd.read_csv(written)["send"].sum())
+    plan = pd.read_csv(written)
+    assert list(plan.columns) == [  # /placement's stores
+        "store_id", "on_hand", "send", "final_stock", "expected_demand", "expected_sales",
+        "expected_fill_rate", "expected_lost", "expected_leftover",
+    ]  # fmt: skip
+    sent = int(plan["send"].sum())
     assert f"{sent} units sent, {50 - sent} kept at the DC." in result.stdout
     assert "No --data" not in result.stderr
     blind = omni(*args)  # no stock known: said, not silently taken as none
