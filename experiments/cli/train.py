@@ -180,8 +180,8 @@ def print_backtest(result: Any, title: str) -> None:
     table = Table("forecaster", "WAPE", "RMSSE", "bias", "pinball", "coverage 80%", title=title)
     rows = {"lightgbm (ours)": result.metrics, **result.baselines, **result.others}
     for name, m in rows.items():
-        values = (m["wape"], m["rmsse"], m["bias"], m["pinball"], m["coverage_80"])
-        table.add_row(name, *(f"{v:.4f}" for v in values))
+        values = (m["wape"], m["rmsse"], m["bias"], m["pinball"], m.get("coverage_80"))
+        table.add_row(name, *("—" if v is None else f"{v:.4f}" for v in values))
     out.print(table)
     m = result.metrics
     quintiles = [m[f"coverage_80_q{q}"] for q in range(1, 6) if f"coverage_80_q{q}" in m]

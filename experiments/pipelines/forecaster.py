@@ -125,7 +125,8 @@ def accuracy(
     ``pinball_vs_point`` its ratio to the pinball of the mean used for all three (below 1: the
     quantiles add something). ``coverage_80`` is the share of actuals between P10 and P90,
     overall and per volume quintile of series (``coverage_80_q1`` the lowest fifth, by mean
-    demand over ``history``).
+    demand over ``history``); left out for a point forecast (P10 = P90 everywhere: it would
+    count only exact hits, zeros mostly).
     """
     joined = scored(actual, forecast, history)
     y = joined[TARGET].to_numpy()
@@ -138,12 +139,17 @@ def accuracy(
     errors = joined.assign(se=(y - p50) ** 2).groupby(SERIES, observed=True)["se"].mean()
     scaled = (errors / scale.reindex(errors.index)).replace([np.inf, -np.inf], np.nan).dropna()
     covered, quintile = joined["covered"].to_numpy(), joined["quintile"].to_numpy() - 1
-    return {
+    metrics = {
         "wape": float(np.abs(y - p50).sum() / total) if total else float("nan"),
         "rmsse": float(np.sqrt(scaled).mean()) if len(scaled) else float("nan"),
         "bias": float((p50.sum() - total) / total) if total else float("nan"),
         "pinball": pinball,
         "pinball_vs_point": pinball / point if point else float("nan"),
+    }
+    if not (joined["p90"] > joined["p10"]).any():
+        return metrics
+    return {
+        **metrics,
         "coverage_80": float(np.mean(covered)),
         **{
             f"coverage_80_q{q + 1}": float(np.mean(covered[quintile == q]))

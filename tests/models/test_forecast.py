@@ -293,6 +293,9 @@ def test_accuracy_excludes_censored_actuals() -> None:
     assert metrics["bias"] == pytest.approx(-1 / 5)
     assert metrics["coverage_80"] == 1.0
     assert metrics["rmsse"] == pytest.approx(1.0)  # error 1 over a naive step of 1
+    # A point forecast has no interval: no coverage (it would count exact hits, zeros mostly).
+    point = forecast.assign(p10=forecast["mean"], p50=forecast["mean"], p90=forecast["mean"])
+    assert not any(name.startswith("coverage") for name in accuracy(actual, point, history))
 
 
 def known_demand_panel(
