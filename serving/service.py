@@ -868,6 +868,10 @@ class OmnichannelService:
         frame = state.forecaster.forecast(
             r.store_id, r.item_ids, r.horizon, everything=state.forecast_all()
         )
+        asked = {item: i for i, item in enumerate(dict.fromkeys(r.item_ids))}
+        frame = frame.sort_values(  # the items in the order asked (each once), then by period
+            ["item_id", "ds"], key=lambda c: c.map(asked) if c.name == "item_id" else c
+        )
         return {
             "store_id": r.store_id,
             "forecast": [

@@ -317,6 +317,10 @@ def test_forecast_and_its_errors(planner: TestClient) -> None:
     assert ok.status_code == 200, ok.text
     rows = ok.json()["forecast"]
     assert len(rows) == 2 and all(r["p10"] <= r["p50"] <= r["p90"] for r in rows)
+    assert ok.json()["history_end"] < rows[0]["period_end"] < rows[1]["period_end"]
+    asked = ["I000020", "I000010", "I000020"]  # answered in the order asked, each once
+    several = planner.post("/forecast", json={"store_id": "S001", "item_ids": asked, "horizon": 2})
+    assert [r["item_id"] for r in several.json()["forecast"]] == ["I000020"] * 2 + ["I000010"] * 2
     for body, status in [
         ({"store_id": "S999", "item_ids": ["I000010"], "horizon": 2}, 404),
         ({"store_id": "S001", "item_ids": ["I000010"], "horizon": 9}, 409),
