@@ -139,29 +139,38 @@ def placement_plan_cmd(
         int | None, typer.Option(help="Coverage periods (default: the model's).")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Data dir: latest on-hand stock and plan.")
+        Path | None,
+        typer.Option(help="Plan from this data dir's latest inventory snapshot and plan table."),
     ] = None,
     pack_size: Annotated[int, typer.Option(help="Units per pack.")] = 1,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
 ) -> None:
-    """Allocate N units of an item across stores from the champion forecaster."""
+    """Allocate N units of an item across stores from the champion forecaster: by default from
+    the stock available to promise now, as /placement answers; with --data, from DIR's files."""
     from experiments.pipelines import forecaster, placement
-    from models.placement import planner_view
+    from models.placement import plan_item, planner_view
 
-    model = champion_forecaster()
-    on_hand = None
-    demand = None
-    if data is not None:
-        demand = forecaster.load_demand(data, model.freq)
-        on_hand = forecaster.latest_on_hand(data, item)
-    else:
-        err.print("No --data: every store's stock is taken as 0.", highlight=False)
-    result = planner_view(  # /placement's stores
-        placement.plan(
-            model, item, units, horizon=horizon, data=demand, on_hand=on_hand,
-            pack_size=pack_size,
+    if data is None:
+        from experiments.pipelines.scoring import served_state
+
+        state = served_state()
+        allocation = plan_item(
+            state.forecaster, state.forecast_all(), item, units, horizon=horizon,
+            on_hand=state.rules.available(item), pack_size=pack_size,
+        )  # fmt: skip
+        err.print(
+            "Stock: available to promise now, as /placement sees it (the champion's snapshot "
+            "and every movement and sale logged since).",
+            highlight=False,
         )
-    )  # fmt: skip
+    else:
+        model = champion_forecaster()
+        allocation = placement.plan(
+            model, item, units, horizon=horizon, data=forecaster.load_demand(data, model.freq),
+            on_hand=forecaster.latest_on_hand(data, item), pack_size=pack_size,
+        )  # fmt: skip
+        err.print(f"Stock: the latest inventory snapshot in {data}.", highlight=False)
+    result = planner_view(allocation)  # /placement's stores
     table = Table(
         "store", "on hand", "send", "stock after", "exp. demand", "exp. sales", "fill rate",
         "exp. lost", "exp. leftover", title=f"{item}: {units} units",

@@ -355,6 +355,23 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
         assert planner.post("/placement", json=bad).status_code == status, bad
 
 
+def test_omni_placement_plan_answers_as_placement_does(planner: TestClient, tmp_path: Path) -> None:
+    """Regression: the CLI planned from the data directory's snapshot alone (or from no stock
+    at all, silently, without --data), while /placement reads the stock available now."""
+    from tests.processes import omni
+
+    body = {"item_id": "I000010", "units_available": 50, "horizon": 2}
+    api = pd.DataFrame(planner.post("/placement", json=body).json()["stores"])
+    written = tmp_path / "plan.csv"
+    cli = omni("placement", "plan", "--item", "I000010", "--units", "50", "--horizon", "2",
+               "--out", str(written), env={"OMNI_SALT": os.environ["OMNI_SALT"]})  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "Stock: available to promise now, as /placement sees it" in cli.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_csv(written, dtype={"store_id": str}), api, check_dtype=False
+    )
+
+
 def test_a_store_named_for_a_new_listing_takes_part_with_the_category_prior(
     planner: TestClient,
 ) -> None:
