@@ -48,7 +48,7 @@ from features.eventlog import (
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records, utc_time
 from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
-from models.placement import DEFAULT_HOLDING, Economics, plan_item, planner_view
+from models.placement import DEFAULT_HOLDING, Economics, plan_item, planner_view, rebalance
 from models.rules import top_for_customer
 from serving import settings
 from serving.errors import (
@@ -339,12 +339,22 @@ ServiceLevel = Annotated[
 ]
 
 
+#: The cost of moving one unit between two stores, in the margin's units; given, the answer
+#: also proposes store-to-store transfers that pay for it.
+TransferCost = Annotated[
+    Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None,
+    BeforeValidator(_not_null),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1e9}),
+]
+
+
 class Constraints(_Strict):
     pack_size: int = Field(default=1, ge=1, le=10**6)
     # Inclusive bounds only: exclusive ones do not survive BentoML's OpenAPI 3.0 document.
     unit_margin: float = Field(default=1.0, ge=1e-9, le=1e9, allow_inf_nan=False)
     unit_holding: float = Field(default=DEFAULT_HOLDING, ge=0, le=1e9, allow_inf_nan=False)
     service_level: ServiceLevel = None
+    transfer_cost: TransferCost = None
     stores: dict[str, StoreLimit] = Field(  # unknown stores: 404
         default_factory=dict,
         max_length=1000,
@@ -908,6 +918,11 @@ class OmnichannelService:
             pack_size=c.pack_size, limits=limits,
         )  # fmt: skip
         stores = planner_view(frame)
+        transfers = (
+            rebalance(frame, transfer_cost=c.transfer_cost, economics=economics)
+            if c.transfer_cost is not None
+            else None
+        )
         return {
             "item_id": r.item_id,
             "units_available": r.units_available,
@@ -918,6 +933,7 @@ class OmnichannelService:
                 {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}
                 for row in stores.to_dict(orient="records")
             ],
+            **({"transfers": transfers.to_dict(orient="records")} if transfers is not None else {}),
             "model_version": state.forecaster_version,
         }
 
