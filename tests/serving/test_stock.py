@@ -8,6 +8,7 @@ own state and its own connection, as separate processes do."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -393,3 +394,7 @@ def test_placement_proposes_transfers_that_pay_for_their_cost(
         assert moves and {m["from_store"] for m in moves} == {"S001"}
         assert all(m["units"] >= 1 and m["expected_gain"] > 0.05 * m["units"] for m in moves)
         assert plan(transfer_cost=1e6)["transfers"] == []  # too dear to move anything
+        body["units_available"] = 10**9  # a bounded cost, however many units stand
+        started = time.perf_counter()
+        assert plan(transfer_cost=0.0)["units_sent"] < 10**6
+        assert time.perf_counter() - started < 2.0
