@@ -373,6 +373,11 @@ class LightGBMForecaster(Forecaster):
         return max(*spec.lags, *(lag + max(w) for lag, w in spec.rolling.items()))
 
     @property
+    def history_end_(self) -> pd.Timestamp:
+        """The end of the last period of sales the model learned from: its forecasts follow it."""
+        return pd.Timestamp(self.history_[PERIOD].max())
+
+    @property
     def booster_(self) -> lgb.Booster:
         """The first model."""
         return self.boosters_[0]
@@ -717,7 +722,13 @@ class LightGBMForecaster(Forecaster):
             prior = self._category_prior(store_id, new_items, periods)
             forecast = pd.concat([forecast, prior], ignore_index=True)
         cut = np.sort(forecast[PERIOD].unique())[horizon - 1]
-        return forecast[forecast[PERIOD] <= cut].reset_index(drop=True)
+        forecast = forecast[forecast[PERIOD] <= cut]
+        if item_ids:  # the items in the order asked (each once), then by period
+            asked = {item: i for i, item in enumerate(dict.fromkeys(item_ids))}
+            forecast = forecast.sort_values(
+                ["item_id", PERIOD], key=lambda c: c.map(asked) if c.name == "item_id" else c
+            )
+        return forecast.reset_index(drop=True)
 
     def _category_prior(
         self, store_id: str, new_items: list[str], periods: np.ndarray

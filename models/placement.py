@@ -489,13 +489,24 @@ def _checked(stores: pd.DataFrame, available: int, pack_size: int) -> pd.DataFra
     return frame
 
 
+#: Transfers one rebalancing proposes at most (each a pack): a bound on its cost per answer.
+MAX_MOVES = 10_000
+
+
 def rebalance(
-    allocation: pd.DataFrame, *, transfer_cost: float, economics: Economics = Economics()
+    allocation: pd.DataFrame,
+    *,
+    transfer_cost: float,
+    economics: Economics = Economics(),
+    pack_size: int = 1,
+    max_moves: int = MAX_MOVES,
 ) -> pd.DataFrame:
     """Store-to-store transfers where one store's expected surplus covers another's shortfall.
 
-    A unit moves from store A to store B when its expected value at B exceeds its value at A by
-    more than ``transfer_cost`` (per unit); the best move is made first, until none pays.
+    A pack of ``pack_size`` units moves from store A to store B when its expected value at B
+    exceeds its value at A by more than ``transfer_cost`` per unit; the best move is made first,
+    until none pays or ``max_moves`` packs have moved (the cost of a proposal does not grow with
+    the units: only with the moves, at most that many).
 
     Returns:
         ``from_store, to_store, units, expected_gain``.
@@ -505,24 +516,32 @@ def rebalance(
     dispersion = allocation["dispersion"].to_numpy(dtype=np.float64)
     capacity = allocation["max_units"].to_numpy(dtype=np.float64)
     minimum = allocation["min_units"].to_numpy(dtype=np.float64)
-    survival = _survival_table(mean, dispersion, int(stock.sum()) + 2)  # cut where it is flat
+    survival = _survival_table(mean, dispersion, int(stock.sum()) + pack_size + 1)
     value = _unit_values(survival, economics, worthless_tail=False)
-    moves: dict[tuple[int, int], list[float]] = {}
+    levels = value.shape[1]
+    cumulative = np.concatenate([np.zeros((len(stock), 1)), np.cumsum(value, axis=1)], axis=1)
     rows = np.arange(len(stock))
-    while True:
-        can_give = (stock > minimum) & (stock > 0)
-        can_take = stock < capacity
+
+    def worth(level: np.ndarray) -> np.ndarray:
+        """Per store, the value of its units below ``level`` (past the table: its last column)."""
+        inside = np.minimum(level, levels)
+        return cumulative[rows, inside] + (level - inside) * value[:, -1]
+
+    moves: dict[tuple[int, int], list[float]] = {}
+    for _ in range(max_moves):
+        can_give = stock - pack_size >= np.maximum(minimum, 0)
+        can_take = stock + pack_size <= capacity
         if not can_give.any() or not can_take.any():
             break
-        last, following = _clamped(np.maximum(stock - 1, 0), value), _clamped(stock, value)
-        losing = np.where(can_give, value[rows, last], np.inf)  # the last unit
-        gaining = np.where(can_take, value[rows, following], -np.inf)  # the next unit
+        last = worth(stock) - worth(np.maximum(stock - pack_size, 0))
+        losing = np.where(can_give, last, np.inf)  # the last pack
+        gaining = np.where(can_take, worth(stock + pack_size) - worth(stock), -np.inf)  # next
         giver, taker = int(np.argmin(losing)), int(np.argmax(gaining))
-        gain = gaining[taker] - losing[giver] - transfer_cost
+        gain = gaining[taker] - losing[giver] - transfer_cost * pack_size
         if giver == taker or gain <= 1e-12:
             break
-        stock[giver] -= 1
-        stock[taker] += 1
+        stock[giver] -= pack_size
+        stock[taker] += pack_size
         moves.setdefault((giver, taker), []).append(gain)
     ids = allocation["store_id"].to_numpy()
     return pd.DataFrame(
@@ -530,7 +549,7 @@ def rebalance(
             {
                 "from_store": ids[a],
                 "to_store": ids[b],
-                "units": len(g),
+                "units": len(g) * pack_size,
                 "expected_gain": float(sum(g)),
             }
             for (a, b), g in moves.items()

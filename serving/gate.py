@@ -52,7 +52,7 @@ class Gate:
         self.routes = routes
         self.max_body = max_body or body_limit()
         self._keys: dict[str, dict] | None = None
-        self._stamp: tuple[Path, float] | None = None
+        self._stamp: tuple[Path, float | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -114,12 +114,12 @@ class Gate:
         once and the last keys read stay in force (None when none ever could be read)."""
         path = keys_file()
         try:
-            mtime = path.stat().st_mtime if path.exists() else 0.0
+            mtime: float | None = path.stat().st_mtime if path.exists() else None
         except OSError:
             mtime = -1.0
         if self._stamp != (path, mtime):
             self._stamp = (path, mtime)
-            if not mtime:
+            if mtime is None:
                 logger.warning(
                     "The keys file %s does not exist: every key is refused (401) until "
                     "omni keys create makes it.",

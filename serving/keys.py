@@ -1,7 +1,8 @@
 """API keys: created by the CLI, checked by the service; only their hashes are ever stored.
 
 A key reads ``omni_<id>_<secret>``; the file keeps, per id, the SHA-256 of
-the secret (a random 256-bit token needs no slow hash) and the key's scopes.
+the secret (a random 256-bit token needs no slow hash), the key's scopes, and its name and
+creation time (for ``omni keys list``).
 
 The file is private from its first instant (0600, in a 0700 directory when we create that) and
 is replaced atomically, so the service never reads it half-written; a lock on its directory keeps

@@ -573,6 +573,7 @@ class OmnichannelService:
         state = self.state
         if state is None:
             why = (self.problem or "the champions are being loaded").rstrip(".")
+            why = why[:1].lower() + why[1:]
             raise Unavailable(f"The service is not ready: {why}. See /readyz.")
         self._catch_up(state)
         return state
@@ -878,10 +879,6 @@ class OmnichannelService:
         frame = state.forecaster.forecast(
             r.store_id, r.item_ids, r.horizon, everything=state.forecast_all()
         )
-        asked = {item: i for i, item in enumerate(dict.fromkeys(r.item_ids))}
-        frame = frame.sort_values(  # the items in the order asked (each once), then by period
-            ["item_id", "ds"], key=lambda c: c.map(asked) if c.name == "item_id" else c
-        )
         return {
             "store_id": r.store_id,
             "forecast": [
@@ -919,7 +916,9 @@ class OmnichannelService:
         )  # fmt: skip
         stores = planner_view(frame)
         transfers = (
-            rebalance(frame, transfer_cost=c.transfer_cost, economics=economics)
+            rebalance(
+                frame, transfer_cost=c.transfer_cost, economics=economics, pack_size=c.pack_size
+            )
             if c.transfer_cost is not None
             else None
         )
@@ -1025,7 +1024,7 @@ def _no_keys() -> str | None:
             return None
     except KeysFileError:
         return None
-    return f"No API keys: the keys file {path} is missing or empty (omni keys create makes it)."
+    return "No API keys: the keys file is missing or empty (omni keys create makes it)."
 
 
 def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict[str, Any] | None:

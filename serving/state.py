@@ -30,7 +30,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.customers import build_habits
-from features.demand import PERIOD
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, customers_of_keys, salt_check
 from features.interactions import InteractionWeights, event_weights
@@ -428,7 +427,7 @@ class ServingState:
     def history_end(self) -> str:
         """The end of the last period of sales the forecaster learned from (ISO date): its
         forecasts are of the periods after it, until the next training."""
-        return str(self.forecaster.history_[PERIOD].max().date().isoformat())
+        return self.forecaster.history_end_.date().isoformat()
 
     def forecast_all(self) -> pd.DataFrame:
         """The forecaster's forecast of every store and item it knows (computed once)."""
@@ -469,8 +468,8 @@ def load_state() -> ServingState:
     salt = IdentityConfig.from_env().salt
     if meta.get("salt_check", salt_check(salt)) != salt_check(salt):
         raise ValueError(
-            f"OMNI_SALT is not the salt recommender v{rec_version} was trained with: no customer "
-            "key would find its customer. Set the OMNI_SALT training used."
+            f"OMNI_SALT differs from the salt recommender v{rec_version} was trained with (no "
+            "customer key would find its customer)."
         )
     forecaster = LightGBMForecaster.load(forecaster_dir)
     popularity = recommender.popularity_

@@ -3,6 +3,7 @@ it into a Bento, and its API keys."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -95,9 +96,13 @@ def _preflight(port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
         try:
             probe.bind(("127.0.0.1", port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"Port {port} on 127.0.0.1 is in use; choose another with --port."
+                ) from None
             raise UsageError(
-                f"Port {port} on 127.0.0.1 is in use; choose another with --port."
+                f"Port {port} on 127.0.0.1 cannot be opened: {exc.strerror}."
             ) from None
 
 

@@ -124,9 +124,9 @@ def forecast_cmd(
             *(_units(row[q]) for q in ("mean", "p10", "p50", "p90")), str(row["method"]),
         )  # fmt: skip
     out.print(table)
-    end = pd.Timestamp(model.history_["ds"].max()).date()
     out.print(
-        f"Trained on sales to {end} (the forecast follows it); P10-P90: {model.intervals_.label}.",
+        f"Trained on sales to {model.history_end_.date()} (the forecast follows it); P10-P90: "
+        f"{model.intervals_.label}.",
         highlight=False,
     )
     if out_file:

@@ -39,7 +39,7 @@ def stock_side(
     data_dir: Path, log: EventLog, since: pd.Timestamp, until: pd.Timestamp
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """The stock side of the period: the stock KPIs (:func:`features.stock.stock_kpis`) from
-    the inventory snapshot of ``data_dir`` and the logged movements and sales, with the units
+    the stock trail of ``data_dir`` and the log (:func:`stock_trail`), with the units
     lost to stock-outs estimated by the forecaster champion (its first period's mean demand of
     each store and item, per hour); and that champion's accuracy where actuals have come in
     (:func:`forecast_accuracy`)."""

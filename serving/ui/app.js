@@ -119,11 +119,14 @@ const showForecast = guarded("fc", async () => {
 
 // -- placement ----------------------------------------------------------------------------------
 
+let placements = 0;  // answers arrive in any order: only the latest request's is shown
 const showPlacement = guarded("pl", async () => {
+  const asked = ++placements;
   const answer = await call("POST", "/placement", {
     item_id: $("pl-item").value.trim(), units_available: Number($("pl-units").value),
     horizon: Number($("pl-horizon").value),
   });
+  if (asked !== placements) return;
   fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "expected sales",
     "expected lost", "expected leftover", "fill rate"],
     answer.stores.map((s) => [s.store_id, number(s.on_hand, 0), number(s.send, 0), number(s.final_stock, 0),

@@ -318,7 +318,8 @@ def test_placement_plan_says_what_it_sends_and_keeps(champions: Path, tmp_path: 
     sent = int(plan["send"].sum())
     assert f"{sent} units sent, {50 - sent} kept at the DC." in result.stdout
     assert "Stock: the latest inventory snapshot in" in result.stderr
-    assert omni(*args[:4], "1000000001").returncode == 2  # the API's bound: 10^9
+    over = omni(*args[:4], "--units", "1000000001")  # the API's bound: 10^9
+    assert over.returncode == 2 and "less than or equal to 1000000000" in over.stderr
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,10 @@ def test_rebalancing_moves_surplus_to_shortfall() -> None:
     )
     assert moves.iloc[0]["units"] >= 5
     assert rebalance(allocation, transfer_cost=10.0).empty  # too dear to move anything
+    packs = rebalance(allocation, transfer_cost=0.05, pack_size=4)  # whole packs only
+    assert len(packs) == 1 and packs.iloc[0]["units"] % 4 == 0 and packs.iloc[0]["units"] >= 4
+    assert rebalance(allocation, transfer_cost=0.05, max_moves=1).iloc[0]["units"] == 1
+    assert rebalance(allocation, transfer_cost=0.05, pack_size=10**6).empty  # none so big
 
 
 def test_allocating_a_whole_chain_at_once_matches_item_by_item() -> None:
