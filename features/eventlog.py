@@ -325,16 +325,21 @@ class EventLog:
         self._failure: tuple[str, float] | None = None  # the last failure and when
         self._quarantined: dict[str, set[int]] = {"events": set(), "movements": set()}
         if url.startswith(("postgresql://", "postgres://")):
-            if urlsplit(url).netloc.count("@") > 1:  # the driver would read part of it as host
+            address = url.split("://", 1)[1].split("?", 1)[0]
+            user = address.rsplit("@", 1)[0] if "@" in address else ""
+            if address.count("@") > 1 or any(c in user for c in "/ #"):
+                # The driver would read part of the user or password as the host, and say it.
                 raise ValueError(
-                    f"{EVENTS_URL_ENV} has more than one '@' before its host: write an '@' in "
-                    "the user or password as %40."
+                    f"{EVENTS_URL_ENV} has an '@', '/', '#' or space in its user or password: "
+                    "percent-encode them (%40, %2F, %23, %20)."
                 )
             self._driver = _psycopg(self.url)  # a missing driver stops the start
             self._postgres, self._param = True, "%s"
         elif url.startswith("sqlite:///"):
             self._postgres, self._param = False, "?"
             path = self._path()
+            if not url.removeprefix("sqlite:///").strip():
+                raise ValueError(f"{EVENTS_URL_ENV}={self.url!r} names no file.")
             if "?" in url or "#" in url:
                 raise ValueError(
                     f"{EVENTS_URL_ENV}={self.url!r}: a SQLite URL names its file only, no options."

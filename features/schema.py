@@ -109,8 +109,15 @@ class Bounds:
                 "OMNI_TIME_FLOOR must be an ISO date, OMNI_CLOCK_SKEW_HOURS and "
                 f"OMNI_MAX_QUANTITY numbers ({exc})."
             ) from exc
-        if bounds.time_floor.tzinfo is not None or not 0 < bounds.max_quantity <= 1e12:
-            raise ValueError("OMNI_TIME_FLOOR must be naive (UTC), OMNI_MAX_QUANTITY in (0, 1e12].")
+        if (
+            bounds.time_floor.tzinfo is not None
+            or not 0 < bounds.max_quantity <= 1e12
+            or bounds.clock_skew < timedelta(0)
+        ):
+            raise ValueError(
+                "OMNI_TIME_FLOOR must be naive (UTC), OMNI_MAX_QUANTITY in (0, 1e12] and "
+                "OMNI_CLOCK_SKEW_HOURS not negative."
+            )
         return bounds
 
 

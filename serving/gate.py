@@ -39,7 +39,7 @@ logger = logging.getLogger("omnichannel_ml")
 def body_limit() -> int:
     """The request body limit in bytes: ``$OMNI_MAX_BODY_BYTES`` (default 1 MiB)."""
     text = os.environ.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY))
-    if not (text.isdigit() and 1024 <= int(text) <= 1 << 30):
+    if not (text.isascii() and text.isdigit() and 1024 <= int(text) <= 1 << 30):
         raise ValueError(f"{MAX_BODY_ENV}={text!r} is not a number of bytes in [1024, 2^30].")
     return int(text)
 

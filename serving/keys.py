@@ -27,6 +27,8 @@ SCOPES = ("recommend", "plan", "stock", "report", "admin")
 KEYS_ENV = "OMNI_KEYS_FILE"
 DEFAULT_KEYS_FILE = Path(".omni/keys.json")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Characters a key's name may have (printable ones only: ``omni keys list`` shows it).
+MAX_NAME = 100
 
 
 def keys_file() -> Path:
@@ -41,6 +43,8 @@ def create_key(scopes: list[str], path: Path | None = None, name: str = "") -> s
         raise ValueError(
             f"Scopes must be among {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}."
         )
+    if len(name) > MAX_NAME or not name.isprintable():
+        raise ValueError(f"A key's name is at most {MAX_NAME} printable characters.")
     path = path or keys_file()
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)

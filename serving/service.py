@@ -993,9 +993,8 @@ class OmnichannelService:
                 state = load_state()
                 state.catch_up(self.log)
             except Exception as exc:
-                message = redact_urls(
-                    f"Reload failed; the previous champions keep serving: {first_line(exc)}"
-                )
+                kept = "the previous champions keep serving" if self.state else "none serve yet"
+                message = redact_urls(f"Reload failed; {kept}: {first_line(exc)}")
                 log.error("%s", message)
                 ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
                 ctx.response.metadata["retry-after"] = str(RETRY_AFTER)

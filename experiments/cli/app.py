@@ -50,7 +50,7 @@ out = Console(
 )
 err = Console(stderr=True)
 
-Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")]
+Port = Annotated[int, typer.Option(help="TCP port on 127.0.0.1.", min=1, max=65535)]
 DataOpt = Annotated[Path, typer.Option("--data", help="Directory with one file per table.")]
 Horizon = Annotated[int, typer.Option(help="Periods ahead.")]
 Freq = Annotated[str, typer.Option(help="D (daily) or W (weekly).")]

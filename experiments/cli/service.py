@@ -51,10 +51,15 @@ def keys_list_cmd() -> None:
     keys = load_keys()
     table = Table("id", "name", "scopes", "created", title=f"{len(keys)} key(s) in {keys_file()}")
     for key_id, entry in keys.items():
-        table.add_row(
-            key_id, entry.get("name", ""), ", ".join(entry["scopes"]), entry.get("created", "")
-        )
+        name, created = (_shown(entry.get(field, "")) for field in ("name", "created"))
+        table.add_row(key_id, name, ", ".join(entry["scopes"]), created)
     out.print(table)
+
+
+def _shown(value: object) -> str:
+    """A keys file's field as a terminal may show it: a hand edit's number as text, a control
+    character (an escape sequence) as a space, at most 100 characters."""
+    return "".join(c if c.isprintable() else " " for c in str(value))[:100]
 
 
 @keys_app.command("revoke")

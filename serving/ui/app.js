@@ -20,21 +20,31 @@ async function call(method, path, body) {
 }
 
 // A form's work: its error line cleared first; on a refusal the reason is said and the last
-// answer's chart, table and note are cleared, so nothing stale stands beside it.
+// answer's chart, table and note are cleared, so nothing stale stands beside it. Answers may
+// arrive in any order: ``work`` is given ``current()``, true while no later request was made,
+// and a refusal of an earlier request is dropped.
 function guarded(section, work) {
   const error = $(section + "-error");
   const results = error.closest("section").querySelectorAll("svg, table, .note");
-  return async (event) => {
+  let requests = 0;
+  const refuse = (message) => {
+    results.forEach((node) => node.replaceChildren());
+    error.textContent = message;
+  };
+  const run = async (event) => {
     if (event) event.preventDefault();
+    const asked = ++requests;
+    const current = () => asked === requests;
     error.textContent = "";
     try {
       if (!key()) throw new Error("Enter an API key first.");
-      await work();
+      await work(current);
     } catch (e) {
-      results.forEach((node) => node.replaceChildren());
-      error.textContent = e.message;
+      if (current()) refuse(e.message);
     }
   };
+  run.refuse = (message) => { requests++; refuse(message); };
+  return run;
 }
 
 function cell(row, text, cls) {
@@ -104,7 +114,7 @@ function drawForecast(actuals, forecast) {
   });
 }
 
-const showForecast = guarded("fc", async () => {
+const showForecast = guarded("fc", async (current) => {
   const item = $("fc-item").value.trim();
   const answer = await call("POST", "/forecast", {
     store_id: $("fc-store").value.trim(), item_ids: [item],
@@ -112,6 +122,7 @@ const showForecast = guarded("fc", async () => {
   });
   const actuals = (answer.actuals || []).filter((a) => a.item_id === item);
   const forecast = answer.forecast.filter((f) => f.item_id === item);
+  if (!current()) return;
   drawForecast(actuals, forecast);
   $("fc-note").textContent = "Model " + answer.model_version + ", trained on sales to " + answer.history_end +
     " (the forecast follows it); band: " + answer.interval + ".";
@@ -119,14 +130,12 @@ const showForecast = guarded("fc", async () => {
 
 // -- placement ----------------------------------------------------------------------------------
 
-let placements = 0;  // answers arrive in any order: only the latest request's is shown
-const showPlacement = guarded("pl", async () => {
-  const asked = ++placements;
+const showPlacement = guarded("pl", async (current) => {
   const answer = await call("POST", "/placement", {
     item_id: $("pl-item").value.trim(), units_available: Number($("pl-units").value),
     horizon: Number($("pl-horizon").value),
   });
-  if (asked !== placements) return;
+  if (!current()) return;
   fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "expected sales",
     "expected lost", "expected leftover", "fill rate"],
     answer.stores.map((s) => [s.store_id, number(s.on_hand, 0), number(s.send, 0), number(s.final_stock, 0),
@@ -137,10 +146,11 @@ const showPlacement = guarded("pl", async () => {
 
 // -- KPIs ---------------------------------------------------------------------------------------
 
-const showKpis = guarded("kpi", async () => {
+const showKpis = guarded("kpi", async (current) => {
   const since = $("kpi-since").value, until = $("kpi-until").value;
   const query = new URLSearchParams({ since: since + "T00:00:00", until: until + "T23:59:59", window_days: $("kpi-window").value });
   const answer = await call("GET", "/kpis?" + query.toString());
+  if (!current()) return;
   const uplift = (r) => (r.uplift === null ? "no control" : number(r.uplift * 100, 1) + " pt (" + number(r.uplift_low * 100, 1) + ", " + number(r.uplift_high * 100, 1) + ")");
   const anytime = (r) => (r.uplift === null ? "-" : "(" + number(r.uplift_anytime_low * 100, 1) + ", " + number(r.uplift_anytime_high * 100, 1) + ")");
   fillTable($("kpi-table"), ["route / channel", "exposures", "customers", "view-through", "conversion", "revenue", "cross-channel", "uplift (95%, one look)", "any time 95%"],
@@ -171,7 +181,10 @@ $("placement-form").addEventListener("submit", showPlacement);
 let typing;
 $("pl-units").addEventListener("input", () => {
   clearTimeout(typing);
-  typing = setTimeout(() => { if ($("placement-form").checkValidity()) showPlacement(); }, 400);
+  typing = setTimeout(() => {
+    if ($("pl-units").checkValidity()) showPlacement();
+    else showPlacement.refuse($("pl-units").validationMessage);  // not the last answer's
+  }, 400);
 });
 // A value the browser refuses: its own message replaces the last answer's error.
 document.querySelectorAll("form").forEach((form) => form.addEventListener("invalid", () => {

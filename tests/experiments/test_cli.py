@@ -346,6 +346,13 @@ def test_omni_serve_refuses_a_wrong_setting_before_it_starts(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_omni_serve_refuses_a_port_out_of_range(port: str) -> None:
+    """Regression: 'internal error: OverflowError: bind(): port must be 0-65535', exit 1."""
+    result = omni("serve", "--port", port)
+    assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_omni_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     """Regression: about 50 lines of BentoML's traceback, exit 1."""
     import socket

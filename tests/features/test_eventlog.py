@@ -250,7 +250,10 @@ def test_plainly_valid_events_take_the_direct_path() -> None:
     [
         ("sqlite:///{tmp}/no such dir/events.db", "does not exist (a mistyped path"),
         ("sqlite:///{tmp}/events.db?mode=ro", "names its file only, no options"),
-        ("postgresql://omni:Tr0ub4dor@3_LEAK@127.0.0.1:1/omni", "write an '@' in the user"),
+        ("postgresql://omni:Tr0ub4dor@3_LEAK@127.0.0.1:1/omni", "percent-encode them (%40"),
+        ("postgresql://omni:pw/3_LEAK@127.0.0.1:1/omni", "an '@', '/', '#' or space in its user"),
+        ("postgresql://omni:p w 3_LEAK@127.0.0.1:1/omni", "an '@', '/', '#' or space in its user"),
+        ("sqlite:///", "names no file"),
     ],
 )
 def test_a_url_that_would_be_misread_is_refused_at_once(

@@ -168,3 +168,25 @@ def test_a_demo_run_revokes_the_keys_the_last_one_made(
     assert all(scopes_of(key, keys) is None for key in first.values())
     assert scopes_of(second["planner"], keys) == ["plan", "report"]
     assert scopes_of(kept, keys) == ["admin"]
+
+
+def test_a_key_name_is_short_and_printable_and_a_hand_edited_one_is_shown_safely(
+    tmp_path: Path,
+) -> None:
+    """Regressions: a name with an escape sequence reached the terminal raw through keys list;
+    a hand-edited name of 5 stopped keys list with an internal error."""
+    from tests.processes import omni
+
+    path = tmp_path / "keys.json"
+    for name in ("a\nb\x1b[31mRED", "x" * 101):
+        with pytest.raises(ValueError, match="at most 100 printable characters"):
+            create_key(["plan"], path, name=name)
+    create_key(["plan"], path, name="till-app")
+    store = json.loads(path.read_text())
+    (key_id,) = store
+    store[key_id]["name"] = 5
+    store["0" * 12] = {**store[key_id], "name": "evil\x1b[2J"}
+    path.write_text(json.dumps(store))
+    listed = omni("keys", "list", env={"OMNI_KEYS_FILE": str(path)})
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "evil [2J" in listed.stdout and " 5 " in listed.stdout

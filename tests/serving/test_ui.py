@@ -99,6 +99,12 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         page.screenshot(path=str(tmp_path / "planner.png"), full_page=True)
         assert (tmp_path / "planner.png").stat().st_size > 10_000
         assert not problems, problems  # nothing blocked by the page's own security policy
+        # Units the field refuses: the browser's reason, not the last answer, stands there.
+        page.fill("#pl-units", "-5")
+        until(lambda: bool(page.text_content("#pl-error")))
+        assert page.locator("#pl-table tr").count() == 0 and not page.text_content("#pl-note")
+        page.fill("#pl-units", "3")
+        until(lambda: units(page) == 3)
         # A refusal clears the answer it would otherwise stand beside.
         page.fill("#pl-item", "NOPE")
         page.click("#placement-form button")
