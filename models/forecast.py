@@ -139,6 +139,18 @@ class MovingAverage(_Baseline):
         )
 
 
+#: What a planner is shown of a forecast: ``/forecast``'s rows and ``omni forecast``'s CSV.
+PLANNER_COLUMNS = ["store_id", "item_id", "period_end", "mean", "p10", "p50", "p90", "method"]
+
+
+def forecast_for_planners(forecast: pd.DataFrame) -> pd.DataFrame:
+    """:meth:`LightGBMForecaster.forecast` in :data:`PLANNER_COLUMNS`: the period's end as an
+    ISO date, the quantities as floats."""
+    view = forecast.assign(period_end=pd.to_datetime(forecast[PERIOD]).dt.strftime("%Y-%m-%d"))
+    view = view[PLANNER_COLUMNS]
+    return view.astype({q: np.float64 for q in ("mean", "p10", "p50", "p90")})
+
+
 class LightGBMForecaster(Forecaster):
     """Global LightGBM models over every series (see the module docstring).
 

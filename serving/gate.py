@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,48 @@ def body_limit() -> int:
     return int(text)
 
 
+class KeyRing:
+    """The keys file as last read, read again when it changes; shared by the gate and the
+    readiness probe, so that a probe costs no read and both see the same keys."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, dict] | None = None
+        self._stamp: tuple[Path, float | None] | None = None
+        self._lock = threading.Lock()  # the gate on the event loop, the probe in a thread
+
+    def current(self) -> dict[str, dict] | None:
+        """The keys, read again when the file changes. A file that cannot be read is logged
+        once and the last keys read stay in force (None when none ever could be read)."""
+        path = keys_file()
+        try:
+            mtime: float | None = path.stat().st_mtime if path.exists() else None
+        except OSError:
+            mtime = -1.0
+        with self._lock:
+            if self._stamp != (path, mtime):
+                if self._stamp is None or self._stamp[0] != path:
+                    self._keys = None  # another file: what the last one held is not in force
+                self._stamp = (path, mtime)
+                if mtime is None:
+                    logger.warning(
+                        "The keys file %s does not exist: every key is refused (401) until "
+                        "omni keys create makes it.",
+                        path,
+                    )
+                try:
+                    self._keys = load_keys(path)
+                except KeysFileError as exc:
+                    if self._keys is None:
+                        logger.error("%s Every key is refused (503) until it is mended.", exc)
+                    else:
+                        logger.error("%s The keys read before stay in force.", exc)
+            return self._keys
+
+
+#: The keys of this process's service.
+KEYS = KeyRing()
+
+
 class Gate:
     """ASGI middleware: ``routes`` maps a path to the scope it needs (others need ``admin``)."""
 
@@ -51,8 +94,6 @@ class Gate:
         self.app = app
         self.routes = routes
         self.max_body = max_body or body_limit()
-        self._keys: dict[str, dict] | None = None
-        self._stamp: tuple[Path, float | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -99,7 +140,7 @@ class Gate:
     def _refusal(self, header: str, scope: str) -> tuple[int, str] | None:
         if not header.lower().startswith("bearer "):
             return 401, "Missing 'Authorization: Bearer <key>' header."
-        keys = self._current_keys()
+        keys = KEYS.current()
         if keys is None:
             return 503, "The service cannot read its keys file; its log says why."
         scopes = scopes_of(header[7:].strip(), keys)
@@ -108,31 +149,6 @@ class Gate:
         if scope not in scopes and ADMIN not in scopes:
             return 403, f"This key lacks the {scope!r} scope."
         return None
-
-    def _current_keys(self) -> dict[str, dict] | None:
-        """The keys, read again when the file changes. A file that cannot be read is logged
-        once and the last keys read stay in force (None when none ever could be read)."""
-        path = keys_file()
-        try:
-            mtime: float | None = path.stat().st_mtime if path.exists() else None
-        except OSError:
-            mtime = -1.0
-        if self._stamp != (path, mtime):
-            self._stamp = (path, mtime)
-            if mtime is None:
-                logger.warning(
-                    "The keys file %s does not exist: every key is refused (401) until "
-                    "omni keys create makes it.",
-                    path,
-                )
-            try:
-                self._keys = load_keys(path)
-            except KeysFileError as exc:
-                if self._keys is None:
-                    logger.error("%s Every key is refused (503) until it is mended.", exc)
-                else:
-                    logger.error("%s The keys read before stay in force.", exc)
-        return self._keys
 
 
 def _is_json(headers: dict[str, str]) -> bool:

@@ -48,6 +48,7 @@ from features.eventlog import (
 from features.measurement import CONTROL, TREATMENT, arms, measure, period, records, utc_time
 from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
+from models.forecast import forecast_for_planners
 from models.placement import DEFAULT_HOLDING, Economics, plan_item, planner_view, rebalance
 from models.rules import top_for_customer
 from serving import settings
@@ -66,8 +67,7 @@ from serving.errors import (
 )
 from serving.exposures import ExposureWriter, control_share, experiment
 from serving.exposures import enabled as exposures_enabled
-from serving.gate import DocumentedAPI, Gate
-from serving.keys import KeysFileError, keys_file, load_keys
+from serving.gate import KEYS, DocumentedAPI, Gate
 from serving.state import ServingState, load_state
 from serving.writer import GroupWriter
 
@@ -881,15 +881,9 @@ class OmnichannelService:
         )
         return {
             "store_id": r.store_id,
-            "forecast": [
-                {
-                    "item_id": row["item_id"],
-                    "period_end": row["ds"].date().isoformat(),
-                    **{k: float(row[k]) for k in ("mean", "p10", "p50", "p90")},
-                    "method": row["method"],
-                }
-                for row in frame.to_dict(orient="records")
-            ],
+            "forecast": forecast_for_planners(frame)
+            .drop(columns="store_id")
+            .to_dict(orient="records"),
             "interval": state.forecaster.intervals_.label,
             "history_end": state.history_end,
             **({"actuals": _actuals(state, r)} if r.history else {}),
@@ -1017,11 +1011,7 @@ OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
 def _no_keys() -> str | None:
     """Why no client can be let in, when the keys file is missing or holds no key (one that
     cannot be read is the gate's to report: it keeps the keys it read before)."""
-    path = keys_file()
-    try:
-        if load_keys(path):
-            return None
-    except KeysFileError:
+    if KEYS.current() != {}:
         return None
     return "No API keys: the keys file is missing or empty (omni keys create makes it)."
 

@@ -466,7 +466,7 @@ def load_state() -> ServingState:
     )  # fmt: skip
     meta = context["meta"]
     salt = IdentityConfig.from_env().salt
-    if meta.get("salt_check", salt_check(salt)) != salt_check(salt):
+    if meta.get("salt_check") not in (None, salt_check(salt)):  # None: trained before it
         raise ValueError(
             f"OMNI_SALT differs from the salt recommender v{rec_version} was trained with (no "
             "customer key would find its customer)."

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -111,12 +110,10 @@ def forecast_cmd(
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
 ) -> None:
     """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
+    from models.forecast import forecast_for_planners
+
     model = champion_forecaster()
-    forecast = model.forecast(store, items, horizon)
-    # The columns and names of /forecast's answer.
-    forecast = forecast.assign(period_end=pd.to_datetime(forecast["ds"]).dt.date)[
-        ["store_id", "item_id", "period_end", "mean", "p10", "p50", "p90", "method"]
-    ]
+    forecast = forecast_for_planners(model.forecast(store, items, horizon))  # /forecast's columns
     table = Table("item", "period", "mean", "P10", "P50", "P90", "method", title=f"store {store}")
     for row in forecast.to_dict(orient="records"):
         table.add_row(

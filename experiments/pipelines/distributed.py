@@ -40,7 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from experiments.pipelines.data import UnifyResult
-from experiments.pipelines.forecaster import DemandData, demand_data
+from experiments.pipelines.forecaster import DEMAND_TABLES, DemandData, demand_data
 from experiments.pipelines.memory import give_back_memory
 from features.demand import sales_from_events, stock_moves
 from features.identity import (
@@ -138,7 +138,7 @@ def load_demand_on(
     daily sales summed on the cluster (:func:`sales_on`); the panel is built here from the
     daily sales, as are the small tables (sales when given, inventory, items, plan)."""
     files = find_table_files(data_dir)
-    tables = load_dataset_on(client, data_dir, ("sales", "inventory", "items", "plan"))
+    tables = load_dataset_on(client, data_dir, DEMAND_TABLES)
 
     def sales_of_events() -> pd.DataFrame:
         events = check_table_on(client, files["events"], TABLES["events"])

@@ -46,19 +46,27 @@ class DemandData:
     plan: pd.DataFrame | None
 
 
+#: The tables :func:`load_demand` reads besides the events.
+DEMAND_TABLES = ("sales", "inventory", "items", "plan")
+
+
 def load_demand(
-    data_dir: Path, freq: str, logged: Callable[[], pd.DataFrame] | None = None
+    data_dir: Path,
+    freq: str,
+    logged: Callable[[], pd.DataFrame] | None = None,
+    tables: dict[str, LoadedTable] | None = None,
 ) -> DemandData:
     """The demand panel of a data directory: the ``sales`` table when present, else purchase and
     return events by fulfilling store (with the events ``logged()`` reads from the service, if
     given — only then: a sales table is the tills' own record, which already holds them);
-    ``inventory`` marks censored periods."""
+    ``inventory`` marks censored periods. ``tables``: :data:`DEMAND_TABLES` as the caller
+    already loaded them (default: read here)."""
 
     def sales_of_events() -> pd.DataFrame:
         events = load_dataset(data_dir, ("events",))["events"].accepted
         return sales_from_events(with_logged(events, logged() if logged else None))
 
-    tables = load_dataset(data_dir, ("sales", "inventory", "items", "plan"))
+    tables = tables if tables is not None else load_dataset(data_dir, DEMAND_TABLES)
     has_events = "events" in find_table_files(data_dir)
     return demand_data(data_dir, tables, sales_of_events if has_events else None, freq)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from experiments.pipelines.forecaster import load_demand
+from experiments.pipelines.forecaster import DEMAND_TABLES, load_demand
 from experiments.pipelines.training import pyplot
 from features.demand import PERIOD, TARGET, frequency
 from features.eventlog import EventLog, with_logged
-from features.ingest import find_table_files, load_dataset
+from features.ingest import LoadedTable, find_table_files, load_dataset
 from features.stock import sales_as_events, stock_history, stock_kpis
 from models.forecast import LightGBMForecaster
 from serving.registry import CONTEXT_DIR, FORECASTER, RECOMMENDER, champion
@@ -44,14 +44,16 @@ def stock_side(
     each store and item, per hour); and that champion's accuracy where actuals have come in
     (:func:`forecast_accuracy`)."""
     logged = log.read(until=until)
-    history = stock_trail(data_dir, log, logged)
+    tables = load_dataset(data_dir, DEMAND_TABLES)  # read once, for the stock and the demand
+    history = stock_trail(data_dir, log, logged, tables)
     model = LightGBMForecaster.load(champion(FORECASTER)[1])
     forecast = model.predict(model.history_)
     first = forecast[forecast[PERIOD] == forecast[PERIOD].min()]
     hours = 24.0 * frequency(model.freq).days
     rate = first.set_index(["store_id", "item_id"])["mean"].astype(float) / hours
     pairs, summary = stock_kpis(history, until, since, rate)
-    accuracy = forecast_accuracy(forecast, load_demand(data_dir, model.freq, lambda: logged).panel)
+    demand = load_demand(data_dir, model.freq, lambda: logged, tables)
+    accuracy = forecast_accuracy(forecast, demand.panel)
     if len(accuracy):
         summary["forecast_wape"] = float(
             accuracy["absolute_error"].sum() / max(accuracy["units"].sum(), 1e-9)
@@ -59,20 +61,26 @@ def stock_side(
     return pairs, summary, accuracy
 
 
-def stock_trail(data_dir: Path, log: EventLog, logged: pd.DataFrame) -> pd.DataFrame:
+def stock_trail(
+    data_dir: Path,
+    log: EventLog,
+    logged: pd.DataFrame,
+    tables: dict[str, LoadedTable] | None = None,
+) -> pd.DataFrame:
     """:func:`features.stock.stock_history` from the inventory snapshot of ``data_dir``, the
     logged movements, and what sold: the data directory's ``sales`` table up to its last day
     (the tills' own record, which already holds what the service logged meanwhile) and the
-    ``logged`` events after it; without one, its events and the logged ones it does not hold."""
-    files = find_table_files(data_dir)
-    tables = load_dataset(data_dir, ("inventory", "sales"))
+    ``logged`` events after it; without one, its events and the logged ones it does not hold.
+    ``tables``: its inventory and sales as the caller already loaded them (default: read)."""
+    if tables is None:
+        tables = load_dataset(data_dir, ("inventory", "sales"))
     inventory = tables["inventory"].accepted if "inventory" in tables else None
     sales = tables["sales"].accepted if "sales" in tables else None
     if sales is not None and len(sales):
         recorded_to = pd.to_datetime(sales["date"]).max() + pd.Timedelta(days=1)
         later = logged[pd.to_datetime(logged["event_time"]) >= recorded_to]
         sold = pd.concat([sales_as_events(sales), later], ignore_index=True)
-    elif "events" in files:
+    elif "events" in find_table_files(data_dir):
         sold = with_logged(load_dataset(data_dir, ("events",))["events"].accepted, logged)
     else:
         sold = logged
