@@ -669,6 +669,71 @@ class EventLog:
         frame["items"] = [json.loads(items) for items in frame["items"]]
         return frame
 
+    def copy_to(self, target: EventLog) -> dict[str, int]:
+        """Copy everything stored — events, movements and exposures, with their positions and
+        receipt times — to an empty ``target`` (another SQLite file, or PostgreSQL), in one
+        transaction there: the copy is whole or absent.
+
+        Positions are kept because a champion records the last position it learned from, and
+        the service applies the events after it. The source is read in one snapshot; if
+        anything is stored in it meanwhile (a service still writing to it), the copy is undone
+        and a :class:`ValueError` says so: a copy without the latest events must not replace
+        the log. So does a stored row the target's types cannot hold (SQLite does not enforce
+        them; the service quarantines such rows when it reads them), named by its position.
+
+        Returns:
+            Rows copied per table (``events``, ``movements``, ``exposures``).
+        """
+        if not self._postgres and not self._path().is_file():
+            raise ValueError(f"There is no event log at {self._path()} to copy.")
+        if self._postgres == target._postgres and (
+            self._url == target._url
+            if self._postgres
+            else self._path().resolve() == target._path().resolve()
+        ):
+            raise ValueError(f"The copy's source and target are the same store, {self.url}.")
+        counts: dict[str, int] = {}
+        with self._transaction() as source, target._transaction() as sink:
+            # One snapshot of the source for every statement; the target locked for writing.
+            source.execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" if self._postgres else "BEGIN"
+            )
+            snapshot = _last_positions(source)  # the snapshot starts with its first read
+            if target._postgres:
+                sink.execute(f"LOCK TABLE {', '.join(_STORED)} IN EXCLUSIVE MODE")
+            else:
+                sink.execute("BEGIN IMMEDIATE")
+            for table in _STORED:
+                sink.execute(f"SELECT COUNT(*) FROM {table}")
+                held = int(sink.fetchone()[0])
+                if held:
+                    raise ValueError(
+                        f"The target {target.url} already holds {held:,} rows of {table}: "
+                        "copy into an empty store, so that no position is used twice."
+                    )
+            for table, columns in _STORED.items():
+                counts[table.removeprefix("omni_")] = _copy_rows(
+                    (self, source), (target, sink), table, columns
+                )
+            fresh = self.another()
+            try:
+                with fresh._transaction() as now:
+                    latest = _last_positions(now)
+            finally:
+                fresh.close()
+            if latest != snapshot:
+                raise ValueError(
+                    f"Rows were stored in {self.url} during the copy, so nothing was copied: "
+                    "stop every service writing to it and copy again."
+                )
+            if target._postgres:  # the next row stored there is numbered after the copied ones
+                for table in _STORED:
+                    sink.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
+                        f"COALESCE(MAX(seq), 1), MAX(seq) IS NOT NULL) FROM {table}"
+                    )
+        return counts
+
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:
             cursor.execute("SELECT event_id FROM omni_events")
@@ -677,6 +742,77 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
+
+
+#: Every stored table and its columns, as a copy moves them (positions included).
+_STORED = {
+    "omni_events": ("seq", "received_at", *COLUMNS),
+    "omni_movements": ("seq", "received_at", *MOVEMENT_COLUMNS),
+    "omni_exposures": ("seq", *EXPOSURE_COLUMNS),
+}
+_NUMBERS = {"seq", "quantity", "unit_price", "hold_seconds"}
+
+
+def _copy_rows(
+    source: tuple[EventLog, Any], target: tuple[EventLog, Any], table: str, columns: tuple[str, ...]
+) -> int:
+    """Copy ``table`` from one store's cursor to another's, a statement's worth of rows at a
+    time, in position order; the number of rows copied."""
+    (reader, read), (writer, write) = source, target
+    names = ", ".join(columns)
+    marks = "(" + ", ".join([writer._param] * len(columns)) + ")"
+    step = MAX_PARAMETERS // len(columns)
+    numbers = [i for i, c in enumerate(columns) if c in _NUMBERS]
+    last, copied = 0, 0
+    while True:
+        read.execute(
+            f"SELECT {names} FROM {table} WHERE seq > {reader._param} ORDER BY seq LIMIT {step}",
+            (last,),
+        )
+        rows = read.fetchall()
+        if not rows:
+            return copied
+        for row in rows if writer._postgres else ():  # SQLite stores any value anywhere
+            wrong = _unstorable(row, numbers)
+            if wrong is not None:
+                raise ValueError(
+                    f"{table} seq {row[0]} cannot be copied: its {columns[wrong]} is "
+                    f"{str(row[wrong])[:40]!r}. It breaks the contract (the service never "
+                    f"uses it): delete it from {reader.url} (DELETE FROM {table} WHERE seq = "
+                    f"{row[0]}) and copy again."
+                )
+        if writer._postgres:  # COPY: several times faster than INSERT statements
+            with write.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            write.execute(
+                f"INSERT INTO {table} ({names}) VALUES " + ", ".join([marks] * len(rows)),
+                [v for row in rows for v in row],
+            )
+        last, copied = rows[-1][0], copied + len(rows)
+
+
+def _unstorable(row: tuple, numbers: list[int]) -> int | None:
+    """The first value of a stored row that PostgreSQL cannot hold as its column's type (a
+    number column's text, a text column's bytes or NUL), if any."""
+    for i, value in enumerate(row):
+        if value is None:
+            continue
+        if i in numbers:
+            if not isinstance(value, int | float):
+                return i
+        elif not isinstance(value, str) or "\x00" in value:
+            return i
+    return None
+
+
+def _last_positions(cursor: Any) -> tuple[int, ...]:
+    """The position of the last row of every stored table (0 when empty)."""
+    cursor.execute(
+        "SELECT " + ", ".join(f"(SELECT COALESCE(MAX(seq), 0) FROM {t})" for t in _STORED)
+    )
+    return tuple(int(v) for v in cursor.fetchone())
 
 
 def _iso(value: pd.Timestamp) -> str:

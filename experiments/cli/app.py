@@ -39,6 +39,8 @@ report_app = typer.Typer(help="What the recommendations and offers did, per chan
 app.add_typer(report_app, name="report")
 keys_app = typer.Typer(help="API keys for the service (stored as hashes only).")
 app.add_typer(keys_app, name="keys")
+events_app = typer.Typer(help="The event log: moving it to another store.")
+app.add_typer(events_app, name="events")
 score_app = typer.Typer(help="Batch scoring: every customer's lists, for CRM and marketing.")
 app.add_typer(score_app, name="score")
 

@@ -19,6 +19,7 @@ from experiments.cli.app import (
     UsageError,
     app,
     err,
+    events_app,
     identity_config,
     keys_app,
     out,
@@ -77,6 +78,35 @@ def keys_revoke_cmd(
             + (f"; removed {', '.join(removed)}." if removed else "; nothing was removed.")
         )
     out.print(f"Removed {', '.join(removed)} from {keys_file()}.", highlight=False)
+
+
+@events_app.command("copy")
+def events_copy_cmd(
+    to: Annotated[
+        str, typer.Option("--to", help="The empty store: postgresql://... or sqlite:///PATH.")
+    ],
+    source: Annotated[
+        str | None, typer.Option("--from", help="The store to copy (default: $OMNI_EVENTS_URL).")
+    ] = None,
+) -> None:
+    """Copy the whole event log — events, stock movements, exposures, positions kept — into an
+    empty store, e.g. from SQLite to PostgreSQL when the service grows; stop the service first."""
+    from features.eventlog import EventLog
+
+    origin = EventLog(source) if source else EventLog.from_env()
+    target = EventLog(to)
+    try:
+        counts = origin.copy_to(target)
+    finally:
+        origin.close()
+        target.close()
+    copied = ", ".join(f"{n:,} {table}" for table, n in counts.items())
+    out.print(
+        f"Copied {copied} from {origin.url} to {target.url}, positions kept. Point the service "
+        f"at it (OMNI_EVENTS_URL) and start it; keep {origin.url} as a backup.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("serve")

@@ -219,6 +219,24 @@ def test_the_event_store_password_never_reaches_a_cli_message(tmp_path: Path) ->
     assert "omni:***@127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_events_copy_moves_the_log_to_postgresql_once(tmp_path: Path, postgres_url: str) -> None:
+    from features.eventlog import EventLog, validate_events
+
+    source = f"sqlite:///{tmp_path}/events.db"
+    log = EventLog(source)
+    view = {"event_time": "2026-11-23T10:00:00", "channel": "app", "event_type": "view"}
+    log.append(
+        validate_events([{**view, "item_id": "I1", "event_id": f"e{i}"} for i in range(3)])[0]
+    )
+    log.close()
+    copied = omni("events", "copy", "--to", postgres_url, env={"OMNI_EVENTS_URL": source})
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.startswith("Copied 3 events, 0 movements, 0 exposures from sqlite:///")
+    again = omni("events", "copy", "--from", source, "--to", postgres_url)
+    assert again.returncode == 2 and "already holds 3 rows of omni_events" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
 def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None:
     """Regression (#11): mlflow.db was created world-readable (0644); and only the commands
     that use MLflow create it."""

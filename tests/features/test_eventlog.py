@@ -6,17 +6,20 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from features import eventlog
 from features.eventlog import (
     RECONNECT_SECONDS,
     EventLog,
     EventStoreUnavailable,
     _checked,
+    check_movements,
     events_frame,
     plain_rows,
     redact_urls,
@@ -284,3 +287,103 @@ def test_libpq_password_parameters_are_redacted_too() -> None:
     url = "postgresql://h/db?sslmode=require&password=Sup3r&sslpassword=Other"
     assert redact_urls(url) == "postgresql://h/db?sslmode=require&password=***&sslpassword=***"
     assert redact_urls("postgresql://u:p4ss@h/db") == "postgresql://u:***@h/db"
+
+
+def _filled(log: EventLog) -> None:
+    """A log with events, a stock movement and an exposure, as a running service leaves it."""
+    events, _ = validate_events([{**GOOD, "event_id": f"e{i}"} for i in range(3000)])
+    log.append(events)
+    movements, reasons = check_movements(
+        [{"movement_time": "2026-11-23T09:00:00", "movement_type": "receipt", "node_id": "S001",
+          "item_id": "I000010", "quantity": 12, "movement_id": "asn-1"}],
+        Bounds(),
+    )  # fmt: skip
+    assert reasons == [None]
+    log.append_movements(movements)
+    log.append_exposures(
+        [("2026-11-23T10:00:00", "r-1", "recommend", "c-1", "app", None, "treatment", "3",
+          ["I000010", "I000011"])]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("direction", ["sqlite-to-postgresql", "postgresql-to-sqlite"])
+def test_a_log_copied_to_another_store_reads_back_the_same_and_goes_on_numbering(
+    direction: str, tmp_path: Path, postgres_url: str
+) -> None:
+    sqlite = f"sqlite:///{tmp_path}/events.db"
+    source_url, target_url = (
+        (sqlite, postgres_url) if direction == "sqlite-to-postgresql" else (postgres_url, sqlite)
+    )
+    source, target = EventLog(source_url), EventLog(target_url)
+    try:
+        _filled(source)
+        assert source.copy_to(target) == {"events": 3000, "movements": 1, "exposures": 1}
+        pd.testing.assert_frame_equal(target.read(), source.read())
+        pd.testing.assert_frame_equal(target.read_movements(), source.read_movements())
+        pd.testing.assert_frame_equal(target.read_exposures(), source.read_exposures())
+        assert target.positions() == source.positions() == (3000, 1)
+        # The next event posted to the new store is numbered after the copied ones.
+        _, seqs = target.append(validate_events([{**GOOD, "event_id": "after"}])[0])
+        assert seqs.tolist() == [3001]
+        with pytest.raises(ValueError, match="already holds 3,001 rows of omni_events"):
+            source.copy_to(target)  # never into a store in use
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_copy_while_the_source_is_written_is_undone(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service still posting to the old store during the copy: the copy would miss its last
+    events, so nothing is copied."""
+    source, target = EventLog(f"sqlite:///{tmp_path}/events.db"), EventLog(postgres_url)
+    _filled(source)
+    copy_rows = eventlog._copy_rows
+
+    def with_a_write_meanwhile(*args: Any) -> int:
+        if args[2] == "omni_events":  # another connection, as the service's would be
+            writer = source.another()
+            writer.append(validate_events([{**GOOD, "event_id": "meanwhile"}])[0])
+            writer.close()
+        return copy_rows(*args)
+
+    monkeypatch.setattr(eventlog, "_copy_rows", with_a_write_meanwhile)
+    try:
+        with pytest.raises(ValueError, match="during the copy, so nothing was copied"):
+            source.copy_to(target)
+        assert target.positions() == (0, 0) and target.read_exposures().empty
+        assert source.last_seq() == 3001
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_copy_names_a_stored_row_postgresql_cannot_hold(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    source, target = EventLog(f"sqlite:///{tmp_path}/events.db"), EventLog(postgres_url)
+    try:
+        _filled(source)
+        with source._transaction() as cursor:  # SQLite keeps text in a number column
+            cursor.execute("UPDATE omni_events SET quantity = 'two' WHERE seq = 7")
+        with pytest.raises(ValueError, match=r"omni_events seq 7 cannot be copied: its quantity"):
+            source.copy_to(target)
+        assert target.positions() == (0, 0)
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_copy_refuses_a_missing_source_and_itself(tmp_path: Path) -> None:
+    missing, target = (
+        EventLog(f"sqlite:///{tmp_path}/none.db"),
+        EventLog(f"sqlite:///{tmp_path}/t.db"),
+    )
+    with pytest.raises(ValueError, match="There is no event log at"):
+        missing.copy_to(target)
+    assert not (tmp_path / "none.db").exists()
+    same = EventLog(f"sqlite:///{tmp_path}/../{tmp_path.name}/t.db")
+    target.last_seq()  # the file exists now
+    with pytest.raises(ValueError, match="the same store"):
+        target.copy_to(same)
