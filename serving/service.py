@@ -362,11 +362,48 @@ class Constraints(_Strict):
     )
 
 
+#: Units to place; left out: the DC's units of the item available to promise now.
+Units = Annotated[
+    Annotated[int, Field(ge=0, le=10**9)] | None,
+    BeforeValidator(_not_null),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 10**9}),
+]
+
+
 class PlacementRequest(_Strict):
     item_id: Id = Field(examples=["I000010"])
-    units_available: int = Field(ge=0, le=10**9, examples=[120])
+    units_available: Units = Field(default=None, examples=[120])
+    dc_id: OptionalId = Field(default=None, examples=["DC"])
     horizon: int = Field(ge=1, le=365, examples=[2])
     constraints: Constraints = Field(default_factory=lambda: Constraints())
+
+
+def _units_to_place(
+    state: ServingState, r: PlacementRequest, available: pd.Series
+) -> tuple[str | None, int]:
+    """The DC placed from (when one is named, or needed) and the units: as asked, or the DC's
+    units of the item available to promise now (on hand - reserved - safety stock).
+
+    Raises:
+        NotFound: a ``dc_id`` that is not a DC of the stores table.
+        Unprocessable: no units given and no single DC to read them from.
+    """
+    if r.dc_id is None and r.units_available is not None:
+        return None, r.units_available
+    dcs = state.dcs
+    if r.dc_id is not None and r.dc_id not in dcs:
+        raise NotFound(
+            f"{r.dc_id!r} is not a DC in the stores table (DCs: {', '.join(dcs) or 'none'})."
+        )
+    if r.dc_id is None and len(dcs) != 1:
+        raise Unprocessable(
+            "Give units_available, or dc_id to place that DC's stock: the stores table names "
+            + ("no DC." if not dcs else f"{len(dcs)} DCs ({', '.join(dcs[:10])}).")
+        )
+    dc = r.dc_id or dcs[0]
+    if r.units_available is not None:
+        return dc, r.units_available
+    return dc, int(max(float(available.get(dc, 0.0)), 0.0))
 
 
 # -- the service -----------------------------------------------------------------------------
@@ -902,9 +939,10 @@ class OmnichannelService:
             [{"store_id": store, **limit.model_dump()} for store, limit in c.stores.items()]
         )
         economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
-        on_hand = state.rules.available(r.item_id)  # what each store can still promise
+        on_hand = state.rules.available(r.item_id)  # what each node can still promise
+        dc_id, units = _units_to_place(state, r, on_hand)
         frame = plan_item(
-            state.forecaster, state.forecast_all(), r.item_id, r.units_available,
+            state.forecaster, state.forecast_all(), r.item_id, units,
             horizon=r.horizon, on_hand=on_hand, economics=economics,
             pack_size=c.pack_size, limits=limits,
         )  # fmt: skip
@@ -918,9 +956,10 @@ class OmnichannelService:
         )
         return {
             "item_id": r.item_id,
-            "units_available": r.units_available,
+            **({"dc_id": dc_id} if dc_id is not None else {}),
+            "units_available": units,
             "units_sent": int(frame["send"].sum()),
-            "units_kept_at_dc": r.units_available - int(frame["send"].sum()),
+            "units_kept_at_dc": units - int(frame["send"].sum()),
             "horizon": r.horizon,
             "stores": [
                 {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}

@@ -306,6 +306,11 @@ class ServingState:
         kinds = self.nodes["kind"].dropna() if "kind" in self.nodes else pd.Series(dtype=str)
         return {str(node): str(kind) for node, kind in kinds.items()}
 
+    @cached_property
+    def dcs(self) -> list[str]:
+        """The nodes the stores table calls DCs, in id order."""
+        return sorted(node for node, kind in self._kinds.items() if kind == "dc")
+
     def location(self, store_id: str) -> tuple[float, float] | None:
         """A store's (lat, lon) from the stores table, None when it gives none."""
         return self._locations.get(store_id)

@@ -131,9 +131,10 @@ const showForecast = guarded("fc", async (current) => {
 // -- placement ----------------------------------------------------------------------------------
 
 const showPlacement = guarded("pl", async (current) => {
+  const typed = $("pl-units").value.trim();  // left empty: the DC's stock available now
   const answer = await call("POST", "/placement", {
-    item_id: $("pl-item").value.trim(), units_available: Number($("pl-units").value),
-    horizon: Number($("pl-horizon").value),
+    item_id: $("pl-item").value.trim(), horizon: Number($("pl-horizon").value),
+    ...(typed === "" ? {} : { units_available: Number(typed) }),
   });
   if (!current()) return;
   fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "expected sales",
@@ -141,7 +142,8 @@ const showPlacement = guarded("pl", async (current) => {
     answer.stores.map((s) => [s.store_id, number(s.on_hand, 0), number(s.send, 0), number(s.final_stock, 0),
       number(s.expected_demand), number(s.expected_sales), number(s.expected_lost), number(s.expected_leftover),
       percent(s.expected_fill_rate)]));
-  $("pl-note").textContent = answer.units_sent + " units sent, " + answer.units_kept_at_dc + " kept at the DC.";
+  $("pl-note").textContent = answer.units_sent + " units sent, " + answer.units_kept_at_dc + " kept at " +
+    (answer.dc_id || "the DC") + (typed === "" ? ": all of its stock available to promise now." : ".");
 });
 
 // -- KPIs ---------------------------------------------------------------------------------------

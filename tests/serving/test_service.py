@@ -4,6 +4,7 @@ MLflow registry and a temporary event log."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,6 +354,54 @@ def test_placement_allocates_what_is_available(planner: TestClient) -> None:
         ({**body, "constraints": {"stores": {"S001": {"min_units": 999}}}}, 422),
     ]:
         assert planner.post("/placement", json=bad).status_code == status, bad
+
+
+def test_placement_without_units_places_the_dcs_stock_available_now(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """A planner asks where the DC's stock of an item should go, without typing its count."""
+    seen = client.post(
+        "/availability", json={"item_ids": ["I000010"]}, headers=as_(keys, "recommend")
+    ).json()["items"][0]["nodes"]
+    dc = next(node for node in seen if node["kind"] == "dc")
+    assert dc["available"] > 0
+    body = {"item_id": "I000010", "horizon": 2}
+    plan = client.post("/placement", json=body, headers=as_(keys, "plan")).json()
+    assert plan["dc_id"] == dc["node_id"] and plan["units_available"] == int(dc["available"])
+    assert plan["units_sent"] + plan["units_kept_at_dc"] == plan["units_available"]
+    named = {**body, "dc_id": dc["node_id"], "units_available": 7}  # units given: as given
+    assert (
+        client.post("/placement", json=named, headers=as_(keys, "plan")).json()["units_available"]
+        == 7
+    )
+    for bad, status, words in [
+        ({**body, "dc_id": "S001"}, 404, "'S001' is not a DC in the stores table (DCs: "),
+        ({**body, "units_available": None}, 422, "units_available"),
+        ({**body, "dc_id": None}, 422, "dc_id"),
+    ]:
+        refused = client.post("/placement", json=bad, headers=as_(keys, "plan"))
+        assert refused.status_code == status and words in refused.json()["error"], refused.text
+
+
+@pytest.mark.parametrize(
+    ("dcs", "said"), [([], "names no DC."), (["DC-E", "DC-W"], "names 2 DCs (DC-E, DC-W).")]
+)
+def test_placement_without_units_needs_a_single_dc_or_a_named_one(dcs, said) -> None:
+    from types import SimpleNamespace
+
+    from serving.errors import Unprocessable
+    from serving.service import PlacementRequest, _units_to_place
+
+    state = SimpleNamespace(dcs=dcs)  # what the stores table of a retailer names
+    asked = PlacementRequest(item_id="I000010", horizon=2)
+    with pytest.raises(
+        Unprocessable, match=f"^Give units_available, or dc_id .* {re.escape(said)}$"
+    ):
+        _units_to_place(state, asked, pd.Series({"DC-W": 5.0}))
+    if dcs:  # named, it is placed; a DC whose books are below zero has nothing to place
+        named = asked.model_copy(update={"dc_id": "DC-W"})
+        assert _units_to_place(state, named, pd.Series({"DC-W": 5.7})) == ("DC-W", 5)
+        assert _units_to_place(state, named, pd.Series({"DC-W": -2.0})) == ("DC-W", 0)
 
 
 def test_omni_placement_plan_answers_as_placement_does(planner: TestClient, tmp_path: Path) -> None:

@@ -81,7 +81,10 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         assert len(page.get_attribute("#band", "points").split()) >= 2 * 4  # 4 periods, 2 edges
         assert page.get_attribute("#actuals", "points")
         page.wait_for_selector("#pl-table tbody tr")
-        until(lambda: units(page) == 120)  # sent + kept at the DC
+        # No units typed: the DC's stock available now, as /placement places it by default.
+        dc = post(port, "/placement", {"item_id": "I000010", "horizon": 2}, planner)[1]
+        assert dc["units_available"] > 0 and dc["dc_id"] in page.text_content("#pl-note")
+        until(lambda: units(page) == dc["units_available"])  # sent + kept at the DC
         page.fill("#pl-units", "3")  # typed: the page asks again once the typing pauses
         until(lambda: units(page) == 3)  # the allocation of the new units
         assert int(page.text_content("#pl-note").split()[0]) <= 3
