@@ -137,13 +137,14 @@ const showPlacement = guarded("pl", async (current) => {
     ...(typed === "" ? {} : { units_available: Number(typed) }),
   });
   if (!current()) return;
-  fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "expected demand", "expected sales",
-    "expected lost", "expected leftover", "fill rate"],
+  fillTable($("pl-table"), ["store", "on hand", "send", "final stock", "demand", "sales", "lost", "leftover",
+    "fill rate"],
     answer.stores.map((s) => [s.store_id, number(s.on_hand, 0), number(s.send, 0), number(s.final_stock, 0),
       number(s.expected_demand), number(s.expected_sales), number(s.expected_lost), number(s.expected_leftover),
       percent(s.expected_fill_rate)]));
   $("pl-note").textContent = answer.units_sent + " units sent, " + answer.units_kept_at_dc + " kept at " +
-    (answer.dc_id || "the DC") + (typed === "" ? ": all of its stock available to promise now." : ".");
+    (answer.dc_id || "the DC") + (typed === "" ? ": all of its stock available to promise now." : ".") +
+    " Demand, sales, lost and leftover units are expected values over the periods covered.";
 });
 
 // -- KPIs ---------------------------------------------------------------------------------------

@@ -85,6 +85,9 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         dc = post(port, "/placement", {"item_id": "I000010", "horizon": 2}, planner)[1]
         assert dc["units_available"] > 0 and dc["dc_id"] in page.text_content("#pl-note")
         until(lambda: units(page) == dc["units_available"])  # sent + kept at the DC
+        page.wait_for_selector("#kpi-table tbody tr")
+        page.screenshot(path=str(tmp_path / "planner.png"), full_page=True)  # docs/img's
+        assert (tmp_path / "planner.png").stat().st_size > 10_000
         page.fill("#pl-units", "3")  # typed: the page asks again once the typing pauses
         until(lambda: units(page) == 3)  # the allocation of the new units
         assert int(page.text_content("#pl-note").split()[0]) <= 3
@@ -96,11 +99,8 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         assert len(page.get_attribute("#band", "points").split()) == 4
         grid = [float(t) for t in page.locator("#fc-chart text").all_text_contents()[:5]]
         assert grid[0] == 0 and len({round(b - a, 9) for a, b in itertools.pairwise(grid)}) == 1
-        page.wait_for_selector("#kpi-table tbody tr")
         rows = page.locator("#kpi-table tbody tr").all_text_contents()
         assert any(row.startswith("recommend / app") for row in rows), rows
-        page.screenshot(path=str(tmp_path / "planner.png"), full_page=True)
-        assert (tmp_path / "planner.png").stat().st_size > 10_000
         assert not problems, problems  # nothing blocked by the page's own security policy
         # Units the field refuses: the browser's reason, not the last answer, stands there.
         page.fill("#pl-units", "-5")
