@@ -59,6 +59,34 @@ class PlacementError(ValueError):
     """Inputs that cannot describe a real allocation (one sentence naming the problem)."""
 
 
+def units_to_place(
+    units: int | None, dc_id: str | None, dcs: list[str], available: pd.Series | None
+) -> tuple[str | None, int]:
+    """The DC placed from (when one is named, or read) and the units to place: as given, or
+    the DC's units of the item ``available`` (per node; none listed: 0, and never below 0).
+
+    Raises:
+        UnknownIdError: a ``dc_id`` that is not one of ``dcs``.
+        PlacementError: no units given and no single DC to read them from.
+    """
+    if dc_id is None and units is not None:
+        return None, units
+    if dc_id is not None and dc_id not in dcs:
+        raise UnknownIdError(
+            f"{dc_id!r} is not a DC in the stores table (DCs: {', '.join(dcs) or 'none'})."
+        )
+    if dc_id is None and len(dcs) != 1:
+        raise PlacementError(
+            "Give the units to place, or the DC whose stock to place: the stores table names "
+            + ("no DC." if not dcs else f"{len(dcs)} DCs ({', '.join(dcs[:10])}).")
+        )
+    dc = dc_id or dcs[0]
+    if units is not None:
+        return dc, units
+    stock = 0.0 if available is None else float(available.get(dc, 0.0))
+    return dc, int(max(stock, 0.0))
+
+
 DEFAULT_HOLDING = 0.25
 """A unit left over costs a quarter of a sale's margin (holding, markdown, the trip back): so a
 store is stocked to about its P80 (margin / (margin + holding)) and the rest stays at the DC."""

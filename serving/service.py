@@ -49,7 +49,14 @@ from features.measurement import CONTROL, TREATMENT, arms, measure, period, reco
 from features.schema import ID_FORBIDDEN, MAX_ID_LENGTH, Bounds
 from features.stock import COUNT_AHEAD, DEFAULT_HOLD_SECONDS, MAX_HOLD_SECONDS
 from models.forecast import forecast_for_planners
-from models.placement import DEFAULT_HOLDING, Economics, plan_item, planner_view, rebalance
+from models.placement import (
+    DEFAULT_HOLDING,
+    Economics,
+    plan_item,
+    planner_view,
+    rebalance,
+    units_to_place,
+)
 from models.rules import top_for_customer
 from serving import settings
 from serving.errors import (
@@ -376,34 +383,6 @@ class PlacementRequest(_Strict):
     dc_id: OptionalId = Field(default=None, examples=["DC"])
     horizon: int = Field(ge=1, le=365, examples=[2])
     constraints: Constraints = Field(default_factory=lambda: Constraints())
-
-
-def _units_to_place(
-    state: ServingState, r: PlacementRequest, available: pd.Series
-) -> tuple[str | None, int]:
-    """The DC placed from (when one is named, or needed) and the units: as asked, or the DC's
-    units of the item available to promise now (on hand - reserved - safety stock).
-
-    Raises:
-        NotFound: a ``dc_id`` that is not a DC of the stores table.
-        Unprocessable: no units given and no single DC to read them from.
-    """
-    if r.dc_id is None and r.units_available is not None:
-        return None, r.units_available
-    dcs = state.dcs
-    if r.dc_id is not None and r.dc_id not in dcs:
-        raise NotFound(
-            f"{r.dc_id!r} is not a DC in the stores table (DCs: {', '.join(dcs) or 'none'})."
-        )
-    if r.dc_id is None and len(dcs) != 1:
-        raise Unprocessable(
-            "Give units_available, or dc_id to place that DC's stock: the stores table names "
-            + ("no DC." if not dcs else f"{len(dcs)} DCs ({', '.join(dcs[:10])}).")
-        )
-    dc = r.dc_id or dcs[0]
-    if r.units_available is not None:
-        return dc, r.units_available
-    return dc, int(max(float(available.get(dc, 0.0)), 0.0))
 
 
 # -- the service -----------------------------------------------------------------------------
@@ -940,7 +919,7 @@ class OmnichannelService:
         )
         economics = Economics(c.unit_margin, c.unit_holding, c.service_level)
         on_hand = state.rules.available(r.item_id)  # what each node can still promise
-        dc_id, units = _units_to_place(state, r, on_hand)
+        dc_id, units = units_to_place(r.units_available, r.dc_id, state.dcs, on_hand)
         frame = plan_item(
             state.forecaster, state.forecast_all(), r.item_id, units,
             horizon=r.horizon, on_hand=on_hand, economics=economics,

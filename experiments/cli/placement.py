@@ -134,7 +134,13 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
 @placement_app.command("plan")
 def placement_plan_cmd(
     item: Annotated[str, typer.Option(help="Item id.")],
-    units: Annotated[int, typer.Option(help="Units available at the DC.", min=0, max=10**9)],
+    units: Annotated[
+        int | None,
+        typer.Option(help="Units to place (default: the DC's available now).", min=0, max=10**9),
+    ] = None,
+    dc: Annotated[
+        str | None, typer.Option(help="The DC whose stock to place (default: the only one).")
+    ] = None,
     horizon: Annotated[
         int | None, typer.Option(help="Coverage periods (default: the model's).")
     ] = None,
@@ -145,18 +151,21 @@ def placement_plan_cmd(
     pack_size: Annotated[int, typer.Option(help="Units per pack.")] = 1,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
 ) -> None:
-    """Allocate N units of an item across stores from the champion forecaster: by default from
-    the stock available to promise now, as /placement answers; with --data, from DIR's files."""
+    """Allocate units of an item — by default the DC's — across stores from the champion
+    forecaster: by default from the stock available to promise now, as /placement answers; with
+    --data, from DIR's files."""
     from experiments.pipelines import forecaster, placement
-    from models.placement import plan_item, planner_view
+    from models.placement import plan_item, planner_view, units_to_place
 
     if data is None:
         from experiments.pipelines.scoring import served_state
 
         state = served_state()
+        on_hand = state.rules.available(item)
+        dc, units = units_to_place(units, dc, state.dcs, on_hand)
         allocation = plan_item(
             state.forecaster, state.forecast_all(), item, units, horizon=horizon,
-            on_hand=state.rules.available(item), pack_size=pack_size,
+            on_hand=on_hand, pack_size=pack_size,
         )  # fmt: skip
         err.print(
             "Stock: available to promise now, as /placement sees it (the champion's snapshot "
@@ -165,9 +174,11 @@ def placement_plan_cmd(
         )
     else:
         model = champion_forecaster()
+        snapshot = forecaster.latest_on_hand(data, item)
+        dc, units = units_to_place(units, dc, placement.dcs(data), snapshot)
         allocation = placement.plan(
             model, item, units, horizon=horizon, data=forecaster.load_demand(data, model.freq),
-            on_hand=forecaster.latest_on_hand(data, item), pack_size=pack_size,
+            on_hand=snapshot, pack_size=pack_size,
         )  # fmt: skip
         err.print(f"Stock: the latest inventory snapshot in {data}.", highlight=False)
     result = planner_view(allocation)  # /placement's stores
@@ -184,7 +195,7 @@ def placement_plan_cmd(
         table.add_row(str(row["store_id"]), *(format(row[k], f) for k, f in formats.items()))
     out.print(table)
     sent = int(result["send"].sum())
-    out.print(f"{sent} units sent, {units - sent} kept at the DC.")
+    out.print(f"{sent} units sent, {units - sent} kept at {dc or 'the DC'}.")
     if out_file:
         result.to_csv(out_file, index=False)
         out.print(f"written to {out_file}")

@@ -21,6 +21,7 @@ from features.demand import (
     rolling_origins,
     split_at,
 )
+from features.ingest import load_dataset
 from models.forecast import LightGBMForecaster
 from models.placement import (
     Economics,
@@ -260,3 +261,14 @@ def plan(
         model, forecast, item_id, units,
         horizon=horizon, on_hand=on_hand, economics=economics, pack_size=pack_size,
     )  # fmt: skip
+
+
+def dcs(data_dir: Path) -> list[str]:
+    """The nodes the data directory's stores table calls DCs, in id order (none without one)."""
+    tables = load_dataset(data_dir, ("stores",))
+    if "stores" not in tables:
+        return []
+    stores = tables["stores"].accepted
+    if "kind" not in stores:
+        return []
+    return sorted(stores.loc[stores["kind"] == "dc", "store_id"].astype(str))

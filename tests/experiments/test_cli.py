@@ -338,6 +338,15 @@ def test_placement_plan_says_what_it_sends_and_keeps(champions: Path, tmp_path: 
     assert "Stock: the latest inventory snapshot in" in result.stderr
     over = omni(*args[:4], "--units", "1000000001")  # the API's bound: 10^9
     assert over.returncode == 2 and "less than or equal to 1000000000" in over.stderr
+    # No units: the DC's in the snapshot (the sample's stores table names one DC, "DC").
+    inventory = pd.read_csv(SAMPLE / "inventory.csv.gz", dtype={"on_hand": str})
+    at_dc = inventory[(inventory["store_id"] == "DC") & (inventory["item_id"] == "I000010")]
+    units = int(float(at_dc.sort_values("date")["on_hand"].iloc[-1]))
+    dc = omni(*args[:4], "--horizon", "2", "--data", str(SAMPLE))
+    assert dc.returncode == 0 and f"I000010: {units} units" in dc.stdout, dc.stderr[-2000:]
+    assert "kept at DC." in dc.stdout
+    wrong = omni(*args[:4], "--dc", "S001", "--data", str(SAMPLE))
+    assert wrong.returncode == 2 and "'S001' is not a DC in the stores table" in wrong.stderr
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from models.errors import UnknownIdError
 from models.placement import (
     MIN_SELL_PROBABILITY,
     Economics,
@@ -25,6 +26,7 @@ from models.placement import (
     expected_outcomes,
     from_quantiles,
     rebalance,
+    units_to_place,
 )
 
 HUGE = 10**9  # what POST /placement accepts as units_available
@@ -409,3 +411,20 @@ def test_the_threshold_allocation_is_the_unit_by_unit_greedy() -> None:
         assert threshold.sum() == greedy.sum()
         args = (start, mean, dispersion, economics)
         assert worth(threshold, *args) == pytest.approx(worth(greedy, *args), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dcs", "said"), [([], "names no DC."), (["DC-E", "DC-W"], "names 2 DCs (DC-E, DC-W).")]
+)
+def test_units_left_out_are_the_dcs_available_stock_when_the_dc_is_known(dcs, said) -> None:
+    available = pd.Series({"DC-W": 5.7, "S001": 9.0})
+    with pytest.raises(PlacementError, match=f"^Give the units to place, .* {re.escape(said)}$"):
+        units_to_place(None, None, dcs, available)
+    assert units_to_place(12, None, dcs, available) == (None, 12)  # given: as given
+    assert units_to_place(None, None, ["DC-W"], available) == ("DC-W", 5)  # the only DC
+    if dcs:
+        assert units_to_place(None, "DC-W", dcs, available) == ("DC-W", 5)
+        assert units_to_place(None, "DC-E", dcs, available) == ("DC-E", 0)  # none listed
+        assert units_to_place(None, "DC-W", dcs, -available) == ("DC-W", 0)  # books below 0
+    with pytest.raises(UnknownIdError, match="'S001' is not a DC in the stores table"):
+        units_to_place(None, "S001", dcs, available)

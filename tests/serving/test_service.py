@@ -4,7 +4,6 @@ MLflow registry and a temporary event log."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -376,32 +375,11 @@ def test_placement_without_units_places_the_dcs_stock_available_now(
     )
     for bad, status, words in [
         ({**body, "dc_id": "S001"}, 404, "'S001' is not a DC in the stores table (DCs: "),
-        ({**body, "units_available": None}, 422, "units_available"),
+        ({**body, "units_available": None}, 422, "units_available"),  # left out, not null
         ({**body, "dc_id": None}, 422, "dc_id"),
     ]:
         refused = client.post("/placement", json=bad, headers=as_(keys, "plan"))
         assert refused.status_code == status and words in refused.json()["error"], refused.text
-
-
-@pytest.mark.parametrize(
-    ("dcs", "said"), [([], "names no DC."), (["DC-E", "DC-W"], "names 2 DCs (DC-E, DC-W).")]
-)
-def test_placement_without_units_needs_a_single_dc_or_a_named_one(dcs, said) -> None:
-    from types import SimpleNamespace
-
-    from serving.errors import Unprocessable
-    from serving.service import PlacementRequest, _units_to_place
-
-    state = SimpleNamespace(dcs=dcs)  # what the stores table of a retailer names
-    asked = PlacementRequest(item_id="I000010", horizon=2)
-    with pytest.raises(
-        Unprocessable, match=f"^Give units_available, or dc_id .* {re.escape(said)}$"
-    ):
-        _units_to_place(state, asked, pd.Series({"DC-W": 5.0}))
-    if dcs:  # named, it is placed; a DC whose books are below zero has nothing to place
-        named = asked.model_copy(update={"dc_id": "DC-W"})
-        assert _units_to_place(state, named, pd.Series({"DC-W": 5.7})) == ("DC-W", 5)
-        assert _units_to_place(state, named, pd.Series({"DC-W": -2.0})) == ("DC-W", 0)
 
 
 def test_omni_placement_plan_answers_as_placement_does(planner: TestClient, tmp_path: Path) -> None:
@@ -419,6 +397,13 @@ def test_omni_placement_plan_answers_as_placement_does(planner: TestClient, tmp_
     pd.testing.assert_frame_equal(
         pd.read_csv(written, dtype={"store_id": str}), api, check_dtype=False
     )
+    # No units: the DC's available now, as /placement places them.
+    dc = planner.post("/placement", json={"item_id": "I000010", "horizon": 2}).json()
+    cli = omni("placement", "plan", "--item", "I000010", "--horizon", "2",
+               env={"OMNI_SALT": os.environ["OMNI_SALT"]})  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    sent = f"{dc['units_sent']} units sent, {dc['units_kept_at_dc']} kept at {dc['dc_id']}."
+    assert sent in cli.stdout and f"I000010: {dc['units_available']} units" in cli.stdout
 
 
 def test_a_store_named_for_a_new_listing_takes_part_with_the_category_prior(
