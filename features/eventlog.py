@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -316,9 +317,16 @@ class EventLog:
         url: the store's URL with any password redacted (safe to show and log).
     """
 
-    def __init__(self, url: str, wait_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        wait_seconds: float = 30.0,
+        setting: str = EVENTS_URL_ENV,
+        create: bool = True,
+    ) -> None:
         self._url = url
         self._wait = wait_seconds  # SQLite: how long to wait for a lock before failing
+        self._create = create  # False: an existing log only (a copy's source), never altered
         self.url = redact_urls(url)
         self._lock = threading.Lock()
         self._connection: Any = None
@@ -330,7 +338,7 @@ class EventLog:
             if address.count("@") > 1 or any(c in user for c in "/ #"):
                 # The driver would read part of the user or password as the host, and say it.
                 raise ValueError(
-                    f"{EVENTS_URL_ENV} has an '@', '/', '#' or space in its user or password: "
+                    f"{setting} has an '@', '/', '#' or space in its user or password: "
                     "percent-encode them (%40, %2F, %23, %20)."
                 )
             self._driver = _psycopg(self.url)  # a missing driver stops the start
@@ -339,19 +347,19 @@ class EventLog:
             self._postgres, self._param = False, "?"
             path = self._path()
             if not url.removeprefix("sqlite:///").strip():
-                raise ValueError(f"{EVENTS_URL_ENV}={self.url!r} names no file.")
+                raise ValueError(f"{setting}={self.url!r} names no file.")
             if "?" in url or "#" in url:
                 raise ValueError(
-                    f"{EVENTS_URL_ENV}={self.url!r}: a SQLite URL names its file only, no options."
+                    f"{setting}={self.url!r}: a SQLite URL names its file only, no options."
                 )
             if path != DEFAULT_PATH and not path.parent.is_dir():
                 raise ValueError(
-                    f"{EVENTS_URL_ENV}={self.url!r}: the directory {path.parent} does not "
+                    f"{setting}={self.url!r}: the directory {path.parent} does not "
                     "exist (a mistyped path would start an empty log); create it first."
                 )
         else:
             raise ValueError(
-                f"{EVENTS_URL_ENV}={self.url!r} is neither sqlite:///PATH nor postgresql://..."
+                f"{setting}={self.url!r} is neither sqlite:///PATH nor postgresql://..."
             )
 
     def _path(self) -> Path:
@@ -379,18 +387,26 @@ class EventLog:
             serial = "BIGSERIAL"
         else:
             path = self._path()
-            path.parent.mkdir(parents=True, exist_ok=True)  # the default's .omni/
-            if not path.exists():  # customer keys inside: readable by its owner only
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            if self._create:
+                path.parent.mkdir(parents=True, exist_ok=True)  # the default's .omni/
+                if not path.exists():  # customer keys inside: readable by its owner only
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif not path.is_file():
+                raise ValueError(f"There is no event log at {path}.")
             connection = sqlite3.connect(path, check_same_thread=False, timeout=self._wait)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before it returns, even across a power cut.
-            connection.execute("PRAGMA synchronous=FULL")
+            # A text a hand edit left undecodable reads as U+FFFD, not as an unreadable log.
+            connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
+            if self._create:
+                connection.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit is on disk before it returns, even across a power cut.
+                connection.execute("PRAGMA synchronous=FULL")
             serial = "INTEGER"
         try:
-            connection.execute(_CREATE.format(serial=serial))
-            connection.execute(_CREATE_MOVEMENTS.format(serial=serial))
-            connection.execute(_CREATE_EXPOSURES.format(serial=serial))
+            missing = [t for t in _STORED if t not in _tables(connection, self._postgres)]
+            if not self._create and "omni_events" in missing:
+                raise ValueError(f"{self.url} holds no event log (no table omni_events).")
+            for table in missing if self._create else ():  # created only when missing: a role
+                connection.execute(_CREATE_TABLE[table].format(serial=serial))  # may not CREATE
             connection.commit()
         except BaseException:
             connection.close()
@@ -403,9 +419,9 @@ class EventLog:
         return EventLog(self._url, wait_seconds)
 
     @classmethod
-    def from_env(cls) -> EventLog:
+    def from_env(cls, create: bool = True) -> EventLog:
         """The log named by ``$OMNI_EVENTS_URL``; default SQLite at ``.omni/events.db``."""
-        return cls(os.environ.get(EVENTS_URL_ENV) or f"sqlite:///{DEFAULT_PATH}")
+        return cls(os.environ.get(EVENTS_URL_ENV) or f"sqlite:///{DEFAULT_PATH}", create=create)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -423,6 +439,8 @@ class EventLog:
                     self._failure = None
                 connection = self._connection
                 cursor = connection.cursor()
+            except ValueError:  # not a log to open as asked (a copy's missing source)
+                raise
             except Exception as exc:
                 raise self._failed(exc) from None
             try:
@@ -454,13 +472,17 @@ class EventLog:
         """Forget the connection and say why without the password; unless told otherwise,
         remember the failure, so that calls fail at once for a moment."""
         self._drop_connection()
+        message = f"The event store {self.url} is unavailable: {self._reason(exc)}"
+        self._failure = (message, time.monotonic()) if remember else None
+        return EventStoreUnavailable(message)
+
+    def _reason(self, exc: BaseException) -> str:
+        """What the store or its driver said, in one line, without the password."""
         reason = first_line(exc)
         password = urlsplit(self._url).password
         if password:  # whatever the driver's message quotes of it
             reason = reason.replace(password, "***")
-        message = f"The event store {self.url} is unavailable: {redact_urls(reason)}"
-        self._failure = (message, time.monotonic()) if remember else None
-        return EventStoreUnavailable(message)
+        return redact_urls(reason)
 
     def append(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Store checked events (:func:`events_frame` of :func:`check_events`' rows); committed
@@ -669,23 +691,23 @@ class EventLog:
         frame["items"] = [json.loads(items) for items in frame["items"]]
         return frame
 
-    def copy_to(self, target: EventLog) -> dict[str, int]:
+    def copy_to(self, target: EventLog, seal: bool = False) -> dict[str, int]:
         """Copy everything stored — events, movements and exposures, with their positions and
         receipt times — to an empty ``target`` (another SQLite file, or PostgreSQL), in one
         transaction there: the copy is whole or absent.
 
         Positions are kept because a champion records the last position it learned from, and
-        the service applies the events after it. The source is read in one snapshot; if
-        anything is stored in it meanwhile (a service still writing to it), the copy is undone
-        and a :class:`ValueError` says so: a copy without the latest events must not replace
-        the log. So does a stored row the target's types cannot hold (SQLite does not enforce
-        them; the service quarantines such rows when it reads them), named by its position.
+        the service applies the events after it. The source's tables are locked for writing
+        while it is read (a service still posting to it waits, then is answered 503), so the
+        copy holds everything the source acknowledged until it ends. With ``seal`` the source
+        then refuses every new row (:data:`SEALED`): a service left running on it can no longer
+        acknowledge what the copy would not hold. A stored row the target's types cannot hold
+        (SQLite does not enforce them; the service quarantines such rows when it reads them)
+        stops the copy, named by its position.
 
         Returns:
             Rows copied per table (``events``, ``movements``, ``exposures``).
         """
-        if not self._postgres and not self._path().is_file():
-            raise ValueError(f"There is no event log at {self._path()} to copy.")
         if self._postgres == target._postgres and (
             self._url == target._url
             if self._postgres
@@ -693,46 +715,74 @@ class EventLog:
         ):
             raise ValueError(f"The copy's source and target are the same store, {self.url}.")
         counts: dict[str, int] = {}
-        with self._transaction() as source, target._transaction() as sink:
-            # One snapshot of the source for every statement; the target locked for writing.
-            source.execute(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" if self._postgres else "BEGIN"
-            )
-            snapshot = _last_positions(source)  # the snapshot starts with its first read
-            if target._postgres:
-                sink.execute(f"LOCK TABLE {', '.join(_STORED)} IN EXCLUSIVE MODE")
-            else:
-                sink.execute("BEGIN IMMEDIATE")
-            for table in _STORED:
-                sink.execute(f"SELECT COUNT(*) FROM {table}")
-                held = int(sink.fetchone()[0])
-                if held:
-                    raise ValueError(
-                        f"The target {target.url} already holds {held:,} rows of {table}: "
-                        "copy into an empty store, so that no position is used twice."
+        with self._transaction() as source:
+            tables = _copying(self, "read", lambda: self._hold(source, seal))
+            with target._transaction() as sink:
+                _copying(target, "write to", lambda: target._take_empty(sink))
+                for table in tables:
+                    counts[table.removeprefix("omni_")] = _copy_rows(
+                        (self, source), (target, sink), table, _STORED[table]
                     )
-            for table, columns in _STORED.items():
-                counts[table.removeprefix("omni_")] = _copy_rows(
-                    (self, source), (target, sink), table, columns
-                )
-            fresh = self.another()
-            try:
-                with fresh._transaction() as now:
-                    latest = _last_positions(now)
-            finally:
-                fresh.close()
-            if latest != snapshot:
-                raise ValueError(
-                    f"Rows were stored in {self.url} during the copy, so nothing was copied: "
-                    "stop every service writing to it and copy again."
-                )
-            if target._postgres:  # the next row stored there is numbered after the copied ones
-                for table in _STORED:
-                    sink.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
-                        f"COALESCE(MAX(seq), 1), MAX(seq) IS NOT NULL) FROM {table}"
-                    )
+                if target._postgres:  # the next row stored there is numbered after the copy
+                    _copying(target, "write to", lambda: _renumber(sink))
+            if seal:  # the copy is committed: only now may the source stop taking rows
+                _copying(self, "seal", lambda: self._seal(source, target.url))
         return counts
+
+    def _hold(self, cursor: Any, seal: bool) -> list[str]:
+        """Lock the log's tables against writers until the transaction ends (so every read
+        sees the same rows); the tables it has."""
+        if self._postgres:
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
+        tables = [t for t in _STORED if t in _tables(cursor, self._postgres)]
+        if self._postgres:
+            cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+        elif seal or os.access(self._path(), os.W_OK):
+            cursor.execute("BEGIN IMMEDIATE")  # waits for a writer; then writers wait
+        else:
+            cursor.execute("BEGIN")  # a read-only file (a backup): nobody writes to it
+        return tables
+
+    def _take_empty(self, cursor: Any) -> None:
+        """Lock this (target) log's tables for writing; refuse it unless it holds no rows, nor,
+        for SQLite, any table of something else."""
+        if self._postgres:
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
+            cursor.execute(f"LOCK TABLE {', '.join(_STORED)} IN EXCLUSIVE MODE")
+        else:
+            cursor.execute("BEGIN IMMEDIATE")
+            other = sorted(set(_tables(cursor, False)) - set(_STORED) - {"sqlite_sequence"})
+            if other:
+                raise ValueError(
+                    f"The target {self.url} holds other tables ({', '.join(other[:5])}): copy "
+                    "into a new file."
+                )
+        for table in _STORED:
+            cursor.execute(f"SELECT COUNT(*) FROM {table}")
+            held = int(cursor.fetchone()[0])
+            if held:
+                raise ValueError(
+                    f"The target {self.url} already holds {held:,} rows of {table}: copy "
+                    "into an empty store, so that no position is used twice."
+                )
+
+    def _seal(self, cursor: Any, moved_to: str) -> None:
+        """Make every table of this log refuse new rows, saying where the log went."""
+        said = f"{SEALED} {moved_to}".replace("'", "''")
+        tables = _tables(cursor, self._postgres)
+        if self._postgres:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION omni_moved() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN RAISE EXCEPTION '{said}'; END $$"
+            )
+        for table in tables:
+            cursor.execute(
+                f"CREATE OR REPLACE TRIGGER omni_moved BEFORE INSERT ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION omni_moved()"
+                if self._postgres
+                else f"CREATE TRIGGER IF NOT EXISTS omni_moved_{table} BEFORE INSERT ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{said}'); END"
+            )
 
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:
@@ -750,7 +800,41 @@ _STORED = {
     "omni_movements": ("seq", "received_at", *MOVEMENT_COLUMNS),
     "omni_exposures": ("seq", *EXPOSURE_COLUMNS),
 }
+_CREATE_TABLE = {
+    "omni_events": _CREATE,
+    "omni_movements": _CREATE_MOVEMENTS,
+    "omni_exposures": _CREATE_EXPOSURES,
+}
 _NUMBERS = {"seq", "quantity", "unit_price", "hold_seconds"}
+#: What a moved (sealed) log answers every write with, followed by where it went.
+SEALED = "This event log was moved by omni events move to"
+
+
+class CopyError(ValueError):
+    """A copy stopped by one of its two stores (named, without its password)."""
+
+
+def _tables(cursor: Any, postgres: bool) -> list[str]:
+    """PostgreSQL: the log's tables that exist (in the search path); SQLite: every table.
+    ``cursor`` may be a connection: its execute returns a cursor, as a cursor's does."""
+    if postgres:
+        query = "SELECT " + ", ".join(f"to_regclass('{t}') IS NOT NULL" for t in _STORED)
+        there = cursor.execute(query).fetchone()
+        return [t for t, exists in zip(_STORED, there, strict=True) if exists]
+    names = cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return [row[0] for row in names]
+
+
+def _copying(log: EventLog, doing: str, step: Callable[[], Any]) -> Any:
+    """Run a step of a copy on ``log``; a failure of its store names that store."""
+    try:
+        return step()
+    except ValueError:
+        raise
+    except Exception as exc:
+        if not (_is_store_failure(exc) or _is_driver_error(exc)):
+            raise
+        raise CopyError(f"Could not {doing} {log.url}: {log._reason(exc)}") from None
 
 
 def _copy_rows(
@@ -763,13 +847,18 @@ def _copy_rows(
     marks = "(" + ", ".join([writer._param] * len(columns)) + ")"
     step = MAX_PARAMETERS // len(columns)
     numbers = [i for i, c in enumerate(columns) if c in _NUMBERS]
-    last, copied = 0, 0
+    last, copied = -(2**62), 0  # a hand edit may have left a position of 0 or below
     while True:
-        read.execute(
-            f"SELECT {names} FROM {table} WHERE seq > {reader._param} ORDER BY seq LIMIT {step}",
-            (last,),
-        )
-        rows = read.fetchall()
+
+        def fetch(after: int = last) -> list[tuple]:
+            read.execute(
+                f"SELECT {names} FROM {table} WHERE seq > {reader._param} "
+                f"ORDER BY seq LIMIT {step}",
+                (after,),
+            )
+            return list(read.fetchall())
+
+        rows = _copying(reader, "read", fetch)
         if not rows:
             return copied
         for row in rows if writer._postgres else ():  # SQLite stores any value anywhere
@@ -781,16 +870,29 @@ def _copy_rows(
                     f"uses it): delete it from {reader.url} (DELETE FROM {table} WHERE seq = "
                     f"{row[0]}) and copy again."
                 )
-        if writer._postgres:  # COPY: several times faster than INSERT statements
-            with write.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            write.execute(
-                f"INSERT INTO {table} ({names}) VALUES " + ", ".join([marks] * len(rows)),
-                [v for row in rows for v in row],
-            )
+
+        def store(rows: list[tuple] = rows) -> None:
+            if writer._postgres:  # COPY: several times faster than INSERT statements
+                with write.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                write.execute(
+                    f"INSERT INTO {table} ({names}) VALUES " + ", ".join([marks] * len(rows)),
+                    [v for row in rows for v in row],
+                )
+
+        _copying(writer, "write to", store)
         last, copied = rows[-1][0], copied + len(rows)
+
+
+def _renumber(cursor: Any) -> None:
+    """PostgreSQL: each table's sequence set after its last copied position."""
+    for table in _STORED:
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
+            f"COALESCE(MAX(seq), 1), MAX(seq) IS NOT NULL) FROM {table}"
+        )
 
 
 def _unstorable(row: tuple, numbers: list[int]) -> int | None:
@@ -805,14 +907,6 @@ def _unstorable(row: tuple, numbers: list[int]) -> int | None:
         elif not isinstance(value, str) or "\x00" in value:
             return i
     return None
-
-
-def _last_positions(cursor: Any) -> tuple[int, ...]:
-    """The position of the last row of every stored table (0 when empty)."""
-    cursor.execute(
-        "SELECT " + ", ".join(f"(SELECT COALESCE(MAX(seq), 0) FROM {t})" for t in _STORED)
-    )
-    return tuple(int(v) for v in cursor.fetchone())
 
 
 def _iso(value: pd.Timestamp) -> str:
@@ -846,11 +940,20 @@ def _psycopg(url: str) -> Any:
 
 
 def _is_store_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock."""
-    if isinstance(exc, sqlite3.OperationalError):
+    """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock,
+    or a log moved elsewhere (:data:`SEALED`)."""
+    if isinstance(exc, sqlite3.OperationalError) or SEALED in str(exc):
         return True
     try:
         import psycopg
     except ImportError:
         return False
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is any error of SQLite's or PostgreSQL's driver (a refusal included)."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    psycopg = sys.modules.get("psycopg")  # imported when a PostgreSQL store is used
+    return psycopg is not None and isinstance(exc, psycopg.Error)

@@ -80,30 +80,55 @@ def keys_revoke_cmd(
     out.print(f"Removed {', '.join(removed)} from {keys_file()}.", highlight=False)
 
 
+#: The two stores of ``omni events copy`` and ``move``.
+Target = Annotated[
+    str, typer.Option("--to", help="The empty store: postgresql://... or sqlite:///PATH.")
+]
+Source = Annotated[
+    str | None, typer.Option("--from", help="The log to copy (default: $OMNI_EVENTS_URL).")
+]
+
+
 @events_app.command("copy")
-def events_copy_cmd(
-    to: Annotated[
-        str, typer.Option("--to", help="The empty store: postgresql://... or sqlite:///PATH.")
-    ],
-    source: Annotated[
-        str | None, typer.Option("--from", help="The store to copy (default: $OMNI_EVENTS_URL).")
-    ] = None,
-) -> None:
+def events_copy_cmd(to: Target, source: Source = None) -> None:
     """Copy the whole event log — events, stock movements, exposures, positions kept — into an
-    empty store, e.g. from SQLite to PostgreSQL when the service grows; stop the service first."""
+    empty store (a copy to look at, or a backup); the log itself is left as it is."""
+    _copy_log(to, source, seal=False)
+
+
+@events_app.command("move")
+def events_move_cmd(to: Target, source: Source = None) -> None:
+    """Move the whole event log into an empty store — e.g. from SQLite to PostgreSQL when the
+    service grows: copied as by copy, then the old log refuses every new row, so a service
+    left running on it cannot acknowledge what the new one would not hold."""
+    _copy_log(to, source, seal=True)
+
+
+def _copy_log(to: str, source: str | None, seal: bool) -> None:
     from features.eventlog import EventLog
 
-    origin = EventLog(source) if source else EventLog.from_env()
-    target = EventLog(to)
+    if source is not None and not source.strip():
+        raise UsageError("--from is empty; leave it out to copy $OMNI_EVENTS_URL's log.")
+    origin = (
+        EventLog(source, setting="--from", create=False)
+        if source is not None
+        else EventLog.from_env(create=False)
+    )
+    target = EventLog(to, setting="--to")
     try:
-        counts = origin.copy_to(target)
+        counts = origin.copy_to(target, seal=seal)
     finally:
         origin.close()
         target.close()
     copied = ", ".join(f"{n:,} {table}" for table, n in counts.items())
+    then = (
+        f"{origin.url} now refuses new rows (kept as a backup). Point OMNI_EVENTS_URL at the "
+        "new store and start the service."
+        if seal
+        else f"{origin.url} is unchanged."
+    )
     out.print(
-        f"Copied {copied} from {origin.url} to {target.url}, positions kept. Point the service "
-        f"at it (OMNI_EVENTS_URL) and start it; keep {origin.url} as a backup.",
+        f"Copied {copied} from {origin.url} to {target.url}, positions kept. {then}",
         highlight=False,
         soft_wrap=True,
     )

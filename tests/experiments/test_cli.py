@@ -219,7 +219,7 @@ def test_the_event_store_password_never_reaches_a_cli_message(tmp_path: Path) ->
     assert "omni:***@127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_events_copy_moves_the_log_to_postgresql_once(tmp_path: Path, postgres_url: str) -> None:
+def test_events_move_takes_the_log_to_postgresql_once(tmp_path: Path, postgres_url: str) -> None:
     from features.eventlog import EventLog, validate_events
 
     source = f"sqlite:///{tmp_path}/events.db"
@@ -229,12 +229,23 @@ def test_events_copy_moves_the_log_to_postgresql_once(tmp_path: Path, postgres_u
         validate_events([{**view, "item_id": "I1", "event_id": f"e{i}"} for i in range(3)])[0]
     )
     log.close()
-    copied = omni("events", "copy", "--to", postgres_url, env={"OMNI_EVENTS_URL": source})
-    assert copied.returncode == 0, copied.stderr
-    assert copied.stdout.startswith("Copied 3 events, 0 movements, 0 exposures from sqlite:///")
+    moved = omni("events", "move", "--to", postgres_url, env={"OMNI_EVENTS_URL": source})
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.startswith("Copied 3 events, 0 movements, 0 exposures from sqlite:///")
+    assert "now refuses new rows" in moved.stdout
     again = omni("events", "copy", "--from", source, "--to", postgres_url)
     assert again.returncode == 2 and "already holds 3 rows of omni_events" in again.stderr
     assert "Traceback" not in again.stderr
+    # Regression: the --from and --to URLs' mistakes were blamed on OMNI_EVENTS_URL, and an
+    # empty --from (an unset variable) copied the default log.
+    for args, said in [
+        (("--from", "sqlite:///nowhere/events.db"), "--from='sqlite:///nowhere/events.db': the"),
+        (("--from", ""), "--from is empty"),
+        (("--from", f"{tmp_path}/events.db"), "--from="),
+    ]:
+        wrong = omni("events", "copy", *args, "--to", f"sqlite:///{tmp_path}/copy.db")
+        assert wrong.returncode == 2 and said in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "copy.db").exists()
 
 
 def test_the_embedded_mlflow_database_is_created_private(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,29 +333,71 @@ def test_a_log_copied_to_another_store_reads_back_the_same_and_goes_on_numbering
         target.close()
 
 
-def test_a_copy_while_the_source_is_written_is_undone(
-    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_move_holds_writers_off_then_refuses_them_so_no_acknowledged_row_is_left_behind(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    """A service still posting to the old store during the copy: the copy would miss its last
-    events, so nothing is copied."""
-    source, target = EventLog(f"sqlite:///{tmp_path}/events.db"), EventLog(postgres_url)
+    """Regression: a service still posting to the old store during the copy had its later
+    events acknowledged there and missing from the copy (5 copies of 6 said nothing)."""
+    postgres_url = request.getfixturevalue("postgres_url")
+    source_url = f"sqlite:///{tmp_path}/events.db" if kind == "sqlite" else postgres_url
+    target_url = postgres_url if kind == "sqlite" else f"sqlite:///{tmp_path}/events.db"
+    source, target = EventLog(source_url), EventLog(target_url)
     _filled(source)
-    copy_rows = eventlog._copy_rows
+    outcome: list[object] = []
+    service = source.another()  # a service still running on the old store
 
-    def with_a_write_meanwhile(*args: Any) -> int:
-        if args[2] == "omni_events":  # another connection, as the service's would be
-            writer = source.another()
-            writer.append(validate_events([{**GOOD, "event_id": "meanwhile"}])[0])
-            writer.close()
+    def post() -> None:
+        try:
+            outcome.append(service.append(validate_events([{**GOOD, "event_id": "late"}])[0]))
+        except EventStoreUnavailable as exc:
+            outcome.append(exc)
+
+    copy_rows, writer = eventlog._copy_rows, threading.Thread(target=post)
+
+    def with_a_post_meanwhile(*args: Any) -> int:
+        if args[2] == "omni_events":
+            writer.start()
+            time.sleep(0.5)
+            assert writer.is_alive() and not outcome  # held off while the copy reads
         return copy_rows(*args)
 
-    monkeypatch.setattr(eventlog, "_copy_rows", with_a_write_meanwhile)
+    monkeypatch.setattr(eventlog, "_copy_rows", with_a_post_meanwhile)
     try:
-        with pytest.raises(ValueError, match="during the copy, so nothing was copied"):
-            source.copy_to(target)
-        assert target.positions() == (0, 0) and target.read_exposures().empty
-        assert source.last_seq() == 3001
+        assert source.copy_to(target, seal=True)["events"] == 3000
+        writer.join(timeout=40)
+        (refused,) = outcome  # then refused: the old store takes no row any more
+        assert isinstance(refused, EventStoreUnavailable) and eventlog.SEALED in str(refused)
+        assert target.positions() == source.positions() == (3000, 1)
+        pd.testing.assert_frame_equal(target.read(), source.read())  # the old one still reads
+        with pytest.raises(EventStoreUnavailable, match=eventlog.SEALED):
+            source.append_exposures([("2026-11-23T10:00:00", "r", "recommend", None, None,
+                                      None, "treatment", "3", ["I1"])])  # fmt: skip
+        # The new store takes the next row, numbered after the copied ones.
+        assert target.append(validate_events([{**GOOD, "event_id": "late"}])[0])[1] == [3001]
     finally:
+        service.close()
+        source.close()
+        target.close()
+
+
+def test_a_copy_waiting_for_a_locked_target_names_it_and_gives_up(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Regression: a copy into tables another session held locked hung without a word."""
+    import psycopg
+
+    source = EventLog(f"sqlite:///{tmp_path}/events.db")
+    _filled(source)
+    target = EventLog(postgres_url, wait_seconds=1)
+    target.last_seq()  # its tables exist
+    holder = psycopg.connect(postgres_url)
+    try:
+        holder.execute("LOCK TABLE omni_exposures IN ROW EXCLUSIVE MODE")
+        with pytest.raises(eventlog.CopyError, match=r"^Could not write to postgresql://.*lock"):
+            source.copy_to(target)
+    finally:
+        holder.close()
         source.close()
         target.close()
 
@@ -375,15 +418,31 @@ def test_a_copy_names_a_stored_row_postgresql_cannot_hold(
         target.close()
 
 
-def test_a_copy_refuses_a_missing_source_and_itself(tmp_path: Path) -> None:
-    missing, target = (
-        EventLog(f"sqlite:///{tmp_path}/none.db"),
-        EventLog(f"sqlite:///{tmp_path}/t.db"),
-    )
+def test_a_copy_refuses_a_missing_source_one_that_is_no_log_and_itself(tmp_path: Path) -> None:
+    missing = EventLog(f"sqlite:///{tmp_path}/none.db", create=False)
+    target = EventLog(f"sqlite:///{tmp_path}/t.db")
     with pytest.raises(ValueError, match="There is no event log at"):
         missing.copy_to(target)
     assert not (tmp_path / "none.db").exists()
+    # Regression: an empty file or another program's database got the log's tables, and a
+    # copy of "0 events" was reported done.
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(ValueError, match="holds no event log"):
+        EventLog(f"sqlite:///{tmp_path}/empty.db", create=False).copy_to(target)
+    assert (tmp_path / "empty.db").stat().st_size == 0
     same = EventLog(f"sqlite:///{tmp_path}/../{tmp_path.name}/t.db")
     target.last_seq()  # the file exists now
     with pytest.raises(ValueError, match="the same store"):
         target.copy_to(same)
+
+
+def test_a_hand_edited_text_that_is_not_utf8_leaves_the_sqlite_log_readable(
+    tmp_path: Path,
+) -> None:
+    """Regression: one such row made every read of the log fail (the service could not load)."""
+    log = EventLog(f"sqlite:///{tmp_path}/events.db")
+    log.append(validate_events([GOOD])[0])
+    with log._transaction() as cursor:
+        cursor.execute("UPDATE omni_events SET customer_key = CAST(x'4c43ff' AS TEXT)")
+    assert log.read()["customer_key"].tolist() == ["LC\ufffd"]
+    log.close()
