@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -454,9 +454,11 @@ class EventLog:
                     broken = True
                 if broken:
                     # A connection the server dropped (psycopg says so) is made again at the
-                    # next call; any other failure starts the fail-fast window.
+                    # next call, and a moved log still reads; any other failure starts the
+                    # fail-fast window.
                     dropped = bool(getattr(connection, "broken", False))
-                    raise self._failed(exc, remember=not dropped) from None
+                    remember = not dropped and SEALED not in str(exc)
+                    raise self._failed(exc, remember=remember) from None
                 raise
             finally:
                 with suppress(Exception):  # a broken connection's cursor may not close cleanly
@@ -714,19 +716,32 @@ class EventLog:
             else self._path().resolve() == target._path().resolve()
         ):
             raise ValueError(f"The copy's source and target are the same store, {self.url}.")
+        if not target._postgres:
+            _peek_sqlite_target(target)
         counts: dict[str, int] = {}
-        with self._transaction() as source:
-            tables = _copying(self, "read", lambda: self._hold(source, seal))
-            with target._transaction() as sink:
-                _copying(target, "write to", lambda: target._take_empty(sink))
-                for table in tables:
-                    counts[table.removeprefix("omni_")] = _copy_rows(
-                        (self, source), (target, sink), table, _STORED[table]
-                    )
-                if target._postgres:  # the next row stored there is numbered after the copy
-                    _copying(target, "write to", lambda: _renumber(sink))
-            if seal:  # the copy is committed: only now may the source stop taking rows
-                _copying(self, "seal", lambda: self._seal(source, target.url))
+        copied = False
+        try:
+            with self._transaction() as source:
+                tables = _copying(self, "read", lambda: self._hold(source, seal))
+                with target._transaction() as sink:
+                    _copying(target, "write to", lambda: target._take_empty(sink))
+                    for table in tables:
+                        counts[table.removeprefix("omni_")] = _copy_rows(
+                            (self, source), (target, sink), table, _STORED[table]
+                        )
+                    if target._postgres:  # the next row stored there is numbered after them
+                        _copying(target, "write to", lambda: _renumber(sink))
+                    if seal:  # sealed, uncommitted: a failure here undoes the copy as well
+                        _copying(self, "seal", lambda: self._seal(source, target.url))
+                copied = True  # the target has committed; the source's lock and seal follow
+        except EventStoreUnavailable as exc:
+            if copied:  # the one step left: committing the seal
+                raise CopyError(
+                    f"The copy in {target.url} is complete, but {self.url} could not be sealed "
+                    f"({exc}): stop every service writing to it before starting them on the "
+                    "copy."
+                ) from None
+            raise
         return counts
 
     def _hold(self, cursor: Any, seal: bool) -> list[str]:
@@ -741,22 +756,20 @@ class EventLog:
             cursor.execute("BEGIN IMMEDIATE")  # waits for a writer; then writers wait
         else:
             cursor.execute("BEGIN")  # a read-only file (a backup): nobody writes to it
+        if seal and _sealed(cursor, self._postgres):
+            raise ValueError(
+                f"{self.url} was moved already (it refuses new rows): move the store it was "
+                "moved to, or copy this one with omni events copy."
+            )
         return tables
 
     def _take_empty(self, cursor: Any) -> None:
-        """Lock this (target) log's tables for writing; refuse it unless it holds no rows, nor,
-        for SQLite, any table of something else."""
+        """Lock this (target) log's tables for writing; refuse it unless it holds no rows."""
         if self._postgres:
             cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
             cursor.execute(f"LOCK TABLE {', '.join(_STORED)} IN EXCLUSIVE MODE")
         else:
             cursor.execute("BEGIN IMMEDIATE")
-            other = sorted(set(_tables(cursor, False)) - set(_STORED) - {"sqlite_sequence"})
-            if other:
-                raise ValueError(
-                    f"The target {self.url} holds other tables ({', '.join(other[:5])}): copy "
-                    "into a new file."
-                )
         for table in _STORED:
             cursor.execute(f"SELECT COUNT(*) FROM {table}")
             held = int(cursor.fetchone()[0])
@@ -768,21 +781,27 @@ class EventLog:
 
     def _seal(self, cursor: Any, moved_to: str) -> None:
         """Make every table of this log refuse new rows, saying where the log went."""
-        said = f"{SEALED} {moved_to}".replace("'", "''")
-        tables = _tables(cursor, self._postgres)
+        said = _literal(f"{SEALED} {moved_to}")  # as text: no placeholder, no quoting in it
+        tables = [t for t in _STORED if t in _tables(cursor, self._postgres)]
         if self._postgres:
+            body = _literal(f"BEGIN RAISE EXCEPTION USING MESSAGE = {said}; END")
             cursor.execute(
-                "CREATE OR REPLACE FUNCTION omni_moved() RETURNS trigger LANGUAGE plpgsql AS "
-                f"$$ BEGIN RAISE EXCEPTION '{said}'; END $$"
+                "CREATE OR REPLACE FUNCTION omni_moved() RETURNS trigger LANGUAGE plpgsql "
+                f"AS {body}"
             )
         for table in tables:
             cursor.execute(
-                f"CREATE OR REPLACE TRIGGER omni_moved BEFORE INSERT ON {table} "
+                f"CREATE TRIGGER omni_moved BEFORE INSERT ON {table} "
                 "FOR EACH STATEMENT EXECUTE FUNCTION omni_moved()"
                 if self._postgres
-                else f"CREATE TRIGGER IF NOT EXISTS omni_moved_{table} BEFORE INSERT ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, '{said}'); END"
+                else f"CREATE TRIGGER omni_moved_{table} BEFORE INSERT ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, {said}); END"
             )
+
+    def moved(self) -> bool:
+        """Whether ``omni events move`` sealed this log: it refuses new rows."""
+        with self._transaction() as cursor:
+            return _sealed(cursor, self._postgres)
 
     def event_ids(self) -> set[str]:
         with self._transaction() as cursor:
@@ -825,6 +844,45 @@ def _tables(cursor: Any, postgres: bool) -> list[str]:
     return [row[0] for row in names]
 
 
+def _sealed(cursor: Any, postgres: bool) -> bool:
+    """Whether the log's events table has the trigger ``omni events move`` seals it with."""
+    if postgres:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'omni_moved' "
+            "AND tgrelid = to_regclass('omni_events'))"
+        )
+    else:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
+            "AND name = 'omni_moved_omni_events')"
+        )
+    return bool(cursor.fetchone()[0])
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _peek_sqlite_target(target: EventLog) -> None:
+    """Refuse, before changing anything in it, a SQLite target that is not a database or
+    holds another program's tables."""
+    path = target._path()
+    if not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as peek:
+            names = {row[0] for row in peek.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as exc:
+        raise ValueError(f"The target {target.url} is not a SQLite database ({exc}).") from None
+    other = sorted(n for n in names - set(_STORED) if not n.startswith("sqlite_"))
+    if other and not names & set(_STORED):
+        raise ValueError(
+            f"The target {target.url} holds other tables ({', '.join(other[:5])}): copy into "
+            "a new file."
+        )
+
+
 def _copying(log: EventLog, doing: str, step: Callable[[], Any]) -> Any:
     """Run a step of a copy on ``log``; a failure of its store names that store."""
     try:
@@ -847,14 +905,15 @@ def _copy_rows(
     marks = "(" + ", ".join([writer._param] * len(columns)) + ")"
     step = MAX_PARAMETERS // len(columns)
     numbers = [i for i, c in enumerate(columns) if c in _NUMBERS]
-    last, copied = -(2**62), 0  # a hand edit may have left a position of 0 or below
+    last: int | None = None  # a hand edit may have left a position of 0 or below
+    copied = 0
     while True:
 
-        def fetch(after: int = last) -> list[tuple]:
+        def fetch(after: int | None = last) -> list[tuple]:
+            after_last = "" if after is None else f"WHERE seq > {reader._param} "
             read.execute(
-                f"SELECT {names} FROM {table} WHERE seq > {reader._param} "
-                f"ORDER BY seq LIMIT {step}",
-                (after,),
+                f"SELECT {names} FROM {table} {after_last}ORDER BY seq LIMIT {step}",
+                () if after is None else (after,),
             )
             return list(read.fetchall())
 
@@ -889,9 +948,9 @@ def _copy_rows(
 def _renumber(cursor: Any) -> None:
     """PostgreSQL: each table's sequence set after its last copied position."""
     for table in _STORED:
-        cursor.execute(
+        cursor.execute(  # a sequence starts at 1: positions below it leave it there
             f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
-            f"COALESCE(MAX(seq), 1), MAX(seq) IS NOT NULL) FROM {table}"
+            f"GREATEST(COALESCE(MAX(seq), 1), 1), COALESCE(MAX(seq), 0) >= 1) FROM {table}"
         )
 
 

@@ -114,6 +114,13 @@ EVENTS_QUARANTINED = bentoml.metrics.Gauge(
 )
 
 
+#: /readyz's reason once the event log was moved (where to: in the service's log only).
+MOVED = (
+    "The event log was moved by omni events move; point OMNI_EVENTS_URL at the store it was "
+    "moved to and restart the service."
+)
+
+
 # -- request types: flat JSON, strict types, bounded sizes ---------------------------------------
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -501,6 +508,7 @@ class OmnichannelService:
         self._loaded: ServingState | None = None  # loaded, but the log not yet replayed
         #: Why the service is not ready, or why the event store is failing (None when fine).
         self.problem: str | None = None
+        self.moved = False  # omni events move has sealed the log: not ready, for good
         self._reload_lock = threading.Lock()
         self._next_attempt = 0.0
         self._try_load()
@@ -572,7 +580,7 @@ class OmnichannelService:
             self._catch_up(self.state)
         state = self.state
         EVENTS_QUARANTINED.set(self.log.quarantined)
-        problem = self.problem or _no_keys()
+        problem = self.problem or _no_keys() or self._moved()
         return {
             "ready": state is not None and problem is None,
             "reason": problem,
@@ -580,6 +588,16 @@ class OmnichannelService:
             "recommender_version": state.recommender_version if state else None,
             "forecaster_version": state.forecaster_version if state else None,
         }
+
+    def _moved(self) -> str | None:
+        """:data:`MOVED` once ``omni events move`` has sealed the log (a load balancer then
+        takes the service out: it can no longer store an event)."""
+        if not self.moved:
+            with suppress(EventStoreUnavailable):  # a store that does not answer: said above
+                self.moved = self.log.moved()
+            if self.moved:
+                log.warning("The event log %s was moved by omni events move.", self.log.url)
+        return MOVED if self.moved else None
 
     def _state(self) -> ServingState:
         """The state being served, with every event logged so far applied. When the event

@@ -446,3 +446,83 @@ def test_a_hand_edited_text_that_is_not_utf8_leaves_the_sqlite_log_readable(
         cursor.execute("UPDATE omni_events SET customer_key = CAST(x'4c43ff' AS TEXT)")
     assert log.read()["customer_key"].tolist() == ["LC\ufffd"]
     log.close()
+
+
+def test_a_move_whose_seal_fails_copies_nothing(tmp_path: Path, postgres_url: str) -> None:
+    """Regression: the copy was committed before the old log was sealed, so a failed seal left
+    a complete copy beside a log still taking rows, and a move that could not be repeated."""
+    source, target = EventLog(f"sqlite:///{tmp_path}/events.db"), EventLog(postgres_url)
+    _filled(source)
+    with source._transaction() as cursor:  # in the seal's way (left by a hand, say)
+        cursor.execute("CREATE TRIGGER omni_moved_omni_movements BEFORE DELETE ON "
+                       "omni_movements BEGIN SELECT 1; END")  # fmt: skip
+    try:
+        with pytest.raises(eventlog.CopyError, match=r"^Could not seal sqlite:///"):
+            source.copy_to(target, seal=True)
+        assert target.positions() == (0, 0) and not source.moved()
+        source.append(validate_events([{**GOOD, "event_id": "still"}])[0])  # takes rows
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_moved_log_says_where_it_went_and_is_not_moved_twice(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Regression: a target URL with a %, a quote or $$ broke the seal's SQL after the copy."""
+    source = EventLog(postgres_url)
+    odd = tmp_path / "it's 100%$$ here"
+    odd.mkdir()
+    target = EventLog(f"sqlite:///{odd}/events.db")
+    second = EventLog(f"sqlite:///{tmp_path}/second.db")
+    try:
+        _filled(source)
+        assert not source.moved()
+        source.copy_to(target, seal=True)
+        assert source.moved() and not target.moved()
+        with pytest.raises(
+            EventStoreUnavailable, match=re.escape(f"{eventlog.SEALED} {target.url}")
+        ):
+            source.append(validate_events([{**GOOD, "event_id": "late"}])[0])
+        with pytest.raises(ValueError, match="was moved already"):
+            source.copy_to(second, seal=True)
+        assert source.copy_to(second)["events"] == 3000  # copied, it may be: it is a backup
+    finally:
+        for log in (source, target, second):
+            log.close()
+
+
+def test_every_position_is_copied_and_postgresql_numbers_on_after_them(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Regression: rows a hand edit left at positions 0 or below were skipped, and a table
+    with only such rows stopped the copy to PostgreSQL."""
+    source, target = EventLog(f"sqlite:///{tmp_path}/events.db"), EventLog(postgres_url)
+    try:
+        _filled(source)
+        with source._transaction() as cursor:
+            cursor.execute("UPDATE omni_events SET seq = -9223372036854775808 WHERE seq = 1")
+            cursor.execute("UPDATE omni_events SET seq = 0 WHERE seq = 2")
+            cursor.execute("UPDATE omni_movements SET seq = -1")
+        assert source.copy_to(target) == {"events": 3000, "movements": 1, "exposures": 1}
+        _, seqs = target.append(validate_events([{**GOOD, "event_id": "next"}])[0])
+        assert seqs.tolist() == [3001]
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_sqlite_target_of_another_program_is_refused_untouched(tmp_path: Path) -> None:
+    import hashlib
+    import sqlite3
+
+    source = EventLog(f"sqlite:///{tmp_path}/events.db")
+    _filled(source)
+    other = tmp_path / "mlflow.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE experiments (x)")
+    before = hashlib.md5(other.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=r"holds other tables \(experiments\)"):
+        source.copy_to(EventLog(f"sqlite:///{other}"))
+    assert hashlib.md5(other.read_bytes()).hexdigest() == before
+    source.close()

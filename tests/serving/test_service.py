@@ -565,3 +565,31 @@ def test_a_consumable_just_bought_moves_down_until_its_usual_interval_has_passed
     assert chosen["durable"] not in just_after and chosen["durable"] not in once_due
     assert consumable in once_due
     assert just_after.get(consumable, 10**6) > once_due[consumable]
+
+
+def test_a_service_whose_log_was_moved_stops_taking_events_and_says_it_is_not_ready(
+    keys: dict[str, str], own_service, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression: after omni events move, a service left on the old log stayed ready, so a
+    load balancer kept sending it the events it could no longer store."""
+    from features.eventlog import EventLog
+    from serving.errors import STORE_DOWN
+    from serving.service import MOVED
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    monkeypatch.setenv("OMNI_EVENTS_URL", url)
+    event = {"event_time": "2024-09-01T10:00:00", "channel": "app", "event_type": "view",
+             "item_id": "I000010", "customer_key": "LC-00009806"}  # fmt: skip
+    with own_service() as app:
+        posted = app.post("/events", json={"events": [event]}, headers=as_(keys, "recommend"))
+        assert posted.status_code == 200 and app.get("/readyz").status_code == 200
+        old, new = EventLog(url, create=False), EventLog(f"sqlite:///{tmp_path}/moved.db")
+        assert old.copy_to(new, seal=True)["events"] == 1  # while the service runs
+        old.close()
+        new.close()
+        ready = app.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == MOVED
+        refused = app.post("/events", json={"events": [event]}, headers=as_(keys, "recommend"))
+        assert refused.status_code == 503 and refused.json() == {"error": STORE_DOWN}
+        asked = {"customer_key": "LC-00009806", "channel": "app", "n": 3}  # lists still served
+        assert app.post("/recommend", json=asked, headers=as_(keys, "recommend")).status_code == 200
