@@ -173,9 +173,9 @@ def placement_plan_cmd(
             highlight=False,
         )
     else:
-        model = champion_forecaster()
         snapshot = forecaster.latest_on_hand(data, item)
-        dc, units = units_to_place(units, dc, placement.dcs(data), snapshot)
+        dc, units = units_to_place(units, dc, placement.dcs(data), snapshot)  # before the model
+        model = champion_forecaster()
         allocation = placement.plan(
             model, item, units, horizon=horizon, data=forecaster.load_demand(data, model.freq),
             on_hand=snapshot, pack_size=pack_size,
