@@ -325,7 +325,9 @@ class EventLog:
         create: bool = True,
     ) -> None:
         self._url = url
-        self._wait = wait_seconds  # SQLite: how long to wait for a lock before failing
+        self._wait = (
+            wait_seconds  # how long to wait for a lock (SQLite; a copy's too) before failing
+        )
         self._create = create  # False: an existing log only (a copy's source), never altered
         self.url = redact_urls(url)
         self._lock = threading.Lock()
@@ -352,7 +354,7 @@ class EventLog:
                 raise ValueError(
                     f"{setting}={self.url!r}: a SQLite URL names its file only, no options."
                 )
-            if path != DEFAULT_PATH and not path.parent.is_dir():
+            if create and path != DEFAULT_PATH and not path.parent.is_dir():
                 raise ValueError(
                     f"{setting}={self.url!r}: the directory {path.parent} does not "
                     "exist (a mistyped path would start an empty log); create it first."
@@ -394,8 +396,6 @@ class EventLog:
             elif not path.is_file():
                 raise ValueError(f"There is no event log at {path}.")
             connection = sqlite3.connect(path, check_same_thread=False, timeout=self._wait)
-            # A text a hand edit left undecodable reads as U+FFFD, not as an unreadable log.
-            connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
             if self._create:
                 connection.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit is on disk before it returns, even across a power cut.
@@ -405,9 +405,13 @@ class EventLog:
             missing = [t for t in _STORED if t not in _tables(connection, self._postgres)]
             if not self._create and "omni_events" in missing:
                 raise ValueError(f"{self.url} holds no event log (no table omni_events).")
-            for table in missing if self._create else ():  # created only when missing: a role
-                connection.execute(_CREATE_TABLE[table].format(serial=serial))  # may not CREATE
+            if self._create:  # only what is missing: a role may have no CREATE on the schema
+                for table in missing:
+                    connection.execute(_CREATE_TABLE[table].format(serial=serial))
             connection.commit()
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            raise ValueError(f"{self.url} is not a SQLite database ({exc}).") from None
         except BaseException:
             connection.close()
             raise
@@ -452,13 +456,15 @@ class EventLog:
                     connection.rollback()
                 except Exception:
                     broken = True
+                if _is_seal(exc):  # a moved log: it still reads, on this connection
+                    raise EventStoreUnavailable(
+                        f"The event store {self.url} is unavailable: {self._reason(exc)}"
+                    ) from None
                 if broken:
                     # A connection the server dropped (psycopg says so) is made again at the
-                    # next call, and a moved log still reads; any other failure starts the
-                    # fail-fast window.
+                    # next call; any other failure starts the fail-fast window.
                     dropped = bool(getattr(connection, "broken", False))
-                    remember = not dropped and SEALED not in str(exc)
-                    raise self._failed(exc, remember=remember) from None
+                    raise self._failed(exc, remember=not dropped) from None
                 raise
             finally:
                 with suppress(Exception):  # a broken connection's cursor may not close cleanly
@@ -638,13 +644,14 @@ class EventLog:
         bounds = (
             (_iso(since or pd.Timestamp.min), _iso(until or pd.Timestamp.max)) if window else ()
         )
-        cursor.execute(
+        rows = _fetch_all(
+            cursor,
             f"SELECT {', '.join(columns)}, seq FROM omni_{schema.name} "
             f"WHERE seq > {p} AND seq <= {p}{window} ORDER BY seq",
             (after, upto if upto is not None else 2**62, *bounds),
         )
         raw = pd.DataFrame(
-            [[_text(v) for v in row] for row in cursor.fetchall()],
+            [[_text(v) for v in row] for row in rows],
             columns=[*columns, _SEQ],
             dtype=object,
         )
@@ -700,8 +707,8 @@ class EventLog:
 
         Positions are kept because a champion records the last position it learned from, and
         the service applies the events after it. The source's tables are locked for writing
-        while it is read (a service still posting to it waits, then is answered 503), so the
-        copy holds everything the source acknowledged until it ends. With ``seal`` the source
+        while it is read (a service still posting to it waits until the copy ends), so the
+        copy holds everything the source acknowledged until then. With ``seal`` the source
         then refuses every new row (:data:`SEALED`): a service left running on it can no longer
         acknowledge what the copy would not hold. A stored row the target's types cannot hold
         (SQLite does not enforce them; the service quarantines such rows when it reads them)
@@ -735,6 +742,8 @@ class EventLog:
                         _copying(self, "seal", lambda: self._seal(source, target.url))
                 copied = True  # the target has committed; the source's lock and seal follow
         except EventStoreUnavailable as exc:
+            if copied and not seal:  # only the source's read transaction failed to end
+                return counts
             if copied:  # the one step left: committing the seal
                 raise CopyError(
                     f"The copy in {target.url} is complete, but {self.url} could not be sealed "
@@ -747,11 +756,9 @@ class EventLog:
     def _hold(self, cursor: Any, seal: bool) -> list[str]:
         """Lock the log's tables against writers until the transaction ends (so every read
         sees the same rows); the tables it has."""
+        tables = _tables(cursor, self._postgres)
         if self._postgres:
-            cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
-        tables = [t for t in _STORED if t in _tables(cursor, self._postgres)]
-        if self._postgres:
-            cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+            self._lock_tables(cursor, tables)
         elif seal or os.access(self._path(), os.W_OK):
             cursor.execute("BEGIN IMMEDIATE")  # waits for a writer; then writers wait
         else:
@@ -764,12 +771,17 @@ class EventLog:
         return tables
 
     def _take_empty(self, cursor: Any) -> None:
-        """Lock this (target) log's tables for writing; refuse it unless it holds no rows."""
+        """Lock this (target) log's tables for writing; refuse it unless it holds no rows and
+        takes new ones."""
         if self._postgres:
-            cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
-            cursor.execute(f"LOCK TABLE {', '.join(_STORED)} IN EXCLUSIVE MODE")
+            self._lock_tables(cursor, list(_STORED))
         else:
             cursor.execute("BEGIN IMMEDIATE")
+        if _sealed(cursor, self._postgres):
+            raise ValueError(
+                f"The target {self.url} was itself moved (it refuses new rows): copy into "
+                "another store."
+            )
         for table in _STORED:
             cursor.execute(f"SELECT COUNT(*) FROM {table}")
             held = int(cursor.fetchone()[0])
@@ -779,10 +791,16 @@ class EventLog:
                     "into an empty store, so that no position is used twice."
                 )
 
+    def _lock_tables(self, cursor: Any, tables: list[str]) -> None:
+        """PostgreSQL: lock the tables against writers until the transaction ends, waiting for
+        others' locks at most as long as a SQLite connection waits for its lock."""
+        cursor.execute(f"SET LOCAL lock_timeout = '{int(self._wait)}s'")
+        cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+
     def _seal(self, cursor: Any, moved_to: str) -> None:
         """Make every table of this log refuse new rows, saying where the log went."""
         said = _literal(f"{SEALED} {moved_to}")  # as text: no placeholder, no quoting in it
-        tables = [t for t in _STORED if t in _tables(cursor, self._postgres)]
+        tables = _tables(cursor, self._postgres)
         if self._postgres:
             body = _literal(f"BEGIN RAISE EXCEPTION USING MESSAGE = {said}; END")
             cursor.execute(
@@ -834,14 +852,14 @@ class CopyError(ValueError):
 
 
 def _tables(cursor: Any, postgres: bool) -> list[str]:
-    """PostgreSQL: the log's tables that exist (in the search path); SQLite: every table.
-    ``cursor`` may be a connection: its execute returns a cursor, as a cursor's does."""
+    """The log's tables that exist (in PostgreSQL, in the search path), in :data:`_STORED`'s
+    order. ``cursor`` may be a connection: its execute returns a cursor, as a cursor's does."""
     if postgres:
         query = "SELECT " + ", ".join(f"to_regclass('{t}') IS NOT NULL" for t in _STORED)
         there = cursor.execute(query).fetchone()
         return [t for t, exists in zip(_STORED, there, strict=True) if exists]
     names = cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return [row[0] for row in names]
+    return [t for t in _STORED if (t,) in names]
 
 
 def _sealed(cursor: Any, postgres: bool) -> bool:
@@ -890,7 +908,7 @@ def _copying(log: EventLog, doing: str, step: Callable[[], Any]) -> Any:
     except ValueError:
         raise
     except Exception as exc:
-        if not (_is_store_failure(exc) or _is_driver_error(exc)):
+        if not _is_driver_error(exc):
             raise
         raise CopyError(f"Could not {doing} {log.url}: {log._reason(exc)}") from None
 
@@ -924,9 +942,9 @@ def _copy_rows(
             wrong = _unstorable(row, numbers)
             if wrong is not None:
                 raise ValueError(
-                    f"{table} seq {row[0]} cannot be copied: its {columns[wrong]} is "
-                    f"{str(row[wrong])[:40]!r}. It breaks the contract (the service never "
-                    f"uses it): delete it from {reader.url} (DELETE FROM {table} WHERE seq = "
+                    f"{table} seq {row[0]} cannot be copied, as its {columns[wrong]} is "
+                    f"{str(row[wrong])[:40]!r} (against the contract: the service never uses "
+                    f"it); delete it from {reader.url} (DELETE FROM {table} WHERE seq = "
                     f"{row[0]}) and copy again."
                 )
 
@@ -950,7 +968,7 @@ def _renumber(cursor: Any) -> None:
     for table in _STORED:
         cursor.execute(  # a sequence starts at 1: positions below it leave it there
             f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
-            f"GREATEST(COALESCE(MAX(seq), 1), 1), COALESCE(MAX(seq), 0) >= 1) FROM {table}"
+            f"GREATEST(MAX(seq), 1), COALESCE(MAX(seq), 0) >= 1) FROM {table}"
         )
 
 
@@ -999,15 +1017,36 @@ def _psycopg(url: str) -> Any:
 
 
 def _is_store_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock,
-    or a log moved elsewhere (:data:`SEALED`)."""
-    if isinstance(exc, sqlite3.OperationalError) or SEALED in str(exc):
+    """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock."""
+    if isinstance(exc, sqlite3.OperationalError):
         return True
     try:
         import psycopg
     except ImportError:
         return False
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _is_seal(exc: BaseException) -> bool:
+    """Whether ``exc`` is a moved log's refusal of a new row (:data:`SEALED`)."""
+    return _is_driver_error(exc) and SEALED in str(exc)
+
+
+def _fetch_all(cursor: Any, query: str, params: tuple) -> list[tuple]:
+    """The rows of ``query``; in SQLite a text a hand edit left undecodable reads as U+FFFD
+    (the query run again so: decoding every text in Python would slow every read), not as an
+    unreadable log."""
+    try:
+        return list(cursor.execute(query, params).fetchall())
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    connection = cursor.connection
+    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    try:
+        return list(cursor.execute(query, params).fetchall())
+    finally:
+        connection.text_factory = str
 
 
 def _is_driver_error(exc: BaseException) -> bool:

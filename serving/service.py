@@ -114,7 +114,7 @@ EVENTS_QUARANTINED = bentoml.metrics.Gauge(
 )
 
 
-#: /readyz's reason once the event log was moved (where to: in the service's log only).
+#: /readyz's reason once the event log was moved (its new URL is not said: it names a host).
 MOVED = (
     "The event log was moved by omni events move; point OMNI_EVENTS_URL at the store it was "
     "moved to and restart the service."

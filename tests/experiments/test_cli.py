@@ -239,7 +239,7 @@ def test_events_move_takes_the_log_to_postgresql_once(tmp_path: Path, postgres_u
     # Regression: the --from and --to URLs' mistakes were blamed on OMNI_EVENTS_URL, and an
     # empty --from (an unset variable) copied the default log.
     for args, said in [
-        (("--from", "sqlite:///nowhere/events.db"), "--from='sqlite:///nowhere/events.db': the"),
+        (("--from", "sqlite:///nowhere/events.db"), "There is no event log at nowhere/events.db."),
         (("--from", ""), "--from is empty"),
         (("--from", f"{tmp_path}/events.db"), "--from="),
     ]:

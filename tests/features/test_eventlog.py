@@ -410,7 +410,9 @@ def test_a_copy_names_a_stored_row_postgresql_cannot_hold(
         _filled(source)
         with source._transaction() as cursor:  # SQLite keeps text in a number column
             cursor.execute("UPDATE omni_events SET quantity = 'two' WHERE seq = 7")
-        with pytest.raises(ValueError, match=r"omni_events seq 7 cannot be copied: its quantity"):
+        with pytest.raises(
+            ValueError, match=r"omni_events seq 7 cannot be copied, as its quantity"
+        ):
             source.copy_to(target)
         assert target.positions() == (0, 0)
     finally:
@@ -445,7 +447,22 @@ def test_a_hand_edited_text_that_is_not_utf8_leaves_the_sqlite_log_readable(
     with log._transaction() as cursor:
         cursor.execute("UPDATE omni_events SET customer_key = CAST(x'4c43ff' AS TEXT)")
     assert log.read()["customer_key"].tolist() == ["LC\ufffd"]
+    # A copy does not change it silently: it stops, naming the store it read.
+    with pytest.raises(eventlog.CopyError, match=r"^Could not read sqlite:///.*decode"):
+        log.copy_to(EventLog(f"sqlite:///{tmp_path}/copy.db"))
     log.close()
+
+
+def test_a_copy_into_a_moved_log_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    """Regression: a moved (empty) log was taken as a target, and its refusal of the first row
+    came back wrapped three times, blaming the source."""
+    moved, source = EventLog(f"sqlite:///{tmp_path}/a.db"), EventLog(f"sqlite:///{tmp_path}/c.db")
+    moved.copy_to(EventLog(f"sqlite:///{tmp_path}/b.db"), seal=True)
+    _filled(source)
+    with pytest.raises(ValueError, match=r"^The target sqlite:///\S+/a.db was itself moved"):
+        source.copy_to(moved)
+    moved.close()
+    source.close()
 
 
 def test_a_move_whose_seal_fails_copies_nothing(tmp_path: Path, postgres_url: str) -> None:
