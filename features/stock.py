@@ -334,6 +334,13 @@ class StockLedger:
         )
 
 
+def dc_ids(stores: pd.DataFrame) -> list[str]:
+    """The nodes a stores table (``store_id``, ``kind``) calls DCs, in id order."""
+    if "kind" not in stores:
+        return []
+    return sorted(stores.loc[stores["kind"] == "dc", "store_id"].astype(str))
+
+
 def sales_as_events(sales: pd.DataFrame) -> pd.DataFrame:
     """A ``sales`` table's rows (the tills' daily units per store and item) as the purchase
     events :func:`stock_history` reads, each at noon of its day; negative units (net returns)

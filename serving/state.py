@@ -33,7 +33,7 @@ from features.customers import build_habits
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, customers_of_keys, salt_check
 from features.interactions import InteractionWeights, event_weights
-from features.stock import RESERVATION_PREFIX, Pair, StockLedger
+from features.stock import RESERVATION_PREFIX, Pair, StockLedger, dc_ids
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -309,7 +309,7 @@ class ServingState:
     @cached_property
     def dcs(self) -> list[str]:
         """The nodes the stores table calls DCs, in id order."""
-        return sorted(node for node, kind in self._kinds.items() if kind == "dc")
+        return dc_ids(self.nodes.rename_axis("store_id").reset_index())
 
     def location(self, store_id: str) -> tuple[float, float] | None:
         """A store's (lat, lon) from the stores table, None when it gives none."""

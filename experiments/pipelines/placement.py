@@ -22,6 +22,7 @@ from features.demand import (
     split_at,
 )
 from features.ingest import load_dataset
+from features.stock import dc_ids
 from models.forecast import LightGBMForecaster
 from models.placement import (
     Economics,
@@ -266,9 +267,4 @@ def plan(
 def dcs(data_dir: Path) -> list[str]:
     """The nodes the data directory's stores table calls DCs, in id order (none without one)."""
     tables = load_dataset(data_dir, ("stores",))
-    if "stores" not in tables:
-        return []
-    stores = tables["stores"].accepted
-    if "kind" not in stores:
-        return []
-    return sorted(stores.loc[stores["kind"] == "dc", "store_id"].astype(str))
+    return dc_ids(tables["stores"].accepted) if "stores" in tables else []
