@@ -325,9 +325,7 @@ class EventLog:
         create: bool = True,
     ) -> None:
         self._url = url
-        self._wait = (
-            wait_seconds  # how long to wait for a lock (SQLite; a copy's too) before failing
-        )
+        self._wait = wait_seconds  # how long to wait for a lock (any a copy takes too)
         self._create = create  # False: an existing log only (a copy's source), never altered
         self.url = redact_urls(url)
         self._lock = threading.Lock()
@@ -411,6 +409,8 @@ class EventLog:
             connection.commit()
         except sqlite3.DatabaseError as exc:
             connection.close()
+            if self._create or isinstance(exc, sqlite3.OperationalError):
+                raise  # the store failing (a lock, the disk), not the file being something else
             raise ValueError(f"{self.url} is not a SQLite database ({exc}).") from None
         except BaseException:
             connection.close()
@@ -717,11 +717,7 @@ class EventLog:
         Returns:
             Rows copied per table (``events``, ``movements``, ``exposures``).
         """
-        if self._postgres == target._postgres and (
-            self._url == target._url
-            if self._postgres
-            else self._path().resolve() == target._path().resolve()
-        ):
+        if self._same_store(target):
             raise ValueError(f"The copy's source and target are the same store, {self.url}.")
         if not target._postgres:
             _peek_sqlite_target(target)
@@ -729,17 +725,21 @@ class EventLog:
         copied = False
         try:
             with self._transaction() as source:
-                tables = _copying(self, "read", lambda: self._hold(source, seal))
+                with _copying(self, "read"):
+                    tables = self._hold(source, seal)
                 with target._transaction() as sink:
-                    _copying(target, "write to", lambda: target._take_empty(sink))
+                    with _copying(target, "write to"):
+                        target._take_empty(sink)
                     for table in tables:
                         counts[table.removeprefix("omni_")] = _copy_rows(
                             (self, source), (target, sink), table, _STORED[table]
                         )
                     if target._postgres:  # the next row stored there is numbered after them
-                        _copying(target, "write to", lambda: _renumber(sink))
+                        with _copying(target, "write to"):
+                            _renumber(sink)
                     if seal:  # sealed, uncommitted: a failure here undoes the copy as well
-                        _copying(self, "seal", lambda: self._seal(source, target.url))
+                        with _copying(self, "seal"):
+                            self._seal(source, target.url)
                 copied = True  # the target has committed; the source's lock and seal follow
         except EventStoreUnavailable as exc:
             if copied and not seal:  # only the source's read transaction failed to end
@@ -752,6 +752,12 @@ class EventLog:
                 ) from None
             raise
         return counts
+
+    def _same_store(self, other: EventLog) -> bool:
+        """Whether ``other`` names this store (the same URL, or the same SQLite file)."""
+        if self._postgres or other._postgres:
+            return self._url == other._url
+        return self._path().resolve() == other._path().resolve()
 
     def _hold(self, cursor: Any, seal: bool) -> list[str]:
         """Lock the log's tables against writers until the transaction ends (so every read
@@ -901,12 +907,11 @@ def _peek_sqlite_target(target: EventLog) -> None:
         )
 
 
-def _copying(log: EventLog, doing: str, step: Callable[[], Any]) -> Any:
-    """Run a step of a copy on ``log``; a failure of its store names that store."""
+@contextmanager
+def _copying(log: EventLog, doing: str) -> Iterator[None]:
+    """A step of a copy on ``log``: an error of its store's driver names that store."""
     try:
-        return step()
-    except ValueError:
-        raise
+        yield
     except Exception as exc:
         if not _is_driver_error(exc):
             raise
@@ -926,16 +931,13 @@ def _copy_rows(
     last: int | None = None  # a hand edit may have left a position of 0 or below
     copied = 0
     while True:
-
-        def fetch(after: int | None = last) -> list[tuple]:
-            after_last = "" if after is None else f"WHERE seq > {reader._param} "
+        after = "" if last is None else f"WHERE seq > {reader._param} "
+        with _copying(reader, "read"):
             read.execute(
-                f"SELECT {names} FROM {table} {after_last}ORDER BY seq LIMIT {step}",
-                () if after is None else (after,),
+                f"SELECT {names} FROM {table} {after}ORDER BY seq LIMIT {step}",
+                () if last is None else (last,),
             )
-            return list(read.fetchall())
-
-        rows = _copying(reader, "read", fetch)
+            rows = read.fetchall()
         if not rows:
             return copied
         for row in rows if writer._postgres else ():  # SQLite stores any value anywhere
@@ -947,8 +949,7 @@ def _copy_rows(
                     f"it); delete it from {reader.url} (DELETE FROM {table} WHERE seq = "
                     f"{row[0]}) and copy again."
                 )
-
-        def store(rows: list[tuple] = rows) -> None:
+        with _copying(writer, "write to"):
             if writer._postgres:  # COPY: several times faster than INSERT statements
                 with write.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                     for row in rows:
@@ -958,8 +959,6 @@ def _copy_rows(
                     f"INSERT INTO {table} ({names}) VALUES " + ", ".join([marks] * len(rows)),
                     [v for row in rows for v in row],
                 )
-
-        _copying(writer, "write to", store)
         last, copied = rows[-1][0], copied + len(rows)
 
 
@@ -1020,11 +1019,10 @@ def _is_store_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the store (not the statement) failed: lost connection, disk, lock."""
     if isinstance(exc, sqlite3.OperationalError):
         return True
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    psycopg = _loaded_psycopg()
+    return psycopg is not None and isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def _is_seal(exc: BaseException) -> bool:
@@ -1053,5 +1051,10 @@ def _is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` is any error of SQLite's or PostgreSQL's driver (a refusal included)."""
     if isinstance(exc, sqlite3.Error):
         return True
-    psycopg = sys.modules.get("psycopg")  # imported when a PostgreSQL store is used
+    psycopg = _loaded_psycopg()
     return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
+def _loaded_psycopg() -> Any:
+    """The PostgreSQL driver if a store has loaded it (else none of its errors can occur)."""
+    return sys.modules.get("psycopg")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -334,11 +334,9 @@ class StockLedger:
         )
 
 
-def dc_ids(stores: pd.DataFrame) -> list[str]:
-    """The nodes a stores table (``store_id``, ``kind``) calls DCs, in id order."""
-    if "kind" not in stores:
-        return []
-    return sorted(stores.loc[stores["kind"] == "dc", "store_id"].astype(str))
+def dc_ids(kinds: Mapping[str, str] | pd.Series) -> list[str]:
+    """The nodes a stores table calls DCs (``kinds``: each node's kind), in id order."""
+    return sorted(str(node) for node, kind in kinds.items() if kind == "dc")
 
 
 def sales_as_events(sales: pd.DataFrame) -> pd.DataFrame:

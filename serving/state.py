@@ -309,7 +309,7 @@ class ServingState:
     @cached_property
     def dcs(self) -> list[str]:
         """The nodes the stores table calls DCs, in id order."""
-        return dc_ids(self.nodes.rename_axis("store_id").reset_index())
+        return dc_ids(self._kinds)
 
     def location(self, store_id: str) -> tuple[float, float] | None:
         """A store's (lat, lon) from the stores table, None when it gives none."""

@@ -267,4 +267,5 @@ def plan(
 def dcs(data_dir: Path) -> list[str]:
     """The nodes the data directory's stores table calls DCs, in id order (none without one)."""
     tables = load_dataset(data_dir, ("stores",))
-    return dc_ids(tables["stores"].accepted) if "stores" in tables else []
+    stores = tables["stores"].accepted if "stores" in tables else pd.DataFrame()
+    return dc_ids(stores.set_index("store_id")["kind"]) if "kind" in stores else []
