@@ -404,8 +404,11 @@ class EventLog:
             if not self._create and "omni_events" in missing:
                 raise ValueError(f"{self.url} holds no event log (no table omni_events).")
             if self._create:  # only what is missing: a role may have no CREATE on the schema
+                sealed = bool(missing) and _sealed(connection.cursor(), self._postgres)
                 for table in missing:
                     connection.execute(_CREATE_TABLE[table].format(serial=serial))
+                    if sealed:  # a log moved before it had this table: refusing, as the rest
+                        connection.execute(_seal_like_events(connection, self._postgres, table))
             connection.commit()
         except sqlite3.DatabaseError as exc:
             connection.close()
@@ -815,11 +818,9 @@ class EventLog:
             )
         for table in tables:
             cursor.execute(
-                f"CREATE TRIGGER omni_moved BEFORE INSERT ON {table} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION omni_moved()"
+                _SEAL_POSTGRES.format(table=table)
                 if self._postgres
-                else f"CREATE TRIGGER omni_moved_{table} BEFORE INSERT ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, {said}); END"
+                else _SEAL_SQLITE.format(table=table, refusal=f"SELECT RAISE(ABORT, {said});")
             )
 
     def moved(self) -> bool:
@@ -851,6 +852,11 @@ _CREATE_TABLE = {
 _NUMBERS = {"seq", "quantity", "unit_price", "hold_seconds"}
 #: What a moved (sealed) log answers every write with, followed by where it went.
 SEALED = "This event log was moved by omni events move to"
+_SEAL_POSTGRES = (
+    "CREATE TRIGGER omni_moved BEFORE INSERT ON {table} FOR EACH STATEMENT "
+    "EXECUTE FUNCTION omni_moved()"
+)
+_SEAL_SQLITE = "CREATE TRIGGER omni_moved_{table} BEFORE INSERT ON {table} BEGIN {refusal} END"
 
 
 class CopyError(ValueError):
@@ -881,6 +887,17 @@ def _sealed(cursor: Any, postgres: bool) -> bool:
             "AND name = 'omni_moved_omni_events')"
         )
     return bool(cursor.fetchone()[0])
+
+
+def _seal_like_events(cursor: Any, postgres: bool, table: str) -> str:
+    """The statement that seals ``table`` as the moved log's events table is sealed."""
+    if postgres:
+        return _SEAL_POSTGRES.format(table=table)
+    (sealing,) = cursor.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'omni_moved_omni_events'"
+    ).fetchone()
+    refusal = sealing[sealing.index(" BEGIN ") + len(" BEGIN ") : -len(" END")]
+    return _SEAL_SQLITE.format(table=table, refusal=refusal)
 
 
 def _literal(text: str) -> str:

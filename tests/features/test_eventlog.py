@@ -543,3 +543,22 @@ def test_a_sqlite_target_of_another_program_is_refused_untouched(tmp_path: Path)
         source.copy_to(EventLog(f"sqlite:///{other}"))
     assert hashlib.md5(other.read_bytes()).hexdigest() == before
     source.close()
+
+
+def test_a_table_added_to_a_moved_log_refuses_rows_as_the_others_do(
+    log: EventLog, tmp_path: Path
+) -> None:
+    """Regression: a log moved before this version added its stock and exposure tables got
+    them, accepting rows, from the next service started on it."""
+    with log._transaction() as cursor:
+        cursor.execute("DROP TABLE omni_movements")
+        cursor.execute("DROP TABLE omni_exposures")
+    log.copy_to(EventLog(f"sqlite:///{tmp_path}/moved.db"), seal=True)
+    reopened = EventLog(log.url)
+    try:
+        exposure = ("2026-11-23T10:00:00", "r-1", "recommend", "c-1", "app", None, "a", "3", [])
+        with pytest.raises(EventStoreUnavailable, match=re.escape(f"{eventlog.SEALED} sqlite:")):
+            reopened.append_exposures([exposure])
+        assert reopened.moved() and reopened.read_exposures().empty
+    finally:
+        reopened.close()
