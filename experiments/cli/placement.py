@@ -155,6 +155,7 @@ def placement_plan_cmd(
     forecaster: by default from the stock available to promise now, as /placement answers; with
     --data, from DIR's files."""
     from experiments.pipelines import forecaster, placement
+    from features.ingest import load_dataset
     from models.placement import plan_item, planner_view, units_to_place
 
     if data is None:
@@ -173,12 +174,14 @@ def placement_plan_cmd(
             highlight=False,
         )
     else:
-        snapshot = forecaster.latest_on_hand(data, item)
+        tables = load_dataset(data, forecaster.DEMAND_TABLES)  # read once: stock and demand
+        snapshot = forecaster.latest_on_hand(tables, item)
         dc, units = units_to_place(units, dc, placement.dcs(data), snapshot)  # before the model
         model = champion_forecaster()
+        demand = forecaster.load_demand(data, model.freq, tables=tables)
         allocation = placement.plan(
-            model, item, units, horizon=horizon, data=forecaster.load_demand(data, model.freq),
-            on_hand=snapshot, pack_size=pack_size,
+            model, item, units, horizon=horizon, data=demand, on_hand=snapshot,
+            pack_size=pack_size,
         )  # fmt: skip
         err.print(f"Stock: the latest inventory snapshot in {data}.", highlight=False)
     result = planner_view(allocation)  # /placement's stores

@@ -112,9 +112,9 @@ def known_covariates(future: pd.DataFrame) -> pd.DataFrame:
     return future.drop(columns=[TARGET, "censored"]).rename(columns={PERIOD: "date"})
 
 
-def latest_on_hand(data_dir: Path, item_id: str) -> pd.Series | None:
-    """Each store's latest on-hand stock of an item (None without an inventory table)."""
-    tables = load_dataset(data_dir, ("inventory",))
+def latest_on_hand(tables: dict[str, LoadedTable], item_id: str) -> pd.Series | None:
+    """Each store's latest on-hand stock of an item in the loaded ``inventory`` table (None
+    without one)."""
     if "inventory" not in tables:
         return None
     stock = tables["inventory"].accepted
