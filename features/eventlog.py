@@ -730,9 +730,10 @@ class EventLog:
             with self._transaction() as source:
                 with _copying(self, "read"):
                     tables = self._hold(source, seal)
+                    holder = _backend(source) if self._postgres else None
                 with target._transaction() as sink:
                     with _copying(target, "write to"):
-                        target._take_empty(sink)
+                        target._take_empty(sink, holder)
                     for table in tables:
                         counts[table.removeprefix("omni_")] = _copy_rows(
                             (self, source), (target, sink), table, _STORED[table]
@@ -779,10 +780,16 @@ class EventLog:
             )
         return tables
 
-    def _take_empty(self, cursor: Any) -> None:
+    def _take_empty(self, cursor: Any, holder: int | None = None) -> None:
         """Lock this (target) log's tables for writing; refuse it unless it holds no rows and
-        takes new ones."""
+        takes new ones, or when the copy's PostgreSQL source, whose connection is ``holder``,
+        has locked them already (the same store under another URL)."""
         if self._postgres:
+            if holder is not None and _locked_by(cursor, holder):
+                raise ValueError(
+                    f"The copy's source and target are the same store, {self.url} (under "
+                    "another URL)."
+                )
             self._lock_tables(cursor, list(_STORED))
         else:
             cursor.execute("BEGIN IMMEDIATE")
@@ -886,6 +893,25 @@ def _sealed(cursor: Any, postgres: bool) -> bool:
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
             "AND name = 'omni_moved_omni_events')"
         )
+    return bool(cursor.fetchone()[0])
+
+
+def _backend(cursor: Any) -> int:
+    """The PostgreSQL server process of ``cursor``'s connection."""
+    cursor.execute("SELECT pg_backend_pid()")
+    return int(cursor.fetchone()[0])
+
+
+def _locked_by(cursor: Any, holder: int) -> bool:
+    """Whether the PostgreSQL connection ``holder`` (of any server: a process of another one
+    holding this very lock does not happen) has locked this log's events table, as a copy's
+    source does."""
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND granted "
+        "AND mode = 'ExclusiveLock' AND relation = to_regclass('omni_events') "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        (holder,),
+    )
     return bool(cursor.fetchone()[0])
 
 

@@ -562,3 +562,21 @@ def test_a_table_added_to_a_moved_log_refuses_rows_as_the_others_do(
         assert reopened.moved() and reopened.read_exposures().empty
     finally:
         reopened.close()
+
+
+def test_a_postgresql_store_under_another_url_is_refused_as_the_same_at_once(
+    postgres_url: str,
+) -> None:
+    """Regression: the copy waited 30 s for the lock it held itself, then gave up."""
+    source = EventLog(postgres_url)
+    _filled(source)
+    again = EventLog(f"{postgres_url}&application_name=another")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ValueError, match=r"the same store, .* \(under another URL\)\.$"):
+            source.copy_to(again, seal=True)
+        assert time.monotonic() - started < 5
+        assert not source.moved() and source.positions() == (3000, 1)
+    finally:
+        source.close()
+        again.close()
