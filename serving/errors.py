@@ -234,6 +234,8 @@ def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
         body = json.loads(raw)
     except ValueError:
         return 400, {"error": "The request body could not be read."}
+    if isinstance(body, dict) and body.keys() == {"error"} and isinstance(body["error"], str):
+        return 400, body  # already one sentence: the gate's (BentoML's own come in a list)
     if isinstance(body, list):  # BentoML answers some 4xx as a one-item list
         body = body[0] if body and isinstance(body[0], dict) else {}
     details = body.get("detail") if isinstance(body, dict) else None

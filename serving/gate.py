@@ -56,7 +56,7 @@ class KeyRing:
 
     def current(self) -> dict[str, dict] | None:
         """The keys, read again when the file changes. A file that cannot be read is logged
-        once and the last keys read stay in force (None when none ever could be read)."""
+        once and the last keys read stay in force (None when there are none to keep)."""
         path = keys_file()
         try:
             mtime: float | None = path.stat().st_mtime if path.exists() else None
@@ -76,7 +76,8 @@ class KeyRing:
                 try:
                     self._keys = load_keys(path)
                 except KeysFileError as exc:
-                    if self._keys is None:
+                    if not self._keys:  # none was ever read, or the file held none: none to keep
+                        self._keys = None
                         logger.error("%s Every key is refused (503) until it is mended.", exc)
                     else:
                         logger.error("%s The keys read before stay in force.", exc)

@@ -492,6 +492,8 @@ class OmnichannelService:
     def __init__(self) -> None:
         _stop_with_parent()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
+        if log.level == logging.NOTSET:  # BentoML leaves the root at WARNING: refusals are INFO
+            log.setLevel(logging.INFO)
         wrong = settings.problems()
         if wrong:  # stops the start, every reason said (omni serve says them before starting)
             raise ValueError(" ".join(wrong))
@@ -1045,11 +1047,14 @@ OmnichannelService.add_asgi_middleware(Readiness)  # type: ignore[attr-defined]
 
 
 def _no_keys() -> str | None:
-    """Why no client can be let in, when the keys file is missing or holds no key (one that
-    cannot be read is the gate's to report: it keeps the keys it read before)."""
-    if KEYS.current() != {}:
-        return None
-    return "No API keys: the keys file is missing or empty (omni keys create makes it)."
+    """Why no client can be let in: the keys file is missing, holds no key, or cannot be read
+    and no key read before it stays in force."""
+    keys = KEYS.current()
+    if keys is None:
+        return "The keys file cannot be read (the log says why): every key is refused."
+    if not keys:
+        return "No API keys: the keys file is missing or empty (omni keys create makes it)."
+    return None
 
 
 def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict[str, Any] | None:

@@ -66,6 +66,10 @@ def test_the_demo_curl_examples_answer(champions: Path, keys: dict[str, str], tm
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         assert "omni_events_quarantined" in scraped.stdout  # what /readyz counts, for Prometheus
+        # Regression: BentoML leaves the root logger at WARNING, so no refusal was logged.
+        status, _ = post(port, "/similar_items", {"item_id": "NOPE"}, keys["recommend"])
+        assert status == 404
+    assert "/similar_items refused 404 (request " in (tmp_path / "server.log").read_text()
 
 
 def test_workers_stop_when_their_arbiter_is_killed(champions: Path, tmp_path: Path) -> None:

@@ -71,6 +71,16 @@ def test_a_body_that_is_not_json_is_400(app: TestClient) -> None:
     assert answer.json() == {"error": "The request body is not valid JSON."}
 
 
+def test_two_keys_in_one_request_are_refused_in_the_gates_own_words(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """Regression: the gate's 400 was rewritten as a body that could not be read, on a GET."""
+    twice = [("Authorization", f"Bearer {keys['admin']}")] * 2
+    answer = client.get("/model_info", headers=twice)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Send one Authorization header, not several."}
+
+
 def test_a_mistyped_event_is_named_by_index_and_field(app: TestClient) -> None:
     """Regression: one mistyped event refused its batch without saying which."""
     good = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",
@@ -322,6 +332,37 @@ def test_a_missing_keys_file_is_said_not_silent(
             "/recommend", json={"customer_id": "c", "channel": "app"},
             headers={"Authorization": f"Bearer {key}"},
         )  # fmt: skip
+        assert answer.status_code == 200
+
+
+def test_a_keys_file_that_cannot_be_read_is_not_ready_unless_good_keys_stay(
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Regression: a broken keys file at start left /readyz at 200 while every keyed request got
+    503; one missing at start and broken later gave 401 "Invalid API key"."""
+    from serving.keys import create_key
+
+    path = tmp_path / "keys.json"
+    monkeypatch.setenv("OMNI_KEYS_FILE", str(path))
+    recommend = {"customer_id": "c", "channel": "app"}
+    with own_service() as app:
+        assert app.get("/readyz").status_code == 503  # missing
+        for attempt, text in enumerate(['{"broken": ', "[1, 2"]):  # broken, and changed again
+            path.write_text(text)
+            os.utime(path, (attempt, attempt))  # another stamp, even within the clock's tick
+            ready = app.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["reason"].startswith("The keys file cannot be read")
+            refused = app.post("/recommend", json=recommend, headers={"Authorization": "Bearer x"})
+            assert refused.status_code == 503, refused.text
+        path.unlink()
+        key = create_key(["recommend"], path)
+        assert app.get("/readyz").status_code == 200
+        path.write_text('{"broken": ')  # the keys read before stay in force
+        assert app.get("/readyz").status_code == 200
+        answer = app.post("/recommend", json=recommend, headers={"Authorization": f"Bearer {key}"})
         assert answer.status_code == 200
 
 
