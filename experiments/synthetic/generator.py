@@ -103,6 +103,8 @@ class _TableWriter:
         self.rows = 0
 
     def write(self, columns: dict[str, pa.Array], date: np.datetime64 | None = None) -> None:
+        # A day without rows has text columns of no type: text, as on the other days.
+        columns = {k: v.cast(pa.string()) if v.type == pa.null() else v for k, v in columns.items()}
         if not self.fmt.startswith("parquet"):  # CSV is text; Parquet keeps its types
             columns = {k: _as_text(v) for k, v in columns.items()}
         table = pa.table(columns)
