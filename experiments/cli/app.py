@@ -81,6 +81,13 @@ def apart_from(out: Path, data: Path) -> None:
         )
 
 
+def file_out(path: Path | None) -> Path | None:
+    """An option's file to write, refused before any work when its folder does not exist."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"Cannot write {path}: there is no folder {path.parent}.")
+    return path
+
+
 def checked_engine(engine: str) -> str:
     if engine not in ("inprocess", "dask"):
         raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")

@@ -14,6 +14,7 @@ from experiments.cli.app import (
     Freq,
     UsageError,
     err,
+    file_out,
     out,
     placement_app,
 )
@@ -30,7 +31,9 @@ def placement_simulate_cmd(
     freq: Freq = "W",
     supply: Annotated[str, typer.Option(help="Supply ratios, comma-separated.")] = "0.9,1.1",
     windows: Annotated[int, typer.Option(help="Origins, ending at the last period.")] = 4,
-    metrics_out: Annotated[Path | None, typer.Option(help="Write the figures as JSON.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
+    ] = None,
 ) -> None:
     """Backtest placement: our policy against proportional and equal splits and the oracle
     that knows the demand, at equal stock."""
@@ -149,7 +152,9 @@ def placement_plan_cmd(
         typer.Option(help="Plan from this data dir's latest inventory snapshot and plan table."),
     ] = None,
     pack_size: Annotated[int, typer.Option(help="Units per pack.")] = 1,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write CSV here.", callback=file_out)
+    ] = None,
 ) -> None:
     """Allocate units of an item — by default the DC's — across stores from the champion
     forecaster: by default from the stock available to promise now, as /placement answers; with

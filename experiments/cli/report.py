@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from experiments.cli.app import UsageError, identity_config, out, report_app
+from experiments.cli.app import UsageError, file_out, identity_config, out, report_app
 from features.demand import PERIOD
 
 Since = Annotated[str, typer.Option(help="ISO time: the first exposure counted (UTC).")]
@@ -28,7 +28,9 @@ def report_kpis_cmd(
         Path | None,
         typer.Option("--data", help="With this data directory's inventory: the stock side too."),
     ] = None,
-    metrics_out: Annotated[Path | None, typer.Option(help="Write the table as JSON.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the table as JSON.", callback=file_out)
+    ] = None,
     log_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = True,
 ) -> None:
     """Exposures, view-through and purchase conversion, attributed revenue, cross-channel

@@ -9,12 +9,14 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from experiments.cli.app import Engine, UsageError, checked_engine, out, score_app
+from experiments.cli.app import Engine, UsageError, checked_engine, file_out, out, score_app
 
 
 @score_app.command("recommender")
 def score_recommender_cmd(
-    out_path: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="The Parquet file to write.", callback=file_out)
+    ],
     n: Annotated[int, typer.Option("--n", help="Items per customer, 1 to 100.")] = 10,
     channel: Annotated[
         str | None,

@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from experiments.cli.app import DataOpt, UsageError, out, stock_app
+from experiments.cli.app import DataOpt, UsageError, file_out, out, stock_app
 
 
 @stock_app.command("report")
@@ -20,8 +20,12 @@ def stock_report_cmd(
         str | None, typer.Option(help="ISO time the report runs to (default: now, UTC).")
     ] = None,
     top: Annotated[int, typer.Option(help="Pairs with the most stock-out hours shown.")] = 10,
-    pairs_out: Annotated[Path | None, typer.Option(help="Write every pair as CSV.")] = None,
-    metrics_out: Annotated[Path | None, typer.Option(help="Write the totals as JSON.")] = None,
+    pairs_out: Annotated[
+        Path | None, typer.Option(help="Write every pair as CSV.", callback=file_out)
+    ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the totals as JSON.", callback=file_out)
+    ] = None,
 ) -> None:
     """Stock-out hours per node and item, and how far the books were from each stock count:
     the inventory snapshot of DATA, then the movements and sales in the event store

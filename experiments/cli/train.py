@@ -19,6 +19,7 @@ from experiments.cli.app import (
     backtest_app,
     checked_engine,
     err,
+    file_out,
     identity_config,
     out,
     train_app,
@@ -30,7 +31,7 @@ def train_recommender_cmd(
     data: DataOpt,
     config: Annotated[Path | None, typer.Option(help="Candidates TOML.")] = None,
     metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the selected model's metrics.")
+        Path | None, typer.Option(help="Write the selected model's metrics.", callback=file_out)
     ] = None,
     engine: Engine = "inprocess",
 ) -> None:
@@ -78,7 +79,9 @@ def backtest_forecaster_cmd(
     horizon: Horizon,
     freq: Freq = "D",
     windows: Annotated[int, typer.Option(help="Test windows, ending at the last period.")] = 3,
-    metrics_out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON.")] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the metrics as JSON.", callback=file_out)
+    ] = None,
     engine: Engine = "inprocess",
 ) -> None:
     """Backtest the forecaster and its baselines; log to MLflow with plots."""
@@ -107,7 +110,9 @@ def forecast_cmd(
     items: Annotated[
         list[str] | None, typer.Option("--items", help="Item ids (repeatable).")
     ] = None,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Also write CSV here.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write CSV here.", callback=file_out)
+    ] = None,
 ) -> None:
     """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
     from models.forecast import forecast_for_planners

@@ -82,6 +82,30 @@ def test_an_output_inside_the_data_directory_is_refused_and_the_data_kept(data: 
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["forecast", "--store", "S001", "--out"],
+        ["placement", "plan", "--item", "I000010", "--out"],
+        ["score", "recommender", "--out"],
+        ["stock", "report", "--data", "data_samples/retail", "--pairs-out"],
+        ["report", "kpis", "--metrics-out"],
+    ],
+)
+def test_a_file_to_write_in_a_missing_folder_is_refused_before_the_work(
+    args: list[str], tmp_path: Path
+) -> None:
+    """Regression: the command did its work, printed it, then stopped with "internal error:
+    OSError: Cannot save file into a non-existent directory" (exit 1)."""
+    target = tmp_path / "missing" / "out.csv"
+    result = omni(*args, str(target))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().replace("\n", " ").endswith(
+        f"Cannot write {target}: there is no folder {target.parent}."
+    ), result.stderr
+    assert not result.stdout
+
+
+@pytest.mark.parametrize(
     ("setup", "message"),
     [
         (lambda d: (d / "events.csv").write_text("event_time,channel\n2024-01-01,web\n"),
