@@ -93,7 +93,13 @@ def dask_client() -> Iterator[Any]:
         ):  # fmt: skip
             yield client
     else:
-        with Client(address) as client:
+        try:
+            client = Client(address)
+        except OSError as exc:  # nothing answers there, in distributed.comm.timeouts.connect
+            raise ValueError(
+                f"No Dask scheduler answers at {address} (${SCHEDULER_ENV}): {exc}."
+            ) from None
+        with client:
             yield client
 
 

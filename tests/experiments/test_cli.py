@@ -443,3 +443,17 @@ def test_omni_forecast_writes_the_columns_of_the_api(champions: Path, tmp_path: 
     ]  # fmt: skip
     assert len(frame) == 4 and set(frame["item_id"]) == {"I000010", "I000020"}
     assert "Trained on sales to 20" in result.stdout
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_one_sentence(tmp_path: Path) -> None:
+    """Regression: it was an "internal error: OSError" (exit 1), a bug to report."""
+    from tests.processes import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = omni(
+        "validate", "--data", "data_samples/retail", "--out", str(tmp_path), "--engine", "dask",
+        env={"OMNI_DASK_SCHEDULER": address, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"No Dask scheduler answers at {address} ($OMNI_DASK_SCHEDULER)" in result.stderr
+    assert "internal error" not in result.stderr
