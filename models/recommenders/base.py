@@ -54,7 +54,8 @@ class Recommender(BaseEstimator):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        Recommender.registry[cls.name] = cls
+        if "name" in vars(cls):  # a model of its own, not a base shared by models
+            Recommender.registry[cls.name] = cls
 
     # -- training -------------------------------------------------------------------------------
 

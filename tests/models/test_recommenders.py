@@ -169,6 +169,13 @@ def test_not_fitted_and_bad_arguments() -> None:
         ItemKNNRecommender(similarity="jaccard").fit(checkerboard())
 
 
+def test_every_model_a_config_may_name_is_one_this_suite_fits() -> None:
+    """Regression: the factor models' shared base was listed as the model "base", and a config
+    naming it stopped training with an AttributeError."""
+    assert {model.name for model in Recommender.registry.values()} == set(Recommender.registry)
+    assert set(Recommender.registry) == {m().name for m in ALL.values()}
+
+
 def test_ease_refuses_a_catalogue_above_its_limit() -> None:
     with pytest.raises(ValueError, match="max_items=10"):
         EASERecommender(max_items=10).fit(checkerboard())
