@@ -163,17 +163,22 @@ def validate_table(
     return _validate([table], schema, source=source, initial_reasons=initial_reasons, bounds=bounds)
 
 
-def _contract_names(table: pa.Table, schema: TableSchema) -> pa.Table:
+def _contract_names(table: pa.Table, schema: TableSchema, source: str) -> pa.Table:
     """Columns named as the contract's but for case (``Quantity``, ``Event_Time``) under the
     contract's names: left as unknown extra columns, an optional one would be replaced by its
-    default without a word. Two columns that differ only in case are left as they are."""
+    default without a word. A contract column named two ways (``item_id``, ``Item_ID``) is
+    refused: which one holds the values is not for us to guess."""
     known = {column.name for column in schema.columns}
     names = table.column_names
     lowered = [name.lower() for name in names]
-    renamed = [
-        low if name not in known and low in known and lowered.count(low) == 1 else name
-        for name, low in zip(names, lowered, strict=True)
-    ]
+    twice = [name for name, low in zip(names, lowered, strict=True) if low in known
+             and lowered.count(low) > 1]  # fmt: skip
+    if twice:
+        raise ContractError(
+            f"{source} names a column {' and '.join(map(repr, twice))}; name it one way."
+        )
+    renamed = [low if name not in known and low in known else name
+               for name, low in zip(names, lowered, strict=True)]  # fmt: skip
     return table.rename_columns(renamed) if renamed != names else table
 
 
@@ -211,7 +216,7 @@ def _validate(
     bounds: Bounds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`validate_table` on a table it takes out of ``holder`` and may free as it goes."""
-    table = _typed_columns(_contract_names(holder.pop(), schema), schema, source)
+    table = _typed_columns(_contract_names(holder.pop(), schema, source), schema, source)
     limits = _Limits.of(bounds or Bounds.from_env())
     if table.num_columns == 0 and table.num_rows == 0:
         table = pa.table({c: pa.array([], pa.large_string()) for c in schema.required})

@@ -99,8 +99,10 @@ def test_a_file_to_write_in_a_missing_folder_is_refused_before_the_work(
     target = tmp_path / "missing" / "out.csv"
     result = omni(*args, str(target))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().replace("\n", " ").endswith(
-        f"Cannot write {target}: there is no folder {target.parent}."
+    assert (
+        result.stderr.strip()
+        .replace("\n", " ")
+        .endswith(f"Cannot write {target}: there is no folder {target.parent}.")
     ), result.stderr
     assert not result.stdout
 

@@ -321,6 +321,23 @@ def test_contract_columns_are_found_whatever_their_case(tmp_path: Path) -> None:
     assert events.accepted["channel"].tolist() == ["web"]
 
 
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("ITEM_ID,Item_Id", "'ITEM_ID' and 'Item_Id'"),
+        ("item_id,Item_ID", "'item_id' and 'Item_ID'"),
+    ],
+)
+def test_a_contract_column_named_two_ways_is_refused(
+    tmp_path: Path, header: str, said: str
+) -> None:
+    """Regression: ``ITEM_ID,Item_Id`` was "no column 'item_id'", and ``item_id,Item_ID``
+    accepted with the second as an extra column (Parquet files refused both)."""
+    with pytest.raises(ContractError, match=f"^events.csv names a column {said}; name it one way"):
+        load(tmp_path, "events", f"event_time,channel,event_type,{header}\n"
+             "2024-01-01T10:00:00,web,view,I1,I2\n")  # fmt: skip
+
+
 def test_odd_parquet_types_are_a_row_reason_or_one_sentence(tmp_path: Path) -> None:
     """Regression: a 2^62 integer quantity and bytes that are not UTF-8 stopped the load with
     Arrow's message naming neither file nor column; a list column was an internal error; a NaN
