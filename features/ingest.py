@@ -75,7 +75,8 @@ def find_table_files(data_dir: Path) -> dict[str, Path]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise ContractError(f"Data directory {data_dir} does not exist.")
+        what = "is a file, not a directory" if data_dir.exists() else "does not exist"
+        raise ContractError(f"Data directory {data_dir} {what}.")
     found: dict[str, Path] = {}
     for name in TABLES:
         candidates = [data_dir / f"{name}{suffix}" for suffix in SUFFIXES]

@@ -102,7 +102,20 @@ def main() -> None:
     try:
         if set(sys.argv[1:2]) & TRACKING_COMMANDS:
             _private_tracking_store()
-        app()
+        # Not standalone: Click's own refusals (an unknown option, a value out of its range)
+        # come here, to be said as ours are, not in a usage box.
+        code = app(prog_name="omni", standalone_mode=False)
+    except typer.Exit as exc:  # --help, or a command's own exit
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C
+        err.print("Aborted.")
+        sys.exit(1)
+    except typer.TyperException as exc:  # Click's: a missing option, a value out of range
+        where = getattr(exc, "ctx", None)
+        hint = f" (see {where.command_path} --help)" if where else ""
+        said = f"{exc.format_message().rstrip('.')}{hint}."
+        err.print(f"[bold red]error:[/] {escape(said)}", highlight=False)
+        sys.exit(exc.exit_code)
     except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
         err.print(f"[bold red]error:[/] {escape(redact_urls(str(exc)))}", highlight=False)
         sys.exit(2)
@@ -123,6 +136,7 @@ def main() -> None:
         if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
             _mlflow_error(exc)  # the tracking server or its store, not a bug of ours
         _internal_error(exc)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or a command's end
 
 
 def _mlflow_error(exc: Exception) -> NoReturn:

@@ -19,7 +19,9 @@ def stock_report_cmd(
     until: Annotated[
         str | None, typer.Option(help="ISO time the report runs to (default: now, UTC).")
     ] = None,
-    top: Annotated[int, typer.Option(help="Pairs with the most stock-out hours shown.")] = 10,
+    top: Annotated[
+        int, typer.Option(help="Pairs with the most stock-out hours shown.", min=0)
+    ] = 10,
     pairs_out: Annotated[
         Path | None, typer.Option(help="Write every pair as CSV.", callback=file_out)
     ] = None,
@@ -45,6 +47,11 @@ def stock_report_cmd(
     finally:
         log.close()
     pairs, summary = stock_kpis(history, until=end)
+    if pairs.empty:
+        raise UsageError(
+            f"No stock to report: {data} has no inventory snapshot and the event store no "
+            "stock movement."
+        )
     table = Table("node", "item", "stock-out h", "on hand", "counts", title="most hours out")
     for row in pairs.nlargest(top, "stockout_hours").itertuples():
         table.add_row(

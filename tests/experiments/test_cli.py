@@ -342,6 +342,14 @@ def test_stock_report_reads_the_snapshot_and_the_logged_movements(tmp_path: Path
     assert figures["counts"] == 1 and figures["count_mean_error"] == 2.0  # 2 more than the books
     assert figures["stockout_hours"] >= 12.0  # that pair, empty since 20:00
     assert "most hours out" in result.stdout and "1 stock counts" in result.stdout
+    # Regression: with no stock anywhere it reported "0 node/item pairs ... 0.0%" and exit 0.
+    sales_only = tmp_path / "sales-only"
+    sales_only.mkdir()
+    shutil.copy(SAMPLE / "sales.csv.gz", sales_only)
+    nothing = omni(
+        "stock", "report", "--data", str(sales_only), env={"OMNI_EVENTS_URL": f"{url}-none"}
+    )
+    assert nothing.returncode == 2 and "No stock to report" in nothing.stderr, nothing.stderr
 
 
 def test_a_tracking_server_that_does_not_answer_is_one_sentence_in_seconds(
@@ -459,3 +467,20 @@ def test_a_dask_scheduler_that_does_not_answer_is_one_sentence(tmp_path: Path) -
     assert result.returncode == 2, result.stderr
     assert f"No Dask scheduler answers at {address} ($OMNI_DASK_SCHEDULER)" in result.stderr
     assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["validate"], "Missing option '--data' (see omni validate --help)."),
+        (["placement", "plan", "--item", "I1", "--units", "-5"], "Invalid value for '--units'"),
+        (["train", "nosuch"], "No such command 'nosuch' (see omni train --help)."),
+    ],
+)
+def test_a_mistyped_command_line_is_one_sentence(args: list[str], said: str) -> None:
+    """Regression: Click's refusals were a usage line and a box of five lines."""
+    result = omni(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and said in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout
+    assert omni("train", "--help").returncode == 0

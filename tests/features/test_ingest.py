@@ -149,6 +149,8 @@ def test_directory_level_errors(tmp_path: Path) -> None:
         find_table_files(tmp_path)
     with pytest.raises(ContractError, match="does not exist"):
         find_table_files(tmp_path / "nope")
+    with pytest.raises(ContractError, match=r"events\.csv is a file, not a directory"):
+        find_table_files(tmp_path / "events.csv")
 
 
 def test_csv_gz_and_typed_parquet_load_like_csv(tmp_path: Path) -> None:
