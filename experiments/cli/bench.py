@@ -204,8 +204,15 @@ def bench_recommender_cmd(
     """Accuracy (movielens-100k against the published table; completejourney against
     popularity) or speed (synthetic)."""
     if dataset == "synthetic":
+        if config is not None:
+            raise UsageError(
+                "--config is for the accuracy runs; the synthetic one times fixed models."
+            )
         data = generated(bench.recommender_config(events), cache / f"recommender-{events}")
-        out.print_json(json.dumps(bench.run_recommender_speed(data)))
+        figures = json.dumps(bench.run_recommender_speed(data))
+        out.print_json(figures)
+        if metrics_out:
+            metrics_out.write_text(figures + "\n")
         return
     from experiments.benchmarks import recommenders
     from experiments.pipelines.recommender import load_selection_config
