@@ -64,7 +64,8 @@ ID_FORBIDDEN = r"\x00-\x1f\x7f-\x9f" + "\u200b-\u200f\u2028-\u202e\u2060-\u2064\
 MAX_TEXT_LENGTH = 1024
 #: An ISO 8601 date or time as people and systems write it (what the fast paths accept whole).
 ISO_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?"
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?",
+    re.ASCII,  # 0-9 only: not the digits of other scripts, which \d also matches
 )
 COVARIATE_PREFIX = "x_"
 

@@ -203,21 +203,29 @@ class RequestIds:
         rewrite = scope.get("path") in self.routes
         start: MutableMapping[str, Any] = {}
         chunks: list[bytes] = []
+        held = False  # BentoML's 400 on a route, or routing's plain-text 404 or 405: rewritten
 
         async def reply(message: MutableMapping[str, Any]) -> None:
+            nonlocal held
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 start.update(message, headers=[*headers, (b"x-request-id", request_id.encode())])
-                if not (rewrite and message["status"] == 400):
+                plain = dict(headers).get(b"content-type", b"").startswith(b"text/plain")
+                status = message["status"]
+                held = (rewrite and status == 400) or (status in (404, 405) and plain)
+                if not held:
                     await send(start)
                 return
-            if not (rewrite and start["status"] == 400):  # passed on as it is
+            if not held:  # passed on as it is
                 await send(message)
                 return
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            status, body = _as_refusal(b"".join(chunks))
+            if start["status"] == 400:
+                status, body = _as_refusal(b"".join(chunks))
+            else:
+                status, body = start["status"], {"error": _no_route(scope, start["headers"])}
             log.info("%s refused %d (request %s): %s", scope["path"], status, request_id, body)
             encoded = json.dumps(body).encode()
             headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
@@ -226,6 +234,15 @@ class RequestIds:
             await send({"type": "http.response.body", "body": encoded})
 
         await self.app(scope, receive, reply)
+
+
+def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
+    """Routing's 404 or 405 in a sentence (the client's path and method quoted)."""
+    path, method = scope.get("path", ""), scope.get("method", "")
+    allowed = dict(headers).get(b"allow")
+    if allowed:
+        return f"{path!r} takes {allowed.decode('latin-1')}, not {method!r}."
+    return f"There is no route {method} {path!r}."
 
 
 def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
@@ -260,6 +277,9 @@ def _problem(detail: dict[str, Any]) -> str:
         else:
             where += f"[{json.dumps(str(part)[:64])}]"
     message = str(detail.get("msg", "is invalid")).rstrip(".")
+    if detail.get("type") == "string_pattern_mismatch":  # the ids' pattern: not said as a regex
+        message = "holds a character an id may not (a control or invisible one, or a space at "
+        message += "either end)"
     return f"{where or 'body'}: {message}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -409,15 +410,19 @@ async def _model_info(request: Request) -> JSONResponse:
         return _unavailable(exc)
 
 
+DAYS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+
+
 async def _kpis(request: Request) -> JSONResponse:
     """``GET /kpis?since=...&until=...&window_days=7``: see :meth:`OmnichannelService.kpis`."""
     query = request.query_params
+    days = query.get("window_days", "7")
+    if not DAYS.fullmatch(days):  # not 1e-300 (0 days), 1_0 or NaN, which float() reads
+        return JSONResponse({"error": "window_days is a number of days, e.g. 7 or 0.5."}, 422)
     try:
-        days = float(query.get("window_days", "7"))
-        since, until, window = period(query.get("since"), query.get("until"), days)
+        since, until, window = period(query.get("since"), query.get("until"), float(days))
     except ValueError as exc:
-        message = str(exc) if "could not convert" not in str(exc) else "window_days is a number."
-        return JSONResponse({"error": message}, status_code=422)
+        return JSONResponse({"error": str(exc)}, status_code=422)
     service = bentoml.get_current_service()
     try:
         answer = await run_in_threadpool(service.kpis, since, until, window)
@@ -466,6 +471,10 @@ class Readiness:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") != "/readyz":
             await self.app(scope, receive, send)
+            return
+        if scope.get("method") not in ("GET", "HEAD"):
+            refusal = JSONResponse({"error": "/readyz answers GET."}, 405, {"Allow": "GET, HEAD"})
+            await refusal(scope, receive, send)
             return
         service = bentoml.get_current_service()
         details = await run_in_threadpool(service.readiness)
@@ -841,7 +850,7 @@ class OmnichannelService:
         r = ReserveRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)
         if r.node_id not in state.stores:
-            raise Unprocessable(f"Unknown node_id {r.node_id!r}.")
+            raise NotFound(f"Unknown node_id {r.node_id!r}.")
         new = await run_in_threadpool(
             state.reserve, self.log, r.reservation_id, r.node_id, r.item_id,
             float(r.quantity), r.hold_minutes * 60.0,

@@ -81,6 +81,32 @@ def test_two_keys_in_one_request_are_refused_in_the_gates_own_words(
     assert answer.json() == {"error": "Send one Authorization header, not several."}
 
 
+def test_what_a_fuzzer_found_is_refused_in_one_json_sentence(app: TestClient) -> None:
+    """Regression (a schemathesis run and hand-made requests): routing answered 404 and 405 in
+    plain text; /readyz answered 200 to any method; window_days 1e-300 was read as 0 days and
+    1_0 as 10; a time in Arabic-Indic digits was read; an unknown node_id to reserve at was a
+    422 where an unknown store is a 404; an id with a space at its end was refused with the
+    id pattern's regular expression."""
+    assert app.get("/nope").json() == {"error": "There is no route GET '/nope'."}
+    wrong = app.get("/recommend")
+    assert wrong.status_code == 405 and wrong.json() == {
+        "error": "'/recommend' takes POST, not 'GET'."
+    }
+    assert app.post("/readyz").status_code == 405 and app.head("/readyz").status_code != 405
+    for days in ("1e-300", "1_0", "nan", "-1"):
+        kpis = app.get("/kpis", params={"since": "2026-11-01", "window_days": days})
+        assert kpis.status_code == 422 and "window_days" in kpis.json()["error"], days
+    digits = app.get(
+        "/kpis", params={"since": "\u0662\u0660\u0662\u0666-\u0661\u0661-\u0662\u0660"}
+    )
+    assert digits.status_code == 422
+    hold = {"reservation_id": "o-1", "node_id": "S999", "item_id": "I000010", "quantity": 1}
+    assert app.post("/reservations", json=hold).status_code == 404
+    spaced = app.post("/reservations", json={**hold, "reservation_id": "o-1 "})
+    assert spaced.status_code == 422 and "pattern" not in spaced.json()["error"]
+    assert "a space at either end" in spaced.json()["error"]
+
+
 def test_a_mistyped_event_is_named_by_index_and_field(app: TestClient) -> None:
     """Regression: one mistyped event refused its batch without saying which."""
     good = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "view",

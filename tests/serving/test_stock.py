@@ -236,7 +236,7 @@ def test_bad_movements_are_refused_whole_with_reasons_and_nothing_stored(
             "/reservations",
             json={"reservation_id": "x", "node_id": "S999", "item_id": item, "quantity": 1},
         )
-        assert unknown_node.status_code == 422
+        assert unknown_node.status_code == 404  # as an unknown store anywhere else
         for odd in (" padded", "tab\there", "x" * 201):  # stored as given, read back otherwise
             reservation = {"reservation_id": odd, "node_id": "S001", "item_id": item, "quantity": 1}
             assert a.post("/reservations", json=reservation).status_code == 422, odd
