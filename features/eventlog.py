@@ -403,7 +403,10 @@ class EventLog:
             missing = [t for t in _STORED if t not in _tables(connection, self._postgres)]
             if not self._create and "omni_events" in missing:
                 raise ValueError(f"{self.url} holds no event log (no table omni_events).")
-            if self._create:  # only what is missing: a role may have no CREATE on the schema
+            if self._create and missing:  # only that: a role may have no CREATE on the schema
+                if not self._postgres:  # one transaction (PostgreSQL's is open), read again in it
+                    connection.execute("BEGIN IMMEDIATE")
+                    missing = [t for t in _STORED if t not in _tables(connection, False)]
                 sealed = bool(missing) and _sealed(connection.cursor(), self._postgres)
                 for table in missing:
                     connection.execute(_CREATE_TABLE[table].format(serial=serial))
@@ -761,7 +764,9 @@ class EventLog:
         """Whether ``other`` names this store (the same URL, or the same SQLite file)."""
         if self._postgres or other._postgres:
             return self._url == other._url
-        return self._path().resolve() == other._path().resolve()
+        mine, theirs = self._path(), other._path()
+        both = mine.exists() and theirs.exists()  # then a hard link or a bind mount is seen too
+        return mine.resolve() == theirs.resolve() or (both and mine.samefile(theirs))
 
     def _hold(self, cursor: Any, seal: bool) -> list[str]:
         """Lock the log's tables against writers until the transaction ends (so every read
@@ -859,6 +864,7 @@ _CREATE_TABLE = {
 _NUMBERS = {"seq", "quantity", "unit_price", "hold_seconds"}
 #: What a moved (sealed) log answers every write with, followed by where it went.
 SEALED = "This event log was moved by omni events move to"
+#: Sealing a table (a trigger of that name already there stops a move: it would not refuse).
 _SEAL_POSTGRES = (
     "CREATE TRIGGER omni_moved BEFORE INSERT ON {table} FOR EACH STATEMENT "
     "EXECUTE FUNCTION omni_moved()"
@@ -916,9 +922,10 @@ def _locked_by(cursor: Any, holder: int) -> bool:
 
 
 def _seal_like_events(cursor: Any, postgres: bool, table: str) -> str:
-    """The statement that seals ``table`` as the moved log's events table is sealed."""
+    """The statement that seals ``table``, just created, as the moved log's events table is
+    sealed (on PostgreSQL, workers starting together may each have created it: idempotent)."""
     if postgres:
-        return _SEAL_POSTGRES.format(table=table)
+        return _SEAL_POSTGRES.format(table=table).replace("CREATE", "CREATE OR REPLACE", 1)
     (sealing,) = cursor.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'omni_moved_omni_events'"
     ).fetchone()

@@ -17,7 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.rawfiles import REASON, ContractError, ParquetPiece, partition_files, read_raw
+from features.rawfiles import (
+    REASON,
+    ContractError,
+    ParquetPiece,
+    named_twice,
+    partition_files,
+    read_raw,
+)
 from features.schema import (
     CHOICES,
     ID_FORBIDDEN,
@@ -171,15 +178,12 @@ def _contract_names(table: pa.Table, schema: TableSchema, source: str) -> pa.Tab
     refused: which one holds the values is not for us to guess."""
     known = {column.name for column in schema.columns}
     names = table.column_names
-    lowered = [name.lower() for name in names]
-    twice = [name for name, low in zip(names, lowered, strict=True) if low in known
-             and lowered.count(low) > 1]  # fmt: skip
+    twice = [name for name in named_twice(names) if name.lower() in known]
     if twice:
         raise ContractError(
             f"{source} names a column {' and '.join(map(repr, twice))}; name it one way."
         )
-    renamed = [low if name not in known and low in known else name
-               for name, low in zip(names, lowered, strict=True)]  # fmt: skip
+    renamed = [name.lower() if name.lower() in known else name for name in names]
     return table.rename_columns(renamed) if renamed != names else table
 
 

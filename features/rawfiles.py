@@ -162,13 +162,18 @@ def _check_agreement(path: Path, schemas: list[pa.Schema]) -> None:
         names = pa.unify_schemas(schemas, promote_options="permissive").names
     except pa.ArrowException as exc:
         raise ContractError(f"The Parquet files of {path.name} do not agree ({exc}).") from exc
-    lowered = [name.lower() for name in names]
-    twice = [name for name in names if lowered.count(name.lower()) > 1]
+    twice = named_twice(names)
     if twice:
         raise ContractError(
             f"The Parquet files of {path.name} do not agree: they name a column "
             f"{' and '.join(map(repr, twice))}; name it one way."
         )
+
+
+def named_twice(names: list[str]) -> list[str]:
+    """The names that another one repeats but for case (``Quantity``, ``quantity``)."""
+    lowered = [name.lower() for name in names]
+    return [name for name, low in zip(names, lowered, strict=True) if lowered.count(low) > 1]
 
 
 def _read_piece(piece: ParquetPiece) -> pa.Table:

@@ -226,10 +226,13 @@ class RequestIds:
                 status, body = _as_refusal(b"".join(chunks))
             else:
                 status, body = start["status"], {"error": _no_route(scope, start["headers"])}
-            log.info("%s refused %d (request %s): %s", scope["path"], status, request_id, body)
+            path = json.dumps(scope["path"])[1:-1]  # a client's %0A is not a new log line
+            log.info("%s refused %d (request %s): %s", path, status, request_id, body)
             encoded = json.dumps(body).encode()
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(encoded)).encode()))
+            headers = [(k, v) for k, v in start["headers"]
+                       if k.lower() not in (b"content-length", b"content-type")]  # fmt: skip
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(encoded)).encode())]  # fmt: skip
             await send({**start, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": encoded})
 

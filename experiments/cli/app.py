@@ -107,15 +107,16 @@ def main() -> None:
         code = app(prog_name="omni", standalone_mode=False)
     except typer.Exit as exc:  # --help, or a command's own exit
         sys.exit(exc.exit_code)
-    except typer.Abort:  # Ctrl-C
+    except typer.Abort:  # an answer to a prompt cut short
         err.print("Aborted.")
         sys.exit(1)
     except typer.TyperException as exc:  # Click's: a missing option, a value out of range
-        where = getattr(exc, "ctx", None)
-        hint = f" (see {where.command_path} --help)" if where else ""
-        said = f"{exc.format_message().rstrip('.')}{hint}."
-        err.print(f"[bold red]error:[/] {escape(said)}", highlight=False)
-        sys.exit(exc.exit_code)
+        message = exc.format_message().rstrip(".")
+        if message:  # (none when the help was asked for by giving no command: it is printed)
+            where = getattr(exc, "ctx", None)
+            said = f"{message} (see {where.command_path} --help)." if where else f"{message}."
+            err.print(f"[bold red]error:[/] {escape(redact_urls(said))}", highlight=False)
+        sys.exit(2)
     except (UsageError, ValueError, EventStoreUnavailable) as exc:  # ContractError: a ValueError
         err.print(f"[bold red]error:[/] {escape(redact_urls(str(exc)))}", highlight=False)
         sys.exit(2)

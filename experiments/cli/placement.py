@@ -179,10 +179,12 @@ def placement_plan_cmd(
             highlight=False,
         )
     else:
-        tables = load_dataset(data, forecaster.DEMAND_TABLES)  # read once: stock and demand
+        tables = load_dataset(data, ("inventory",))  # the stock, checked before the rest
         snapshot = forecaster.latest_on_hand(tables, item)
         dc, units = units_to_place(units, dc, placement.dcs(data), snapshot)  # before the model
         model = champion_forecaster()
+        rest = tuple(name for name in forecaster.DEMAND_TABLES if name != "inventory")
+        tables.update(load_dataset(data, rest))  # the inventory read once, for the demand too
         demand = forecaster.load_demand(data, model.freq, tables=tables)
         allocation = placement.plan(
             model, item, units, horizon=horizon, data=demand, on_hand=snapshot,

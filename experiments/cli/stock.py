@@ -46,12 +46,14 @@ def stock_report_cmd(
         history = stock_trail(data, log, log.read())
     finally:
         log.close()
-    pairs, summary = stock_kpis(history, until=end)
-    if pairs.empty:
+    if history.empty:
         raise UsageError(
             f"No stock to report: {data} has no inventory snapshot and the event store no "
             "stock movement."
         )
+    pairs, summary = stock_kpis(history, until=end)
+    if pairs.empty:
+        raise UsageError(f"No stock to report up to {end.isoformat()}: the stock starts later.")
     table = Table("node", "item", "stock-out h", "on hand", "counts", title="most hours out")
     for row in pairs.nlargest(top, "stockout_hours").itertuples():
         table.add_row(

@@ -350,6 +350,11 @@ def test_stock_report_reads_the_snapshot_and_the_logged_movements(tmp_path: Path
         "stock", "report", "--data", str(sales_only), env={"OMNI_EVENTS_URL": f"{url}-none"}
     )
     assert nothing.returncode == 2 and "No stock to report" in nothing.stderr, nothing.stderr
+    early = omni(
+        "stock", "report", "--data", str(SAMPLE), "--until", "2000-01-01T00:00:00",
+        env={"OMNI_EVENTS_URL": url},
+    )  # fmt: skip
+    assert early.returncode == 2 and "the stock starts later" in early.stderr, early.stderr
 
 
 def test_a_tracking_server_that_does_not_answer_is_one_sentence_in_seconds(
@@ -484,3 +489,5 @@ def test_a_mistyped_command_line_is_one_sentence(args: list[str], said: str) -> 
     assert result.stderr.startswith("error: ") and said in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout
     assert omni("train", "--help").returncode == 0
+    bare = omni()  # the help, and nothing said wrong
+    assert bare.returncode == 2 and "Usage" in bare.stdout and not bare.stderr
