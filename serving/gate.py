@@ -258,11 +258,13 @@ class DocumentedAPI:
 
 
 def complete(spec: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document with required bodies, bearer security and the extra answers."""
+    """The OpenAPI document with required bodies, bearer security, the extra answers, and
+    optional fields said in OpenAPI 3.0's words (``nullable``), as the version it declares."""
     spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
         "type": "http",
         "scheme": "bearer",
     }
+    _as_openapi_30(spec)
     for path, operations in spec.get("paths", {}).items():
         if path in PUBLIC:
             continue
@@ -270,8 +272,9 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             operation["security"] = [{"bearer": []}]
-            if "requestBody" in operation:
-                operation["requestBody"]["required"] = True
+            if "requestBody" in operation:  # but a body with no field (POST /admin/reload)
+                body = operation["requestBody"]["content"]["application/json"]["schema"]
+                operation["requestBody"]["required"] = body.get("properties") != {}
             for status, description in EXTRA_RESPONSES.items():
                 operation["responses"].setdefault(
                     status,
@@ -281,3 +284,25 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                     },
                 )
     return spec
+
+
+def _as_openapi_30(node: Any) -> None:
+    """Pydantic's ``anyOf: [X, {"type": "null"}]`` (OpenAPI 3.1, JSON Schema) as OpenAPI
+    3.0's ``X`` with ``nullable: true``, throughout ``node``."""
+    if isinstance(node, list):
+        for item in node:
+            _as_openapi_30(item)
+        return
+    if not isinstance(node, dict):
+        return
+    choices = node.get("anyOf")
+    if isinstance(choices, list) and {"type": "null"} in choices:
+        kept = [choice for choice in choices if choice != {"type": "null"}]
+        del node["anyOf"]
+        if len(kept) > 1 or "$ref" in kept[0]:  # a $ref takes no sibling keys in 3.0
+            node["allOf" if len(kept) == 1 else "anyOf"] = kept
+        else:
+            node.update(kept[0])
+        node["nullable"] = True
+    for value in node.values():
+        _as_openapi_30(value)
