@@ -924,8 +924,10 @@ def _locked_by(cursor: Any, holder: int) -> bool:
 def _seal_like_events(cursor: Any, postgres: bool, table: str) -> str:
     """The statement that seals ``table``, just created, as the moved log's events table is
     sealed (on PostgreSQL, workers starting together may each have created it: idempotent)."""
-    if postgres:
-        return _SEAL_POSTGRES.format(table=table).replace("CREATE", "CREATE OR REPLACE", 1)
+    if postgres:  # (not CREATE OR REPLACE: PostgreSQL 14 and later only)
+        return f"DROP TRIGGER IF EXISTS omni_moved ON {table}; " + _SEAL_POSTGRES.format(
+            table=table
+        )
     (sealing,) = cursor.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'omni_moved_omni_events'"
     ).fetchone()

@@ -245,9 +245,10 @@ def period(
             "since must come before until, both between 2000 and a day from now, at most a "
             "year apart."
         )
-    if not 0 < window_days <= MAX_WINDOW.days:
+    window = pd.Timedelta(days=window_days) if 0 < window_days <= MAX_WINDOW.days else None
+    if not window:  # (1e-300 days is more than 0, and 0 ns)
         raise ValueError("The attribution window must be more than 0 and at most 90 days.")
-    return start, end, pd.Timedelta(days=window_days)
+    return start, end, window
 
 
 def utc_time(text: str | None, name: str) -> pd.Timestamp:

@@ -287,8 +287,10 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_openapi_30(node: Any) -> None:
-    """Pydantic's ``anyOf: [X, {"type": "null"}]`` (OpenAPI 3.1, JSON Schema) as OpenAPI
-    3.0's ``X`` with ``nullable: true``, throughout ``node``."""
+    """What Pydantic writes in OpenAPI 3.1's (JSON Schema's) words, in OpenAPI 3.0's,
+    throughout ``node``: ``anyOf: [X, {"type": "null"}]`` as ``X`` with ``nullable: true``
+    (on each typed choice: 3.0 reads ``nullable`` only beside a ``type``), and a schema's
+    ``examples`` list as its first ``example``."""
     if isinstance(node, list):
         for item in node:
             _as_openapi_30(item)
@@ -297,12 +299,16 @@ def _as_openapi_30(node: Any) -> None:
         return
     choices = node.get("anyOf")
     if isinstance(choices, list) and {"type": "null"} in choices:
-        kept = [choice for choice in choices if choice != {"type": "null"}]
+        kept = [c if "$ref" in c else {**c, "nullable": True} for c in choices
+                if c != {"type": "null"}]  # fmt: skip
         del node["anyOf"]
-        if len(kept) > 1 or "$ref" in kept[0]:  # a $ref takes no sibling keys in 3.0
-            node["allOf" if len(kept) == 1 else "anyOf"] = kept
-        else:
+        if len(kept) == 1 and "$ref" not in kept[0]:
             node.update(kept[0])
-        node["nullable"] = True
+        else:  # several choices, or a $ref (which takes no sibling keys in 3.0)
+            node.update(anyOf=kept, nullable=True)
+    if isinstance(node.get("examples"), list):  # (a media type's examples are a mapping)
+        examples = node.pop("examples")
+        if examples:
+            node["example"] = examples[0]
     for value in node.values():
         _as_openapi_30(value)

@@ -112,7 +112,9 @@ def main() -> None:
         sys.exit(1)
     except typer.TyperException as exc:  # Click's: a missing option, a value out of range
         message = exc.format_message().rstrip(".")
-        if message:  # (none when the help was asked for by giving no command: it is printed)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command: the help (Rich prints it)
+            typer.echo(message or None, nl=bool(message))
+        elif message:
             where = getattr(exc, "ctx", None)
             said = f"{message} (see {where.command_path} --help)." if where else f"{message}."
             err.print(f"[bold red]error:[/] {escape(redact_urls(said))}", highlight=False)

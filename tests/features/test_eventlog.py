@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -436,6 +437,9 @@ def test_a_copy_refuses_a_missing_source_one_that_is_no_log_and_itself(tmp_path:
     target.last_seq()  # the file exists now
     with pytest.raises(ValueError, match="the same store"):
         target.copy_to(same)
+    os.link(tmp_path / "t.db", tmp_path / "hard.db")  # one file under two names
+    with pytest.raises(ValueError, match="the same store"):
+        target.copy_to(EventLog(f"sqlite:///{tmp_path}/hard.db"))
 
 
 def test_a_hand_edited_text_that_is_not_utf8_leaves_the_sqlite_log_readable(
