@@ -88,6 +88,14 @@ def file_out(path: Path | None) -> Path | None:
     return path
 
 
+FiguresOut = Annotated[
+    Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
+]
+CsvOut = Annotated[
+    Path | None, typer.Option("--out", help="Also write CSV here.", callback=file_out)
+]
+
+
 def checked_engine(engine: str) -> str:
     if engine not in ("inprocess", "dask"):
         raise UsageError(f"--engine is inprocess or dask, not {engine!r}.")
@@ -105,8 +113,6 @@ def main() -> None:
         # Not standalone: Click's own refusals (an unknown option, a value out of its range)
         # come here, to be said as ours are, not in a usage box.
         code = app(prog_name="omni", standalone_mode=False)
-    except typer.Exit as exc:  # --help, or a command's own exit
-        sys.exit(exc.exit_code)
     except typer.Abort:  # an answer to a prompt cut short
         err.print("Aborted.")
         sys.exit(1)
@@ -139,7 +145,7 @@ def main() -> None:
         if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
             _mlflow_error(exc)  # the tracking server or its store, not a bug of ours
         _internal_error(exc)
-    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or a command's end
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's (--help's) code, or 0
 
 
 def _mlflow_error(exc: Exception) -> NoReturn:

@@ -12,6 +12,7 @@ from rich.table import Table
 from experiments.benchmarks import runner as bench
 from experiments.cli.app import (
     Engine,
+    FiguresOut,
     UsageError,
     bench_app,
     checked_engine,
@@ -32,9 +33,7 @@ from experiments.synthetic import GeneratorConfig
 def bench_serve_cmd(
     concurrency: Annotated[int, typer.Option(help="Connections kept busy.")] = 16,
     seconds: Annotated[float, typer.Option(help="Measured seconds per target.")] = 15.0,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
 ) -> None:
     """Load-test /recommend, /availability and /events against a bare BentoML service (the
     floor)."""
@@ -84,9 +83,7 @@ def bench_placement_cmd(
     dataset: Annotated[str, typer.Option(help="speed or completejourney")] = "speed",
     stores: Annotated[int, typer.Option(help="speed: stores in the chain.")] = 500,
     items: Annotated[int, typer.Option(help="speed: items to allocate.")] = 10_000,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
     cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
 ) -> None:
     """Time allocating every item across the chain (target: 500 x 10,000 in <= 10 s), or
@@ -114,9 +111,7 @@ def bench_forecaster_cmd(
     ] = "speed",
     horizon: Annotated[int, typer.Option(help="Periods ahead (accuracy runs).")] = 4,
     windows: Annotated[int, typer.Option(help="Backtest windows (accuracy runs).")] = 3,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
     cache: Annotated[Path, typer.Option(help="Where data sets are kept.")] = Path(".omni/cache"),
     shared: Annotated[Path, typer.Option(help="The shared real data sets.")] = Path(
         "../shared/data"
@@ -276,9 +271,7 @@ def bench_scale_cmd(
         int, typer.Option(help="Approximate number of events to generate.")
     ] = 1_000_000,
     engine: Engine = "inprocess",
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
     cache: Annotated[Path, typer.Option(help="Where generated bench data sets are kept.")] = Path(
         ".omni/bench"
     ),
@@ -345,9 +338,7 @@ def bench_nextbasket_cmd(
     cache: Annotated[Path, typer.Option(help="Where the data wheel is kept.")] = Path(
         ".omni/cache"
     ),
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
     config: Annotated[
         Path | None, typer.Option(help="The `omni train recommender` TOML the served row uses.")
     ] = None,

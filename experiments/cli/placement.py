@@ -10,11 +10,12 @@ import typer
 from rich.table import Table
 
 from experiments.cli.app import (
+    CsvOut,
     DataOpt,
+    FiguresOut,
     Freq,
     UsageError,
     err,
-    file_out,
     out,
     placement_app,
 )
@@ -31,9 +32,7 @@ def placement_simulate_cmd(
     freq: Freq = "W",
     supply: Annotated[str, typer.Option(help="Supply ratios, comma-separated.")] = "0.9,1.1",
     windows: Annotated[int, typer.Option(help="Origins, ending at the last period.")] = 4,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the figures as JSON.", callback=file_out)
-    ] = None,
+    metrics_out: FiguresOut = None,
 ) -> None:
     """Backtest placement: our policy against proportional and equal splits and the oracle
     that knows the demand, at equal stock."""
@@ -152,9 +151,7 @@ def placement_plan_cmd(
         typer.Option(help="Plan from this data dir's latest inventory snapshot and plan table."),
     ] = None,
     pack_size: Annotated[int, typer.Option(help="Units per pack.")] = 1,
-    out_file: Annotated[
-        Path | None, typer.Option("--out", help="Also write CSV here.", callback=file_out)
-    ] = None,
+    out_file: CsvOut = None,
 ) -> None:
     """Allocate units of an item — by default the DC's — across stores from the champion
     forecaster: by default from the stock available to promise now, as /placement answers; with

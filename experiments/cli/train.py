@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from experiments.cli.app import (
+    CsvOut,
     DataOpt,
     Engine,
     Freq,
@@ -110,9 +111,7 @@ def forecast_cmd(
     items: Annotated[
         list[str] | None, typer.Option("--items", help="Item ids (repeatable).")
     ] = None,
-    out_file: Annotated[
-        Path | None, typer.Option("--out", help="Also write CSV here.", callback=file_out)
-    ] = None,
+    out_file: CsvOut = None,
 ) -> None:
     """The champion forecaster's P10 / P50 / P90 for one store, for planners."""
     from models.forecast import forecast_for_planners
