@@ -49,6 +49,8 @@ QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 STRATEGIES = ("recursive", "direct")
+#: The shares of the rounds early stopping chooses among (see LightGBMForecaster).
+ROUND_SHARES = (0.25, 0.5, 0.75, 1.0)
 CATEGORICAL = ["store_code", "category_code"]
 #: Rows of the panel whose features are built at once (blocks of whole categories).
 _BLOCK_ROWS = 2_000_000
@@ -171,6 +173,9 @@ class LightGBMForecaster(Forecaster):
     are refitted, at a learning rate raised in proportion (1.0: the same models as the final
     ones): they only estimate the final models' errors and choose the objective, and a quarter
     of the work estimates them as well (docs/benchmarks.md, Forecaster accuracy).
+    With ``early_stopping`` each final model trains the share of ``n_estimators`` (a quarter,
+    half, three quarters or all) at which its held-out model forecast the held-out periods best
+    (lowest WAPE at that share of its own rounds); ``rounds_`` are the rounds each trained.
     ``max_train_rows`` bounds the rows the models learn from: a larger panel trains on whole
     series, taken in a fixed pseudo-random order (a hash of their ids) up to that many rows,
     and still forecasts every series (None: always the whole panel). Then, and for forecasts,
@@ -198,6 +203,7 @@ class LightGBMForecaster(Forecaster):
         strategy: str = "direct",
         refit: bool = True,
         calibration_effort: float = 0.25,
+        early_stopping: bool = True,
         max_train_rows: int | None = 10_000_000,
     ) -> None:
         self.horizon = horizon
@@ -216,6 +222,7 @@ class LightGBMForecaster(Forecaster):
         self.strategy = strategy
         self.refit = refit
         self.calibration_effort = calibration_effort
+        self.early_stopping = early_stopping
         self.max_train_rows = max_train_rows
 
     def buckets(self) -> list[int]:
@@ -292,6 +299,7 @@ class LightGBMForecaster(Forecaster):
         blocks = [] if kept is None else self._blocks(panel)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
+        self.rounds_: list[int] = []
         for index, lead in enumerate(self.models()):
             x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept, blocks)
             if len(y) < 2 * self.min_child_samples:
@@ -302,7 +310,7 @@ class LightGBMForecaster(Forecaster):
                     f"{lead} periods back); the longest horizon they support is "
                     f"{self._longest_lead(panel)}."
                 )
-            booster = None
+            booster, share = None, 1.0
             if start is not None:
                 before = period < start
                 after = ~before
@@ -312,6 +320,8 @@ class LightGBMForecaster(Forecaster):
                         if index == 0 and self.objective == "auto"
                         else self._train(x[before], y[before], self.objective_, trainer, effort)
                     )
+                    if self.early_stopping:
+                        share, booster = self._stop_early(booster, x[after], y[after])
                     held.append(
                         self._recursive_errors(booster, panel, start)
                         if self.strategy == "recursive"
@@ -325,8 +335,9 @@ class LightGBMForecaster(Forecaster):
                         )
                     )
             if self.refit or booster is None:
-                booster = self._train(x, y, self.objective_, trainer)
+                booster = self._train(x, y, self.objective_, trainer, share=share)
             self.boosters_.append(booster)
+            self.rounds_.append(booster.current_iteration())
         self.leads_ = self.models()
         self.intervals_ = self._calibrate(
             pd.concat(held, ignore_index=True) if held else None, panel, start
@@ -497,20 +508,43 @@ class LightGBMForecaster(Forecaster):
         boosters = {}
         for objective in _OBJECTIVES:
             boosters[objective] = self._train(x[before], y[before], objective, trainer, effort)
-            mean, actual = self._predict(boosters[objective], x[after]), y[after]
-            self.selection_wape_[objective] = float(
-                np.abs(actual - mean).sum() / max(actual.sum(), 1e-9)
+            self.selection_wape_[objective] = _wape(
+                y[after], self._predict(boosters[objective], x[after])
             )
         self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
         return boosters[self.objective_]
 
+    def _stop_early(
+        self, booster: lgb.Booster, x: pd.DataFrame, y: np.ndarray
+    ) -> tuple[float, lgb.Booster]:
+        """The share of its rounds at which ``booster`` forecasts the held-out rows ``x`` best
+        (lowest WAPE; the fewer rounds on a tie), and the booster cut to it."""
+        rounds = booster.current_iteration()
+        wape = {
+            share: _wape(y, self._predict(booster, x, rounds=max(round(rounds * share), 1)))
+            for share in ROUND_SHARES
+        }
+        share = min(wape, key=wape.__getitem__)
+        kept = max(round(rounds * share), 1)
+        if kept == rounds:
+            return share, booster
+        return share, lgb.Booster(model_str=booster.model_to_string(num_iteration=kept))
+
     def _train(
-        self, x: pd.DataFrame, y: np.ndarray, objective: str, trainer: Trainer, effort: float = 1.0
+        self,
+        x: pd.DataFrame,
+        y: np.ndarray,
+        objective: str,
+        trainer: Trainer,
+        effort: float = 1.0,
+        share: float = 1.0,
     ) -> lgb.Booster:
-        """One LightGBM model; ``effort`` < 1 trains that share of the rounds at a learning rate
-        raised in proportion (to 0.5 at most, unless the models' own is higher)."""
-        rounds = max(round(self.n_estimators * effort), 1)
-        raised = self.learning_rate * self.n_estimators / rounds
+        """One LightGBM model of ``share`` of the rounds; ``effort`` < 1 trains that share of
+        them at a learning rate raised in proportion (to 0.5 at most, unless the models' own is
+        higher)."""
+        full = self.n_estimators * share
+        rounds = max(round(full * effort), 1)
+        raised = self.learning_rate * full / rounds
         params = {
             "objective": objective,
             "learning_rate": min(raised, max(self.learning_rate, 0.5)),
@@ -526,10 +560,15 @@ class LightGBMForecaster(Forecaster):
         return trainer(params, x, y, rounds)
 
     def _predict(
-        self, booster: lgb.Booster, x: pd.DataFrame, threads: int | None = None
+        self,
+        booster: lgb.Booster,
+        x: pd.DataFrame,
+        threads: int | None = None,
+        rounds: int | None = None,
     ) -> np.ndarray:
         rows = x[booster.feature_name()].to_numpy()
-        return np.clip(booster.predict(rows, num_threads=threads or self._threads()), 0.0, None)
+        mean = booster.predict(rows, num_iteration=rounds, num_threads=threads or self._threads())
+        return np.clip(mean, 0.0, None)
 
     def _calibrate(
         self, held: pd.DataFrame | None, panel: pd.DataFrame, start: np.datetime64 | None
@@ -676,6 +715,7 @@ class LightGBMForecaster(Forecaster):
             lgb.Booster(model_file=str(path / _model_file(bucket)))
             for bucket in range(len(model.leads_))
         ]
+        model.rounds_ = [booster.current_iteration() for booster in model.boosters_]
         # Saved before intervals were calibrated per band: its one dispersion.
         intervals = meta.get("intervals")
         model.intervals_ = (
@@ -1021,6 +1061,10 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
     coarse = np.geomspace(0.02, 5000.0, 16)
     best, step = closest(coarse), coarse[1] / coarse[0]
     return closest(np.clip(np.geomspace(best / step, best * step, 17), 0.02, 5000.0))
+
+
+def _wape(actual: np.ndarray, mean: np.ndarray) -> float:
+    return float(np.abs(actual - mean).sum() / max(actual.sum(), 1e-9))
 
 
 def _coverage(mean: np.ndarray, actual: np.ndarray, dispersion: float) -> float:

@@ -157,6 +157,7 @@ def backtest_payload(result: Any) -> dict[str, Any]:
             "coverage_by_method": _rounded(model.intervals_.coverage),
         },
         "objective": model.objective_,
+        "rounds": model.rounds_,
         "warnings": result.warnings,
         "baselines": {k: _rounded(v) for k, v in result.baselines.items()},
         **({"others": {k: _rounded(v) for k, v in result.others.items()}} if result.others else {}),
@@ -191,6 +192,11 @@ def print_backtest(result: Any, title: str) -> None:
         f"{m['pinball_vs_point']:.3f} x the "
         f"point forecast's; 80% coverage by volume quintile (lowest first) "
         f"{', '.join(f'{c:.3f}' for c in quintiles)}."
+    )
+    model = result.model
+    out.print(
+        f"the last origin's models: {model.objective_} objective, rounds "
+        f"{', '.join(map(str, model.rounds_))} of {model.n_estimators}."
     )
     gain = 1 - result.metrics["wape"] / min(m["wape"] for m in result.baselines.values())
     out.print(

@@ -486,7 +486,14 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
     mlflow.set_experiment(FORECAST_EXPERIMENT)
     with mlflow.start_run(run_name=f"backtest h={params.get('horizon')}") as run:
         model = result.model
-        mlflow.log_params({**params, **model.spec().as_params(), "objective": model.objective_})
+        mlflow.log_params(
+            {
+                **params,
+                **model.spec().as_params(),
+                "objective": model.objective_,
+                "rounds": ",".join(map(str, model.rounds_)),
+            }
+        )
         intervals = model.intervals_
         mlflow.log_params(
             {

@@ -211,15 +211,37 @@ def test_held_out_models_train_a_share_of_the_rounds_and_the_final_ones_all() ->
         trained.append((rounds, params["learning_rate"]))
         return train_here(params, x, y, rounds)
 
-    LightGBMForecaster(horizon=3, freq="D", n_estimators=40).fit(panel, trainer=recording)
+    every_round = {"n_estimators": 40, "early_stopping": False}
+    LightGBMForecaster(horizon=3, freq="D", **every_round).fit(panel, trainer=recording)
     assert trained == [(10, pytest.approx(0.2)), (40, 0.05)]  # held out, then refitted
     trained.clear()
-    LightGBMForecaster(horizon=3, freq="D", n_estimators=40, refit=False).fit(
+    LightGBMForecaster(horizon=3, freq="D", refit=False, **every_round).fit(
         panel, trainer=recording
     )
     assert trained == [(40, 0.05)]  # the held-out model is the final one: every round
     with pytest.raises(ValueError, match="calibration_effort must be in"):
         LightGBMForecaster(horizon=3, freq="D", calibration_effort=0).fit(panel)
+
+
+def test_early_stopping_trains_the_share_of_rounds_that_forecast_held_out_periods_best() -> None:
+    """Noise has nothing to learn past its mean: more rounds only fit the noise, so the
+    final models train a quarter of them; a signal far from learned in 20 slow rounds keeps
+    every round."""
+    rng = np.random.default_rng(3)
+    days = pd.date_range("2024-01-01", periods=120, freq="D")
+    sales = pd.DataFrame(
+        {"date": np.tile(days, 8), "store_id": "S",
+         "item_id": np.repeat([f"I{i}" for i in range(8)], 120),
+         "units": rng.poisson(5.0, 8 * 120).astype(float)}
+    )  # fmt: skip
+    noise = build_panel(sales)
+    eager = {"horizon": 3, "freq": "D", "n_estimators": 200, "learning_rate": 0.3}
+    assert LightGBMForecaster(**eager).fit(noise).rounds_ == [50]
+    kept = LightGBMForecaster(**eager, refit=False).fit(noise)  # the held-out model, cut
+    assert kept.rounds_ == [50] and kept.boosters_[0].current_iteration() == 50
+    assert LightGBMForecaster(**eager, early_stopping=False).fit(noise).rounds_ == [200]
+    signal = synthetic_panel(n_series=4, days=80)
+    assert LightGBMForecaster(horizon=3, freq="D", n_estimators=20).fit(signal).rounds_ == [20]
 
 
 def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
