@@ -315,13 +315,15 @@ class LightGBMForecaster(Forecaster):
                 before = period < start
                 after = ~before
                 if before.sum() >= 2 * self.min_child_samples and after.any():
-                    booster = (
-                        self._select_objective(x, y, before, after, trainer, effort)
-                        if index == 0 and self.objective == "auto"
-                        else self._train(x[before], y[before], self.objective_, trainer, effort)
-                    )
-                    if self.early_stopping:
-                        share, booster = self._stop_early(booster, x[after], y[after])
+                    if index == 0 and self.objective == "auto":
+                        share, booster = self._select_objective(
+                            x, y, before, after, trainer, effort
+                        )
+                    else:
+                        held_out = self._train(
+                            x[before], y[before], self.objective_, trainer, effort
+                        )
+                        share, booster, _ = self._best_cut(held_out, x[after], y[after])
                     held.append(
                         self._recursive_errors(booster, panel, start)
                         if self.strategy == "recursive"
@@ -503,32 +505,36 @@ class LightGBMForecaster(Forecaster):
     def _select_objective(
         self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray,
         trainer: Trainer, effort: float,
-    ) -> lgb.Booster:  # fmt: skip
-        """Keep the objective with the lowest held-out WAPE; its model trained before."""
-        boosters = {}
+    ) -> tuple[float, lgb.Booster]:  # fmt: skip
+        """Keep the objective with the lowest held-out WAPE (each at its best share of the
+        rounds): that share and its model trained before, cut to it."""
+        cuts = {}
         for objective in _OBJECTIVES:
-            boosters[objective] = self._train(x[before], y[before], objective, trainer, effort)
-            self.selection_wape_[objective] = _wape(
-                y[after], self._predict(boosters[objective], x[after])
+            booster = self._train(x[before], y[before], objective, trainer, effort)
+            share, cut, self.selection_wape_[objective] = self._best_cut(
+                booster, x[after], y[after]
             )
+            cuts[objective] = (share, cut)
         self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
-        return boosters[self.objective_]
+        return cuts[self.objective_]
 
-    def _stop_early(
+    def _best_cut(
         self, booster: lgb.Booster, x: pd.DataFrame, y: np.ndarray
-    ) -> tuple[float, lgb.Booster]:
-        """The share of its rounds at which ``booster`` forecasts the held-out rows ``x`` best
-        (lowest WAPE; the fewer rounds on a tie), and the booster cut to it."""
+    ) -> tuple[float, lgb.Booster, float]:
+        """How well ``booster`` forecasts the held-out rows ``x`` (WAPE) at each share of its
+        rounds (with ``early_stopping``; else at every round): the best share (the fewer rounds
+        on a tie), the booster cut to it and its WAPE."""
         rounds = booster.current_iteration()
+        shares = ROUND_SHARES if self.early_stopping else (1.0,)
         wape = {
-            share: _wape(y, self._predict(booster, x, rounds=max(round(rounds * share), 1)))
-            for share in ROUND_SHARES
+            kept: _wape(y, self._predict(booster, x, rounds=kept))
+            for kept in sorted({max(round(rounds * share), 1) for share in shares})
         }
-        share = min(wape, key=wape.__getitem__)
-        kept = max(round(rounds * share), 1)
-        if kept == rounds:
-            return share, booster
-        return share, lgb.Booster(model_str=booster.model_to_string(num_iteration=kept))
+        kept = min(wape, key=wape.__getitem__)
+        if kept < rounds:
+            booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=kept))
+        share = min(shares, key=lambda share: abs(share - kept / rounds))  # 12 of 50: 0.25
+        return share, booster, wape[kept]
 
     def _train(
         self,
@@ -539,15 +545,16 @@ class LightGBMForecaster(Forecaster):
         effort: float = 1.0,
         share: float = 1.0,
     ) -> lgb.Booster:
-        """One LightGBM model of ``share`` of the rounds; ``effort`` < 1 trains that share of
-        them at a learning rate raised in proportion (to 0.5 at most, unless the models' own is
-        higher)."""
-        full = self.n_estimators * share
-        rounds = max(round(full * effort), 1)
-        raised = self.learning_rate * full / rounds
+        """One LightGBM model of ``share`` of the rounds at the models' learning rate; with
+        ``effort`` < 1 that share of them at a rate raised in proportion (to 0.5 at most,
+        unless the models' own is higher)."""
+        rounds = max(round(self.n_estimators * share * effort), 1)
+        rate = self.learning_rate
+        if effort < 1:
+            rate = min(rate * self.n_estimators * share / rounds, max(rate, 0.5))
         params = {
             "objective": objective,
-            "learning_rate": min(raised, max(self.learning_rate, 0.5)),
+            "learning_rate": rate,
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
             "seed": self.random_state,

@@ -235,13 +235,21 @@ def test_early_stopping_trains_the_share_of_rounds_that_forecast_held_out_period
          "units": rng.poisson(5.0, 8 * 120).astype(float)}
     )  # fmt: skip
     noise = build_panel(sales)
-    eager = {"horizon": 3, "freq": "D", "n_estimators": 200, "learning_rate": 0.3}
+    eager = {"horizon": 3, "freq": "D", "n_estimators": 200, "learning_rate": 0.1}
     assert LightGBMForecaster(**eager).fit(noise).rounds_ == [50]
     kept = LightGBMForecaster(**eager, refit=False).fit(noise)  # the held-out model, cut
     assert kept.rounds_ == [50] and kept.boosters_[0].current_iteration() == 50
     assert LightGBMForecaster(**eager, early_stopping=False).fit(noise).rounds_ == [200]
     signal = synthetic_panel(n_series=4, days=80)
     assert LightGBMForecaster(horizon=3, freq="D", n_estimators=20).fit(signal).rounds_ == [20]
+    trained: list[tuple[int, float]] = []
+
+    def recording(params, x, y, rounds):
+        trained.append((rounds, params["learning_rate"]))
+        return train_here(params, x, y, rounds)
+
+    LightGBMForecaster(horizon=3, freq="D", n_estimators=5).fit(signal, trainer=recording)
+    assert trained == [(1, pytest.approx(0.25)), (5, 0.05)]  # one held-out round: nothing to cut
 
 
 def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
