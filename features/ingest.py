@@ -71,6 +71,20 @@ class LoadedTable:
         counts = self.quarantined[REASON].value_counts()
         return {str(k): int(v) for k, v in counts.items()}
 
+    def repeated_rows(self) -> int:
+        """Accepted rows equal in every column to an earlier one and without the table's key
+        (e.g. ``event_id``) to tell them apart: kept — a till can scan the same item twice in
+        a second — but many of them suggest a file loaded twice."""
+        key = [k for k in TABLES[self.name].unique if k in self.accepted]
+        rows = self.accepted
+        if key:
+            rows = rows[rows[key].isna().any(axis=1)]
+        if len(rows) < 2:
+            return 0
+        hashed = pd.util.hash_pandas_object(rows, index=False)
+        candidates = rows[hashed.duplicated(keep=False).to_numpy()]  # then compared exactly
+        return int(candidates.duplicated().sum())
+
 
 def find_table_files(data_dir: Path) -> dict[str, Path]:
     """Map table name to its file in ``data_dir`` (file stem = table name), or its directory of

@@ -21,6 +21,7 @@ from experiments.cli.app import (
 )
 from experiments.pipelines import data as pipelines
 from experiments.synthetic import FORMATS, GeneratorConfig
+from features.schema import TABLES
 
 
 @app.command("validate")
@@ -52,6 +53,15 @@ def validate_cmd(
         reasons = "; ".join(f"{r} ({n})" for r, n in s["reasons"].items())
         table.add_row(name, str(s["rows"]), str(s["accepted"]), str(s["quarantined"]), reasons)
     out.print(table)
+    for name, s in summary["tables"].items():
+        if n := s["repeated_rows"]:
+            rows = "1 accepted row repeats" if n == 1 else f"{n} accepted rows repeat"
+            out.print(
+                f"{name}: {rows} an earlier row in every column, with no "
+                f"{' or '.join(TABLES[name].unique)} to tell them apart; kept (the same item can "
+                "sell twice in a second), but many of them may mean a file loaded twice.",
+                highlight=False,
+            )
     quarantine = out_dir or data / pipelines.QUARANTINE_DIR
     if any(s["quarantined"] for s in summary["tables"].values()):
         out.print(f"Quarantined rows written to {quarantine}/")

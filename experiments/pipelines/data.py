@@ -22,8 +22,9 @@ QUARANTINE_DIR = "_quarantine"
 
 
 def validation_summary(tables: dict[str, LoadedTable], top: int | None = None) -> dict[str, dict]:
-    """The ``--json`` shape: per table rows / accepted / quarantined and its reasons with their
-    counts, most frequent first (every one, or the ``top`` few)."""
+    """The ``--json`` shape: per table rows / accepted / quarantined, its reasons with their
+    counts, most frequent first (every one, or the ``top`` few), and the accepted rows that
+    repeat another exactly with no key to tell them apart (:meth:`LoadedTable.repeated_rows`)."""
     return {
         "tables": {
             name: {
@@ -31,6 +32,7 @@ def validation_summary(tables: dict[str, LoadedTable], top: int | None = None) -
                 "accepted": len(t.accepted),
                 "quarantined": len(t.quarantined),
                 "reasons": dict(list(t.reasons().items())[:top]),
+                "repeated_rows": t.repeated_rows(),
             }
             for name, t in tables.items()
         }

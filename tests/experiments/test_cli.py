@@ -55,9 +55,14 @@ def test_validate_json_counts_every_hand_appended_corrupt_line(data: Path) -> No
 
 
 def test_validate_table_output_and_custom_quarantine_dir(data: Path, tmp_path: Path) -> None:
+    with (data / "events.csv").open("a") as events:  # a line twice, with no event_id
+        events.write(",2024-03-01T10:00:00,web,view,I000001,W-1,1,1.0,ONLINE\n" * 2)
     result = omni("validate", "--data", str(data), "--out", str(tmp_path / "q"))
     assert result.returncode == 0, result.stderr
     assert "events" in result.stdout and "quarantined" in result.stdout
+    assert "events: 1 accepted row repeats an earlier row in every column, with no event_id" in (
+        result.stdout
+    )
     assert (tmp_path / "q" / "events.csv").exists()
 
 

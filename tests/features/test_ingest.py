@@ -111,6 +111,19 @@ def test_duplicate_event_ids_keep_the_first(tmp_path: Path) -> None:
     assert t.quarantined["item_id"].tolist() == ["I2"]
 
 
+def test_exact_repeats_without_a_key_are_counted_and_kept(tmp_path: Path) -> None:
+    t = load(
+        tmp_path,
+        "events",
+        f"{EVENTS_HEADER}\n2024-01-03,web,view,I3,K,1,,,\n2024-01-03,web,view,I3,K,1,,,\n"
+        "2024-01-03,web,view,I3,K,1,,,\n2024-01-03,web,view,I3,K,2,,,\n"
+        "2024-01-04,web,view,I4,K,1,,,e7\n2024-01-04,web,view,I4,K,1,,,e8\n",
+    )
+    assert len(t.accepted) == 6 and t.quarantined.empty
+    assert t.repeated_rows() == 2  # the third I3 line twice over; the ids tell I4's apart
+    assert load(tmp_path, "items", "item_id,category\nI1,A\nI2,A\n").repeated_rows() == 0
+
+
 def test_utf8_bom_and_non_utf8_bytes(tmp_path: Path) -> None:
     text = (
         b"\xef\xbb\xbf"
