@@ -522,10 +522,10 @@ class LightGBMForecaster(Forecaster):
         self, booster: lgb.Booster, x: pd.DataFrame, y: np.ndarray
     ) -> tuple[float, lgb.Booster, float]:
         """How well ``booster`` forecasts the held-out rows ``x`` (WAPE) at each share of its
-        rounds (with ``early_stopping``; else at every round): the best share (the fewer rounds
-        on a tie), the booster cut to it and its WAPE."""
+        rounds (with ``early_stopping`` and enough rows to calibrate on; else at every round):
+        the best share (the fewer rounds on a tie), the booster cut to it and its WAPE."""
         rounds = booster.current_iteration()
-        shares = ROUND_SHARES if self.early_stopping else (1.0,)
+        shares = ROUND_SHARES if self.early_stopping and len(y) >= MIN_CELL else (1.0,)
         wape = {
             kept: _wape(y, self._predict(booster, x, rounds=kept))
             for kept in sorted({max(round(rounds * share), 1) for share in shares})

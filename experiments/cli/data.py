@@ -56,10 +56,11 @@ def validate_cmd(
     for name, s in summary["tables"].items():
         if n := s["repeated_rows"]:
             rows = "1 accepted row repeats" if n == 1 else f"{n} accepted rows repeat"
+            key = TABLES[name].unique
+            apart = f", with no {' or '.join(key)} to tell them apart" if key else ""
             out.print(
-                f"{name}: {rows} an earlier row in every column, with no "
-                f"{' or '.join(TABLES[name].unique)} to tell them apart; kept (the same item can "
-                "sell twice in a second), but many of them may mean a file loaded twice.",
+                f"{name}: {rows} an earlier row in every column{apart}; kept, but many of them "
+                "may mean a file loaded twice.",
                 highlight=False,
             )
     quarantine = out_dir or data / pipelines.QUARANTINE_DIR

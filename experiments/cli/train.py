@@ -198,11 +198,15 @@ def print_backtest(result: Any, title: str) -> None:
         f"the last origin's models: {model.objective_} objective, rounds "
         f"{', '.join(map(str, model.rounds_))} of {model.n_estimators}."
     )
-    gain = 1 - result.metrics["wape"] / min(m["wape"] for m in result.baselines.values())
-    out.print(
-        f"WAPE {abs(gain):.1%} {'below' if gain >= 0 else 'above'} the best baseline's; "
-        f"{result.series} series, {result.rows} test rows, {result.seconds:.0f} s."
+    best = min(m["wape"] for m in result.baselines.values())
+    gain = 1 - result.metrics["wape"] / best if best else None
+    against = (
+        "a baseline forecast every test period exactly (WAPE 0)"
+        if gain is None
+        else f"WAPE {abs(gain):.1%} {'below' if gain >= 0 else 'above'} the best baseline's"
     )
+    size = f"{result.series} series, {result.rows} test rows, {result.seconds:.0f} s"
+    out.print(f"{against}; {size}.")
 
 
 def print_skipped(skipped: list) -> None:

@@ -535,7 +535,9 @@ class ForecasterTraining:
 def train_forecaster(
     data_dir: Path, *, horizon: int, freq: str, windows: int = 3, engine: str = "inprocess"
 ) -> ForecasterTraining:
-    """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins.
+    """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins —
+    against the best baseline's backtest (never a model a moving average beats) and the
+    champion's.
 
     The champion's WAPE is its configuration backtested on the same data and windows; a
     champion for another horizon or frequency is replaced without comparison, one forecasting
@@ -566,7 +568,9 @@ def train_forecaster(
     }  # fmt: skip
     log_backtest(result, params)
     wape = result.metrics["wape"]
-    promoted = narrower is None and (champion_wape is None or wape <= champion_wape)
+    baseline, scores = min(result.baselines.items(), key=lambda named: named[1]["wape"])
+    beaten = wape > scores["wape"]  # a planner would do better with the baseline
+    promoted = not beaten and narrower is None and (champion_wape is None or wape <= champion_wape)
     version = _register(
         FORECASTER_NAME,
         "forecaster",
@@ -583,7 +587,14 @@ def train_forecaster(
     for key, value in tags.items():
         client.set_model_version_tag(FORECASTER_NAME, version, key, value)
     registered = f"registered {FORECASTER_NAME} v{version} (intervals: {final.intervals_.label})"
-    if narrower is not None:
+    if beaten:
+        stays = "there is none" if current is None else f"the {CHAMPION} stays"
+        message = (
+            f"{registered}; not {CHAMPION} ({stays}): its backtest WAPE is above the "
+            f"{baseline.replace('_', ' ')}'s ({wape:.4f} > {scores['wape']:.4f}), so a planner "
+            "would do better with the baseline — look for outliers or gaps in the sales."
+        )
+    elif narrower is not None:
         message = f"{registered}; the {CHAMPION} stays: {narrower}"
     elif unreadable is not None:
         message = (
@@ -601,12 +612,6 @@ def train_forecaster(
         message = (
             f"{registered}; {outcome}: WAPE {wape:.4f} {'<=' if promoted else '>'} "
             f"{champion_wape:.4f}, the {CHAMPION}'s configuration on the same backtest."
-        )
-    baseline, scores = min(result.baselines.items(), key=lambda named: named[1]["wape"])
-    if wape > scores["wape"]:  # worth a word: a planner would do better with the baseline
-        message += (
-            f" Its backtest WAPE is above the {baseline.replace('_', ' ')}'s "
-            f"({wape:.4f} > {scores['wape']:.4f})."
         )
     if promoted:
         client.set_registered_model_alias(FORECASTER_NAME, CHAMPION, version)

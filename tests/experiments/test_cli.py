@@ -57,12 +57,15 @@ def test_validate_json_counts_every_hand_appended_corrupt_line(data: Path) -> No
 def test_validate_table_output_and_custom_quarantine_dir(data: Path, tmp_path: Path) -> None:
     with (data / "events.csv").open("a") as events:  # a line twice, with no event_id
         events.write(",2024-03-01T10:00:00,web,view,I000001,W-1,1,1.0,ONLINE\n" * 2)
+    sales = (data / "sales.csv").read_text().splitlines()
+    (data / "sales.csv").write_text("\n".join([*sales, sales[1], sales[2], sales[1]]) + "\n")
     result = omni("validate", "--data", str(data), "--out", str(tmp_path / "q"))
     assert result.returncode == 0, result.stderr
     assert "events" in result.stdout and "quarantined" in result.stdout
     assert "events: 1 accepted row repeats an earlier row in every column, with no event_id" in (
         result.stdout
     )
+    assert "sales: 3 accepted rows repeat an earlier row in every column; kept," in result.stdout
     assert (tmp_path / "q" / "events.csv").exists()
 
 
@@ -496,3 +499,22 @@ def test_a_mistyped_command_line_is_one_sentence(args: list[str], said: str) -> 
     assert omni("train", "--help").returncode == 0
     bare = omni()  # the help, and nothing said wrong
     assert bare.returncode == 2 and "Usage" in bare.stdout and not bare.stderr
+
+
+def test_a_backtest_whose_baseline_forecast_exactly_says_so(tmp_path: Path) -> None:
+    """Regression: demand the same every day gives a baseline WAPE of 0, and the backtest's
+    summary line was a ZeroDivisionError (exit 1; after `omni train forecaster` had
+    registered its model)."""
+    data = tmp_path / "flat"
+    data.mkdir()
+    days = pd.date_range("2024-01-01", periods=280, freq="D").strftime("%Y-%m-%d")
+    items = [f"I{i}" for i in range(6)]
+    sales = pd.DataFrame(
+        {"date": list(days) * 6, "store_id": "S1", "item_id": sorted(items * 280), "units": 5}
+    )
+    sales.to_csv(data / "sales.csv", index=False)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    args = ["backtest", "forecaster", "--data", str(data), "--horizon", "4", "--freq", "W"]
+    result = omni(*args, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "a baseline forecast every test period exactly (WAPE 0);" in result.stdout

@@ -95,3 +95,20 @@ def test_the_champion_is_rescored_on_the_candidates_data(own_tracking: Path) -> 
     mended = train_forecaster(SAMPLE, horizon=4, freq="W", windows=1)
     assert mended.promoted and "replacing one that cannot serve" in mended.message
     assert champion(FORECASTER_NAME)[0] == mended.version
+
+
+def test_a_model_a_baseline_beats_is_registered_but_never_champion(own_tracking: Path) -> None:
+    """Regression: one sales row of 10^12 units (inside the contract's bounds) made every
+    series' forecast absurd, and the model became champion with a backtest WAPE millions of
+    times the moving average's."""
+    data = own_tracking / "outlier"
+    shutil.copytree(SAMPLE, data)
+    sales = pd.read_csv(data / "sales.csv.gz")
+    late = sales.index[sales["date"] == "2024-08-20"][0]  # its lags reach the test weeks
+    sales.loc[late, "units"] = 999_999_999_999
+    sales.to_csv(data / "sales.csv.gz", index=False)
+    trained = train_forecaster(data, horizon=4, freq="W", windows=1)
+    assert not trained.promoted and trained.version == "1"
+    assert "not champion (there is none): its backtest WAPE is above the" in trained.message
+    with pytest.raises(mlflow.exceptions.MlflowException):  # no alias was set
+        MlflowClient().get_model_version_by_alias(FORECASTER_NAME, CHAMPION)

@@ -252,6 +252,15 @@ def test_early_stopping_trains_the_share_of_rounds_that_forecast_held_out_period
     assert trained == [(1, pytest.approx(0.25)), (5, 0.05)]  # one held-out round: nothing to cut
 
 
+def test_early_stopping_needs_as_many_held_out_rows_as_the_calibration() -> None:
+    """Regression: on 28 held-out rows the intervals were not calibrated ("too short to hold
+    periods out") while early stopping chose the rounds on them."""
+    noise = hand_panel(np.random.default_rng(5).poisson(5.0, 120).astype(float).tolist())
+    with pytest.warns(CalibrationWarning, match="too short to hold periods out"):
+        model = LightGBMForecaster(horizon=7, freq="D", n_estimators=200, learning_rate=0.1)
+        assert model.fit(noise).rounds_ == [200]
+
+
 def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
     monkeypatch,
 ) -> None:
