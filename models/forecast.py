@@ -247,7 +247,11 @@ class LightGBMForecaster(Forecaster):
         return FeatureSpec(horizon=lead, lags=tuple(lags), rolling=rolling, calendar=calendar)
 
     def fit(
-        self, panel: pd.DataFrame, items: pd.DataFrame | None = None, trainer: Trainer = train_here
+        self,
+        panel: pd.DataFrame,
+        items: pd.DataFrame | None = None,
+        trainer: Trainer = train_here,
+        plan: pd.DataFrame | None = None,
     ) -> Self:
         """Fit the models, and calibrate the intervals on held-out history.
 
@@ -262,7 +266,9 @@ class LightGBMForecaster(Forecaster):
         ``calibration_effort`` of the rounds). When the history is too short to hold any
         periods out, a :class:`CalibrationWarning` says so and the intervals are the documented
         default (negative binomial, dispersion 1). ``trainer`` trains each LightGBM model (the
-        features are built here either way): by default in this process.
+        features are built here either way): by default in this process. ``plan`` (the plan
+        table: future prices, promotions, ``x_*``): its rows after the panel are kept
+        (``plan_``), and forecasts use them unless given another.
         """
         self._check(panel)
         if self.quantiles not in ("auto", *INTERVAL_METHODS):
@@ -286,6 +292,8 @@ class LightGBMForecaster(Forecaster):
                 "there is nothing to learn a forecast from."
             )
         self.items_ = items
+        last = panel[PERIOD].max()
+        self.plan_ = None if plan is None else plan[plan["date"] > last].reset_index(drop=True)
         self.codes_ = Codes.learn(panel, items)
         # Per model: week of year and month only where the history has seen the weeks it
         # forecasts — the same for a model whatever the horizon it is part of.
@@ -608,9 +616,11 @@ class LightGBMForecaster(Forecaster):
     def predict(
         self, panel: pd.DataFrame | None = None, plan: pd.DataFrame | None = None
     ) -> pd.DataFrame:
-        """Forecast the horizon after ``panel`` (default: the history kept at fit time)."""
+        """Forecast the horizon after ``panel`` (default: the history kept at fit time) with the
+        covariates of ``plan`` (default: the plan's future rows given at fit time)."""
         check_is_fitted(self, "boosters_")
         panel = self.history_ if panel is None else panel
+        plan = self.plan_ if plan is None else plan
         if self.strategy == "recursive":
             result = self._recursive(self.boosters_[0], panel, plan, self.horizon)
         else:
@@ -701,6 +711,8 @@ class LightGBMForecaster(Forecaster):
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         if self.items_ is not None:
             self.items_.to_parquet(path / "items.parquet")
+        if self.plan_ is not None:
+            self.plan_.to_parquet(path / "plan.parquet")
         self.history_.to_parquet(path / "history.parquet")
         return path
 
@@ -733,6 +745,8 @@ class LightGBMForecaster(Forecaster):
         model.objective_ = meta["objective"]
         items = path / "items.parquet"
         model.items_ = pd.read_parquet(items) if items.exists() else None
+        plan = path / "plan.parquet"
+        model.plan_ = pd.read_parquet(plan) if plan.exists() else None
         model.history_ = pd.read_parquet(path / "history.parquet")
         # Saved before the codes were kept: those its forecasts were made with, from its history.
         codes = meta.get("codes")

@@ -549,7 +549,7 @@ def train_forecaster(
         data = load(data_dir, freq, lambda: logged_events()[0])
         result = backtest(data, horizon=horizon, freq=freq, windows=windows, trainer=trainer)
         final = LightGBMForecaster(horizon=horizon, freq=freq).fit(
-            data.panel, items=data.items, trainer=trainer
+            data.panel, items=data.items, trainer=trainer, plan=data.plan
         )
         probe_forecast(final.predict(final.history_))
         narrower = _narrower_than_champion(FORECASTER_NAME, "series", result.series)

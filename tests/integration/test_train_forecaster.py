@@ -48,6 +48,7 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
 
     local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
     model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
+    assert len(model.plan_) and model.plan_["date"].min() > model.history_["ds"].max()  # the plan
     view = model.forecast("S001", horizon=2)
     assert len(view) > 0 and (view["p10"] <= view["p90"]).all()
 

@@ -261,6 +261,32 @@ def test_early_stopping_needs_as_many_held_out_rows_as_the_calibration() -> None
         assert model.fit(noise).rounds_ == [200]
 
 
+def test_the_plan_given_at_fit_is_what_forecasts_assume(tmp_path: Path) -> None:
+    """Regression: `omni forecast` and /forecast assumed no promotion whatever the data's plan
+    table said: only `placement plan --data` passed it on."""
+    panel = synthetic_panel()
+    last = panel["ds"].max()
+    series = panel.drop_duplicates("unique_id")[["store_id", "item_id"]]
+    days = pd.date_range(last - pd.Timedelta(days=2), periods=10, freq="D")  # some past
+    plan = series.merge(pd.DataFrame({"date": days}), how="cross").assign(
+        unit_price=0.8, on_promo=1
+    )
+    spec = {"horizon": 7, "freq": "D", "n_estimators": 60}
+    planned = LightGBMForecaster(**spec).fit(panel, plan=plan)
+    assert planned.plan_["date"].min() > last  # only what is ahead of the history is kept
+    plain = LightGBMForecaster(**spec).fit(panel)
+    forecast = planned.predict()
+    pd.testing.assert_frame_equal(forecast, plain.predict(plan=plan))  # the same models
+    assert forecast["mean"].sum() > 1.3 * plain.predict()["mean"].sum()  # promotions sell
+    loaded = LightGBMForecaster.load(planned.save(tmp_path / "model"))
+    pd.testing.assert_frame_equal(loaded.predict(), forecast)
+    view = loaded.forecast("S0", ["I0"], horizon=7)
+    assert (
+        view["mean"].tolist()
+        == forecast.loc[forecast["unique_id"] == view["unique_id"][0], "mean"].tolist()
+    )
+
+
 def test_a_panel_over_max_train_rows_trains_on_whole_series_and_forecasts_every_series(
     monkeypatch,
 ) -> None:
