@@ -314,9 +314,9 @@ class LightGBMForecaster(Forecaster):
                 sampled = "" if kept is None else f" (max_train_rows: {self.train_rows_} rows)"
                 raise ValueError(
                     f"{panel[PERIOD].nunique()} periods of history{sampled} are too few to "
-                    f"forecast {lead} periods ahead (its model reads nothing more recent than "
-                    f"{lead} periods back); the longest horizon they support is "
-                    f"{self._longest_lead(panel)}."
+                    f"forecast {_periods(lead)} ahead (its model reads nothing more recent than "
+                    f"{_periods(lead)} back); the longest horizon they support is "
+                    f"{self.longest_lead(panel)}."
                 )
             booster, share = None, 1.0
             if start is not None:
@@ -386,7 +386,7 @@ class LightGBMForecaster(Forecaster):
         """The frame's rows in blocks of whole categories (:data:`_BLOCK_ROWS`)."""
         return category_blocks(frame, self.items_, _BLOCK_ROWS)
 
-    def _longest_lead(self, panel: pd.DataFrame) -> int:
+    def longest_lead(self, panel: pd.DataFrame) -> int:
         """The longest lead whose model would have enough rows to train on: rows at least that
         many periods after their series' first (uncensored), at least twice min_child_samples."""
         first = panel.groupby(SERIES, observed=True)[PERIOD].transform("min")
@@ -1082,6 +1082,10 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
     coarse = np.geomspace(0.02, 5000.0, 16)
     best, step = closest(coarse), coarse[1] / coarse[0]
     return closest(np.clip(np.geomspace(best / step, best * step, 17), 0.02, 5000.0))
+
+
+def _periods(n: int) -> str:
+    return "1 period" if n == 1 else f"{n} periods"
 
 
 def _wape(actual: np.ndarray, mean: np.ndarray) -> float:

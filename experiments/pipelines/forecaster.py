@@ -215,6 +215,38 @@ class BacktestResult:
 Factory = Callable[[], Forecaster]
 
 
+def backtest_origins(
+    panel: pd.DataFrame, horizon: int, windows: int, model: Forecaster
+) -> list[np.datetime64]:
+    """The origins of ``windows`` rolling windows of ``horizon`` periods, or one sentence naming
+    the longest horizon that leaves room for the windows and, before the first origin, enough
+    history for the ``model`` of that lead (a LightGBM forecaster's :meth:`longest_lead`)."""
+    periods = np.sort(panel[PERIOD].unique())
+
+    def fits(h: int) -> bool:
+        if len(periods) < h * windows + 2:
+            return False
+        if not isinstance(model, LightGBMForecaster):
+            return True
+        return model.longest_lead(panel[panel[PERIOD] <= periods[-h * windows - 1]]) >= h
+
+    if horizon < 1 or windows < 1 or fits(horizon):
+        return rolling_origins(panel, horizon, windows)
+    low, high = 0, horizon - 1  # the longest that fits lies in [low, high]: halve the range
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    window = "1 backtest window" if windows == 1 else f"{windows} backtest windows"
+    advice = (
+        f"the longest horizon they allow is {low}"
+        if low
+        else "no horizon fits; use fewer windows or a longer history"
+    )
+    raise ValueError(
+        f"{len(periods)} periods of history are too few for {window} of {horizon}: {advice}."
+    )
+
+
 def backtest(
     data: DemandData,
     *,
@@ -243,7 +275,7 @@ def backtest(
     fitted: Forecaster | None = None
     fit_seconds = 0.0
     caught: list[str] = []
-    origins = rolling_origins(panel, horizon, windows)
+    origins = backtest_origins(panel, horizon, windows, factories["model"]())
     if not panel.loc[(panel[PERIOD] > origins[0]) & ~panel["censored"], TARGET].sum() > 0:
         raise ValueError(
             f"The last {horizon * windows} periods hold no sales, so no accuracy can be measured "

@@ -510,6 +510,28 @@ def test_a_horizon_the_history_cannot_support_names_the_longest_it_can() -> None
         LightGBMForecaster(horizon=80, freq="D", n_estimators=5).fit(panel)
 
 
+def test_a_backtest_too_long_for_the_history_names_a_horizon_that_runs() -> None:
+    """Regression: on 39 weeks `--horizon 60` advised 12 (room for the windows), and 12 was
+    then refused by the model (history before the first origin too short), advising 2."""
+    weeks = pd.date_range("2024-01-07", periods=39, freq="W")
+    sales = pd.DataFrame(
+        {"date": np.tile(weeks, 4), "store_id": "S", "item_id": np.repeat(list("ABCD"), 39),
+         "units": np.random.default_rng(0).poisson(6.0, 4 * 39).astype(float)}
+    )  # fmt: skip
+    data = DemandData(build_panel(sales, freq="W"), None, None)
+    with pytest.raises(
+        ValueError, match=r"too few for 3 backtest windows of 60: the longest "
+    ) as e:
+        backtest(data, horizon=60, freq="W", windows=3)
+    longest = int(str(e.value).rsplit(" ", 1)[-1].rstrip("."))
+    assert 1 <= longest < 12
+    backtest(data, horizon=longest, freq="W", windows=3)  # the advice runs
+    with pytest.raises(ValueError, match=f"windows of {longest + 1}: the longest horizon they"):
+        backtest(data, horizon=longest + 1, freq="W", windows=3)
+    with pytest.raises(ValueError, match="no horizon fits; use fewer windows or a longer history"):
+        backtest(data, horizon=4, freq="W", windows=30)
+
+
 def test_a_backtest_whose_windows_hold_no_sales_is_refused_in_one_sentence() -> None:
     """Regression: WAPE was NaN ("WAPE nan > nan"), and no model could become champion."""
     panel = synthetic_panel(n_series=3, days=60)
