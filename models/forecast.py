@@ -274,6 +274,17 @@ class LightGBMForecaster(Forecaster):
         if self.quantiles not in ("auto", *INTERVAL_METHODS):
             named = ", ".join(("auto", *INTERVAL_METHODS))
             raise ValueError(f"quantiles must be one of {named}, not {self.quantiles!r}.")
+        if self.objective not in ("auto", *_OBJECTIVES):
+            named = ", ".join(("auto", *_OBJECTIVES))
+            raise ValueError(
+                f"objective must be one of {named} (the mean must be an expected value), "
+                f"not {self.objective!r}."
+            )
+        if self.n_estimators < 1 or not self.learning_rate > 0:
+            raise ValueError(
+                f"n_estimators must be at least 1 and learning_rate above 0, not "
+                f"{self.n_estimators!r} and {self.learning_rate!r}."
+            )
         if not 0 < self.calibration_effort <= 1:
             raise ValueError(
                 f"calibration_effort must be in (0, 1], not {self.calibration_effort!r}."

@@ -576,7 +576,7 @@ def train_forecaster(
         "forecaster",
         final.save,
         run_name=f"register forecaster h={horizon}",
-        params=params,
+        params={**params, "rounds": ",".join(map(str, final.rounds_))},
         metrics=result.metrics,
     )
     client = MlflowClient()

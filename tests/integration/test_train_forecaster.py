@@ -44,10 +44,12 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     assert backtest_run["tags.calibration"] == "calibrated"
     assert backtest_run["params.interval"].startswith(("conformal", "negative binomial"))
     assert backtest_run["params.rounds"] == ",".join(map(str, result.model.rounds_))  # chosen
+    registered = runs[runs["tags.mlflow.runName"].str.startswith("register")].iloc[0]
     assert alias.tags["interval"].startswith(("conformal", "negative binomial"))
 
     local = mlflow.artifacts.download_artifacts(f"models:/{FORECASTER_NAME}@{CHAMPION}")
     model = LightGBMForecaster.load(Path(local) / "artifacts" / "model")
+    assert registered["params.rounds"] == ",".join(map(str, model.rounds_))  # the champion's
     assert len(model.plan_) and model.plan_["date"].min() > model.history_["ds"].max()  # the plan
     view = model.forecast("S001", horizon=2)
     assert len(view) > 0 and (view["p10"] <= view["p90"]).all()

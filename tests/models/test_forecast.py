@@ -221,6 +221,10 @@ def test_held_out_models_train_a_share_of_the_rounds_and_the_final_ones_all() ->
     assert trained == [(40, 0.05)]  # the held-out model is the final one: every round
     with pytest.raises(ValueError, match="calibration_effort must be in"):
         LightGBMForecaster(horizon=3, freq="D", calibration_effort=0).fit(panel)
+    with pytest.raises(ValueError, match="n_estimators must be at least 1 and learning_rate"):
+        LightGBMForecaster(horizon=3, freq="D", n_estimators=0).fit(panel)
+    with pytest.raises(ValueError, match=r"objective must be one of auto, .* not 'quantile'"):
+        LightGBMForecaster(horizon=3, freq="D", objective="quantile").fit(panel)
 
 
 def test_early_stopping_trains_the_share_of_rounds_that_forecast_held_out_periods_best() -> None:
