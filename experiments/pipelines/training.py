@@ -536,7 +536,7 @@ def train_forecaster(
     data_dir: Path, *, horizon: int, freq: str, windows: int = 3, engine: str = "inprocess"
 ) -> ForecasterTraining:
     """Backtest, fit on all data, register ``demand_forecaster``; champion only if it wins —
-    against the best baseline's backtest (never a model a moving average beats) and the
+    against the best baseline's backtest (never a model a baseline beats) and the
     champion's.
 
     The champion's WAPE is its configuration backtested on the same data and windows; a
