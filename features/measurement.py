@@ -148,17 +148,18 @@ def _figures(part: pd.DataFrame) -> dict[str, float]:
 
 
 def uplift(part: pd.DataFrame) -> dict[str, float]:
-    """The customers' conversion (any exposure followed by an attributed purchase) in the
-    treatment arm minus the control arm's, with its 95% interval; NaN without both arms."""
+    """The customers' conversion (any exposure followed by an attributed purchase) in each arm
+    (``treated_conversion``, ``control_conversion``; per customer, where ``conversion`` is per
+    exposure) and the difference, with its 95% intervals; NaN without both arms."""
     customers = part.dropna(subset=["customer_id"]).groupby(["arm", "customer_id"])["bought"].any()
     arm = customers.index.get_level_values("arm")
     treated, control = customers[arm == TREATMENT], customers[arm == CONTROL]
-    if not len(treated) or not len(control):
-        nan = math.nan
-        return {"control_customers": len(control), "control_conversion": nan,
-                **dict.fromkeys(UPLIFT_FIGURES, nan)}  # fmt: skip
-    p1, n1, p0, n0 = float(treated.mean()), len(treated), float(control.mean()), len(control)
-    return {"control_customers": n0, "control_conversion": p0, **difference(p1, n1, p0, n0)}
+    p1, n1 = (float(treated.mean()) if len(treated) else math.nan), len(treated)
+    p0, n0 = (float(control.mean()) if len(control) else math.nan), len(control)
+    arms = {"treated_conversion": p1, "control_customers": n0, "control_conversion": p0}
+    if not n1 or not n0:
+        return {**arms, **dict.fromkeys(UPLIFT_FIGURES, math.nan)}
+    return {**arms, **difference(p1, n1, p0, n0)}
 
 
 #: What :func:`difference` gives: the difference, its one-look and its any-time interval.
@@ -169,7 +170,8 @@ UPLIFT_FIGURES = (
 
 def difference(p1: float, n1: int, p0: float, n0: int) -> dict[str, float]:
     """The difference of two proportions (``p1`` of ``n1`` minus ``p0`` of ``n0``) with its
-    95% interval for one look and its any-time 95% interval. An arm where nobody or everybody
+    95% interval for one look and its any-time 95% interval, each within [-1, 1] (a difference
+    of two shares can be no more). An arm where nobody or everybody
     converted counts as half a customer short of that for the standard error, so that a few
     early customers never make a zero-width interval."""
 
@@ -181,7 +183,7 @@ def difference(p1: float, n1: int, p0: float, n0: int) -> dict[str, float]:
     anytime = anytime_half_width(se, n1 + n0)
     d = p1 - p0
     bounds = (d, d - _Z95 * se, d + _Z95 * se, d - anytime, d + anytime)
-    return dict(zip(UPLIFT_FIGURES, bounds, strict=True))
+    return dict(zip(UPLIFT_FIGURES, (min(max(b, -1.0), 1.0) for b in bounds), strict=True))
 
 
 def anytime_half_width(

@@ -40,9 +40,8 @@ def create_key(scopes: list[str], path: Path | None = None, name: str = "") -> s
     was made, and return the key (shown once)."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise ValueError(
-            f"Scopes must be among {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}."
-        )
+        which = f"not {', '.join(unknown)}" if unknown else "at least one"
+        raise ValueError(f"Scopes must be among {', '.join(SCOPES)}: {which}.")
     if len(name) > MAX_NAME or not name.isprintable():
         raise ValueError(f"A key's name is at most {MAX_NAME} printable characters.")
     path = path or keys_file()

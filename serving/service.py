@@ -410,14 +410,16 @@ async def _model_info(request: Request) -> JSONResponse:
         return _unavailable(exc)
 
 
-DAYS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+#: A number as people write one (``7``, ``0.5``, ``-1``, ``1e3``): not NaN, inf or ``1_0``,
+#: which ``float`` also reads; whether it is a window is :func:`period`'s to say.
+DAYS = re.compile(r"[-+]?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
 async def _kpis(request: Request) -> JSONResponse:
     """``GET /kpis?since=...&until=...&window_days=7``: see :meth:`OmnichannelService.kpis`."""
     query = request.query_params
     days = query.get("window_days", "7")
-    if not DAYS.fullmatch(days):  # not 1e-300 (0 days), 1_0 or NaN, which float() reads
+    if not DAYS.fullmatch(days):
         return JSONResponse({"error": "window_days is a number of days, e.g. 7 or 0.5."}, 422)
     try:
         since, until, window = period(query.get("since"), query.get("until"), float(days))

@@ -70,15 +70,19 @@ def report_kpis_cmd(
 def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: float) -> None:
     shown = Table(
         "route", "channel", "exposures", "customers", "view-through", "conversion", "revenue",
-        "cross-channel", "uplift (95%, one look)", "any time 95%",
+        "cross-channel", "customers converted: treated - control = uplift (95%, one look)",
+        "any time 95%",
         title=f"KPIs {start} - {end}, {days:g}-day window",
     )  # fmt: skip
     for row in table.to_dict(orient="records"):
         measured = not math.isnan(row["uplift"])
         uplift = (
+            f"{row['treated_conversion']:.1%} - {row['control_conversion']:.1%} = "
             f"{row['uplift']:+.3f} ({row['uplift_low']:+.3f}, {row['uplift_high']:+.3f})"
             if measured
             else "no control arm"
+            if not row["control_customers"]
+            else "no treated customer"
         )
         anytime = (
             f"({row['uplift_anytime_low']:+.3f}, {row['uplift_anytime_high']:+.3f})"

@@ -154,9 +154,10 @@ const showKpis = guarded("kpi", async (current) => {
   const query = new URLSearchParams({ since: since + "T00:00:00", until: until + "T23:59:59", window_days: $("kpi-window").value });
   const answer = await call("GET", "/kpis?" + query.toString());
   if (!current()) return;
-  const uplift = (r) => (r.uplift === null ? "no control" : number(r.uplift * 100, 1) + " pt (" + number(r.uplift_low * 100, 1) + ", " + number(r.uplift_high * 100, 1) + ")");
+  const uplift = (r) => (r.uplift === null ? (r.control_customers ? "no treated customer" : "no control")
+    : percent(r.treated_conversion) + " - " + percent(r.control_conversion) + " = " + number(r.uplift * 100, 1) + " pt (" + number(r.uplift_low * 100, 1) + ", " + number(r.uplift_high * 100, 1) + ")");
   const anytime = (r) => (r.uplift === null ? "-" : "(" + number(r.uplift_anytime_low * 100, 1) + ", " + number(r.uplift_anytime_high * 100, 1) + ")");
-  fillTable($("kpi-table"), ["route / channel", "exposures", "customers", "view-through", "conversion", "revenue", "cross-channel", "uplift (95%, one look)", "any time 95%"],
+  fillTable($("kpi-table"), ["route / channel", "exposures", "customers", "view-through", "conversion", "revenue", "cross-channel", "customers converted: treated - control = uplift (95%, one look)", "any time 95%"],
     answer.rows.map((r) => [r.route + " / " + r.channel, String(r.exposures), String(r.customers), percent(r.view_through),
       percent(r.conversion), number(r.revenue, 2), percent(r.cross_channel_share), uplift(r), anytime(r)]));
   $("kpi-note").textContent = answer.rows.length

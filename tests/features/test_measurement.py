@@ -95,7 +95,15 @@ def test_a_purchase_counts_once_for_its_latest_showing_within_the_window() -> No
     # c1 and c4 treated (1 of 2 bought), c3 control (did not): uplift 0.5.
     assert everything["uplift"] == pytest.approx(0.5)
     assert everything["uplift_low"] < 0.5 < everything["uplift_high"]
+    # Regression: the uplift's terms are per customer, `conversion` per exposure (c1's two
+    # lists both bought: 2 of 3), and only the control's term was shown (0.67 - 0 != 0.5).
+    assert everything["conversion"] == pytest.approx(2 / 3)
+    assert (everything["treated_conversion"], everything["control_conversion"]) == (0.5, 0.0)
     assert pd.isna(app["uplift"])  # no control customer shown anything in the app
+    assert app["treated_conversion"] == 1.0 and app["control_customers"] == 0
+    # A difference of two shares lies in [-1, 1]; so do its intervals, however few the arms.
+    few = difference(1.0, 2, 0.0, 1)
+    assert all(-1 <= v <= 1 for v in few.values()) and few["uplift_anytime_high"] == 1.0
 
 
 def peeks(effect: float, rng: np.random.Generator, runs: int = 300) -> tuple[float, float, float]:

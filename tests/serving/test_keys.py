@@ -138,6 +138,11 @@ def test_keys_are_listed_by_name_and_revoked_by_id_or_whole_key(tmp_path: Path) 
     assert made.returncode == 0, made.stderr
     till = made.stdout.strip()
     other = create_key(["plan"], tmp_path / "keys.json")
+    # Regression: the refusal listed every scope asked for, not the one that is none.
+    with pytest.raises(ValueError, match=r"Scopes must be among .*: not events\.$"):
+        create_key(["recommend", "events", "report"], tmp_path / "keys.json")
+    with pytest.raises(ValueError, match=r": at least one\.$"):
+        create_key([], tmp_path / "keys.json")
     listed = omni("keys", "list", env=env)
     till_id, other_id = till.split("_")[1], other.split("_")[1]
     assert till_id in listed.stdout and "till-app" in listed.stdout and "recommend" in listed.stdout
