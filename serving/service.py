@@ -415,9 +415,22 @@ async def _model_info(request: Request) -> JSONResponse:
 DAYS = re.compile(r"[-+]?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
+#: What ``GET /kpis`` reads from its query.
+KPI_PARAMETERS = ("since", "until", "window_days")
+
+
 async def _kpis(request: Request) -> JSONResponse:
     """``GET /kpis?since=...&until=...&window_days=7``: see :meth:`OmnichannelService.kpis`."""
     query = request.query_params
+    asked = [name for name, _ in query.multi_items()]
+    unknown = sorted(set(asked) - set(KPI_PARAMETERS))
+    if unknown:
+        return JSONResponse(
+            {"error": f"GET /kpis takes since, until and window_days, not {', '.join(unknown)}: "
+             "it reports every route and channel (filter its rows)."}, 422,
+        )  # fmt: skip
+    if twice := sorted({name for name in asked if asked.count(name) > 1}):
+        return JSONResponse({"error": f"Give {', '.join(twice)} once."}, 422)
     days = query.get("window_days", "7")
     if not DAYS.fullmatch(days):
         return JSONResponse({"error": "window_days is a number of days, e.g. 7 or 0.5."}, 422)

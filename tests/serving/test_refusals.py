@@ -101,6 +101,15 @@ def test_what_a_fuzzer_found_is_refused_in_one_json_sentence(app: TestClient) ->
     for days, said in cases + [(d, number) for d in ("1_0", "nan", "inf", "7 ")]:
         kpis = app.get("/kpis", params={"since": "2026-11-01", "window_days": days})
         assert kpis.status_code == 422 and kpis.json() == {"error": said}, days
+    # Regression: a filter the route does not take was ignored (every row came back, as if
+    # filtered), and a parameter given twice used the last.
+    fax = app.get("/kpis", params={"since": "2026-11-01", "channel": "fax"})
+    assert (
+        fax.status_code == 422
+        and "takes since, until and window_days, not channel" in (fax.json()["error"])
+    )
+    twice = app.get("/kpis?since=2026-11-01&since=2026-11-02")
+    assert twice.status_code == 422 and twice.json() == {"error": "Give since once."}
     arabic = "\u0662\u0660\u0662\u0666-\u0661\u0661-\u0662\u0660"  # 2026-11-20
     digits = app.get("/kpis", params={"since": arabic, "until": "2026-11-21"})
     assert digits.status_code == 422 and "since is not an ISO time" in digits.json()["error"]
