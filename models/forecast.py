@@ -318,7 +318,6 @@ class LightGBMForecaster(Forecaster):
         blocks = [] if kept is None else self._blocks(panel)
         held: list[pd.DataFrame] = []
         self.boosters_ = []
-        self.rounds_: list[int] = []
         for index, lead in enumerate(self.models()):
             x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept, blocks)
             if len(y) < 2 * self.min_child_samples:
@@ -358,7 +357,6 @@ class LightGBMForecaster(Forecaster):
             if self.refit or booster is None:
                 booster = self._train(x, y, self.objective_, trainer, share=share)
             self.boosters_.append(booster)
-            self.rounds_.append(booster.current_iteration())
         self.leads_ = self.models()
         self.intervals_ = self._calibrate(
             pd.concat(held, ignore_index=True) if held else None, panel, start
@@ -420,6 +418,11 @@ class LightGBMForecaster(Forecaster):
     def history_end_(self) -> pd.Timestamp:
         """The end of the last period of sales the model learned from: its forecasts follow it."""
         return pd.Timestamp(self.history_[PERIOD].max())
+
+    @property
+    def rounds_(self) -> list[int]:
+        """The rounds each model trained (early stopping may have kept fewer than all)."""
+        return [booster.current_iteration() for booster in self.boosters_]
 
     @property
     def booster_(self) -> lgb.Booster:
@@ -745,7 +748,6 @@ class LightGBMForecaster(Forecaster):
             lgb.Booster(model_file=str(path / _model_file(bucket)))
             for bucket in range(len(model.leads_))
         ]
-        model.rounds_ = [booster.current_iteration() for booster in model.boosters_]
         # Saved before intervals were calibrated per band: its one dispersion.
         intervals = meta.get("intervals")
         model.intervals_ = (

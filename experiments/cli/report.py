@@ -76,14 +76,13 @@ def _print(table: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, days: fl
     )  # fmt: skip
     for row in table.to_dict(orient="records"):
         measured = not math.isnan(row["uplift"])
-        uplift = (
-            f"{row['treated_conversion']:.1%} - {row['control_conversion']:.1%} = "
-            f"{row['uplift']:+.3f} ({row['uplift_low']:+.3f}, {row['uplift_high']:+.3f})"
-            if measured
-            else "no control arm"
-            if not row["control_customers"]
-            else "no treated customer"
-        )
+        if measured:
+            uplift = (
+                f"{row['treated_conversion']:.1%} - {row['control_conversion']:.1%} = "
+                f"{row['uplift']:+.3f} ({row['uplift_low']:+.3f}, {row['uplift_high']:+.3f})"
+            )
+        else:
+            uplift = "no treated customer" if row["control_customers"] else "no control arm"
         anytime = (
             f"({row['uplift_anytime_low']:+.3f}, {row['uplift_anytime_high']:+.3f})"
             if measured
