@@ -334,14 +334,14 @@ class LightGBMForecaster(Forecaster):
                 after = ~before
                 if before.sum() >= 2 * self.min_child_samples and after.any():
                     if index == 0 and self.objective == "auto":
-                        share, booster = self._select_objective(
+                        share, booster, mean = self._select_objective(
                             x, y, before, after, trainer, effort
                         )
                     else:
                         held_out = self._train(
                             x[before], y[before], self.objective_, trainer, effort
                         )
-                        share, booster, _ = self._best_cut(held_out, x[after], y[after])
+                        share, booster, _, mean = self._best_cut(held_out, x[after], y[after])
                     held.append(
                         self._recursive_errors(booster, panel, start)
                         if self.strategy == "recursive"
@@ -349,7 +349,7 @@ class LightGBMForecaster(Forecaster):
                             {
                                 SERIES: panel[SERIES].iloc[rows[after]].to_numpy(),
                                 "bucket": index,
-                                "mean": self._predict(booster, x[after]),
+                                "mean": mean,
                                 "actual": y[after],
                             }
                         )
@@ -527,36 +527,38 @@ class LightGBMForecaster(Forecaster):
     def _select_objective(
         self, x: pd.DataFrame, y: np.ndarray, before: np.ndarray, after: np.ndarray,
         trainer: Trainer, effort: float,
-    ) -> tuple[float, lgb.Booster]:  # fmt: skip
+    ) -> tuple[float, lgb.Booster, np.ndarray]:  # fmt: skip
         """Keep the objective with the lowest held-out WAPE (each at its best share of the
-        rounds): that share and its model trained before, cut to it."""
+        rounds): that share, its model trained before, cut to it, and its held-out forecast."""
         cuts = {}
         for objective in _OBJECTIVES:
             booster = self._train(x[before], y[before], objective, trainer, effort)
-            share, cut, self.selection_wape_[objective] = self._best_cut(
+            share, cut, self.selection_wape_[objective], mean = self._best_cut(
                 booster, x[after], y[after]
             )
-            cuts[objective] = (share, cut)
+            cuts[objective] = (share, cut, mean)
         self.objective_ = min(self.selection_wape_, key=self.selection_wape_.__getitem__)
         return cuts[self.objective_]
 
     def _best_cut(
         self, booster: lgb.Booster, x: pd.DataFrame, y: np.ndarray
-    ) -> tuple[float, lgb.Booster, float]:
+    ) -> tuple[float, lgb.Booster, float, np.ndarray]:
         """How well ``booster`` forecasts the held-out rows ``x`` (WAPE) at each share of its
         rounds (with ``early_stopping`` and enough rows to calibrate on; else at every round):
-        the best share (the fewer rounds on a tie), the booster cut to it and its WAPE."""
+        the best share (the fewer rounds on a tie), the booster cut to it, its WAPE and its
+        forecast of ``x``."""
         rounds = booster.current_iteration()
         shares = ROUND_SHARES if self.early_stopping and len(y) >= MIN_CELL else (1.0,)
-        wape = {
-            kept: _wape(y, self._predict(booster, x, rounds=kept))
+        means = {
+            kept: self._predict(booster, x, rounds=kept)
             for kept in sorted({max(round(rounds * share), 1) for share in shares})
         }
+        wape = {kept: _wape(y, mean) for kept, mean in means.items()}
         kept = min(wape, key=wape.__getitem__)
         if kept < rounds:
             booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=kept))
         share = min(shares, key=lambda share: abs(share - kept / rounds))  # 12 of 50: 0.25
-        return share, booster, wape[kept]
+        return share, booster, wape[kept], means[kept]
 
     def _train(
         self,
