@@ -236,17 +236,23 @@ def period(
     now) and days.
 
     Raises:
-        ValueError: one sentence: a time that is not ISO, since not before until, a span over
-            a year, a window outside (0, 90] days, or times outside 2000 - now + 1 day.
+        ValueError: one sentence naming the rule: a time that is not ISO, since before 2000,
+            until after the end of tomorrow (UTC: an offer is dated when it is to be sent),
+            since not before until, a span over a year, a window outside (0, 90] days.
     """
     start = utc_time(since, "since")
-    end = utc_time(until, "until") if until else pd.Timestamp.now(tz="UTC").tz_localize(None)
-    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
-    if not pd.Timestamp("2000-01-01") <= start < end <= latest or end - start > MAX_SPAN:
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    end = utc_time(until, "until") if until else now
+    if start < pd.Timestamp("2000-01-01"):
+        raise ValueError(f"since must be in 2000 or later, not {start.isoformat()}.")
+    if end > now.normalize() + pd.Timedelta(days=2):
+        raise ValueError(f"until must be at most the end of tomorrow (UTC), not {end.isoformat()}.")
+    if not start < end:
         raise ValueError(
-            "since must come before until, both between 2000 and a day from now, at most a "
-            "year apart."
+            f"since must come before until ({start.isoformat()} is not before {end.isoformat()})."
         )
+    if end - start > MAX_SPAN:
+        raise ValueError("since and until must be at most a year apart.")
     window = pd.Timedelta(days=window_days) if 0 < window_days <= MAX_WINDOW.days else None
     if not window:  # (1e-300 days is more than 0, and 0 ns)
         raise ValueError("The attribution window must be more than 0 and at most 90 days.")

@@ -944,7 +944,12 @@ class Intervals:
         z = table[np.minimum(np.asarray(bucket), len(table) - 1), band]
         scale = _scale(self.scale, mean, profile["volatility"].to_numpy())
         values = np.maximum(mean[:, None] + z * scale[:, None], 0.0)
-        return [values[:, 0], values[:, 1], values[:, 2]]
+        # Units sold are counts: no band narrower than a Poisson's spread around the same mean
+        # (a slow seller's errors, near zero, would otherwise give a promotion week's 1.9 units
+        # a band of 1.84-1.90).
+        spread = stats.norm.ppf(QUANTILES[-1]) * np.sqrt(mean)
+        low = np.minimum(values[:, 0], np.maximum(mean - spread, 0.0))
+        return [low, values[:, 1], np.maximum(values[:, 2], mean + spread)]
 
     @classmethod
     def calibrate(

@@ -946,6 +946,7 @@ class OmnichannelService:
             .to_dict(orient="records"),
             "interval": state.forecaster.intervals_.label,
             "history_end": state.history_end,
+            "freq": state.forecaster.freq,
             **({"actuals": _actuals(state, r)} if r.history else {}),
             "model_version": state.forecaster_version,
         }
@@ -984,6 +985,10 @@ class OmnichannelService:
             "units_sent": int(frame["send"].sum()),
             "units_kept_at_dc": units - int(frame["send"].sum()),
             "horizon": r.horizon,
+            # Stores that have not sold it take part only when named (a new listing).
+            "stores_without_sales": sorted(
+                set(state.forecaster.codes_.stores) - set(frame["store_id"].astype(str))
+            ),
             "stores": [
                 {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}
                 for row in stores.to_dict(orient="records")

@@ -8,14 +8,24 @@ const KEY = "omni-key";
 function key() { return sessionStorage.getItem(KEY) || ""; }
 
 async function call(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: { "Authorization": "Bearer " + key(), "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { "Authorization": "Bearer " + key(), "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new Error("The service did not answer: is it running?");
+  }
   let answer = {};
   try { answer = await response.json(); } catch (e) { /* not JSON: say the status */ }
-  if (!response.ok) throw new Error(answer.error || ("The service answered " + response.status + "."));
+  const reason = answer.error || ("The service answered " + response.status + ".");
+  if (response.status === 401 && key()) {  // a refused key is forgotten, not sent again
+    sessionStorage.removeItem(KEY);
+    $("key-state").textContent = "Key refused (" + reason + "): enter another.";
+  }
+  if (!response.ok) throw new Error(reason);
   return answer;
 }
 
@@ -114,6 +124,8 @@ function drawForecast(actuals, forecast) {
   });
 }
 
+const PERIODS = { D: "daily", W: "weekly", M: "monthly" };
+
 const showForecast = guarded("fc", async (current) => {
   const item = $("fc-item").value.trim();
   const answer = await call("POST", "/forecast", {
@@ -124,8 +136,20 @@ const showForecast = guarded("fc", async (current) => {
   const forecast = answer.forecast.filter((f) => f.item_id === item);
   if (!current()) return;
   drawForecast(actuals, forecast);
-  $("fc-note").textContent = "Model " + answer.model_version + ", trained on sales to " + answer.history_end +
-    " (the forecast follows it); band: " + answer.interval + ".";
+  fillTable($("fc-table"), ["period ending", "mean", "P10", "P50", "P90"],
+    forecast.map((f) => [f.period_end, number(f.mean, 2), number(f.p10, 2), number(f.p50, 2), number(f.p90, 2)]));
+  const notes = ["Model " + answer.model_version + ", trained on " + (PERIODS[answer.freq] || answer.freq) +
+    " sales to " + answer.history_end + " (the forecast follows it); band: " + answer.interval + "."];
+  if (forecast.some((f) => f.method === "category prior")) {
+    notes.push("This store has not sold this item: the forecast is its category's usual demand at the store, not the model's.");
+  } else if (forecast.some((f) => f.method !== forecast[0].method || f.method.startsWith("moving_average"))) {
+    notes.push("Too short a history for the model: a moving average of its sales.");
+  }
+  if (!actuals.length) notes.push("No sales of it here in the last 26 periods.");
+  if (forecast.some((f) => f.mean > f.p90)) {
+    notes.push("Where most periods sell nothing, the mean can lie above P90: it counts the odd sale that P90 leaves out.");
+  }
+  $("fc-note").textContent = notes.join(" ");
 });
 
 // -- placement ----------------------------------------------------------------------------------
@@ -143,8 +167,11 @@ const showPlacement = guarded("pl", async (current) => {
       number(s.expected_demand), number(s.expected_sales), number(s.expected_lost), number(s.expected_leftover),
       percent(s.expected_fill_rate)]));
   $("pl-note").textContent = answer.units_sent + " units sent, " + answer.units_kept_at_dc + " kept at " +
-    (answer.dc_id || "the DC") + (typed === "" ? ": all of its stock available to promise now." : ".") +
-    " Demand, sales, lost and leftover units are expected values over the periods covered.";
+    (answer.dc_id || "the DC") + (typed === "" ? " (its stock available to promise now)." : ".");
+  const left = answer.stores_without_sales || [];
+  $("pl-why").textContent = "No store is sent a unit it is expected to lose money on: a unit left over costs " +
+    "a quarter of a sale's margin. Demand, sales, lost and leftover units are expected values over the " +
+    "periods covered." + (left.length ? " Stores that have not sold this item take no part: " + left.join(", ") + "." : "");
 });
 
 // -- KPIs ---------------------------------------------------------------------------------------
@@ -154,9 +181,9 @@ const showKpis = guarded("kpi", async (current) => {
   const query = new URLSearchParams({ since: since + "T00:00:00", until: until + "T23:59:59", window_days: $("kpi-window").value });
   const answer = await call("GET", "/kpis?" + query.toString());
   if (!current()) return;
-  const uplift = (r) => (r.uplift === null ? (r.control_customers ? "no treated customer" : "no control")
+  const uplift = (r) => (r.uplift === null ? (r.control_customers ? "no treated customer" : "no control arm")
     : percent(r.treated_conversion) + " - " + percent(r.control_conversion) + " = " + number(r.uplift * 100, 1) + " pt (" + number(r.uplift_low * 100, 1) + ", " + number(r.uplift_high * 100, 1) + ")");
-  const anytime = (r) => (r.uplift === null ? "-" : "(" + number(r.uplift_anytime_low * 100, 1) + ", " + number(r.uplift_anytime_high * 100, 1) + ")");
+  const anytime = (r) => (r.uplift === null ? "–" : "(" + number(r.uplift_anytime_low * 100, 1) + ", " + number(r.uplift_anytime_high * 100, 1) + ")");
   fillTable($("kpi-table"), ["route / channel", "exposures", "customers", "view-through", "conversion", "revenue", "cross-channel", "customers converted: treated - control = uplift (95%, one look)", "any time 95%"],
     answer.rows.map((r) => [r.route + " / " + r.channel, String(r.exposures), String(r.customers), percent(r.view_through),
       percent(r.conversion), number(r.revenue, 2), percent(r.cross_channel_share), uplift(r), anytime(r)]));
@@ -169,8 +196,13 @@ const showKpis = guarded("kpi", async (current) => {
 
 function useKey(event) {
   event.preventDefault();
-  sessionStorage.setItem(KEY, $("key").value.trim());
+  const typed = $("key").value.trim().replace(/^Bearer\s+/i, "");
   $("key").value = "";
+  if (!/^[\x21-\x7e]+$/.test(typed)) {  // a header carries nothing else
+    $("key-state").textContent = "An API key is ASCII letters, digits and signs without spaces: check for a pasted space or a non-Latin letter.";
+    return;
+  }
+  sessionStorage.setItem(KEY, typed);
   $("key-state").textContent = "Key set for this tab.";
   showForecast(); showPlacement(); showKpis();
 }
@@ -186,14 +218,16 @@ let typing;
 $("pl-units").addEventListener("input", () => {
   clearTimeout(typing);
   typing = setTimeout(() => {
-    if ($("pl-units").checkValidity()) showPlacement();
-    else showPlacement.refuse($("pl-units").validationMessage);  // not the last answer's
+    const invalid = $("placement-form").querySelector(":invalid");  // any field, not only the units
+    if (!invalid) showPlacement();
+    else showPlacement.refuse(invalid.validationMessage);  // not the last answer's
   }, 400);
 });
-// A value the browser refuses: its own message replaces the last answer's error.
-document.querySelectorAll("form").forEach((form) => form.addEventListener("invalid", () => {
-  const error = form.parentElement.querySelector(".error");
-  if (error) error.textContent = "";
+// A value the browser refuses on submit: its message (also shown beside the field) replaces the
+// last answer, which no longer matches the form.
+const RUNS = { "forecast-form": showForecast, "placement-form": showPlacement, "kpi-form": showKpis };
+Object.entries(RUNS).forEach(([form, run]) => $(form).addEventListener("invalid", (event) => {
+  run.refuse(event.target.validationMessage);
 }, true));
 $("kpi-form").addEventListener("submit", showKpis);
 if (key()) { $("key-state").textContent = "Key set for this tab."; showForecast(); showPlacement(); showKpis(); }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from features.measurement import (
     difference,
     kpis,
     measure,
+    period,
     utc_time,
 )
 
@@ -170,3 +172,20 @@ def test_a_report_time_that_is_not_iso_is_refused(text: str) -> None:
     was taken."""
     with pytest.raises(ValueError, match=r"^--since is not an ISO time"):
         utc_time(text, "--since")
+
+
+def test_a_report_period_may_end_tomorrow_and_a_refusal_names_its_rule() -> None:
+    """Regression: the planner page's 'until tomorrow' (its last second) was refused — the
+    limit was 24 hours from now — and every refusal gave the same sentence of four rules."""
+    today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    tomorrow = (today + pd.Timedelta(days=1, seconds=86_399)).isoformat()
+    assert period(today.isoformat(), tomorrow, 7)[1] == pd.Timestamp(tomorrow)
+    after = (today + pd.Timedelta(days=2, seconds=1)).isoformat()
+    for since, until, rule in [
+        ("1999-12-31", "2000-01-02", "since must be in 2000 or later"),
+        (today.isoformat(), after, "until must be at most the end of tomorrow (UTC)"),
+        ("2026-11-02", "2026-11-01", "since must come before until"),
+        ("2024-01-01", "2025-06-01", "at most a year apart"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(rule)):
+            period(since, until, 7)

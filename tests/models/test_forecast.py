@@ -446,6 +446,27 @@ def test_quantiles_never_cross_whatever_the_method() -> None:
         assert (low >= 0).all() and (low <= middle).all() and (middle <= high).all()
 
 
+def test_a_slow_sellers_band_is_never_narrower_than_a_poisson_spread() -> None:
+    """Regression: a slow seller's held-out errors are near zero, so a promotion week forecast
+    at 1.9 units got a band of 1.84-1.90 (P10 said 'at least 2 units, 9 weeks in 10')."""
+    rng = np.random.default_rng(5)
+    held = pd.DataFrame(
+        {"unique_id": (np.arange(600) % 60).astype(str), "bucket": 0,
+         "mean": 0.02, "actual": (rng.random(600) < 0.02).astype(float),
+         "volume": 0.02, "volatility": 0.0}
+    )  # fmt: skip
+    intervals = Intervals.calibrate(held, ("conformal",), n_buckets=1)
+    assert intervals.method == "conformal"
+    mean = np.array([0.02, 1.9, 25.0])
+    profile = pd.DataFrame({"volume": 0.02, "volatility": 0.0}, index=range(3))
+    low, middle, high = intervals.quantiles(mean, profile, np.zeros(3, int))
+    spread = 1.2816 * np.sqrt(mean)
+    assert (low <= np.maximum(mean - spread, 0) + 1e-3).all()
+    assert (high >= mean + spread - 1e-3).all()
+    assert (low <= middle).all() and (middle <= high).all()
+    assert low[1] == pytest.approx(0.13, abs=0.01) and high[1] == pytest.approx(3.67, abs=0.01)
+
+
 def test_calibration_that_cannot_run_warns_and_uses_the_documented_default() -> None:
     short = synthetic_panel(n_series=3, days=12)  # no room to hold a week out before a week ahead
     with pytest.warns(CalibrationWarning, match="too short to hold periods out"):

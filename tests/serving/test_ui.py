@@ -91,7 +91,10 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         page.fill("#pl-units", "3")  # typed: the page asks again once the typing pauses
         until(lambda: units(page) == 3)  # the allocation of the new units
         assert int(page.text_content("#pl-note").split()[0]) <= 3
-        assert re.search(r"trained on sales to \d{4}-\d\d-\d\d", page.text_content("#fc-note"))
+        assert re.search(
+            r"trained on weekly sales to \d{4}-\d\d-\d\d", page.text_content("#fc-note")
+        )
+        assert page.locator("#fc-table tbody tr").count() == 4  # the band's numbers, per period
         # One period ahead: the band is a bar and the mean a point (a line of one point is not).
         page.fill("#fc-horizon", "1")
         page.click("#forecast-form button")
@@ -108,6 +111,28 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         assert page.locator("#pl-table tr").count() == 0 and not page.text_content("#pl-note")
         page.fill("#pl-units", "3")
         until(lambda: units(page) == 3)
+        # A store that never sold the item is named as taking no part; its forecast is said to be
+        # its category's prior (the sample's S002 never sold I000155).
+        placed = post(port, "/placement", {"item_id": "I000155", "horizon": 2}, planner)[1]
+        assert "S002" in placed["stores_without_sales"]
+        page.fill("#pl-item", "I000155")
+        page.click("#placement-form button")
+        until(lambda: "take no part: S002" in (page.text_content("#pl-why") or ""))
+        page.fill("#fc-store", "S002")
+        page.fill("#fc-item", "I000155")
+        page.click("#forecast-form button")
+        until(lambda: "has not sold this item" in (page.text_content("#fc-note") or ""))
+        # A field the browser refuses on submit clears the answer beside it.
+        page.fill("#fc-horizon", "")
+        page.click("#forecast-form button")
+        until(lambda: page.locator("#fc-table tr").count() == 0)
+        assert not page.text_content("#fc-note")
+        # The KPIs of a period that ends tomorrow (offers are dated when they are to be sent).
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+        page.fill("#kpi-until", tomorrow)
+        page.click("#kpi-form button")
+        until(lambda: bool(page.text_content("#kpi-note")))
+        assert not page.text_content("#kpi-error")
         # A refusal clears the answer it would otherwise stand beside.
         page.fill("#pl-item", "NOPE")
         page.click("#placement-form button")
@@ -121,4 +146,7 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         phone.click("text=Use key")
         until(lambda: bool(phone.text_content("#fc-error")))
         assert "key" in phone.text_content("#fc-error").lower()
+        # A refused key is forgotten (not sent again on reload), and the header says so.
+        until(lambda: "refused" in phone.text_content("#key-state"))
+        assert phone.evaluate("sessionStorage.length") == 0
         phone.screenshot(path=str(tmp_path / "planner-phone.png"), full_page=True)
