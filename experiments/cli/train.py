@@ -41,10 +41,7 @@ def train_recommender_cmd(
 
     identity_config()  # warn about the demo salt before the long work
     result = training.train_recommender(data, config, engine=checked_engine(engine))
-    metrics = {
-        m: round(result.selected.metrics[m], 4)
-        for m in ("ndcg@10", "map", "precision@10", "recall@10")
-    }
+    metrics = {m: round(v, 4) for m, v in result.selected.metrics.items()}
     table = Table("metric", "value", title=f"selected: {result.selected.candidate.label}")
     for name, value in result.selected.metrics.items():
         table.add_row(name, f"{value:.4f}")

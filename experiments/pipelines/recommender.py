@@ -87,11 +87,22 @@ def selection_config(raw: dict[str, Any], path: Path) -> SelectionConfig:
             candidates.append(Candidate(entry["model"], dict(zip(names, values, strict=True))))
     if not candidates:
         raise ValueError(f"{path} declares no [[candidates]].")
-    for c in candidates:
-        c.build()  # unknown models and bad parameter names fail now, not after an hour
-    return SelectionConfig(
-        selection.get("metric", "ndcg@10"), int(selection.get("k", 10)), tuple(candidates)
-    )
+    for c in candidates:  # unknown models and bad parameter names fail now, not after an hour
+        try:
+            c.build()
+        except TypeError as exc:
+            raise ValueError(f"{path}: {c.label} cannot be built ({exc}).") from exc
+    k = selection.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{path}: [selection] k must be a whole number of at least 1, not {k!r}.")
+    metric = selection.get("metric", f"ndcg@{k}")
+    known = ("map", f"ndcg@{k}", f"precision@{k}", f"recall@{k}")
+    if metric not in known:
+        raise ValueError(
+            f"{path}: [selection] metric must be one of {', '.join(known)} (k = {k}), "
+            f"not {metric!r}."
+        )
+    return SelectionConfig(metric, k, tuple(candidates))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -177,17 +177,29 @@ MIN_VALIDATION_CUSTOMERS = 20
 MIN_SHARE_OF_CHAMPION = 0.5
 
 
+@dataclass(frozen=True)
+class Served:
+    """A recommender as the service answers with it: the model, how events count and the
+    rules' timing — what a champion is compared by."""
+
+    candidate: Candidate
+    weights: InteractionWeights
+    timing: float
+
+
 @dataclass
 class Selection:
     """What selection found: the candidates' results (best first), those that refused the
-    data with the reason, the rules' timing chosen for the best, and a scorer of any other
-    configuration on the same split (for the champion)."""
+    data with the reason, the rules' timing chosen for the best and the best's metrics with it
+    (what it will serve), and a scorer of any other configuration on the same split (for the
+    champion)."""
 
     results: list[CandidateResult]
     skipped: list[tuple[Candidate, str]]
     timing: float
-    rescore: Callable[[Candidate], float]
+    rescore: Callable[[Served], float]
     customers: int  # scored on validation
+    metrics: dict[str, float]
 
 
 def select_recommender(
@@ -224,17 +236,33 @@ def select_recommender(
         rules.timing = timing
         return evaluate_served(model, rules, split.relevant, k, split.now)
 
-    def rescore(candidate: Candidate) -> float:
-        scored = next((r.metrics[metric] for r in results if r.candidate == candidate), None)
-        return scored if scored is not None else score(data.fit(candidate.build()))[metric]
+    def rescore(champion: Served) -> float:
+        """``champion`` fitted on this training split with its own weights and scored on this
+        validation split with its own timing."""
+        same = champion.weights == options.weights
+        if same and champion.timing == options.timings[0]:  # as every candidate was scored
+            scored = next(
+                (r.metrics[metric] for r in results if r.candidate == champion.candidate), None
+            )
+            if scored is not None:
+                return scored
+        if same:
+            return score(data.fit(champion.candidate.build()), champion.timing)[metric]
+        theirs = TrainingInput.from_events(split.before, champion.weights)
+        their_rules = rules_from_events(
+            split.before, theirs.interactions.item_ids, catalogue, champion.timing
+        )
+        model = theirs.fit(champion.candidate.build())
+        return evaluate_served(model, their_rules, split.relevant, k, split.now)[metric]
 
     results, skipped = select(options.selection, data.fit, score, on_result)
     best = results[0]
-    scored = {options.timings[0]: best.metrics[metric]}  # candidates were scored with it
+    served = {options.timings[0]: best.metrics}  # candidates were scored with it
     for timing in options.timings[1:]:
-        scored.setdefault(timing, score(best.model, timing)[metric])
-    timing = max(scored, key=scored.__getitem__)  # ties: the first
-    return Selection(results, skipped, timing, rescore, split.relevant["customer_id"].nunique())
+        served.setdefault(timing, score(best.model, timing))
+    timing = max(served, key=lambda t: served[t][metric])  # ties: the first
+    customers = split.relevant["customer_id"].nunique()
+    return Selection(results, skipped, timing, rescore, customers, served[timing])
 
 
 def fit_final(
@@ -282,15 +310,16 @@ def train_recommender(
             mlflow.log_params({"model": candidate.model, **candidate.params, **common})
             mlflow.set_tag("skipped", reason)
     metric = options.selection.metric
-    champion = _champion_candidate()
+    champion = _champion(options)
     customers = int(unified["customer_id"].nunique())
     narrower = _narrower_than_champion(REGISTERED_NAME, "customers", customers)
     cannot_replace = selection.customers < MIN_VALIDATION_CUSTOMERS or narrower is not None
     # Refitted on this training split and scored on this validation split — the same data the
     # challenger was scored on; not at all when these data cannot replace it.
     champion_metric = None if champion is None or cannot_replace else selection.rescore(champion)
+    metrics = selection.metrics  # the best's, with the timing it will serve with
     promoted = champion is None or (
-        champion_metric is not None and best.metrics[metric] >= champion_metric
+        champion_metric is not None and metrics[metric] >= champion_metric
     )
 
     final = fit_final(unified, best.candidate, options.weights)
@@ -315,17 +344,18 @@ def train_recommender(
             **common,
             "timing": selection.timing,
         },
-        metrics={metric_key(k): v for k, v in best.metrics.items()},
+        metrics={metric_key(k): v for k, v in metrics.items()},
     )
     client = MlflowClient()
+    chosen = Served(best.candidate, options.weights, selection.timing)
     client.set_model_version_tag(
-        REGISTERED_NAME, version, "candidate", json.dumps(_candidate_json(best.candidate))
+        REGISTERED_NAME, version, "candidate", json.dumps(_served_json(chosen))
     )
     client.set_model_version_tag(
-        REGISTERED_NAME, version, f"validation_{metric_key(metric)}", f"{best.metrics[metric]:.6f}"
+        REGISTERED_NAME, version, f"validation_{metric_key(metric)}", f"{metrics[metric]:.6f}"
     )
     client.set_model_version_tag(REGISTERED_NAME, version, "customers", str(customers))
-    score = f"{metric} {best.metrics[metric]:.4f}"
+    score = f"{metric} {metrics[metric]:.4f}"
     registered = f"{best.candidate.label} registered as {REGISTERED_NAME} v{version}"
     if champion is None:
         message = f"{registered} and is now {CHAMPION} (there was none); {score}."
@@ -345,9 +375,11 @@ def train_recommender(
         )
     if promoted:
         client.set_registered_model_alias(REGISTERED_NAME, CHAMPION, version)
+    selected = replace(best, metrics=metrics)
     return TrainResult(
-        best, version, promoted, champion_metric, message, time.perf_counter() - started, skipped
-    )
+        selected, version, promoted, champion_metric, message, time.perf_counter() - started,
+        skipped,
+    )  # fmt: skip
 
 
 def logged_events() -> tuple[pd.DataFrame, int]:
@@ -433,18 +465,29 @@ def _register(
     return str(info.registered_model_version)
 
 
-def _champion_candidate() -> Candidate | None:
-    """The champion's configuration (None without a champion, or one registered without it)."""
+def _champion(options: TrainingOptions) -> Served | None:
+    """The champion's configuration (None without a champion, or one registered without it);
+    one registered before its weights and timing were recorded is taken to have this run's."""
     version = champion_version(REGISTERED_NAME)
     raw = version.tags.get("candidate") if version is not None else None
     if raw is None:
         return None
     spec = json.loads(raw)
-    return Candidate(spec["model"], spec["params"])
+    weights = spec.get("weights")
+    return Served(
+        Candidate(spec["model"], spec["params"]),
+        options.weights if weights is None else InteractionWeights(**weights),
+        float(spec.get("timing", options.timings[0])),
+    )
 
 
-def _candidate_json(candidate: Candidate) -> dict[str, Any]:
-    return {"model": candidate.model, "params": candidate.params}
+def _served_json(served: Served) -> dict[str, Any]:
+    return {
+        "model": served.candidate.model,
+        "params": served.candidate.params,
+        "weights": asdict(served.weights),
+        "timing": served.timing,
+    }
 
 
 def metric_key(name: str) -> str:

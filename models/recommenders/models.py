@@ -124,6 +124,7 @@ class ALSRecommender(_FactorModel):
         self.random_state = random_state
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
+        _whole(factors=self.factors, iterations=self.iterations)  # 0 factors: every score 0
         model = AlternatingLeastSquares(
             factors=self.factors,
             regularization=self.regularization,
@@ -168,6 +169,7 @@ class BPRRecommender(_FactorModel):
         self.random_state = random_state
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
+        _whole(factors=self.factors, iterations=self.iterations)
         model = BayesianPersonalizedRanking(
             factors=self.factors,
             learning_rate=self.learning_rate,
@@ -194,6 +196,7 @@ class ItemKNNRecommender(Recommender):
         self.b = b
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
+        _whole(neighbours=self.neighbours)  # implicit's own fit crashes the process on 0
         if self.similarity == "bm25":
             model = BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b)
         elif self.similarity == "cosine":
@@ -249,6 +252,8 @@ class EASERecommender(Recommender):
                 f"EASE needs a dense {n_items:,} x {n_items:,} inverse; the catalogue is above "
                 f"max_items={self.max_items:,}. Use another model or raise max_items."
             )
+        if not self.l2 > 0:
+            raise ValueError(f"l2 must be above 0, not {self.l2!r}.")
         x = self._input(user_items)
         gram = (x.T @ x).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.l2
@@ -419,6 +424,13 @@ class TIFUKNNRecommender(Recommender):
         ones = np.ones(self.user_items_.shape[0], dtype=np.float32)
         self.baskets_ = state.get("baskets", ones)
         self.groups_ = state.get("groups", np.ceil(self.baskets_ / self.group_size))
+
+
+def _whole(**values: object) -> None:
+    """Refuse, in one sentence, a parameter that is not a whole number of at least 1."""
+    for name, value in values.items():
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
 
 
 def _padded(values: np.ndarray, n: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -151,3 +152,50 @@ def test_a_candidate_that_refuses_the_data_is_skipped_with_its_reason_in_mlflow(
     runs = mlflow.search_runs(experiment_names=["recommender"])
     skipped = runs[runs["tags.mlflow.runName"].str.startswith("skipped")]
     assert len(skipped) == 1 and "max_items=10" in skipped["tags.skipped"].iloc[0]
+
+
+KNN = """
+[selection]
+validation_days = 28
+[[candidates]]
+model = "item_knn"
+grid = { similarity = ["bm25"], neighbours = [200] }
+"""
+
+
+def test_the_champion_is_rescored_with_its_own_weights_and_timing(own_tracking: Path) -> None:
+    """Regression: the champion was refitted with the challenger's interaction weights, so
+    the same model on badly weighted events tied with itself and took over (0.1457 against
+    the champion's 0.3294)."""
+    first = train_recommender(SAMPLE, write(own_tracking, "knn.toml", KNN))
+    weights = "[interactions]\nview = 5.0\ncart = 0.0\npurchase = 0.1\nhalf_life_days = 1.0\n"
+    worse = train_recommender(SAMPLE, write(own_tracking, "weights.toml", weights + KNN))
+    assert worse.selected.metrics["ndcg@10"] < first.selected.metrics["ndcg@10"]
+    assert not worse.promoted and "stays" in worse.message, worse.message
+    assert worse.champion_metric == pytest.approx(first.selected.metrics["ndcg@10"])
+    tag = json.loads(MlflowClient().get_model_version(REGISTERED_NAME, "1").tags["candidate"])
+    assert tag["weights"]["purchase"] == 5.0 and "timing" in tag
+    # Another k: its own metrics, the champion compared on them (ndcg@10 was looked up).
+    at_five = KNN.replace("validation_days = 28", 'validation_days = 28\nk = 5\nmetric = "ndcg@5"')
+    fifth = train_recommender(SAMPLE, write(own_tracking, "k5.toml", at_five))
+    assert {"ndcg@5", "recall@5"} <= set(
+        fifth.selected.metrics
+    ) and "ndcg@10" not in fifth.selected.metrics
+
+
+@pytest.mark.parametrize(
+    ("selection", "refusal"),
+    [
+        ('metric = "ndgc@10"', "metric must be one of map, ndcg@10"),
+        ("k = 5", "metric must be one of map, ndcg@5"),  # ndcg@10 named, k = 5
+        ("k = 0", "k must be a whole number of at least 1"),
+    ],
+)
+def test_a_selection_that_cannot_be_scored_is_refused_before_training(
+    own_tracking: Path, selection: str, refusal: str
+) -> None:
+    text = KNN.replace("validation_days = 28", f"validation_days = 28\n{selection}")
+    if selection == "k = 5":
+        text = text.replace("k = 5", 'k = 5\nmetric = "ndcg@10"')
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        train_recommender(SAMPLE, write(own_tracking, "bad.toml", text))

@@ -294,3 +294,20 @@ def test_a_return_posted_to_tifu_knn_takes_the_item_out_of_the_vector() -> None:
     model.partial_fit_users(["c00"], sp.csr_matrix((weight, ([0], [1])), shape=(1, 12)))
     assert model.user_items_[0, 1] == 0 and model.user_items_[0, 2] > 0
     assert model.baskets_[0] == 1  # a return is no new basket
+
+
+@pytest.mark.parametrize(
+    ("model", "refusal"),
+    [
+        (lambda: ItemKNNRecommender(neighbours=0), "neighbours must be a whole number"),
+        (lambda: ItemKNNRecommender(neighbours=-3), "neighbours must be a whole number"),
+        (lambda: ALSRecommender(factors=0), "factors must be a whole number"),
+        (lambda: BPRRecommender(iterations=2.5), "iterations must be a whole number"),
+        (lambda: EASERecommender(l2=-1.0), "l2 must be above 0"),
+    ],
+)
+def test_a_parameter_out_of_range_is_refused_in_one_sentence(model, refusal: str) -> None:
+    """Regression: item-kNN with 0 neighbours crashed the process inside implicit; ALS with 0
+    factors scored every item 0 and was registered; EASE took a negative l2."""
+    with pytest.raises(ValueError, match=refusal):
+        model().fit(checkerboard())
