@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,14 +74,46 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable TOML file ({exc}).") from exc
 
 
+#: What a selection TOML may hold: its tables, and the keys of each.
+CONFIG_KEYS = {
+    "": ("selection", "candidates", "interactions", "rules"),
+    "[selection]": ("metric", "k", "validation_days", "target"),
+    "[[candidates]]": ("model", "grid"),
+    "[rules]": ("timing",),
+}
+
+
+def known_keys(path: Path, where: str, table: Any, known: Iterable[str] | None = None) -> None:
+    """Refuse, in one sentence, a table of a selection TOML that is not one or holds a key it
+    does not take (a typo would otherwise be ignored without a word)."""
+    known = tuple(CONFIG_KEYS[where] if known is None else known)
+    name = where or "the file"
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: {name} must be a table, not {table!r}.")
+    if unknown := sorted(set(table) - set(known)):
+        raise ValueError(
+            f"{path}: {name} has no {', '.join(map(repr, unknown))}; it takes {', '.join(known)}."
+        )
+
+
 def selection_config(raw: dict[str, Any], path: Path) -> SelectionConfig:
     """The candidates of a parsed selection TOML (``path`` names it in errors)."""
+    known_keys(path, "", raw)
     selection = raw.get("selection", {})
+    known_keys(path, "[selection]", selection)
     candidates = []
     for entry in raw.get("candidates", []):
+        known_keys(path, "[[candidates]]", entry)
         if "model" not in entry:
             raise ValueError(f"{path}: every [[candidates]] entry needs a 'model'.")
         grid = entry.get("grid", {})
+        known_keys(path, f"{entry['model']}'s grid", grid, grid)  # a table, any names
+        for name, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(
+                    f"{path}: {entry['model']}'s grid gives {name} as {values!r}; a grid gives "
+                    f"each parameter a list of values to try, e.g. {name} = [{values!r}]."
+                )
         names = sorted(grid)
         for values in itertools.product(*(grid[n] for n in names)):
             candidates.append(Candidate(entry["model"], dict(zip(names, values, strict=True))))
@@ -190,7 +222,7 @@ def select(
         started = time.perf_counter()
         try:
             model = fit(candidate.build())
-        except (ValueError, ModelFitError) as exc:
+        except (ValueError, TypeError, ModelFitError) as exc:  # TypeError: a value's type
             skipped.append((candidate, str(exc)))
             continue
         seconds = time.perf_counter() - started

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -28,6 +27,7 @@ from experiments.pipelines.recommender import (
     SelectionConfig,
     TrainingInput,
     evaluate_served,
+    known_keys,
     read_config,
     select,
     selection_config,
@@ -159,15 +159,43 @@ class TrainingOptions:
 def load_training_options(path: Path | None) -> TrainingOptions:
     path = Path(path) if path else DEFAULT_CONFIG
     raw = read_config(path)
-    selection = raw.get("selection", {})
+    config = selection_config(raw, path)  # checks the file's tables and [selection]'s keys
+    selection, rules = raw.get("selection", {}), raw.get("rules", {})
+    known_keys(path, "[rules]", rules)
+    interactions = raw.get("interactions", {})
+    known_keys(path, "[interactions]", interactions, WEIGHT_KEYS)
+    weights = {("return_" if k == "return" else k): v for k, v in interactions.items()}
+    for name, value in weights.items():
+        wanted = bool if name == "use_quantity" else int | float
+        if not isinstance(value, wanted) or (wanted is not bool and isinstance(value, bool)):
+            kind = "true or false" if wanted is bool else "a number"
+            raise ValueError(f"{path}: [interactions] {name} must be {kind}, not {value!r}.")
+    days = selection.get("validation_days", 28)
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ValueError(
+            f"{path}: [selection] validation_days must be a whole number of days of at least 1, "
+            f"not {days!r}."
+        )
+    timings = rules.get("timing", DEFAULT_TIMING)
+    listed = timings if isinstance(timings, list) else [timings]
+    if not listed or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and t >= 0 for t in listed
+    ):
+        raise ValueError(
+            f"{path}: [rules] timing must be numbers of at least 0 (0 turns timing off), "
+            f"not {timings!r}."
+        )
     return TrainingOptions(
-        selection_config(raw, path),
-        InteractionWeights(**raw.get("interactions", {})),
-        int(selection.get("validation_days", 28)),
+        config,
+        InteractionWeights(**weights),
+        days,
         str(selection.get("target", "next_basket")),
-        tuple(float(t) for t in np.atleast_1d(raw.get("rules", {}).get("timing", DEFAULT_TIMING))),
+        tuple(float(t) for t in listed),
     )
 
+
+#: The ``[interactions]`` keys: the weights' fields (``return`` spelled as the event type).
+WEIGHT_KEYS = ("view", "cart", "purchase", "return", "return_", "use_quantity", "half_life_days")
 
 #: A champion is replaced only by a model validated on at least this many customers' baskets.
 MIN_VALIDATION_CUSTOMERS = 20

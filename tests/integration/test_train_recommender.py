@@ -183,19 +183,44 @@ def test_the_champion_is_rescored_with_its_own_weights_and_timing(own_tracking: 
     ) and "ndcg@10" not in fifth.selected.metrics
 
 
+def selection(lines: str) -> str:
+    """KNN with ``lines`` added to its [selection]."""
+    return KNN.replace("validation_days = 28", f"validation_days = 28\n{lines}")
+
+
 @pytest.mark.parametrize(
-    ("selection", "refusal"),
+    ("config", "refusal"),
     [
-        ('metric = "ndgc@10"', "metric must be one of map, ndcg@10"),
-        ("k = 5", "metric must be one of map, ndcg@5"),  # ndcg@10 named, k = 5
-        ("k = 0", "k must be a whole number of at least 1"),
+        (selection('metric = "ndgc@10"'), "metric must be one of map, ndcg@10"),
+        (selection('k = 5\nmetric = "ndcg@10"'), "metric must be one of map, ndcg@5"),
+        (selection("k = 0"), "k must be a whole number of at least 1"),
+        (KNN.replace("[selection]", "[selecton]"), "the file has no 'selecton'"),
+        (selection("validaton_days = 14"), "[selection] has no 'validaton_days'"),
+        (
+            KNN.replace("validation_days = 28", "validation_days = 14.7"),
+            "validation_days must be a whole",
+        ),
+        (KNN.replace("[[candidates]]", "[[candidate]]"), "the file has no 'candidate'"),
+        (KNN.replace("grid =", "params ="), "[[candidates]] has no 'params'"),
+        (KNN.replace("[200]", "200"), "a grid gives each parameter a list of values"),
+        (KNN + "[rules]\ntiming = [-3.0, 7.0]\n", "timing must be numbers of at least 0"),
+        ("[interactions]\nweight_view = 2.0\n" + KNN, "[interactions] has no 'weight_view'"),
+        ('[interactions]\nview = "heavy"\n' + KNN, "[interactions] view must be a number"),
     ],
 )
-def test_a_selection_that_cannot_be_scored_is_refused_before_training(
-    own_tracking: Path, selection: str, refusal: str
+def test_a_config_that_cannot_be_meant_is_refused_before_training(
+    own_tracking: Path, config: str, refusal: str
 ) -> None:
-    text = KNN.replace("validation_days = 28", f"validation_days = 28\n{selection}")
-    if selection == "k = 5":
-        text = text.replace("k = 5", 'k = 5\nmetric = "ndcg@10"')
+    """Regression: a metric for another k crashed after registering and moving the champion;
+    a misspelt table or key, a grid value that is not a list, a negative timing were ignored or
+    taken, each without a word."""
     with pytest.raises(ValueError, match=re.escape(refusal)):
-        train_recommender(SAMPLE, write(own_tracking, "bad.toml", text))
+        train_recommender(SAMPLE, write(own_tracking, "bad.toml", config))
+
+
+def test_a_return_weight_may_be_spelt_as_its_event_type(own_tracking: Path) -> None:
+    config = "[interactions]\nreturn = -3.0\n" + KNN
+    result = train_recommender(SAMPLE, write(own_tracking, "return.toml", config))
+    assert result.promoted
+    run = mlflow.search_runs(experiment_names=["recommender"]).iloc[0]
+    assert float(run["params.weight_return"]) == -3.0
