@@ -86,7 +86,8 @@ def backtest_forecaster_cmd(
     from experiments.pipelines import forecaster, training
 
     with forecaster.engine(checked_engine(engine)) as (load, trainer):
-        demand = load(data, freq)
+        # The events the service logged count, as in omni train forecaster: the same data.
+        demand = load(data, freq, lambda: training.logged_events()[0])
         result = forecaster.backtest(
             demand, horizon=horizon, freq=freq, windows=windows, trainer=trainer
         )
