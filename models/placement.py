@@ -590,11 +590,12 @@ def coverage_distribution(forecast: pd.DataFrame) -> pd.DataFrame:
     """Per store and item, the demand over the whole coverage period as one negative binomial.
 
     The periods' demands are taken as independent, each with the forecast's mean and a variance
-    read from its own interval: the P50-P90 spread of a normal, ((P90 - P50) / 1.2816)^2, at
-    least the mean (Poisson) — so a band whose calibrated interval is wide stays wide. The sum
-    is matched by mean and variance.
+    read from its own interval: the P10-P90 spread of a normal, ((P90 - P10) / 2.563)^2, at
+    least the mean (Poisson) — so a band whose calibrated interval is wide stays wide. (Its
+    P50-P90 half alone read a slow seller's band, P10 = P50 = 0, as a long tail.) The sum is
+    matched by mean and variance.
     """
-    spread = ((forecast["p90"] - forecast["p50"]) / stats.norm.ppf(0.9)) ** 2
+    spread = ((forecast["p90"] - forecast["p10"]) / (2 * stats.norm.ppf(0.9))) ** 2
     variance = np.maximum(spread, forecast["mean"])
     total = (
         forecast.assign(variance=variance)

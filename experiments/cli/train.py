@@ -57,15 +57,22 @@ def train_recommender_cmd(
         metrics_out.write_text(json.dumps(payload) + "\n")
 
 
+Windows = Annotated[int, typer.Option(help="Test windows, ending at the last period.")]
+
+
 @train_app.command("forecaster")
 def train_forecaster_cmd(
-    data: DataOpt, horizon: Horizon, freq: Freq = "D", engine: Engine = "inprocess"
+    data: DataOpt,
+    horizon: Horizon,
+    freq: Freq = "D",
+    windows: Windows = 3,
+    engine: Engine = "inprocess",
 ) -> None:
     """Backtest, fit on all data, register demand_forecaster; champion only if it wins."""
     from experiments.pipelines import training
 
     trained = training.train_forecaster(
-        data, horizon=horizon, freq=freq, engine=checked_engine(engine)
+        data, horizon=horizon, freq=freq, windows=windows, engine=checked_engine(engine)
     )
     print_backtest(trained.backtest, "backtest of the new forecaster")
     out.print(trained.message)
@@ -76,7 +83,7 @@ def backtest_forecaster_cmd(
     data: DataOpt,
     horizon: Horizon,
     freq: Freq = "D",
-    windows: Annotated[int, typer.Option(help="Test windows, ending at the last period.")] = 3,
+    windows: Windows = 3,
     metrics_out: Annotated[
         Path | None, typer.Option(help="Write the metrics as JSON.", callback=file_out)
     ] = None,
@@ -95,7 +102,7 @@ def backtest_forecaster_cmd(
         result,
         {"data": str(data), "horizon": horizon, "freq": freq, "windows": windows, "engine": engine},
     )
-    print_backtest(result, f"backtest: {windows} windows of {horizon} {freq}")
+    print_backtest(result, f"backtest: {windows} window{'s' * (windows != 1)} of {horizon} {freq}")
     if metrics_out:
         metrics_out.write_text(json.dumps(backtest_payload(result)) + "\n")
 
@@ -157,6 +164,7 @@ def backtest_payload(result: Any) -> dict[str, Any]:
         "objective": model.objective_,
         "rounds": model.rounds_,
         "warnings": result.warnings,
+        "notes": result.notes,
         "baselines": {k: _rounded(v) for k, v in result.baselines.items()},
         **({"others": {k: _rounded(v) for k, v in result.others.items()}} if result.others else {}),
         "series": result.series,
@@ -175,7 +183,7 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def print_backtest(result: Any, title: str) -> None:
-    for warning in [*result.gaps, *result.warnings]:
+    for warning in [*result.gaps, *result.notes, *result.warnings]:
         err.print(f"warning: {warning}", highlight=False)
     table = Table("forecaster", "WAPE", "RMSSE", "bias", "pinball", "coverage 80%", title=title)
     rows = {"lightgbm (ours)": result.metrics, **result.baselines, **result.others}
@@ -185,11 +193,10 @@ def print_backtest(result: Any, title: str) -> None:
     out.print(table)
     m = result.metrics
     quintiles = [m[f"coverage_80_q{q}"] for q in range(1, 6) if f"coverage_80_q{q}" in m]
+    out.print(f"the last origin's intervals: {result.model.intervals_.label}.")
     out.print(
-        f"the last origin's intervals: {result.model.intervals_.label}; pinball "
-        f"{m['pinball_vs_point']:.3f} x the "
-        f"point forecast's; 80% coverage by volume quintile (lowest first) "
-        f"{', '.join(f'{c:.3f}' for c in quintiles)}."
+        f"over every window: pinball {m['pinball_vs_point']:.3f} x the point forecast's; 80% "
+        f"coverage by volume quintile (lowest first) {', '.join(f'{c:.3f}' for c in quintiles)}."
     )
     model = result.model
     out.print(

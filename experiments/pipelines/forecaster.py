@@ -210,6 +210,7 @@ class BacktestResult:
     fit_seconds: float = 0.0  # the model's fits, every origin
     warnings: list[str] = field(default_factory=list)  # calibration warnings, once each
     gaps: list[str] = field(default_factory=list)  # stretches with no sale anywhere
+    notes: list[str] = field(default_factory=list)  # a baseline or series not as the table says
 
 
 Factory = Callable[[], Forecaster]
@@ -287,9 +288,19 @@ def backtest(
         "learn a drop that did not happen."
         for first, last, n in silent_stretches(panel)
     ]
+    notes = []  # what the backtest does otherwise than its table suggests
+    season = frequency(freq).season
+    if panel[PERIOD].nunique() - horizon * windows < season:
+        notes.append(
+            f"seasonal_naive repeats each series' last period: the history before the test "
+            f"windows is shorter than a season ({season} periods)."
+        )
+    unscored: set[str] = set()
     for origin in origins:
         history, future = split_at(panel, origin, horizon, freq)
-        future = future[future[SERIES].isin(history[SERIES])]  # new series cannot be backtested
+        new = ~future[SERIES].isin(history[SERIES])  # new series cannot be backtested
+        unscored.update(future.loc[new, SERIES].astype(str))
+        future = future[~new]
         known = known_covariates(future)
         for name, factory in factories.items():
             forecaster = factory()
@@ -310,6 +321,12 @@ def backtest(
             forecasts[name].append(run(history, DemandData(future, data.items, known)))
         actuals.append(future)
         histories.append(history)
+    if unscored:
+        notes.append(
+            f"{len(unscored)} series that began within the test windows "
+            f"{'is' if len(unscored) == 1 else 'are'} not scored (no history before their "
+            "window); they are forecast once trained on."
+        )
     actual = pd.concat(actuals, ignore_index=True)
     history_all = histories[-1]
     scores = {
@@ -332,6 +349,7 @@ def backtest(
         fit_seconds=fit_seconds,
         warnings=caught,
         gaps=gaps,
+        notes=notes,
     )
 
 

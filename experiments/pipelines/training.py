@@ -576,6 +576,8 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
         mlflow.set_tag("calibration", " ".join(result.warnings) or "calibrated")
         if result.gaps:
             mlflow.set_tag("data_gaps", " ".join(result.gaps))
+        if result.notes:
+            mlflow.set_tag("backtest_notes", " ".join(result.notes))
         mlflow.log_metrics(result.metrics)
         mlflow.log_metrics({f"interval_pinball_{k}": v for k, v in intervals.pinball.items()})
         for name, metrics in {**result.baselines, **result.others}.items():

@@ -575,3 +575,20 @@ def test_a_backtest_names_the_stretches_where_nothing_sold() -> None:
         "read as zero demand; if their sales are missing from the data, the models learn a drop "
         "that did not happen."
     ]
+
+
+def test_a_backtest_notes_what_its_table_cannot_show() -> None:
+    """Regression: on less than a season of history the seasonal naive is each series' last
+    period, and series that began within the test windows were left out — neither said."""
+    daily = synthetic_panel(days=150)
+    sales = daily.rename(columns={"ds": "date", "y": "units"})
+    new = sales[sales["item_id"] == "I0"].tail(5).assign(item_id="NEW")  # the last 5 days
+    columns = ["date", "store_id", "item_id", "units", "unit_price", "on_promo"]
+    weekly = build_panel(pd.concat([sales, new])[columns], freq="W")
+    result = backtest(DemandData(weekly, None, None), horizon=2, freq="W", windows=1)
+    assert result.notes == [
+        "seasonal_naive repeats each series' last period: the history before the test windows "
+        "is shorter than a season (52 periods).",
+        "1 series that began within the test windows is not scored (no history before their "
+        "window); they are forecast once trained on.",
+    ]

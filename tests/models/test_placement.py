@@ -317,12 +317,28 @@ def test_the_coverage_demand_keeps_each_forecasts_own_interval() -> None:
     total = coverage_distribution(forecast).set_index("store_id")
     assert (total["mean"] == 20.0).all()
     variance = total["mean"] + total["mean"] ** 2 / total["dispersion"]
-    # Each period's variance ((P90 - P50) / 1.2816)^2, summed over the two periods.
-    expected = 2 * (np.array([5.0, 12.0]) / stats.norm.ppf(0.9)) ** 2
+    # Each period's variance ((P90 - P10) / 2.563)^2, summed over the two periods.
+    expected = 2 * (np.array([9.0, 22.0]) / (2 * stats.norm.ppf(0.9))) ** 2
     np.testing.assert_allclose(variance.to_numpy(), expected)
     # A forecast narrower than Poisson is read as Poisson (variance = mean).
-    narrow = forecast.assign(p90=forecast["p50"] + 0.1)
+    narrow = forecast.assign(p10=forecast["p50"] - 0.1, p90=forecast["p50"] + 0.1)
     np.testing.assert_allclose(coverage_distribution(narrow)["dispersion"], 1e6)
+
+
+def test_a_slow_sellers_risk_is_read_from_its_whole_band() -> None:
+    """Regression: a store selling 0.14 units a week (P10 = P50 = 0, P90 0.9) was read from
+    its P50-P90 spread as a normal's, a variance 3.5 times its mean: with 2 units on hand a
+    third of its demand counted as lost, its fill rate 67%."""
+    slow = pd.DataFrame(
+        {"store_id": "S", "item_id": "X", "mean": 0.14, "p10": 0.0, "p50": 0.0, "p90": 0.9},
+        index=[0, 1],
+    )
+    total = coverage_distribution(slow)
+    assert total["dispersion"].iloc[0] == 1e6  # Poisson: the band is no wider than its
+    lost = expected_outcomes(
+        total["mean"].to_numpy(), total["dispersion"].to_numpy(), np.array([2])
+    )
+    assert lost["expected_lost"][0] < 0.01
 
 
 def test_by_default_a_unit_that_would_lose_money_stays_at_the_dc() -> None:
