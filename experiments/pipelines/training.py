@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature, infer_signature
 
 import features
 import models
@@ -373,6 +374,8 @@ def train_recommender(
             "timing": selection.timing,
         },
         metrics={metric_key(k): v for k, v in metrics.items()},
+        # predict(frame of customer_id, params={"n": ...}): the list's length a caller asks.
+        signature=infer_signature(pd.DataFrame({"customer_id": ["c"]}), params={"n": 10}),
     )
     client = MlflowClient()
     chosen = Served(best.candidate, options.weights, selection.timing)
@@ -469,6 +472,7 @@ def _register(
     run_name: str,
     params: dict[str, Any],
     metrics: dict[str, float],
+    signature: ModelSignature | None = None,
 ) -> str:
     """Log a saved model as an MLflow pyfunc *from code* (nothing pickled) and register it.
 
@@ -476,6 +480,7 @@ def _register(
         name: registered model name.
         family: the key of ``mlflow_code.LOADERS`` that loads it.
         save: writes the model directory, given a path.
+        signature: what ``predict`` takes (its params, e.g. a list's length, need one).
     """
     with mlflow.start_run(run_name=run_name), tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(params)
@@ -489,6 +494,7 @@ def _register(
                 f"{d}=={metadata.version(d)}" for d in models.mlflow_code.REQUIREMENTS
             ],
             registered_model_name=name,
+            signature=signature,
         )
     return str(info.registered_model_version)
 

@@ -73,6 +73,10 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}@{CHAMPION}")
     predicted = pyfunc.predict(pd.DataFrame({"customer_id": list(model.customer_ids_[:3])}))
     assert set(predicted["customer_id"]) == set(model.customer_ids_[:3])
+    assert (predicted.groupby("customer_id").size() == 10).all()
+    # A list's length is a param the signature declares (it was ignored, with a warning).
+    three = pyfunc.predict(pd.DataFrame({"customer_id": ["unknown"]}), params={"n": 3})
+    assert len(three) == 3
 
     # Regression: a model validated on a handful of customers replaced a good champion.
     few = own_tracking / "few"
