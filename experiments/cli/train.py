@@ -100,7 +100,13 @@ def backtest_forecaster_cmd(
         )
     training.log_backtest(
         result,
-        {"data": str(data), "horizon": horizon, "freq": freq, "windows": windows, "engine": engine},
+        {
+            **training.provenance(data),
+            "horizon": horizon,
+            "freq": freq,
+            "windows": windows,
+            "engine": engine,
+        },
     )
     print_backtest(result, f"backtest: {windows} window{'s' * (windows != 1)} of {horizon} {freq}")
     if metrics_out:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -318,7 +320,11 @@ def train_recommender(
     extras = load_dataset(data_dir, ("items", "inventory", "stores"))
     catalogue = extras["items"].accepted if "items" in extras else None
     mlflow.set_experiment(EXPERIMENT)
-    common = {**options.as_params(), "data": str(data_dir)}
+    config = Path(config_path) if config_path else DEFAULT_CONFIG
+    common = {
+        **options.as_params(), **provenance(data_dir), "config": str(config.resolve()),
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+    }  # fmt: skip
 
     def log_candidate(result: CandidateResult) -> None:
         with mlflow.start_run(run_name=result.candidate.label):
@@ -524,6 +530,46 @@ def _served_json(served: Served) -> dict[str, Any]:
     }
 
 
+def provenance(data_dir: Path) -> dict[str, str]:
+    """What a run needs to be reproduced beside its parameters: the data directory (absolute),
+    a SHA-256 of its files' contents (quarantine output left out) and the code's version (the
+    git commit, ``+changes`` when the checkout differs from it; else the package's version)."""
+    digest = hashlib.sha256()
+    files = sorted(f for f in Path(data_dir).rglob("*") if f.is_file())
+    for path in files:
+        relative = path.relative_to(data_dir)
+        if relative.parts[0] == pipelines.QUARANTINE_DIR:
+            continue
+        digest.update(f"{relative.as_posix()}\0".encode())
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return {
+        "data": str(Path(data_dir).resolve()),
+        "data_sha256": digest.hexdigest(),
+        "code_version": code_version(),
+    }
+
+
+def code_version() -> str:
+    """The git commit of this checkout (``+changes`` if it differs), or the package's version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return f"omnichannel-ml {metadata.version('omnichannel-ml')}"
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
 def metric_key(name: str) -> str:
     """An MLflow metric name for ``name`` (MLflow refuses "@")."""
     return name.replace("@", "_at_")
@@ -558,6 +604,14 @@ FORECASTER_NAME = FORECASTER
 FORECAST_EXPERIMENT = "demand_forecaster"
 
 
+#: The forecaster's settings a backtest run logs beside its features (the objective chosen and
+#: the rounds kept are logged as found).
+MODEL_PARAMS = (
+    "n_estimators", "learning_rate", "num_leaves", "min_child_samples", "strategy", "refit",
+    "quantiles", "calibration_effort", "early_stopping", "random_state", "max_train_rows",
+)  # fmt: skip
+
+
 def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
     """One MLflow run: parameters, model and baseline metrics, two plots. Returns the run id."""
     mlflow.set_experiment(FORECAST_EXPERIMENT)
@@ -567,6 +621,7 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
             {
                 **params,
                 **model.spec().as_params(),
+                **{k: v for k, v in model.get_params().items() if k in MODEL_PARAMS},
                 "objective": model.objective_,
                 "rounds": ",".join(map(str, model.rounds_)),
             }
@@ -642,7 +697,7 @@ def train_forecaster(
         if current is not None and (current.horizon, current.freq) == (horizon, freq):
             champion_wape = _champion_wape(current, final, result, data, windows, trainer)
     params = {
-        "data": str(data_dir), "horizon": horizon, "freq": freq, "windows": windows,
+        **provenance(data_dir), "horizon": horizon, "freq": freq, "windows": windows,
         "engine": engine,
     }  # fmt: skip
     log_backtest(result, params)

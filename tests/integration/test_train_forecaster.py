@@ -39,6 +39,9 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     runs = mlflow.search_runs(experiment_names=["demand_forecaster"])
     backtest_run = runs[runs["tags.mlflow.runName"].str.startswith("backtest")].iloc[0]
     assert {"metrics.wape", "metrics.moving_average_wape", "params.lags"} <= set(runs.columns)
+    # The model's settings and what reproducing the run needs.
+    settings = {"params.learning_rate", "params.num_leaves", "params.n_estimators"}
+    assert settings | {"params.data_sha256", "params.code_version"} <= set(runs.columns)
     artifacts = {a.path for a in client.list_artifacts(backtest_run["run_id"])}
     assert {"forecast_vs_actual.png", "feature_importance.png", "calibration.png"} <= artifacts
     assert backtest_run["tags.calibration"] == "calibrated"

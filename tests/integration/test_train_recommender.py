@@ -58,6 +58,9 @@ def test_register_alias_and_keep_the_champion_when_the_challenger_is_worse(
     assert {"metrics.ndcg_at_10", "metrics.map", "params.l2", "params.weight_purchase"} <= set(
         runs.columns
     )
+    # What reproducing a run needs: the data's and the config's contents, the code's version.
+    provenance = runs[["params.data_sha256", "params.config_sha256", "params.code_version"]]
+    assert provenance.notna().all().all() and runs["params.data_sha256"].nunique() == 1
 
     second = train_recommender(SAMPLE, write(own_tracking, "worse.toml", WORSE))
     assert not second.promoted and "stays" in second.message
