@@ -245,6 +245,11 @@ def select_recommender(
     split = split_for_validation(unified, options.validation_days, options.target)
     if split.relevant.empty:
         days = options.validation_days
+        if not (unified["event_type"] == "purchase").any():
+            raise ValueError(
+                "the events hold no purchase, and a recommender is validated on what customers "
+                "bought next; add the tills' or the orders' purchase events."
+            )
         if split.before.empty:
             raise ValueError(
                 f"every event is in the last {days} days, the validation window: no history is "

@@ -231,3 +231,17 @@ def test_a_return_weight_may_be_spelt_as_its_event_type(own_tracking: Path) -> N
     assert result.promoted
     run = mlflow.search_runs(experiment_names=["recommender"]).iloc[0]
     assert float(run["params.weight_return"]) == -3.0
+
+
+def test_events_without_a_purchase_are_refused_for_what_they_lack(
+    own_tracking: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: views alone were told to lower validation_days or add data."""
+    # An event log of its own: the session's may hold other tests' purchases.
+    monkeypatch.setenv("OMNI_EVENTS_URL", f"sqlite:///{own_tracking}/views-events.db")
+    views = own_tracking / "views"
+    views.mkdir()
+    events = pd.read_csv(SAMPLE / "events.csv.gz")
+    events[events["event_type"] == "view"].to_csv(views / "events.csv", index=False)
+    with pytest.raises(ValueError, match="the events hold no purchase"):
+        train_recommender(views, write(own_tracking, "knn.toml", KNN))
