@@ -392,7 +392,9 @@ def test_placement_proposes_transfers_that_pay_for_their_cost(
         assert "transfers" not in plan()  # asked for by giving a transfer cost
         moves = plan(transfer_cost=0.05)["transfers"]
         assert moves and {m["from_store"] for m in moves} == {"S001"}
-        assert all(m["units"] >= 1 and m["expected_gain"] > 0.05 * m["units"] for m in moves)
+        # expected_gain is net of the cost: each pack's gain at the taker beat its loss at the
+        # giver by more than the cost (it was checked against the cost a second time).
+        assert all(m["units"] >= 1 and m["expected_gain"] > 0 for m in moves)
         assert plan(transfer_cost=1e6)["transfers"] == []  # too dear to move anything
         body["units_available"] = 10**9  # a bounded cost, however many units stand
         started = time.perf_counter()
