@@ -77,7 +77,13 @@ def test_recommend_known_and_unknown_customers(app: TestClient, linked_keys) -> 
     assert all(i["reason"] and isinstance(i["available_at"], list) for i in body["items"])
     assert app_key not in by_key.text  # the raw key never comes back
     same = app.post("/recommend", json={"customer_id": body["customer_id"], "channel": "app"})
-    assert same.json()["items"][:5] == body["items"]
+    # The same list; scores alike to float32 precision (a list of 10 and one of 5 are summed
+    # in another order: 0.71064430 against 0.71064425 in one CI run).
+    first = same.json()["items"][:5]
+    assert [{**i, "score": None} for i in first] == [{**i, "score": None} for i in body["items"]]
+    assert [i["score"] for i in first] == pytest.approx(
+        [i["score"] for i in body["items"]], rel=1e-5
+    )
     # The store card is the same customer.
     card = app.post("/recommend", json={"customer_key": store_key, "channel": "store"})
     assert card.json()["customer_id"] == body["customer_id"]
