@@ -5,7 +5,7 @@ Pure builders: no I/O, inputs are not modified, the same input gives the same ou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,17 @@ class InteractionWeights:
     return_: float = -5.0
     use_quantity: bool = True
     half_life_days: float | None = 90.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "use_quantity":
+                if not isinstance(value, bool):
+                    raise ValueError(f"use_quantity must be true or false, not {value!r}.")
+            elif not (f.name == "half_life_days" and value is None) and (
+                not isinstance(value, int | float) or isinstance(value, bool)
+            ):
+                raise ValueError(f"{f.name.rstrip('_')} must be a number, not {value!r}.")
 
     def as_params(self) -> dict[str, float | bool | None]:
         return {f"weight_{k.rstrip('_')}": v for k, v in asdict(self).items()}

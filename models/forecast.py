@@ -322,10 +322,11 @@ class LightGBMForecaster(Forecaster):
             x, y, rows, period = self._training_matrix(panel, self.spec(lead), kept, blocks)
             if len(y) < 2 * self.min_child_samples:
                 sampled = "" if kept is None else f" (max_train_rows: {self.train_rows_} rows)"
+                span = counted(lead, "period")
                 raise ValueError(
                     f"{panel[PERIOD].nunique()} periods of history{sampled} are too few to "
-                    f"forecast {_periods(lead)} ahead (its model reads nothing more recent than "
-                    f"{_periods(lead)} back); the longest horizon they support is "
+                    f"forecast {span} ahead (its model reads nothing more recent than "
+                    f"{span} back); the longest horizon they support is "
                     f"{self.longest_lead(panel)}."
                 )
             booster, share = None, 1.0
@@ -1104,8 +1105,9 @@ def _calibrate_dispersion(mean: np.ndarray, actual: np.ndarray, target: float = 
     return closest(np.clip(np.geomspace(best / step, best * step, 17), 0.02, 5000.0))
 
 
-def _periods(n: int) -> str:
-    return "1 period" if n == 1 else f"{n} periods"
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 period", "3 windows")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _wape(actual: np.ndarray, mean: np.ndarray) -> float:

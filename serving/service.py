@@ -971,6 +971,7 @@ class OmnichannelService:
             pack_size=c.pack_size, limits=limits,
         )  # fmt: skip
         stores = planner_view(frame)
+        sent = int(frame["send"].sum())
         transfers = (
             rebalance(
                 frame, transfer_cost=c.transfer_cost, economics=economics, pack_size=c.pack_size
@@ -982,8 +983,8 @@ class OmnichannelService:
             "item_id": r.item_id,
             **({"dc_id": dc_id} if dc_id is not None else {}),
             "units_available": units,
-            "units_sent": int(frame["send"].sum()),
-            "units_kept_at_dc": units - int(frame["send"].sum()),
+            "units_sent": sent,
+            "units_kept_at_dc": units - sent,
             "horizon": r.horizon,
             # Stores that have not sold it take part only when named (a new listing).
             "stores_without_sales": sorted(

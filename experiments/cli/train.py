@@ -91,6 +91,7 @@ def backtest_forecaster_cmd(
 ) -> None:
     """Backtest the forecaster and its baselines; log to MLflow with plots."""
     from experiments.pipelines import forecaster, training
+    from models.forecast import counted
 
     with forecaster.engine(checked_engine(engine)) as (load, trainer):
         # The events the service logged count, as in omni train forecaster: the same data.
@@ -108,7 +109,7 @@ def backtest_forecaster_cmd(
             "engine": engine,
         },
     )
-    print_backtest(result, f"backtest: {windows} window{'s' * (windows != 1)} of {horizon} {freq}")
+    print_backtest(result, f"backtest: {counted(windows, 'window')} of {horizon} {freq}")
     if metrics_out:
         metrics_out.write_text(json.dumps(backtest_payload(result)) + "\n")
 

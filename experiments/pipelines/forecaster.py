@@ -34,6 +34,7 @@ from models.forecast import (
     MovingAverage,
     SeasonalNaive,
     Trainer,
+    counted,
     pinball_loss,
     train_here,
 )
@@ -237,7 +238,7 @@ def backtest_origins(
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
-    window = "1 backtest window" if windows == 1 else f"{windows} backtest windows"
+    window = counted(windows, "backtest window")
     advice = (
         f"the longest horizon they allow is {low}"
         if low

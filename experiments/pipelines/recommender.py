@@ -23,6 +23,7 @@ from features.interactions import (
 )
 from models.evaluation import catalogue_coverage, ranking_metrics
 from models.recommenders import ModelFitError, Recommender, TIFUKNNRecommender
+from models.recommenders.models import is_whole
 from models.rules import BusinessRules, recommend_with_rules
 
 DEFAULT_CONFIG = Path(__file__).with_name("recommender.toml")
@@ -107,7 +108,8 @@ def selection_config(raw: dict[str, Any], path: Path) -> SelectionConfig:
         if "model" not in entry:
             raise ValueError(f"{path}: every [[candidates]] entry needs a 'model'.")
         grid = entry.get("grid", {})
-        known_keys(path, f"{entry['model']}'s grid", grid, grid)  # a table, any names
+        if not isinstance(grid, dict):
+            raise ValueError(f"{path}: {entry['model']}'s grid must be a table, not {grid!r}.")
         for name, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(
@@ -125,7 +127,7 @@ def selection_config(raw: dict[str, Any], path: Path) -> SelectionConfig:
         except TypeError as exc:
             raise ValueError(f"{path}: {c.label} cannot be built ({exc}).") from exc
     k = selection.get("k", 10)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if not is_whole(k):
         raise ValueError(f"{path}: [selection] k must be a whole number of at least 1, not {k!r}.")
     metric = selection.get("metric", f"ndcg@{k}")
     known = ("map", f"ndcg@{k}", f"precision@{k}", f"recall@{k}")

@@ -47,6 +47,7 @@ from models.errors import NoChampion, UnreadableChampion
 from models.forecast import LightGBMForecaster, Trainer
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
+from models.recommenders.models import is_whole
 from models.rules import DEFAULT_TIMING, BusinessRules
 from serving.registry import (
     CHAMPION,
@@ -150,12 +151,16 @@ class TrainingOptions:
     validation_days: int = 28
     target: str = "next_basket"
     timings: tuple[float, ...] = (DEFAULT_TIMING,)
+    config: Path = DEFAULT_CONFIG  # the file read, and a SHA-256 of its contents
+    config_sha256: str = ""
 
     def as_params(self) -> dict[str, Any]:
         return {
             **self.weights.as_params(),
             "validation_days": self.validation_days,
             "validation_target": self.target,
+            "config": str(self.config.resolve()),
+            "config_sha256": self.config_sha256,
         }
 
 
@@ -167,14 +172,14 @@ def load_training_options(path: Path | None) -> TrainingOptions:
     known_keys(path, "[rules]", rules)
     interactions = raw.get("interactions", {})
     known_keys(path, "[interactions]", interactions, WEIGHT_KEYS)
-    weights = {("return_" if k == "return" else k): v for k, v in interactions.items()}
-    for name, value in weights.items():
-        wanted = bool if name == "use_quantity" else int | float
-        if not isinstance(value, wanted) or (wanted is not bool and isinstance(value, bool)):
-            kind = "true or false" if wanted is bool else "a number"
-            raise ValueError(f"{path}: [interactions] {name} must be {kind}, not {value!r}.")
+    try:
+        weights = InteractionWeights(
+            **{("return_" if k == "return" else k): v for k, v in interactions.items()}
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: [interactions] {exc}") from exc
     days = selection.get("validation_days", 28)
-    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+    if not is_whole(days):
         raise ValueError(
             f"{path}: [selection] validation_days must be a whole number of days of at least 1, "
             f"not {days!r}."
@@ -190,10 +195,12 @@ def load_training_options(path: Path | None) -> TrainingOptions:
         )
     return TrainingOptions(
         config,
-        InteractionWeights(**weights),
+        weights,
         days,
         str(selection.get("target", "next_basket")),
         tuple(float(t) for t in listed),
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
     )
 
 
@@ -325,11 +332,7 @@ def train_recommender(
     extras = load_dataset(data_dir, ("items", "inventory", "stores"))
     catalogue = extras["items"].accepted if "items" in extras else None
     mlflow.set_experiment(EXPERIMENT)
-    config = Path(config_path) if config_path else DEFAULT_CONFIG
-    common = {
-        **options.as_params(), **provenance(data_dir), "config": str(config.resolve()),
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
-    }  # fmt: skip
+    common = {**options.as_params(), **provenance(data_dir)}
 
     def log_candidate(result: CandidateResult) -> None:
         with mlflow.start_run(run_name=result.candidate.label):

@@ -426,10 +426,15 @@ class TIFUKNNRecommender(Recommender):
         self.groups_ = state.get("groups", np.ceil(self.baskets_ / self.group_size))
 
 
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number of at least 1 (not a float, not a bool)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value >= 1)
+
+
 def _whole(**values: object) -> None:
     """Refuse, in one sentence, a parameter that is not a whole number of at least 1."""
     for name, value in values.items():
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        if not is_whole(value):
             raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
 
 
