@@ -49,6 +49,7 @@ QUANTILES = (0.1, 0.5, 0.9)
 FORECAST_COLUMNS = [SERIES, "store_id", "item_id", PERIOD, "mean", "p10", "p50", "p90", "method"]
 _OBJECTIVES = ("tweedie", "poisson", "regression")
 STRATEGIES = ("recursive", "direct")
+TWEEDIE_POWER = 1.2  # the Tweedie loss's variance power: counts with many zeros
 #: The shares of the rounds early stopping chooses among (see LightGBMForecaster).
 ROUND_SHARES = (0.25, 0.5, 0.75, 1.0)
 CATEGORICAL = ["store_code", "category_code"]
@@ -588,7 +589,7 @@ class LightGBMForecaster(Forecaster):
             "verbose": -1,
         }
         if objective == "tweedie":
-            params["tweedie_variance_power"] = 1.2
+            params["tweedie_variance_power"] = TWEEDIE_POWER
         return trainer(params, x, y, rounds)
 
     def _predict(

@@ -28,7 +28,10 @@ def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> 
     forecaster = MLForecast(
         models={
             "lgbm": LGBMRegressor(
-                verbosity=-1, random_state=0, n_estimators=spec.get("n_estimators", 100)
+                verbosity=-1,
+                random_state=0,
+                n_estimators=spec.get("n_estimators", 100),
+                **spec.get("objective", {}),
             )
         },
         freq=spec["freq"],

@@ -17,7 +17,7 @@ import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData
 from features.demand import PERIOD, SERIES, TARGET, spans_a_year
-from models.forecast import LightGBMForecaster
+from models.forecast import TWEEDIE_POWER, LightGBMForecaster
 
 MLFORECAST_VENV = Path(".omni/mlforecast-venv")
 MLFORECAST_JOB = Path(__file__).with_name("mlforecast_job.py")
@@ -53,16 +53,25 @@ def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
     return python
 
 
-def mlforecast_spec(history: pd.DataFrame, horizon: int, freq: str) -> dict:
-    """mlforecast's settings: LightGBM defaults but our number of rounds; our lags (those this
-    history can fill, since mlforecast drops rows with a missing feature), rolling means,
-    calendar and known covariates."""
-    spec = LightGBMForecaster(horizon=horizon, freq=freq).spec()
+def mlforecast_spec(
+    history: pd.DataFrame, horizon: int, freq: str, objective: str | None = "ours"
+) -> dict:
+    """mlforecast's settings: LightGBM defaults but our number of rounds and ``objective``
+    ("ours": our models' Tweedie loss and variance power; None: LightGBM's default, squared
+    error); our lags (those this history can fill, since mlforecast drops rows with a missing
+    feature), rolling means, calendar and known covariates."""
+    ours = LightGBMForecaster(horizon=horizon, freq=freq)
+    spec = ours.spec()
     n_periods = history[PERIOD].nunique()
     last = history[PERIOD].max()
     return {
         "horizon": horizon,
-        "n_estimators": LightGBMForecaster().n_estimators,
+        "n_estimators": ours.n_estimators,
+        "objective": (
+            {"objective": ours.objective, "tweedie_variance_power": TWEEDIE_POWER}
+            if objective == "ours"
+            else {}
+        ),
         "freq": "D" if freq == "D" else f"W-{last.day_name()[:3].upper()}",
         "lags": [lag for lag in spec.lags if lag < n_periods // 2] or [horizon],
         "rolling": {str(lag): list(windows) for lag, windows in spec.rolling.items()},
@@ -75,18 +84,19 @@ def mlforecast_spec(history: pd.DataFrame, horizon: int, freq: str) -> dict:
 
 
 class MLForecastRunner:
-    """mlforecast (LightGBM, default settings, our rounds) with the same lags and known
-    covariates: ``runner(history, future)`` forecasts; ``fit_seconds`` collects the time of each
-    preprocess + fit."""
+    """mlforecast (LightGBM, default settings, our rounds and by default our objective) with the
+    same lags and known covariates: ``runner(history, future)`` forecasts; ``fit_seconds``
+    collects the time of each preprocess + fit."""
 
-    def __init__(self, horizon: int, freq: str) -> None:
+    def __init__(self, horizon: int, freq: str, objective: str | None = "ours") -> None:
         self.horizon = horizon
         self.freq = freq
+        self.objective = objective
         self.python = mlforecast_python()
         self.fit_seconds: list[float] = []
 
     def __call__(self, history: pd.DataFrame, future: DemandData) -> pd.DataFrame:
-        spec = mlforecast_spec(history, self.horizon, self.freq)
+        spec = mlforecast_spec(history, self.horizon, self.freq, self.objective)
         columns = [SERIES, PERIOD, TARGET, *spec["exogenous"]]
         frame = history[columns].copy()
         if "unit_price" in frame:
