@@ -44,6 +44,11 @@ def test_train_registers_a_champion_that_forecasts(own_tracking: Path) -> None:
     assert settings | {"params.data_sha256", "params.code_version"} <= set(runs.columns)
     artifacts = {a.path for a in client.list_artifacts(backtest_run["run_id"])}
     assert {"forecast_vs_actual.png", "feature_importance.png", "calibration.png"} <= artifacts
+    table = mlflow.artifacts.load_dict(
+        f"runs:/{backtest_run['run_id']}/coverage_by_volume_quintile_and_lead.json"
+    )
+    assert set(table) == {f"q{q}" for q in range(1, 6)}  # as the metrics coverage_80_q1..q5
+    assert set(table["q1"]) == {f"lead_{lead}" for lead in range(1, 5)}
     assert backtest_run["tags.calibration"] == "calibrated"
     assert backtest_run["params.interval"].startswith(("conformal", "negative binomial"))
     assert backtest_run["params.rounds"] == ",".join(map(str, result.model.rounds_))  # chosen
