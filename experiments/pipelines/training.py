@@ -656,7 +656,7 @@ def log_backtest(result: BacktestResult, params: dict[str, Any]) -> str:
         mlflow.log_figure(_calibration_figure(result.coverage), "calibration.png")
         mlflow.log_dict(  # named as the metrics are: q1 the lowest fifth; null where none
             {
-                f"q{int(q)}": {f"lead_{int(k)}": None if pd.isna(v) else v for k, v in row.items()}
+                f"q{q:.0f}": {f"lead_{k:.0f}": None if pd.isna(v) else v for k, v in row.items()}
                 for q, row in result.coverage.iterrows()
             },
             "coverage_by_volume_quintile_and_lead.json",
