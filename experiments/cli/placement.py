@@ -32,18 +32,39 @@ def placement_simulate_cmd(
     freq: Freq = "W",
     supply: Annotated[str, typer.Option(help="Supply ratios, comma-separated.")] = "0.9,1.1",
     windows: Annotated[int, typer.Option(help="Origins, ending at the last period.")] = 4,
+    transfer_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="What moving a unit between stores costs, in the margin's units (default "
+            "0.1): the policy is also played with transfers after the first half of the period.",
+            min=0,
+        ),
+    ] = None,
     metrics_out: FiguresOut = None,
 ) -> None:
     """Backtest placement: our policy against proportional and equal splits and the oracle
-    that knows the demand, at equal stock."""
+    that knows the demand, at equal stock; and the policy with mid-period transfers."""
     from experiments.pipelines import placement
 
     try:
         ratios = tuple(float(r) for r in supply.split(","))
     except ValueError as exc:
         raise UsageError(f"--supply must be numbers separated by commas, not {supply!r}.") from exc
-    result = placement.simulate(data, horizon=horizon, freq=freq, supply=ratios, windows=windows)
-    params = {"data": str(data), "horizon": horizon, "freq": freq, "supply": supply}
+    result = placement.simulate(
+        data,
+        horizon=horizon,
+        freq=freq,
+        supply=ratios,
+        windows=windows,
+        transfer_cost=placement.TRANSFER_COST if transfer_cost is None else transfer_cost,
+    )
+    params = {
+        "data": str(data),
+        "horizon": horizon,
+        "freq": freq,
+        "supply": supply,
+        "transfer_cost": result.transfer_cost,
+    }
     report_simulation(result, {**params, "windows": windows}, metrics_out)
 
 
@@ -100,6 +121,15 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
                 else "."
             )
         )
+    transfers = result.transfers()
+    for ratio, moved in transfers.items():
+        out.print(
+            f"supply {ratio:g}: transfers after the first half of the period (cost "
+            f"{result.transfer_cost:g} a unit) moved {moved['units_moved']:,.0f} units and lost "
+            f"{moved['fewer_lost_units']:,.0f} fewer than the policy alone: net value "
+            f"{moved['net_value']:+,.1f} (a sale's margin {result.economics.unit_margin:g}, a "
+            f"unit left over {result.economics.unit_holding:g})."
+        )
     totals = result.totals()
     payload = {
         "policy": totals["policy"],
@@ -114,6 +144,10 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
             if bounded
             else {}
         ),
+        "transfers": {
+            "transfer_cost": result.transfer_cost,
+            "by_supply": {f"{r:g}": figures for r, figures in transfers.items()},
+        },
         "supply": list(result.by_supply),
         "by_supply": {f"{r:g}": blocks for r, blocks in result.by_supply.items()},
         "items": result.items,
@@ -127,6 +161,10 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
             for policy, m in blocks.items():
                 mlflow.log_metrics({f"{policy}_{k}_supply{ratio:g}": v for k, v in m.items()})
             mlflow.log_metric(f"gap_closed_supply{ratio:g}", closed[ratio])
+            if ratio in transfers:
+                mlflow.log_metrics(
+                    {f"transfers_{k}_supply{ratio:g}": v for k, v in transfers[ratio].items()}
+                )
             if bounded:
                 mlflow.log_metric(f"gap_closed_true_supply{ratio:g}", attainable[ratio])
     if metrics_out:

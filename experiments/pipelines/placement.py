@@ -25,16 +25,21 @@ from features.ingest import load_dataset
 from features.stock import dc_ids
 from models.forecast import LightGBMForecaster
 from models.placement import (
+    STORE_COLUMNS,
     Economics,
     allocate,
     coverage_distribution,
     dispersion_of,
     plan_item,
+    rebalance,
 )
 
 POLICIES = ("policy", "proportional", "equal", "oracle")
 SIMPLE = ("proportional", "equal")
 TRUE_DISTRIBUTION = "true_distribution"  # generated data only: the attainable bound
+WITH_TRANSFERS = "policy_with_transfers"  # the policy, then store-to-store moves mid-period
+#: What moving a unit from one store to another costs in a backtest, in the margin's units.
+TRANSFER_COST = 0.1
 #: Total stock at most this many times the realised demand in a backtest.
 MAX_SUPPLY = 10.0
 
@@ -69,12 +74,59 @@ def oracle(total: int, demand: np.ndarray) -> np.ndarray:
     return stock + split(total - int(stock.sum()), demand)
 
 
+def with_transfers(
+    units: np.ndarray,
+    early_demand: np.ndarray,
+    rest: pd.DataFrame,
+    transfer_cost: float,
+    economics: Economics,
+) -> tuple[np.ndarray, int]:
+    """Each store's stock for the rest of the coverage period once the first part's demand
+    (``early_demand``) has taken what it could of ``units`` and :func:`rebalance` has moved
+    whole units between stores (``rest``: ``store_id, mean, dispersion`` of the rest's demand,
+    in the order of ``units``): that stock, and the units moved."""
+    left = units - np.minimum(early_demand, units)
+    moves = rebalance(
+        rest.assign(final_stock=np.floor(left), min_units=0.0, max_units=np.inf),
+        transfer_cost=transfer_cost,
+        economics=economics,
+    )
+    position = {store: i for i, store in enumerate(rest["store_id"])}
+    for move in moves.itertuples():
+        left[position[move.from_store]] -= move.units
+        left[position[move.to_store]] += move.units
+    return left, int(moves["units"].sum())
+
+
 @dataclass
 class SimulationResult:
     by_supply: dict[float, dict[str, dict[str, float]]]
     windows: int
     items: int
     seconds: float
+    economics: Economics = Economics()  # noqa: RUF009 (frozen, immutable)
+    transfer_cost: float | None = None  # None: transfers were not played
+
+    def transfers(self) -> dict[float, dict[str, float]]:
+        """Per supply ratio, what the mid-period transfers did beside the policy alone: the
+        ``units_moved``, the ``fewer_lost_units`` and their ``net_value`` in the margin's units
+        (each unit sold instead of lost earns its margin and is not left over, less the cost of
+        every unit moved). Empty when transfers were not played."""
+        if self.transfer_cost is None:
+            return {}
+        worth = self.economics.unit_margin + self.economics.unit_holding
+        out = {}
+        for ratio, blocks in self.by_supply.items():
+            if WITH_TRANSFERS not in blocks:
+                continue
+            moved = blocks[WITH_TRANSFERS]["units_moved"]
+            fewer = blocks["policy"]["lost_units"] - blocks[WITH_TRANSFERS]["lost_units"]
+            out[ratio] = {
+                "units_moved": moved,
+                "fewer_lost_units": fewer,
+                "net_value": worth * fewer - self.transfer_cost * moved,
+            }
+        return out
 
     def gap_closed(self, bound: str = "oracle") -> dict[float, float]:
         """Per supply ratio, the share of the gap in lost units between the best simple split
@@ -100,6 +152,8 @@ class SimulationResult:
                 "lost_units": lost,
                 "leftover_units": sum(b["leftover_units"] for b in blocks),
             }
+            if "units_moved" in blocks[0]:
+                out[policy]["units_moved"] = sum(b["units_moved"] for b in blocks)
         return out
 
 
@@ -111,6 +165,7 @@ def simulate(
     supply: tuple[float, ...] = (0.9, 1.1),
     windows: int = 4,
     economics: Economics = Economics(),  # noqa: B008 (frozen, immutable)
+    transfer_cost: float | None = TRANSFER_COST,
 ) -> SimulationResult:
     """A rolling backtest of placement.
 
@@ -121,6 +176,12 @@ def simulate(
     knows the realised demand (the bound); then the realised demand plays: sales = min(demand,
     stock). Realised demand is the generator's uncensored truth
     when the data set has one (``_truth/demand``), else the recorded sales.
+
+    With a coverage period of two periods or more and a ``transfer_cost``, the policy is played
+    once more with transfers (:data:`WITH_TRANSFERS`): after the first half of the period
+    (rounded down) has sold what it could, :func:`models.placement.rebalance` moves whole units
+    between stores from what each has left and the origin's forecast of the rest, each move
+    worth more than ``transfer_cost`` per unit; its row counts the ``units_moved``.
     """
     started = time.perf_counter()
     refused = [r for r in supply if not 0 < r <= MAX_SUPPLY]  # NaN is refused too
@@ -128,14 +189,23 @@ def simulate(
         raise ValueError(
             f"Supply ratios must be above 0 and at most {MAX_SUPPLY:g}, not {refused or 'none'}."
         )
+    if transfer_cost is not None and not 0 <= transfer_cost < np.inf:
+        raise ValueError(f"The transfer cost must be a number, 0 or more, not {transfer_cost}.")
+    mid = horizon // 2 if transfer_cost is not None else 0  # periods sold before transfers
     data = load_demand(data_dir, freq)
     panel = data.panel
     truth = _true_demand(data_dir, freq, panel)
     generated = _generator_config(data_dir)
-    policies = (*POLICIES, TRUE_DISTRIBUTION) if generated else POLICIES
+    policies = (
+        *POLICIES,
+        *([WITH_TRANSFERS] if mid else []),
+        *([TRUE_DISTRIBUTION] if generated else []),
+    )
     totals = {
         ratio: {
-            p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0} for p in policies
+            p: {"demand_units": 0.0, "lost_units": 0.0, "leftover_units": 0.0}
+            | ({"units_moved": 0.0} if p == WITH_TRANSFERS else {})
+            for p in policies
         }
         for ratio in supply
     }
@@ -157,6 +227,16 @@ def simulate(
             last_period.rename("recent"), on=keys
         )
         distribution[["demand", "recent"]] = distribution[["demand", "recent"]].fillna(0.0)
+        if mid:  # the first part's demand, and the forecast of the rest
+            step = frequency(freq).step
+            early = window[window[PERIOD] <= origin + step * mid]
+            rest = coverage_distribution(forecast[forecast[PERIOD] > origin + step * mid])
+            distribution = distribution.join(
+                early.groupby(keys, observed=True)[TARGET].sum().rename("early_demand"), on=keys
+            ).join(rest.set_index(keys)[["mean", "dispersion"]].add_prefix("rest_"), on=keys)
+            distribution = distribution.fillna(
+                {"early_demand": 0.0, "rest_mean": 0.0, "rest_dispersion": 1e6}
+            )
         if generated:
             days = horizon * frequency(freq).days
             first = np.datetime64(pd.Timestamp(origin).date(), "D") + 1
@@ -176,7 +256,7 @@ def simulate(
             recent = stores["recent"].to_numpy()
             if generated:  # the true distribution, as allocate reads one
                 true_distribution = stores[["store_id", "true_mean", "true_dispersion"]].set_axis(
-                    ["store_id", "mean", "dispersion"], axis=1
+                    STORE_COLUMNS, axis=1
                 )
             for ratio in supply:
                 total = int(np.rint(demand.sum() * ratio))
@@ -195,8 +275,22 @@ def simulate(
                     stock[TRUE_DISTRIBUTION] = allocate(
                         true_distribution, total, economics=economics, allocate_all=True
                     )["send"].to_numpy()
+                sales = {policy: np.minimum(demand, units) for policy, units in stock.items()}
+                if mid and transfer_cost is not None:
+                    early_demand = stores["early_demand"].to_numpy()
+                    rest = stores[["store_id", "rest_mean", "rest_dispersion"]].set_axis(
+                        STORE_COLUMNS, axis=1
+                    )
+                    left, moved = with_transfers(
+                        stock["policy"], early_demand, rest, transfer_cost, economics
+                    )
+                    stock[WITH_TRANSFERS] = stock["policy"]
+                    sales[WITH_TRANSFERS] = np.minimum(early_demand, stock["policy"]) + np.minimum(
+                        demand - early_demand, left
+                    )
+                    totals[ratio][WITH_TRANSFERS]["units_moved"] += moved
                 for policy, units in stock.items():
-                    sold = np.minimum(demand, units)
+                    sold = sales[policy]
                     block = totals[ratio][policy]
                     block["demand_units"] += demand.sum()
                     block["lost_units"] += (demand - sold).sum()
@@ -205,15 +299,20 @@ def simulate(
         ratio: {
             policy: {
                 "fill_rate": 1 - b["lost_units"] / b["demand_units"] if b["demand_units"] else 1.0,
-                "lost_units": b["lost_units"],
-                "leftover_units": b["leftover_units"],
-                "demand_units": b["demand_units"],
+                **b,
             }
             for policy, b in blocks.items()
         }
         for ratio, blocks in totals.items()
     }
-    return SimulationResult(by_supply, windows, len(items_seen), time.perf_counter() - started)
+    return SimulationResult(
+        by_supply,
+        windows,
+        len(items_seen),
+        time.perf_counter() - started,
+        economics=economics,
+        transfer_cost=transfer_cost if mid else None,
+    )
 
 
 def _generator_config(data_dir: Path) -> GeneratorConfig | None:

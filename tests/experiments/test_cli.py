@@ -235,6 +235,13 @@ def test_placement_simulate_writes_the_documented_json(tmp_path: Path) -> None:
             assert blocks["oracle"]["lost_units"] == 0
     policy, proportional = figures["policy"], figures["baselines"]["proportional"]
     assert set(policy) == {"fill_rate", "lost_units", "leftover_units"}
+    # The policy played again with transfers after the first week: the same stock, moved.
+    assert figures["transfers"]["transfer_cost"] == 0.1
+    for ratio, moved in figures["transfers"]["by_supply"].items():
+        blocks = figures["by_supply"][ratio]
+        fewer = blocks["policy"]["lost_units"] - blocks["policy_with_transfers"]["lost_units"]
+        assert moved["fewer_lost_units"] == pytest.approx(fewer)
+        assert moved["net_value"] == pytest.approx(1.25 * fewer - 0.1 * moved["units_moved"])
     # Equal total stock: what one policy loses less, it leaves over less.
     assert policy["lost_units"] - proportional["lost_units"] == pytest.approx(
         policy["leftover_units"] - proportional["leftover_units"]

@@ -1,4 +1,5 @@
-"""The placement backtest's bound: the oracle that knows the realised demand."""
+"""The placement backtest's bound (the oracle that knows the realised demand), and its
+mid-period transfers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.pipelines.placement import TRUE_DISTRIBUTION, SimulationResult, oracle, simulate
+from experiments.pipelines.placement import (
+    TRUE_DISTRIBUTION,
+    WITH_TRANSFERS,
+    SimulationResult,
+    oracle,
+    simulate,
+    with_transfers,
+)
 from experiments.synthetic.generator import GeneratorConfig, demand_distribution, generate
+from models.placement import Economics
 
 
 @pytest.mark.parametrize("total", [0, 7, 23, 30, 31, 45])
@@ -83,3 +92,28 @@ def test_generated_data_gets_the_bound_of_its_true_demand_distribution(tmp_path:
         # No allocation loses less than the oracle; the true distribution's is one of them.
         assert blocks["oracle"]["lost_units"] <= blocks[TRUE_DISTRIBUTION]["lost_units"]
     assert set(result.gap_closed(TRUE_DISTRIBUTION)) == {0.9, 1.1}
+    # The policy is played again with transfers after the first of the two weeks.
+    assert set(result.transfers()) == {0.9, 1.1}
+    for ratio, blocks in result.by_supply.items():
+        moved = result.transfers()[ratio]
+        assert blocks[WITH_TRANSFERS]["lost_units"] >= blocks["oracle"]["lost_units"]
+        assert blocks[WITH_TRANSFERS]["units_moved"] == moved["units_moved"] >= 0
+        assert blocks[WITH_TRANSFERS]["demand_units"] == blocks["policy"]["demand_units"]
+
+
+def test_transfers_move_what_is_left_where_the_rest_of_the_period_needs_it() -> None:
+    """Store A sold out in the first week, B sold nothing; both expect 3 more: units move from
+    B to A, whole, none created or lost — unless moving costs more than a sale earns."""
+    units, early = np.array([5, 5]), np.array([5.0, 0.0])
+    rest = pd.DataFrame({"store_id": ["A", "B"], "mean": [3.0, 3.0], "dispersion": [1e6, 1e6]})
+    left, moved = with_transfers(units, early, rest, 0.1, Economics())
+    assert moved > 0 and left[0] == moved and left.sum() == 5 and (left >= 0).all()
+    assert 1 <= left[0] <= 3  # A gets what it may sell, not everything
+    left, moved = with_transfers(units, early, rest, 10.0, Economics())
+    assert moved == 0 and list(left) == [0, 5]
+
+
+@pytest.mark.parametrize("cost", [-0.1, float("inf"), float("nan")])
+def test_a_transfer_cost_out_of_bounds_is_refused_before_any_work(cost: float) -> None:
+    with pytest.raises(ValueError, match=r"^The transfer cost must be a number, 0 or more"):
+        simulate(Path("/nonexistent"), horizon=2, transfer_cost=cost)
