@@ -89,7 +89,9 @@ function svg(tag, attributes, parent) {
   return node;
 }
 
-function drawForecast(actuals, forecast) {
+const PERIOD_NOUNS = { D: "day", W: "week", M: "month" };
+
+function drawForecast(actuals, forecast, freq) {
   const chart = $("fc-chart");
   chart.replaceChildren();
   const W = 640, H = 260, left = 44, right = 10, top = 10, bottom = 28;
@@ -122,6 +124,10 @@ function drawForecast(actuals, forecast) {
     const anchor = i === 0 ? "start" : "end";
     svg("text", { x: x(i), y: H - 8, "text-anchor": anchor, "font-size": 11, fill: "#5b6b7c" }, chart).textContent = dates[i];
   });
+  // What the numbers count, and that the dates are each period's last day.
+  svg("text", { id: "y-unit", x: left + 4, y: top + 10, "font-size": 11, fill: "#5b6b7c" }, chart).textContent =
+    "units per " + (PERIOD_NOUNS[freq] || "period");
+  svg("text", { x: W / 2, y: H - 8, "text-anchor": "middle", "font-size": 11, fill: "#5b6b7c" }, chart).textContent = "period ending";
 }
 
 const PERIODS = { D: "daily", W: "weekly", M: "monthly" };
@@ -135,7 +141,7 @@ const showForecast = guarded("fc", async (current) => {
   const actuals = (answer.actuals || []).filter((a) => a.item_id === item);
   const forecast = answer.forecast.filter((f) => f.item_id === item);
   if (!current()) return;
-  drawForecast(actuals, forecast);
+  drawForecast(actuals, forecast, answer.freq);
   fillTable($("fc-table"), ["period ending", "mean", "P10", "P50", "P90"],
     forecast.map((f) => [f.period_end, number(f.mean, 2), number(f.p10, 2), number(f.p50, 2), number(f.p90, 2)]));
   const notes = ["Model " + answer.model_version + ", trained on " + (PERIODS[answer.freq] || answer.freq) +

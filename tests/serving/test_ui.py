@@ -95,6 +95,7 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
             r"trained on weekly sales to \d{4}-\d\d-\d\d", page.text_content("#fc-note")
         )
         assert page.locator("#fc-table tbody tr").count() == 4  # the band's numbers, per period
+        assert page.text_content("#y-unit") == "units per week"  # what the axis counts
         # One period ahead: the band is a bar and the mean a point (a line of one point is not).
         page.fill("#fc-horizon", "1")
         page.click("#forecast-form button")
