@@ -165,7 +165,7 @@ def simulate(
     supply: tuple[float, ...] = (0.9, 1.1),
     windows: int = 4,
     economics: Economics = Economics(),  # noqa: B008 (frozen, immutable)
-    transfer_cost: float | None = TRANSFER_COST,
+    transfer_cost: float = TRANSFER_COST,
 ) -> SimulationResult:
     """A rolling backtest of placement.
 
@@ -177,11 +177,11 @@ def simulate(
     stock). Realised demand is the generator's uncensored truth
     when the data set has one (``_truth/demand``), else the recorded sales.
 
-    With a coverage period of two periods or more and a ``transfer_cost``, the policy is played
-    once more with transfers (:data:`WITH_TRANSFERS`): after the first half of the period
-    (rounded down) has sold what it could, :func:`models.placement.rebalance` moves whole units
-    between stores from what each has left and the origin's forecast of the rest, each move
-    worth more than ``transfer_cost`` per unit; its row counts the ``units_moved``.
+    With a coverage period of two periods or more, the policy is played once more with
+    transfers (:data:`WITH_TRANSFERS`): after the first half of the period (rounded down) has
+    sold what it could, :func:`models.placement.rebalance` moves whole units between stores
+    from what each has left and the origin's forecast of the rest, each move worth more than
+    ``transfer_cost`` per unit; its row counts the ``units_moved``.
     """
     started = time.perf_counter()
     refused = [r for r in supply if not 0 < r <= MAX_SUPPLY]  # NaN is refused too
@@ -189,9 +189,9 @@ def simulate(
         raise ValueError(
             f"Supply ratios must be above 0 and at most {MAX_SUPPLY:g}, not {refused or 'none'}."
         )
-    if transfer_cost is not None and not 0 <= transfer_cost < np.inf:
+    if not 0 <= transfer_cost < np.inf:
         raise ValueError(f"The transfer cost must be a number, 0 or more, not {transfer_cost}.")
-    mid = horizon // 2 if transfer_cost is not None else 0  # periods sold before transfers
+    mid = horizon // 2  # periods sold before the transfers (none: no transfers)
     data = load_demand(data_dir, freq)
     panel = data.panel
     truth = _true_demand(data_dir, freq, panel)
@@ -230,10 +230,10 @@ def simulate(
         if mid:  # the first part's demand, and the forecast of the rest
             step = frequency(freq).step
             early = window[window[PERIOD] <= origin + step * mid]
-            rest = coverage_distribution(forecast[forecast[PERIOD] > origin + step * mid])
+            later = coverage_distribution(forecast[forecast[PERIOD] > origin + step * mid])
             distribution = distribution.join(
                 early.groupby(keys, observed=True)[TARGET].sum().rename("early_demand"), on=keys
-            ).join(rest.set_index(keys)[["mean", "dispersion"]].add_prefix("rest_"), on=keys)
+            ).join(later.set_index(keys)[["mean", "dispersion"]].add_prefix("rest_"), on=keys)
             distribution = distribution.fillna(
                 {"early_demand": 0.0, "rest_mean": 0.0, "rest_dispersion": 1e6}
             )
@@ -276,7 +276,7 @@ def simulate(
                         true_distribution, total, economics=economics, allocate_all=True
                     )["send"].to_numpy()
                 sales = {policy: np.minimum(demand, units) for policy, units in stock.items()}
-                if mid and transfer_cost is not None:
+                if mid:
                     early_demand = stores["early_demand"].to_numpy()
                     rest = stores[["store_id", "rest_mean", "rest_dispersion"]].set_axis(
                         STORE_COLUMNS, axis=1
