@@ -118,7 +118,8 @@ def bench_forecaster_cmd(
     ),
 ) -> None:
     """Speed against mlforecast's preprocess, or weekly accuracy against the baselines and
-    mlforecast (LightGBM defaults, same lags and covariates; installed in its own venv)."""
+    mlforecast (LightGBM defaults but our rounds, fitted with our objective and with its
+    default; same lags and covariates; installed in its own venv)."""
     from experiments.benchmarks import datasets
     from experiments.benchmarks.mlforecast_reference import MLForecastRunner
     from experiments.pipelines import forecaster
