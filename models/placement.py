@@ -537,7 +537,8 @@ def rebalance(
     the units: only with the moves, at most that many).
 
     Returns:
-        ``from_store, to_store, units, expected_gain``.
+        ``from_store, to_store, units, expected_gain`` (the moves between a pair of stores
+        together, the pair that gains most first).
     """
     stock = allocation["final_stock"].to_numpy(dtype=np.int64).copy()
     mean = allocation["mean"].to_numpy(dtype=np.float64)
@@ -583,7 +584,7 @@ def rebalance(
             for (a, b), g in moves.items()
         ],
         columns=["from_store", "to_store", "units", "expected_gain"],
-    )
+    ).sort_values("expected_gain", ascending=False, kind="stable", ignore_index=True)
 
 
 def coverage_distribution(forecast: pd.DataFrame) -> pd.DataFrame:

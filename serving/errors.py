@@ -129,8 +129,8 @@ def _as_json(answer: dict[str, Any]) -> Response | dict[str, Any]:
 
 
 def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
-    """The refusal for ``exc``, logged: one INFO line for a 4xx, a WARNING for a 503, and the
-    traceback with the request id for anything unexpected (500)."""
+    """The refusal for ``exc``; anything unexpected (a 500) is logged here with its traceback
+    and the request id (the others by :class:`RequestIds`)."""
     request_id = ctx.request.headers.get(REQUEST_ID, "-")
     status = status_of(exc)
     path = ctx.request.url.path
@@ -138,9 +138,7 @@ def _answer_for(ctx: bentoml.Context, exc: Exception) -> dict[str, Any]:
         return refuse(ctx, HTTPStatus.INTERNAL_SERVER_ERROR, _internal(path, request_id, exc))
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         ctx.response.metadata["retry-after"] = str(RETRY_AFTER)
-    level = logging.WARNING if status >= 500 else logging.INFO
-    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, exc)
-    return refuse(ctx, status, public_message(exc))
+    return refuse(ctx, status, public_message(exc))  # logged by RequestIds, as every refusal
 
 
 def _internal(path: str, request_id: str, exc: Exception) -> str:
@@ -184,8 +182,10 @@ class RequestIds:
     token, else a new one), passed on to the routes and returned on the response.
 
     Request bodies BentoML refuses before a route runs (types, ranges, unknown fields) come back
-    as 422 with one sentence naming every bad field, instead of BentoML's 400 list, and are
-    logged at INFO in one line (see :class:`QuietRefusals`).
+    as 422 with one sentence naming every bad field, instead of BentoML's 400 list. Every
+    refusal — any 4xx, from the key gate to a route's own, and a 503 — is logged in one line
+    with its status, request id and sentence: INFO, a 503 at WARNING (see
+    :class:`QuietRefusals`; a 500 is logged with its traceback where it happened).
     """
 
     def __init__(self, app: Any, routes: frozenset[str] | set[str]) -> None:
@@ -204,31 +204,37 @@ class RequestIds:
         start: MutableMapping[str, Any] = {}
         chunks: list[bytes] = []
         held = False  # BentoML's 400 on a route, or routing's plain-text 404 or 405: rewritten
+        refused = False  # a refusal passed on as it is: its sentence is logged at its end
+        path = json.dumps(scope.get("path", ""))[1:-1]  # a client's %0A is not a new log line
 
         async def reply(message: MutableMapping[str, Any]) -> None:
-            nonlocal held
+            nonlocal held, refused
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 start.update(message, headers=[*headers, (b"x-request-id", request_id.encode())])
                 plain = dict(headers).get(b"content-type", b"").startswith(b"text/plain")
                 status = message["status"]
                 held = (rewrite and status == 400) or (status in (404, 405) and plain)
+                refused = status >= 400 and status != 500 and not held
                 if not held:
                     await send(start)
                 return
             if not held:  # passed on as it is
+                if refused:
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body"):
+                        _log_refusal(path, start["status"], request_id, b"".join(chunks))
                 await send(message)
                 return
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
             if start["status"] == 400:
-                status, body = _as_refusal(b"".join(chunks))
+                status, body = _as_refusal(b"".join(chunks), BATCHES.get(scope["path"]))
             else:
                 status, body = start["status"], {"error": _no_route(scope, start["headers"])}
-            path = json.dumps(scope["path"])[1:-1]  # a client's %0A is not a new log line
-            log.info("%s refused %d (request %s): %s", path, status, request_id, body)
             encoded = json.dumps(body).encode()
+            _log_refusal(path, status, request_id, encoded)
             headers = [(k, v) for k, v in start["headers"]
                        if k.lower() not in (b"content-length", b"content-type")]  # fmt: skip
             headers += [(b"content-type", b"application/json"),
@@ -237,6 +243,19 @@ class RequestIds:
             await send({"type": "http.response.body", "body": encoded})
 
         await self.app(scope, receive, reply)
+
+
+def _log_refusal(path: str, status: int, request_id: str, body: bytes) -> None:
+    """One line for a refusal: its status, request id and sentence (the answer's ``error``)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    said = answer.get("error") if isinstance(answer, dict) else None
+    sentence = said if isinstance(said, str) else body[:200].decode("utf-8", "replace")
+    level = logging.WARNING if status >= 500 else logging.INFO
+    sentence = sentence[:1000].replace("\n", "\\n")  # one line, whatever a client sent
+    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, sentence)
 
 
 def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
@@ -248,8 +267,14 @@ def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
     return f"There is no route {method} {path!r}."
 
 
-def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
-    """BentoML's 400 body as (status, ``{"error": sentence}``): 422 for invalid fields."""
+#: The routes that store a batch all or none, and the field that holds it.
+BATCHES = {"/events": "events", "/movements": "movements"}
+
+
+def _as_refusal(raw: bytes, batch: str | None = None) -> tuple[int, dict[str, Any]]:
+    """BentoML's 400 body as (status, ``{"error": sentence}``): 422 for invalid fields; for a
+    ``batch`` route, also ``stored`` 0 and ``rejected``, every bad row by index (as the
+    contract's refusals are answered)."""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -263,9 +288,39 @@ def _as_refusal(raw: bytes) -> tuple[int, dict[str, Any]]:
         return 400, {"error": "The request body could not be read as this API's JSON."}
     if any(isinstance(d, dict) and d.get("type") == "json_invalid" for d in details):
         return 400, {"error": "The request body is not valid JSON."}
-    problems = [_problem(d) for d in details[:20] if isinstance(d, dict)]
+    details = [d for d in details if isinstance(d, dict)]
+    rows = _bad_rows(details, batch) if batch else {}
+    if rows and all(_row_of(d, batch) is not None for d in details):  # else: said in general
+        listed = "; ".join(f"[{i}] {reason}" for i, reason in list(rows.items())[:20])
+        more = f"; and {len(rows) - 20} more" if len(rows) > 20 else ""
+        return 422, {
+            "error": f"{len(rows)} {batch} are refused for their types and none was stored (the "
+            f"contract's checks come after): {listed}{more}.",
+            "stored": 0,
+            "rejected": [{"index": i, "reason": reason} for i, reason in rows.items()],
+        }
+    problems = [_problem(d) for d in details[:20]]
     more = f" (and {len(details) - 20} more)" if len(details) > 20 else ""
     return 422, {"error": "Invalid request: " + "; ".join(problems) + more + "."}
+
+
+def _bad_rows(details: list[dict[str, Any]], batch: str) -> dict[int, str]:
+    """Per row of a batch its problems, one per field (``quantity: Input should be a valid
+    number``: of a number-or-integer field, the first member's word), in row order."""
+    fields: dict[int, dict[str, str]] = {}
+    for detail in details:
+        row = _row_of(detail, batch)
+        if row is not None:
+            field = detail["loc"][2:3]
+            problem = _problem({**detail, "loc": field}) if field else str(detail.get("msg"))
+            fields.setdefault(row, {}).setdefault(str(field), problem)
+    return {i: "; ".join(fields[i].values()) for i in sorted(fields)}
+
+
+def _row_of(detail: dict[str, Any], batch: str | None) -> int | None:
+    """The row of the batch a problem is in (``loc`` events, 3, ...), or None."""
+    loc = detail.get("loc", [])
+    return loc[1] if len(loc) >= 2 and loc[0] == batch and isinstance(loc[1], int) else None
 
 
 def _problem(detail: dict[str, Any]) -> str:
@@ -281,8 +336,8 @@ def _problem(detail: dict[str, Any]) -> str:
             where += f"[{json.dumps(str(part)[:64])}]"
     message = str(detail.get("msg", "is invalid")).rstrip(".")
     if detail.get("type") == "string_pattern_mismatch":  # the ids' pattern: not said as a regex
-        message = "holds a character an id may not (a control or invisible one, or a space at "
-        message += "either end)"
+        message = "holds a character an id may not (a control or invisible one; in a stock id "
+        message += "also a space at either end)"
     return f"{where or 'body'}: {message}"
 
 

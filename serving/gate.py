@@ -220,8 +220,18 @@ _ERROR_SCHEMA = {
 }
 
 
+#: The Swagger page's policy: its own scripts and styles (and their inline start-up) only.
+#: BentoML's page also carries a Google Tag Manager snippet; with this policy the browser
+#: loads nothing from it — no outside script runs where API keys are typed.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-src 'none'; frame-ancestors 'none'"
+)
+
+
 class DocumentedAPI:
-    """ASGI middleware completing BentoML's ``/docs.json`` with what this API really does.
+    """ASGI middleware completing BentoML's ``/docs.json`` with what this API really does, and
+    giving its Swagger page (``/docs``) a content security policy (:data:`DOCS_POLICY`).
 
     BentoML leaves ``requestBody.required`` out (so an empty POST looks valid) and documents
     only 200 / 400 / 404 / 500; here every body is required, the bearer-key security scheme is
@@ -233,6 +243,17 @@ class DocumentedAPI:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") in ("/", "/docs"):  # (see Gate)
+
+            async def guarded(message: MutableMapping[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [*message.get("headers", [])]
+                    headers.append((b"content-security-policy", DOCS_POLICY.encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await self.app(scope, receive, guarded)
+            return
         if scope["type"] != "http" or scope.get("path") != self.path:
             await self.app(scope, receive, send)
             return

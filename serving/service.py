@@ -124,7 +124,9 @@ MOVED = (
 
 # -- request types: flat JSON, strict types, bounded sizes ---------------------------------------
 
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+#: An id a request names: none of the contract's forbidden (control or invisible) characters.
+ID_PATTERN = rf"^[^{ID_FORBIDDEN}]+$"
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 def _not_null(value: Any) -> Any:
@@ -137,7 +139,9 @@ def _not_null(value: Any) -> Any:
 OptionalId = Annotated[
     Id | None,
     BeforeValidator(_not_null),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}
+    ),
 ]
 
 
@@ -415,6 +419,9 @@ async def _model_info(request: Request) -> JSONResponse:
 DAYS = re.compile(r"[-+]?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
+#: KPI reports a worker lets wait for the one being computed, and how long each waits.
+KPI_WAITING = 8
+KPI_WAIT_SECONDS = 30.0
 #: What ``GET /kpis`` reads from its query.
 KPI_PARAMETERS = ("since", "until", "window_days")
 
@@ -530,6 +537,7 @@ class OmnichannelService:
         self.exposures = ExposureWriter(self.log.another()) if exposures_enabled() else None
         self.control_share, self.experiment = control_share(), experiment()
         self._reporting = threading.Semaphore(1)
+        self._waiting = threading.Semaphore(KPI_WAITING)
         self.state: ServingState | None = None
         self._loaded: ServingState | None = None  # loaded, but the log not yet replayed
         #: Why the service is not ready, or why the event store is failing (None when fine).
@@ -709,9 +717,9 @@ class OmnichannelService:
                     "score": float(score),
                     "rank": rank,
                     "reason": reason,
-                    "available_at": stores,
+                    "available_at": [node for node in nodes if state.is_store(node)],
                 }
-                for rank, (item, score, stores) in enumerate(
+                for rank, (item, score, nodes) in enumerate(
                     zip(items, scores, where, strict=True), start=1
                 )
             ],
@@ -840,7 +848,7 @@ class OmnichannelService:
         accepted, reasons = await run_in_threadpool(check_movements, records, self.bounds)
         fine = [i for i, reason in enumerate(reasons) if reason is None]
         for i, node in zip(fine, accepted["node_id"], strict=True):
-            if node not in state.stores:
+            if node not in state.network:
                 reasons[i] = f"unknown node_id {node!r}: not in the stores table or the data"
         refusal = _refusal(ctx, reasons, "movements")
         if refusal is not None:
@@ -864,8 +872,13 @@ class OmnichannelService:
         ``hold_minutes`` (48 h by default), unless released or fulfilled first."""
         r = ReserveRequest.model_construct(**request)
         state = await run_in_threadpool(self._state)
-        if r.node_id not in state.stores:
+        if r.node_id not in state.network:
             raise NotFound(f"Unknown node_id {r.node_id!r}.")
+        if not await run_in_threadpool(state.knows_item, r.item_id):
+            raise NotFound(
+                f"Unknown item_id {r.item_id!r}: the catalogue does not list it and no node "
+                "stocks it."
+            )
         new = await run_in_threadpool(
             state.reserve, self.log, r.reservation_id, r.node_id, r.item_id,
             float(r.quantity), r.hold_minutes * 60.0,
@@ -923,7 +936,7 @@ class OmnichannelService:
     def _availability(self, r: AvailabilityRequest, state: ServingState) -> dict[str, Any]:
         origin = (r.lat, r.lon) if r.lat is not None and r.lon is not None else None
         if r.store_id is not None:
-            if r.store_id not in state.stores:
+            if r.store_id not in state.network:
                 raise NotFound(f"Unknown store {r.store_id!r}.")
             origin = state.location(r.store_id)
             if origin is None:
@@ -1003,8 +1016,15 @@ class OmnichannelService:
         channel and across channels (features/measurement.py). Reads the whole event log: a
         dashboard's or an analyst's call, not a per-customer one."""
         state = self._state()
-        if not self._reporting.acquire(blocking=False):  # one at a time per worker
-            raise Unavailable("A KPI report is being computed; retry in a few seconds.")
+        # One report at a time per worker; a few more wait their turn (a dashboard asks for its
+        # panels at once), and beyond those a 503 says to retry: no request thread is tied up.
+        if not self._waiting.acquire(blocking=False):
+            raise Unavailable("Too many KPI reports are asked for at once; retry in a few seconds.")
+        try:
+            if not self._reporting.acquire(timeout=KPI_WAIT_SECONDS):
+                raise Unavailable("A KPI report is being computed; retry in a few seconds.")
+        finally:
+            self._waiting.release()
         log = self.log.another()  # the requests' own connection is not held up meanwhile
         try:
             if self.exposures is not None:

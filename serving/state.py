@@ -57,6 +57,10 @@ class ServingState:
         clock: the time of a request (for when an item bought, and bought again, is due again).
         stores, channels: every store and channel the data or the posted events named; a
             request naming another is refused (404), not answered with a guess.
+        network: the stock nodes — the stores the champions' data named (the stores table,
+            the training data): fixed until the next load, so that an event naming a store
+            nobody set up (a till's typo) cannot make it a place to move, reserve or promise
+            stock. Sales there are kept in the log and count for customers, not for stock.
         stock: on hand, reserved and available to promise per node and item.
         nodes: the stores table (``kind``, ``lat``, ``lon`` by ``store_id``), as training saw it.
         movement_seq: the position of the last stock movement applied.
@@ -73,6 +77,7 @@ class ServingState:
     salt: str
     stores: set[str] = field(default_factory=set)
     channels: set[str] = field(default_factory=set)
+    network: frozenset[str] = frozenset()
     stock: StockLedger = field(default_factory=StockLedger)
     nodes: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["kind", "lat", "lon"], index=pd.Index([]))
@@ -172,7 +177,7 @@ class ServingState:
                 past = log.read(upto=self.log_seq) if self.log_seq else None
                 if past is not None and len(past):
                     with self._stock_lock:
-                        self._restock(self.stock.apply_sales(past))
+                        self._restock(self.stock.apply_sales(self._in_network(past)))
                 self._past_sales_counted = True
 
     def _apply_movements(self, movements: pd.DataFrame, upto: int) -> None:
@@ -365,7 +370,15 @@ class ServingState:
         Events of items the recommender does not know are kept in the log, not applied.
         """
         self._move_stock(events)
-        self.stores = self.stores | set(events["store_id"].dropna())  # swapped whole
+        named = set(events["store_id"].dropna())
+        if named - self.stores - self.network:
+            logger.warning(
+                "Events name stores outside the stock network (%s): their sales are kept and "
+                "count for customers, but move no stock; a new store joins the network once "
+                "the stores table names it and the champions are trained and reloaded.",
+                ", ".join(sorted(named - self.stores - self.network)[:10]),
+            )
+        self.stores = self.stores | named  # swapped whole
         self.channels = self.channels | set(events["channel"])
         known = events[events["customer_key"].notna()]
         if known.empty:
@@ -398,7 +411,22 @@ class ServingState:
         """Purchases take stock from their store or node, returns put it back (any customer,
         anonymous ones included)."""
         with self._stock_lock:
-            self._restock(self.stock.apply_sales(events))
+            self._restock(self.stock.apply_sales(self._in_network(events)))
+
+    def _in_network(self, events: pd.DataFrame) -> pd.DataFrame:
+        """The events whose store is a stock node (or that name none)."""
+        return events[events["store_id"].isna() | events["store_id"].isin(self.network)]
+
+    def knows_item(self, item_id: str) -> bool:
+        """Whether the catalogue the champions learned lists an item, or a node stocks it."""
+        if item_id in self.recommender.item_ids_:
+            return True
+        with self._stock_lock:
+            return bool(self.stock.item(item_id))
+
+    def is_store(self, node: str) -> bool:
+        """Whether a stock node is a shop (the stores table's ``kind`` store, or no kind)."""
+        return self._kinds.get(node, "store") == "store"
 
     def _add_habits(self, events: pd.DataFrame) -> None:
         """Keep the events of customers without habits yet (first seen here), so that they can
@@ -482,6 +510,13 @@ def load_state() -> ServingState:
         kind: set(popularity.loc[popularity["segment_type"] == kind, "segment"].astype(str))
         for kind in ("store", "channel")
     }
+    network = (
+        set(meta.get("stores", ()))
+        | set(context["stores"]["store_id"])
+        | segments["store"]
+        | set(rules.levels)
+        | set(forecaster.history_["store_id"].astype(str))
+    )
     state = ServingState(
         recommender=recommender,
         recommender_version=rec_version,
@@ -494,11 +529,8 @@ def load_state() -> ServingState:
         salt=salt,
         stock=stock,
         nodes=context["stores"].set_index("store_id"),
-        stores=set(meta.get("stores", ()))
-        | set(context["stores"]["store_id"])
-        | segments["store"]
-        | set(rules.levels)
-        | set(forecaster.history_["store_id"].astype(str)),
+        stores=set(network),
+        network=frozenset(network),
         channels=set(meta.get("channels", ()))
         | segments["channel"]
         | set(context["habits"]["channel"]),

@@ -179,6 +179,15 @@ def test_rebalancing_moves_surplus_to_shortfall() -> None:
     assert rebalance(allocation, transfer_cost=0.05, pack_size=10**6).empty  # none so big
 
 
+def test_transfers_list_the_pair_of_stores_that_gains_most_first() -> None:
+    """Regression: moves came in the order their first pack was made (A's first unit is worth
+    more than B's), though B, a store of spread-out demand, gains more in all."""
+    frame = stores([0.5, 2.0, 8.0], on_hand=[40, 0, 0]).assign(dispersion=[50, 50, 0.7])
+    moves = rebalance(allocate(frame, 0), transfer_cost=0.05)
+    assert list(moves["to_store"]) == ["S2", "S1"]
+    assert moves["expected_gain"].is_monotonic_decreasing
+
+
 def test_allocating_a_whole_chain_at_once_matches_item_by_item() -> None:
     from models.placement import allocate_many
 

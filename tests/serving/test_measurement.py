@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -103,6 +104,15 @@ def test_the_kpi_report_recovers_a_known_uplift_and_none_where_there_is_none(
             "/kpis", params={"since": effect[0], "until": effect[1]}, headers=as_(keys, "report")
         )  # also writes this worker's pending exposures
         assert served.status_code == 200, served.text
+        # A dashboard asks for its panels at once: they wait their turn (they were 503s).
+        ask = {"since": effect[0], "until": effect[1]}
+        with ThreadPoolExecutor(4) as pool:
+            panels = list(
+                pool.map(
+                    lambda _: app.get("/kpis", params=ask, headers=as_(keys, "report")), "abcd"
+                )
+            )
+        assert [p.status_code for p in panels] == [200] * 4
         assert (
             app.get("/kpis", params={"since": "soon"}, headers=as_(keys, "report")).status_code
             == 422

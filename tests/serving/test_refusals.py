@@ -126,7 +126,28 @@ def test_a_mistyped_event_is_named_by_index_and_field(app: TestClient) -> None:
             "item_id": "I000020"}  # fmt: skip
     response = app.post("/events", json={"events": [good, good, {**good, "quantity": "two"}]})
     assert response.status_code == 422
-    assert response.json()["error"].startswith("Invalid request: events[2].quantity")
+    assert response.json()["error"].startswith("1 events are refused for their types")
+    # As the contract's refusals: every bad event by index, one problem per field (a number
+    # field was named twice, by pydantic's two number types), however many there are.
+    batch = [{**good, "item_id": i, "quantity": True} for i in range(30)]
+    answer = app.post("/events", json={"events": batch}).json()
+    assert answer["stored"] == 0 and len(answer["rejected"]) == 30
+    assert answer["rejected"][29] == {
+        "index": 29,
+        "reason": "item_id: Input should be a valid string; quantity: Input should be a valid "
+        "number",
+    }
+    assert "; and 10 more." in answer["error"]
+
+
+def test_ids_a_request_names_hold_no_control_or_invisible_character(app: TestClient) -> None:
+    """Regression: a NUL in /recommend's customer_id was echoed and logged as an exposure (a
+    row the move to PostgreSQL cannot copy); a zero-width space made another customer."""
+    for customer in ("a\u0000b", "zw\u200bid"):
+        answer = app.post("/recommend", json={"customer_id": customer, "channel": "web"})
+        assert answer.status_code == 422 and "customer_id" in answer.json()["error"]
+    key = app.post("/offers", json={"customer_key": "LC\u0007", "channel": "store"})
+    assert key.status_code == 422 and "customer_key" in key.json()["error"]
 
 
 def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
@@ -140,6 +161,17 @@ def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
     assert refused.headers["x-request-id"] != unknown.headers["x-request-id"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert any(unknown.headers["x-request-id"] in r.getMessage() for r in caplog.records)
+    # Every refusal, not only a route's own: the key gate's, a batch's contract (regression:
+    # these left only the server's access line, without reason or request id).
+    caplog.clear()
+    bad = {"event_time": "2026-11-23T10:00:00", "channel": "web", "event_type": "buy",
+           "item_id": "I000020"}  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        app.post("/recommend", json={}, headers={"Authorization": "", "X-Request-ID": "no-key"})
+        app.post("/events", json={"events": [bad]}, headers={"X-Request-ID": "bad-type"})
+    lines = [r.getMessage() for r in caplog.records if " refused " in r.getMessage()]
+    assert any("refused 401 (request no-key): Missing" in line for line in lines), lines
+    assert any("refused 422 (request bad-type): 1 of 1 events" in line for line in lines), lines
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
@@ -173,6 +205,8 @@ def test_api_docs_are_public_and_data_is_not(client: TestClient) -> None:
     anonymous = {"Authorization": ""}
     docs = client.get("/docs", headers=anonymous)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    policy = docs.headers["content-security-policy"]  # BentoML's page calls outside scripts
+    assert "script-src 'self' 'unsafe-inline';" in policy and "http" not in policy
     assert client.get("/docs.json", headers=anonymous).status_code == 200
     assert client.post("/recommend", json={}, headers=anonymous).status_code == 401
     ready = client.get("/readyz", headers=anonymous)

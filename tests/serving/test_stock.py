@@ -400,3 +400,36 @@ def test_placement_proposes_transfers_that_pay_for_their_cost(
         started = time.perf_counter()
         assert plan(transfer_cost=0.0)["units_sent"] < 10**6
         assert time.perf_counter() - started < 2.0
+
+
+def test_a_store_nobody_set_up_never_becomes_a_stock_node(
+    workers: Workers, keys: dict[str, str]
+) -> None:
+    """Regression: one till event naming a store by a typo ('S0001') made it a node that took
+    stock movements and click-and-collect reservations, listed in /availability and in
+    /recommend's available_at, beside the DC and the online node, which are not shops."""
+    typo = {
+        "event_time": now(), "channel": "store", "event_type": "purchase", "item_id": "I000010",
+        "quantity": 1, "store_id": "S0001",
+    }  # fmt: skip
+    with workers(1) as (app,):
+        posted = app.post("/events", json={"events": [typo]}, headers=as_(keys, "recommend"))
+        assert posted.json()["stored"] == 1  # kept: it counts for its customer, not for stock
+        receipt = app.post(
+            "/movements", json={"movements": [movement("receipt", "S0001", "I000010", 5, "t1")]}
+        )
+        assert receipt.status_code == 422 and "unknown node_id 'S0001'" in receipt.text
+        hold = {"reservation_id": "t-1", "node_id": "S0001", "item_id": "I000010", "quantity": 1}
+        assert app.post("/reservations", json=hold).status_code == 404
+        nodes = {n["node_id"] for n in picture(app, keys, "I000010")[0]["nodes"]}
+        assert "S001" in nodes and "S0001" not in nodes
+        shown = app.post(
+            "/recommend",
+            json={"customer_id": "walk-in", "channel": "web", "n": 50},
+            headers=as_(keys, "recommend"),
+        ).json()["items"]
+        where = {node for item in shown for node in item["available_at"]}
+        assert where and where <= {"S001", "S002", "S003", "S004", "S005"}  # shops only
+        # An item nobody lists or stocks is not "out of stock here, try another store".
+        unknown = app.post("/reservations", json={**hold, "node_id": "S001", "item_id": "NOPE"})
+        assert unknown.status_code == 404 and "Unknown item_id 'NOPE'" in unknown.text

@@ -151,3 +151,17 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         until(lambda: "refused" in phone.text_content("#key-state"))
         assert phone.evaluate("sessionStorage.length") == 0
         phone.screenshot(path=str(tmp_path / "planner-phone.png"), full_page=True)
+
+        # The Swagger page: it renders, and nothing is fetched from outside the service (it
+        # loaded Google Tag Manager on the page where API keys are typed).
+        docs = browser.new_page()
+        answered: list[str] = []
+        blocked: dict[str, str | None] = {}
+        docs.on("response", lambda r: answered.append(r.url))
+        docs.on("requestfailed", lambda r: blocked.update({r.url: r.failure}))
+        docs.goto(f"http://127.0.0.1:{port}/docs")
+        docs.wait_for_selector(".opblock")  # the operations, from /docs.json
+        assert any(u.endswith("/docs.json") for u in answered), answered
+        assert all(u.startswith(f"http://127.0.0.1:{port}/") for u in answered), answered
+        # The page still asks for Google Tag Manager and badges: the browser's policy stops them.
+        assert blocked and set(blocked.values()) == {"csp"}, blocked
