@@ -717,7 +717,7 @@ class OmnichannelService:
                     "score": float(score),
                     "rank": rank,
                     "reason": reason,
-                    "available_at": [node for node in nodes if state.is_store(node)],
+                    "available_at": [node for node in nodes if node in state.shops],
                 }
                 for rank, (item, score, nodes) in enumerate(
                     zip(items, scores, where, strict=True), start=1

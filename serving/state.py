@@ -424,9 +424,10 @@ class ServingState:
         with self._stock_lock:
             return bool(self.stock.item(item_id))
 
-    def is_store(self, node: str) -> bool:
-        """Whether a stock node is a shop (the stores table's ``kind`` store, or no kind)."""
-        return self._kinds.get(node, "store") == "store"
+    @cached_property
+    def shops(self) -> frozenset[str]:
+        """The stock nodes that are shops: the stores table's ``kind`` store, or no kind."""
+        return frozenset(node for node in self.network if self._kinds.get(node, "store") == "store")
 
     def _add_habits(self, events: pd.DataFrame) -> None:
         """Keep the events of customers without habits yet (first seen here), so that they can
