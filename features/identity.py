@@ -38,8 +38,16 @@ DEMO_SALT = "omnichannel-ml-demo-salt-not-secret"
 _SEP = "\x1f"  # cannot occur in a validated id (it is a control character in any sane export)
 
 
+#: A salt shorter than this can be guessed: ``salt_check`` and a key map let anyone test guesses.
+MIN_SALT_LENGTH = 32
+
+
 class DemoSaltWarning(UserWarning):
     """The built-in demo salt is in use: pseudonyms are reversible by anyone with the code."""
+
+
+class WeakSaltWarning(UserWarning):
+    """``$OMNI_SALT`` is shorter than :data:`MIN_SALT_LENGTH`: it may be guessed."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,16 @@ class IdentityConfig:
                 stacklevel=2,
             )
             salt = DEMO_SALT
+        elif len(salt) < MIN_SALT_LENGTH:
+            warnings.warn(
+                f"{SALT_ENV} has {len(salt)} characters: a short or guessable salt can be found "
+                "by trying guesses against the salt fingerprint and key map stored with the "
+                f"models, and then card numbers by trying them. Use a random secret of at least "
+                f"{MIN_SALT_LENGTH} characters (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))').",
+                WeakSaltWarning,
+                stacklevel=2,
+            )
         return cls(salt=salt, **overrides)
 
 

@@ -590,7 +590,8 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def write_quarantine(tables: dict[str, LoadedTable], out_dir: Path) -> list[Path]:
-    """Write each table's quarantined rows to ``out_dir/<table>.csv``; return the files written."""
+    """Write each table's quarantined rows to ``out_dir/<table>.csv``; return the files written.
+    They are raw rows, customer keys included: the folder and files are the owner's only."""
     out_dir = Path(out_dir)
     written = []
     for name, table in tables.items():
@@ -598,7 +599,9 @@ def write_quarantine(tables: dict[str, LoadedTable], out_dir: Path) -> list[Path
         if table.quarantined.empty:
             target.unlink(missing_ok=True)
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        table.quarantined.to_csv(target, index=False)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            table.quarantined.to_csv(f, index=False)
+        target.chmod(0o600)  # a file that was there before keeps its mode otherwise
         written.append(target)
     return written

@@ -254,8 +254,7 @@ def _log_refusal(path: str, status: int, request_id: str, body: bytes) -> None:
     said = answer.get("error") if isinstance(answer, dict) else None
     sentence = said if isinstance(said, str) else body[:200].decode("utf-8", "replace")
     level = logging.WARNING if status >= 500 else logging.INFO
-    sentence = sentence[:1000].replace("\n", "\\n")  # one line, whatever a client sent
-    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, sentence)
+    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, sentence[:1000])
 
 
 def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
@@ -339,6 +338,26 @@ def _problem(detail: dict[str, Any]) -> str:
         message = "holds a character an id may not (a control or invisible one; in a stock id "
         message += "also a space at either end)"
     return f"{where or 'body'}: {message}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters written out (``\\n``, ``\\x1b``): a client's
+    ``%0A`` in a path or a field makes no log line of its own, and no terminal escape."""
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
+class OneLine(logging.Filter):
+    """Every record in one line: BentoML's access log writes the decoded path as the client
+    sent it (``/x%0A2026-... [ERROR] ...`` forged a line of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _CONTROL.search(message):
+            record.msg, record.args = one_line(message), ()
+        return True
 
 
 class QuietRefusals(logging.Filter):

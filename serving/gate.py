@@ -45,6 +45,12 @@ def body_limit() -> int:
     return int(text)
 
 
+#: Added to every answer of a route behind a key.
+PRIVATE_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+#: Headers a request may carry once only.
+SINGLE_HEADERS = ("authorization", "content-type", "content-length")
+
+
 class KeyRing:
     """The keys file as last read, read again when it changes; shared by the gate and the
     readiness probe, so that a probe costs no read and both see the same keys."""
@@ -106,10 +112,14 @@ class Gate:
         if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
+        send = _with_headers(send, PRIVATE_HEADERS)  # answers hold customers' data: not cached
         pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         headers = dict(pairs)
-        if sum(name == "authorization" for name, _ in pairs) > 1:
-            await _respond(send, 400, "Send one Authorization header, not several.")
+        # Headers the gate decides on, sent twice: it would read the last, Starlette the first
+        # (two Content-Types passed a form body as JSON).
+        twice = [h for h in SINGLE_HEADERS if sum(name == h for name, _ in pairs) > 1]
+        if twice:
+            await _respond(send, 400, f"Send one {twice[0].title()} header, not several.")
             return
         refusal = self._refusal(headers.get("authorization", ""), self.routes.get(path, ADMIN))
         if refusal is not None:
@@ -157,6 +167,17 @@ def _is_json(headers: dict[str, str]) -> bool:
     BentoML would read a form or a file as the request's fields too."""
     declared = headers.get("content-type", "").split(";")[0].strip().lower()
     return declared in ("", "application/json") or declared.endswith("+json")
+
+
+def _with_headers(send: Send, added: tuple[tuple[bytes, bytes], ...]) -> Send:
+    """``send``, adding ``added`` to the response's headers."""
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *added]}
+        await send(message)
+
+    return sending
 
 
 async def _respond(send: Send, status: int, message: str) -> None:
@@ -220,12 +241,16 @@ _ERROR_SCHEMA = {
 }
 
 
-#: The Swagger page's policy: its own scripts and styles (and their inline start-up) only.
-#: BentoML's page also carries a Google Tag Manager snippet; with this policy the browser
-#: loads nothing from it — no outside script runs where API keys are typed.
+#: The Swagger page's policy: its own scripts (files: no inline script runs) and styles only.
+#: BentoML's page also carries a Google Tag Manager snippet (inline, loading an outside
+#: script) and badge images; with this policy the browser runs and loads none of them.
 DOCS_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; frame-src 'none'; frame-ancestors 'none'"
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_DOCS_HEADERS = (
+    (b"content-security-policy", DOCS_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
 )
 
 
@@ -241,21 +266,18 @@ class DocumentedAPI:
     def __init__(self, app: Any, path: str = "/docs.json") -> None:
         self.app = app
         self.path = path
+        self.document: tuple[MutableMapping[str, Any], bytes] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") in ("/", "/docs"):  # (see Gate)
-
-            async def guarded(message: MutableMapping[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    headers = [*message.get("headers", [])]
-                    headers.append((b"content-security-policy", DOCS_POLICY.encode()))
-                    message = {**message, "headers": headers}
-                await send(message)
-
-            await self.app(scope, receive, guarded)
+            await self.app(scope, receive, _with_headers(send, _DOCS_HEADERS))
             return
         if scope["type"] != "http" or scope.get("path") != self.path:
             await self.app(scope, receive, send)
+            return
+        if self.document is not None:  # the same for the process's life: built once
+            await send(self.document[0])
+            await send({"type": "http.response.body", "body": self.document[1]})
             return
         start: MutableMapping[str, Any] = {}
         chunks: list[bytes] = []
@@ -271,7 +293,9 @@ class DocumentedAPI:
             if start.get("status") == 200:
                 body = json.dumps(complete(json.loads(body))).encode()
             headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers += [(b"content-length", str(len(body)).encode()), _DOCS_HEADERS[1]]
+            if start.get("status") == 200:
+                self.document = ({**start, "headers": headers}, body)
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 

@@ -65,6 +65,7 @@ from serving.errors import (
     RETRY_AFTER,
     STORE_DOWN,
     NotFound,
+    OneLine,
     QuietRefusals,
     RequestIds,
     Unavailable,
@@ -176,10 +177,14 @@ class _Customer(_Strict):
             )
         return self
 
-    def identify(self, state: ServingState) -> tuple[str | None, str]:
-        """``(customer_id if known, else None; the id the exposure log records)``."""
+    def identify(self, state: ServingState) -> tuple[str | None, str | None]:
+        """``(customer_id if known, else None; the id the exposure log records)``. A
+        ``customer_id`` the service does not know is none of its pseudonyms (a client's own id,
+        an e-mail): answered, but recorded without a customer — never counted as one, and
+        never kept in clear in the exposure log."""
         if self.customer_id is not None:
-            return self.customer_id, self.customer_id
+            known = self.customer_id in state.recommender.customer_ids_
+            return self.customer_id, (self.customer_id if known else None)
         return state.identify(str(self.channel), str(self.customer_key))
 
 
@@ -399,6 +404,21 @@ class PlacementRequest(_Strict):
 
 # -- the service -----------------------------------------------------------------------------
 
+UNLOADABLE = "The champions could not be loaded (the service's log says why)."
+ONE_LINE = OneLine()  # one filter, added once however many instances a process starts
+
+
+def _own(exc: Exception) -> bool:
+    """Whether an error is this project's own (its sentence is safe to show without a key):
+    raised by its code, or a plain ValueError or LookupError it raised — not a driver's, nor
+    the file system's (an OSError names paths)."""
+    module = type(exc).__module__.split(".")[0]
+    return module in ("models", "serving", "features", "experiments") or type(exc) in (
+        ValueError,
+        LookupError,
+        KeyError,
+    )
+
 
 def _unavailable(exc: Exception) -> JSONResponse:
     """The 503 of the mounted GET routes, as the API routes answer it."""
@@ -523,6 +543,8 @@ class OmnichannelService:
     def __init__(self) -> None:
         _stop_with_parent()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietRefusals())
+        for name in ("bentoml.access", log.name):  # a client's newline makes no line of its own
+            logging.getLogger(name).addFilter(ONE_LINE)
         if log.level == logging.NOTSET:  # BentoML leaves the root at WARNING: refusals are INFO
             log.setLevel(logging.INFO)
         wrong = settings.problems()
@@ -574,8 +596,12 @@ class OmnichannelService:
         except EventStoreUnavailable as exc:
             self._store_failed(exc)
         except Exception as exc:
-            self.problem = redact_urls(f"The champions could not be loaded: {first_line(exc)}")
-            log.error("%s", self.problem)
+            said = redact_urls(f"The champions could not be loaded: {first_line(exc)}")
+            log.error("%s", said)
+            # /readyz needs no key: our own reasons (a salt that differs, a champion that
+            # answers nothing) are said there; a driver's or the file system's (hosts, ports,
+            # users, paths) only in the log and to /admin/reload.
+            self.problem = said if _own(exc) else UNLOADABLE
         finally:
             self._reload_lock.release()
 

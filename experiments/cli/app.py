@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from experiments.synthetic import GeneratorConfig, generate
 from features.eventlog import EventStoreUnavailable, first_line, redact_urls
-from features.identity import DemoSaltWarning, IdentityConfig
+from features.identity import DemoSaltWarning, IdentityConfig, WeakSaltWarning
 from models.errors import NoChampion, UnreadableChampion
 
 app = typer.Typer(
@@ -223,6 +223,7 @@ def generated(config: GeneratorConfig, out_dir: Path) -> Path:
 def identity_config() -> IdentityConfig:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DemoSaltWarning)
+        warnings.simplefilter("always", WeakSaltWarning)
         config = IdentityConfig.from_env()
     for warning in caught:
         err.print(f"[bold yellow]WARNING:[/] {warning.message}", highlight=False)

@@ -53,6 +53,9 @@ def test_validate_json_counts_every_hand_appended_corrupt_line(data: Path) -> No
     quarantine = pd.read_csv(data / "_quarantine" / "events.csv", dtype=str)
     assert len(quarantine) == report["quarantined"] and quarantine["reason"].notna().all()
     assert "wrong number of fields" in set(quarantine["reason"])
+    # Raw rows, customer keys included: the owner's only (they were 0644 in a 0755 folder).
+    assert (data / "_quarantine" / "events.csv").stat().st_mode & 0o777 == 0o600
+    assert (data / "_quarantine").stat().st_mode & 0o777 == 0o700
 
 
 def test_validate_table_output_and_custom_quarantine_dir(data: Path, tmp_path: Path) -> None:

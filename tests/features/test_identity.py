@@ -15,6 +15,7 @@ from features.identity import (
     DEMO_SALT,
     DemoSaltWarning,
     IdentityConfig,
+    WeakSaltWarning,
     build_customers,
     key_pseudonyms,
     resolve_identities,
@@ -133,10 +134,13 @@ def test_demo_salt_warns_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.warns(DemoSaltWarning, match="DEMO salt"):
         config = IdentityConfig.from_env()
     assert config.salt == DEMO_SALT
-    monkeypatch.setenv("OMNI_SALT", "s3cret")
+    monkeypatch.setenv("OMNI_SALT", "s3cret")  # a guessable one: said, not refused
+    with pytest.warns(WeakSaltWarning, match="OMNI_SALT has 6 characters"):
+        assert IdentityConfig.from_env().salt == "s3cret"
+    monkeypatch.setenv("OMNI_SALT", "k" * 32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert IdentityConfig.from_env().salt == "s3cret"
+        assert IdentityConfig.from_env().salt == "k" * 32
 
 
 def test_customers_table_has_home_store_and_no_raw_keys() -> None:

@@ -184,3 +184,35 @@ def test_the_control_arm_sees_the_popular_list_and_its_personal_list_is_recorded
             assert not answer["fallback"] and recorded[customer] == shown
         else:  # shown the popular list; what was recorded is the personal one it did not see
             assert answer["fallback"] and recorded[customer] != shown
+
+
+def test_an_id_the_service_never_gave_is_answered_but_not_counted_as_a_customer(
+    keys: dict[str, str],
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Regression: a customer_id chosen by the client (an e-mail and a phone number) was kept in
+    clear in the 'pseudonymous' exposure log and counted as a customer in /kpis."""
+    from features.eventlog import EventLog
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    monkeypatch.setenv("OMNI_EVENTS_URL", url)
+    own = {"customer_id": "alice.martin@example.com +33 6 12 34 56 78", "channel": "web"}
+    with own_service() as app:
+        known = app.post(
+            "/recommend", json={"customer_key": "LC-00009806", "channel": "store"},
+            headers=as_(keys, "recommend"),
+        ).json()["customer_id"]  # fmt: skip
+        for body in (own, {"customer_id": known, "channel": "web"}):
+            answer = app.post("/recommend", json=body, headers=as_(keys, "recommend"))
+            assert answer.status_code == 200
+        since = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)).tz_localize(None)
+        report = app.get("/kpis", params={"since": since.isoformat()}, headers=as_(keys, "report"))
+    exposures = EventLog(url).read_exposures()
+    assert len(exposures) == 3 and not exposures["customer_id"].str.contains("@").any()
+    assert exposures["customer_id"].tolist().count(known) == 2  # by key, then by id
+    (web,) = [
+        r for r in report.json()["rows"] if (r["route"], r["channel"]) == ("recommend", "web")
+    ]
+    assert (web["exposures"], web["customers"]) == (2, 1)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from starlette.testclient import TestClient
 
+from serving.errors import OneLine
 from tests.conftest import postgres_admin, postgres_database_url
 from tests.serving.conftest import as_, signed_in
 
@@ -79,6 +80,17 @@ def test_two_keys_in_one_request_are_refused_in_the_gates_own_words(
     answer = client.get("/model_info", headers=twice)
     assert answer.status_code == 400
     assert answer.json() == {"error": "Send one Authorization header, not several."}
+    # Two Content-Types: the gate read the last (JSON), BentoML the first and parsed a form.
+    form = [
+        ("Authorization", f"Bearer {keys['admin']}"),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Content-Type", "application/json"),
+    ]
+    answer = client.post(
+        "/recommend", content=b"customer_key=LC-00009806&channel=store", headers=form
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Send one Content-Type header, not several."}
 
 
 def test_what_a_fuzzer_found_is_refused_in_one_json_sentence(app: TestClient) -> None:
@@ -200,15 +212,25 @@ def test_refusals_are_one_info_line_and_errors_carry_a_request_id(
     assert len(logged) == 1 and "pc-7" in logged[0].getMessage()  # once, with its request id
 
 
-def test_api_docs_are_public_and_data_is_not(client: TestClient) -> None:
+def test_api_docs_are_public_and_data_is_not(client: TestClient, keys: dict[str, str]) -> None:
     """Regression: /docs was 404 and the Swagger page needed the admin key."""
     anonymous = {"Authorization": ""}
     docs = client.get("/docs", headers=anonymous)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     policy = docs.headers["content-security-policy"]  # BentoML's page calls outside scripts
-    assert "script-src 'self' 'unsafe-inline';" in policy and "http" not in policy
+    assert policy.startswith("default-src 'self';") and "script-src" not in policy  # no inline
+    assert "http" not in policy and docs.headers["x-content-type-options"] == "nosniff"
+    document = client.get("/docs.json", headers=anonymous)
+    assert document.content == client.get("/docs.json", headers=anonymous).content  # built once
     assert client.get("/docs.json", headers=anonymous).status_code == 200
     assert client.post("/recommend", json={}, headers=anonymous).status_code == 401
+    # What a keyed route answers holds customers' data: no proxy or browser keeps it.
+    answer = client.post(
+        "/recommend", json={"customer_key": "LC-00009806", "channel": "store"},
+        headers={"Authorization": f"Bearer {keys['admin']}"},
+    )  # fmt: skip
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
     ready = client.get("/readyz", headers=anonymous)
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
@@ -490,3 +512,35 @@ def test_a_bento_needs_its_event_log_and_keys_file_named(
     monkeypatch.chdir(tmp_path)  # from a source tree, the defaults are fine
     monkeypatch.delenv("OMNI_EVENTS_URL")
     assert problems() == []
+
+
+def test_a_probe_anyone_may_call_names_no_host_or_path_of_a_failed_load(
+    own_service: Callable[[], AbstractContextManager[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: /readyz, which needs no key, gave the MLflow database driver's first line
+    (its host and port; a user, a database or an artifact path in other failures)."""
+
+    def unreachable() -> None:
+        raise OSError("[Errno 2] No such file or directory: '/srv/mlflow/artifacts/1/model'")
+
+    monkeypatch.setattr("serving.service.load_state", unreachable)
+    with caplog.at_level(logging.INFO), own_service() as app:
+        ready = app.get("/readyz", headers={"Authorization": ""})
+    assert ready.status_code == 503
+    assert (
+        ready.json()["reason"] == "The champions could not be loaded (the service's log says why)."
+    )
+    assert any("/srv/mlflow/artifacts" in r.getMessage() for r in caplog.records)  # said there
+
+
+def test_a_newline_a_client_sends_forges_no_log_line(client: TestClient) -> None:
+    """Regression: BentoML's access line wrote the decoded path as sent: `/x%0A2026-... [ERROR]
+    ...` made a line of its own, without a key."""
+    (filtered,) = [f for f in logging.getLogger("bentoml.access").filters if isinstance(f, OneLine)]
+    forged = "/x\n2026-11-30T22:40:00+0000 [ERROR] FORGED\r\x1b[2J"
+    record = logging.LogRecord("bentoml.access", logging.INFO, "", 0, "path=%s", (forged,), None)
+    assert filtered.filter(record)
+    said = record.getMessage()
+    assert said == "path=/x\\n2026-11-30T22:40:00+0000 [ERROR] FORGED\\r\\u001b[2J"
