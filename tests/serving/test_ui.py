@@ -62,6 +62,8 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
     planner = create_key(["plan", "report"], keys_file())
     env = {**os.environ, "OMNI_EVENTS_URL": f"sqlite:///{tmp_path}/events.db"}
     with serving(env, tmp_path / "server.log") as (port, _):
+        # A newline in a path forges no log line (BentoML's access line wrote it as sent).
+        assert get(port, "/x%0AFORGED-LINE%20[ERROR]")[0] == 401
         # Something to measure: one list shown in the app.
         shown = {"customer_key": "LC-00009806", "channel": "app", "n": 5}
         assert post(port, "/recommend", shown, keys["recommend"])[0] == 200
@@ -151,6 +153,10 @@ def test_the_planner_page_draws_forecasts_placements_and_kpis(
         until(lambda: "refused" in phone.text_content("#key-state"))
         assert phone.evaluate("sessionStorage.length") == 0
         phone.screenshot(path=str(tmp_path / "planner-phone.png"), full_page=True)
+
+        logged = (tmp_path / "server.log").read_text().splitlines()
+        assert not [line for line in logged if line.startswith("FORGED-LINE")]
+        assert [line for line in logged if "/x\\nFORGED-LINE" in line]  # the access line
 
         # The Swagger page: it renders, and nothing is fetched from outside the service (it
         # loaded Google Tag Manager on the page where API keys are typed).
