@@ -600,8 +600,9 @@ def write_quarantine(tables: dict[str, LoadedTable], out_dir: Path) -> list[Path
             target.unlink(missing_ok=True)
             continue
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(descriptor, 0o600)  # a file there before kept its mode: before any row
+        with os.fdopen(descriptor, "w") as f:
             table.quarantined.to_csv(f, index=False)
-        target.chmod(0o600)  # a file that was there before keeps its mode otherwise
         written.append(target)
     return written

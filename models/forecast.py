@@ -579,7 +579,7 @@ class LightGBMForecaster(Forecaster):
         if effort < 1:
             rate = min(rate * self.n_estimators * share / rounds, max(rate, 0.5))
         params = {
-            "objective": objective,
+            **self.objective_params(objective),
             "learning_rate": rate,
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
@@ -588,9 +588,15 @@ class LightGBMForecaster(Forecaster):
             "num_threads": self._threads(),
             "verbose": -1,
         }
-        if objective == "tweedie":
-            params["tweedie_variance_power"] = TWEEDIE_POWER
         return trainer(params, x, y, rounds)
+
+    def objective_params(self, objective: str | None = None) -> dict[str, Any]:
+        """LightGBM's parameters for an objective (default: the models' own)."""
+        objective = objective or self.objective
+        return {
+            "objective": objective,
+            **({"tweedie_variance_power": TWEEDIE_POWER} if objective == "tweedie" else {}),
+        }
 
     def _predict(
         self,

@@ -206,6 +206,7 @@ class RequestIds:
         held = False  # BentoML's 400 on a route, or routing's plain-text 404 or 405: rewritten
         refused = False  # a refusal passed on as it is: its sentence is logged at its end
         path = json.dumps(scope.get("path", ""))[1:-1]  # a client's %0A is not a new log line
+        probe = scope.get("path") in PROBES  # a probe's 503 says "not ready", refusing no one
 
         async def reply(message: MutableMapping[str, Any]) -> None:
             nonlocal held, refused
@@ -215,7 +216,7 @@ class RequestIds:
                 plain = dict(headers).get(b"content-type", b"").startswith(b"text/plain")
                 status = message["status"]
                 held = (rewrite and status == 400) or (status in (404, 405) and plain)
-                refused = status >= 400 and status != 500 and not held
+                refused = status >= 400 and status != 500 and not held and not probe
                 if not held:
                     await send(start)
                 return
@@ -266,6 +267,8 @@ def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
     return f"There is no route {method} {path!r}."
 
 
+#: Health probes: their answers are states, not refusals.
+PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 #: The routes that store a batch all or none, and the field that holds it.
 BATCHES = {"/events": "events", "/movements": "movements"}
 

@@ -45,8 +45,9 @@ def body_limit() -> int:
     return int(text)
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: Added to every answer of a route behind a key.
-PRIVATE_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+PRIVATE_HEADERS = ((b"cache-control", b"no-store"), NOSNIFF)
 #: Headers a request may carry once only.
 SINGLE_HEADERS = ("authorization", "content-type", "content-length")
 
@@ -169,6 +170,12 @@ def _is_json(headers: dict[str, str]) -> bool:
     return declared in ("", "application/json") or declared.endswith("+json")
 
 
+def _json_start(status: int, body: bytes) -> dict[str, Any]:
+    """The start of a JSON answer of ``body``: its own headers only, made for each answer."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {"type": "http.response.start", "status": status, "headers": [*headers, NOSNIFF]}
+
+
 def _with_headers(send: Send, added: tuple[tuple[bytes, bytes], ...]) -> Send:
     """``send``, adding ``added`` to the response's headers."""
 
@@ -248,10 +255,7 @@ DOCS_POLICY = (
     "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "frame-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-_DOCS_HEADERS = (
-    (b"content-security-policy", DOCS_POLICY.encode()),
-    (b"x-content-type-options", b"nosniff"),
-)
+_DOCS_HEADERS = ((b"content-security-policy", DOCS_POLICY.encode()), NOSNIFF)
 
 
 class DocumentedAPI:
@@ -266,7 +270,7 @@ class DocumentedAPI:
     def __init__(self, app: Any, path: str = "/docs.json") -> None:
         self.app = app
         self.path = path
-        self.document: tuple[MutableMapping[str, Any], bytes] | None = None
+        self.document: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") in ("/", "/docs"):  # (see Gate)
@@ -276,8 +280,8 @@ class DocumentedAPI:
             await self.app(scope, receive, send)
             return
         if self.document is not None:  # the same for the process's life: built once
-            await send(self.document[0])
-            await send({"type": "http.response.body", "body": self.document[1]})
+            await send(_json_start(200, self.document))
+            await send({"type": "http.response.body", "body": self.document})
             return
         start: MutableMapping[str, Any] = {}
         chunks: list[bytes] = []
@@ -291,12 +295,8 @@ class DocumentedAPI:
                 return
             body = b"".join(chunks)
             if start.get("status") == 200:
-                body = json.dumps(complete(json.loads(body))).encode()
-            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-            headers += [(b"content-length", str(len(body)).encode()), _DOCS_HEADERS[1]]
-            if start.get("status") == 200:
-                self.document = ({**start, "headers": headers}, body)
-            await send({**start, "headers": headers})
+                body = self.document = json.dumps(complete(json.loads(body))).encode()
+            await send(_json_start(start.get("status", 500), body))
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, capture)

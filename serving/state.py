@@ -57,9 +57,9 @@ class ServingState:
         clock: the time of a request (for when an item bought, and bought again, is due again).
         stores, channels: every store and channel the data or the posted events named; a
             request naming another is refused (404), not answered with a guess.
-        network: the stock nodes — the stores the champions' data named (the stores table,
-            the training data): fixed until the next load, so that an event naming a store
-            nobody set up (a till's typo) cannot make it a place to move, reserve or promise
+        network: the stock nodes — the stores table's (:func:`stock_network`): fixed until
+            the next load, so that an event naming a store nobody set up (a till's typo)
+            cannot make it a place to move, reserve or promise
             stock. Sales there are kept in the log and count for customers, not for stock.
         stock: on hand, reserved and available to promise per node and item.
         nodes: the stores table (``kind``, ``lat``, ``lon`` by ``store_id``), as training saw it.
@@ -371,12 +371,12 @@ class ServingState:
         """
         self._move_stock(events)
         named = set(events["store_id"].dropna())
-        if named - self.stores - self.network:
+        if outside := sorted(named - self.stores):
             logger.warning(
                 "Events name stores outside the stock network (%s): their sales are kept and "
                 "count for customers, but move no stock; a new store joins the network once "
                 "the stores table names it and the champions are trained and reloaded.",
-                ", ".join(sorted(named - self.stores - self.network)[:10]),
+                ", ".join(outside[:10]),
             )
         self.stores = self.stores | named  # swapped whole
         self.channels = self.channels | set(events["channel"])
@@ -501,7 +501,7 @@ def load_state() -> ServingState:
     meta = context["meta"]
     salt = IdentityConfig.from_env().salt
     if meta.get("salt_check") not in (None, salt_check(salt)):  # None: trained before it
-        raise ValueError(
+        raise SaltMismatch(
             f"OMNI_SALT differs from the salt recommender v{rec_version} was trained with (no "
             "customer key would find its customer)."
         )
@@ -511,13 +511,13 @@ def load_state() -> ServingState:
         kind: set(popularity.loc[popularity["segment_type"] == kind, "segment"].astype(str))
         for kind in ("store", "channel")
     }
-    network = (
+    named = (
         set(meta.get("stores", ()))
-        | set(context["stores"]["store_id"])
         | segments["store"]
         | set(rules.levels)
         | set(forecaster.history_["store_id"].astype(str))
     )
+    network = stock_network(set(context["stores"]["store_id"].astype(str)), named)
     state = ServingState(
         recommender=recommender,
         recommender_version=rec_version,
@@ -530,8 +530,8 @@ def load_state() -> ServingState:
         salt=salt,
         stock=stock,
         nodes=context["stores"].set_index("store_id"),
-        stores=set(network),
-        network=frozenset(network),
+        stores=named | network,
+        network=network,
         channels=set(meta.get("channels", ()))
         | segments["channel"]
         | set(context["habits"]["channel"]),
@@ -540,6 +540,17 @@ def load_state() -> ServingState:
     probe_recommender(recommender)
     probe_forecast(state.forecast_all())  # computed once per model anyway: now, not on a request
     return state
+
+
+class SaltMismatch(ValueError):
+    """``$OMNI_SALT`` is not the salt the champion was trained with."""
+
+
+def stock_network(table: set[str], named: set[str]) -> frozenset[str]:
+    """The nodes stock may be moved, reserved and promised at: the stores table's, when there
+    is one — the stores the data named (what training read of the event log included, so a
+    till's typo too) only without a table."""
+    return frozenset(table or named)
 
 
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:

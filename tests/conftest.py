@@ -52,7 +52,7 @@ def tracking_store(root: Path) -> Iterator[Path]:
     patch = pytest.MonkeyPatch()
     patch.chdir(root)  # MLflow's default artifact root is ./mlruns
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    patch.setenv("OMNI_SALT", "integration-salt")
+    patch.setenv("OMNI_SALT", "integration-salt-of-thirty-two-characters")
     patch.setenv("OPENBLAS_NUM_THREADS", "1")
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     try:

@@ -126,7 +126,12 @@ def kill_tagged(tag: str) -> list[str]:
 
 def omni(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``omni`` as a user would: its exit code and its output, never raising."""
-    full_env = {**os.environ, "OMNI_SALT": "cli-test-salt", "COLUMNS": "200", **(env or {})}
+    full_env = {
+        **os.environ,
+        "OMNI_SALT": "cli-test-salt-of-thirty-two-characters",
+        "COLUMNS": "200",
+        **(env or {}),
+    }
     return subprocess.run(
         [*OMNI, *args], capture_output=True, text=True, env=full_env, check=False, timeout=300
     )

@@ -31,7 +31,7 @@ def main(history_path: str, future_path: str, spec_path: str, out_path: str) -> 
                 verbosity=-1,
                 random_state=0,
                 n_estimators=spec.get("n_estimators", 100),
-                **spec.get("objective", {}),
+                **spec.get("lgbm_params", {}),
             )
         },
         freq=spec["freq"],

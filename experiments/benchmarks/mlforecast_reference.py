@@ -17,7 +17,7 @@ import pandas as pd
 
 from experiments.pipelines.forecaster import DemandData
 from features.demand import PERIOD, SERIES, TARGET, spans_a_year
-from models.forecast import TWEEDIE_POWER, LightGBMForecaster
+from models.forecast import LightGBMForecaster
 
 MLFORECAST_VENV = Path(".omni/mlforecast-venv")
 MLFORECAST_JOB = Path(__file__).with_name("mlforecast_job.py")
@@ -54,12 +54,12 @@ def mlforecast_python(venv: Path = MLFORECAST_VENV) -> Path:
 
 
 def mlforecast_spec(
-    history: pd.DataFrame, horizon: int, freq: str, objective: str | None = "ours"
+    history: pd.DataFrame, horizon: int, freq: str, our_objective: bool = True
 ) -> dict:
-    """mlforecast's settings: LightGBM defaults but our number of rounds and ``objective``
-    ("ours": our models' Tweedie loss and variance power; None: LightGBM's default, squared
-    error); our lags (those this history can fill, since mlforecast drops rows with a missing
-    feature), rolling means, calendar and known covariates."""
+    """mlforecast's settings: LightGBM defaults but our number of rounds and, with
+    ``our_objective``, our models' objective (else LightGBM's default, squared error); our lags
+    (those this history can fill, since mlforecast drops rows with a missing feature), rolling
+    means, calendar and known covariates."""
     ours = LightGBMForecaster(horizon=horizon, freq=freq)
     spec = ours.spec()
     n_periods = history[PERIOD].nunique()
@@ -67,11 +67,7 @@ def mlforecast_spec(
     return {
         "horizon": horizon,
         "n_estimators": ours.n_estimators,
-        "objective": (
-            {"objective": ours.objective, "tweedie_variance_power": TWEEDIE_POWER}
-            if objective == "ours"
-            else {}
-        ),
+        "lgbm_params": ours.objective_params() if our_objective else {},
         "freq": "D" if freq == "D" else f"W-{last.day_name()[:3].upper()}",
         "lags": [lag for lag in spec.lags if lag < n_periods // 2] or [horizon],
         "rolling": {str(lag): list(windows) for lag, windows in spec.rolling.items()},
@@ -88,15 +84,15 @@ class MLForecastRunner:
     same lags and known covariates: ``runner(history, future)`` forecasts; ``fit_seconds``
     collects the time of each preprocess + fit."""
 
-    def __init__(self, horizon: int, freq: str, objective: str | None = "ours") -> None:
+    def __init__(self, horizon: int, freq: str, our_objective: bool = True) -> None:
         self.horizon = horizon
         self.freq = freq
-        self.objective = objective
+        self.our_objective = our_objective
         self.python = mlforecast_python()
         self.fit_seconds: list[float] = []
 
     def __call__(self, history: pd.DataFrame, future: DemandData) -> pd.DataFrame:
-        spec = mlforecast_spec(history, self.horizon, self.freq, self.objective)
+        spec = mlforecast_spec(history, self.horizon, self.freq, self.our_objective)
         columns = [SERIES, PERIOD, TARGET, *spec["exogenous"]]
         frame = history[columns].copy()
         if "unit_price" in frame:

@@ -147,7 +147,7 @@ def bench_forecaster_cmd(
         )
     demand = forecaster.load_demand(data, "W")
     reference = MLForecastRunner(horizon, "W")  # our objective: the like-for-like fit
-    squared = MLForecastRunner(horizon, "W", objective=None)  # LightGBM's default objective
+    squared = MLForecastRunner(horizon, "W", our_objective=False)  # LightGBM's default
     result = forecaster.backtest(
         demand,
         horizon=horizon,

@@ -122,6 +122,8 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
             )
         )
     transfers = result.transfers()
+    if result.transfer_cost is None:
+        out.print("transfers: not played (a coverage period of one period has no middle).")
     for ratio, moved in transfers.items():
         out.print(
             f"supply {ratio:g}: transfers after the first half of the period (cost "
@@ -161,9 +163,12 @@ def report_simulation(result: Any, params: dict[str, Any], metrics_out: Path | N
             for policy, m in blocks.items():
                 mlflow.log_metrics({f"{policy}_{k}_supply{ratio:g}": v for k, v in m.items()})
             mlflow.log_metric(f"gap_closed_supply{ratio:g}", closed[ratio])
-            if ratio in transfers:
+            if ratio in transfers:  # (units_moved: in policy_with_transfers_... above)
                 mlflow.log_metrics(
-                    {f"transfers_{k}_supply{ratio:g}": v for k, v in transfers[ratio].items()}
+                    {
+                        f"transfers_{k}_supply{ratio:g}": transfers[ratio][k]
+                        for k in ("fewer_lost_units", "net_value")
+                    }
                 )
             if bounded:
                 mlflow.log_metric(f"gap_closed_true_supply{ratio:g}", attainable[ratio])

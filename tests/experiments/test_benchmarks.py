@@ -18,9 +18,7 @@ def test_mlforecast_fits_our_objective_unless_asked_for_lightgbms_default() -> N
         }
     )
     ours = mlforecast_spec(history, horizon=4, freq="W")
-    assert ours["objective"] == {
-        "objective": LightGBMForecaster().objective,
-        "tweedie_variance_power": TWEEDIE_POWER,
-    }
+    assert ours["lgbm_params"] == {"objective": "tweedie", "tweedie_variance_power": TWEEDIE_POWER}
     assert ours["n_estimators"] == LightGBMForecaster().n_estimators
-    assert mlforecast_spec(history, horizon=4, freq="W", objective=None)["objective"] == {}
+    assert mlforecast_spec(history, horizon=4, freq="W", our_objective=False)["lgbm_params"] == {}
+    assert LightGBMForecaster(objective="poisson").objective_params() == {"objective": "poisson"}

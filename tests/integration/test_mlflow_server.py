@@ -32,7 +32,7 @@ from tests.conftest import (
 from tests.processes import OMNI, TAG, free_port, kill_tagged, post, readyz, serving, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-SALT = "integration-salt"
+SALT = "integration-salt-of-thirty-two-characters"
 
 
 @dataclass

@@ -433,3 +433,13 @@ def test_a_store_nobody_set_up_never_becomes_a_stock_node(
         # An item nobody lists or stocks is not "out of stock here, try another store".
         unknown = app.post("/reservations", json={**hold, "node_id": "S001", "item_id": "NOPE"})
         assert unknown.status_code == 404 and "Unknown item_id 'NOPE'" in unknown.text
+
+
+def test_the_stock_network_is_the_stores_table_once_there_is_one() -> None:
+    """Regression (review): training reads the event log, so a till's typo came back as a stock
+    node with the next champion (its stores were the network); the stores table decides."""
+    from serving.state import stock_network
+
+    named = {"S001", "S002", "S0001"}  # what the data named, the typo included
+    assert stock_network({"S001", "S002", "DC"}, named) == {"S001", "S002", "DC"}
+    assert stock_network(set(), named) == named  # no table: what the data named
