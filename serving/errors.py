@@ -292,18 +292,26 @@ def _as_refusal(raw: bytes, batch: str | None = None) -> tuple[int, dict[str, An
         return 400, {"error": "The request body is not valid JSON."}
     details = [d for d in details if isinstance(d, dict)]
     rows = _bad_rows(details, batch) if batch else {}
-    if rows and all(_row_of(d, batch) is not None for d in details):  # else: said in general
-        listed = "; ".join(f"[{i}] {reason}" for i, reason in list(rows.items())[:20])
-        more = f"; and {len(rows) - 20} more" if len(rows) > 20 else ""
-        return 422, {
-            "error": f"{len(rows)} {batch} are refused for their types and none was stored (the "
-            f"contract's checks come after): {listed}{more}.",
-            "stored": 0,
-            "rejected": [{"index": i, "reason": reason} for i, reason in rows.items()],
-        }
+    if batch and rows and all(_row_of(d, batch) is not None for d in details):  # else: general
+        said = (
+            f"{len(rows)} {batch} are refused for their types and none was stored (the contract's"
+        )
+        return 422, batch_refusal(said + " checks come after)", list(rows.items()))
     problems = [_problem(d) for d in details[:20]]
     more = f" (and {len(details) - 20} more)" if len(details) > 20 else ""
     return 422, {"error": "Invalid request: " + "; ".join(problems) + more + "."}
+
+
+def batch_refusal(said: str, bad: list[tuple[int, str]]) -> dict[str, Any]:
+    """The 422 of a batch stored all or none: ``said``, then the first 20 bad rows by index
+    with their reasons, and every one in ``rejected``."""
+    listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
+    more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    return {
+        "error": f"{said}: {listed}{more}.",
+        "stored": 0,
+        "rejected": [{"index": i, "reason": reason} for i, reason in bad],
+    }
 
 
 def _bad_rows(details: list[dict[str, Any]], batch: str) -> dict[int, str]:

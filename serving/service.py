@@ -71,6 +71,7 @@ from serving.errors import (
     Unavailable,
     Unprocessable,
     answers,
+    batch_refusal,
     json_errors,
     public_message,
 )
@@ -1134,15 +1135,9 @@ def _refusal(ctx: bentoml.Context, reasons: list[str | None], what: str) -> dict
     bad = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
     if not bad:
         return None
-    listed = "; ".join(f"[{i}] {reason}" for i, reason in bad[:20])
-    more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
     ctx.response.status_code = HTTPStatus.UNPROCESSABLE_ENTITY
-    return {
-        "error": f"{len(bad)} of {len(reasons)} {what} are refused and none was stored: "
-        f"{listed}{more}.",
-        "stored": 0,
-        "rejected": [{"index": i, "reason": reason} for i, reason in bad],
-    }
+    said = f"{len(bad)} of {len(reasons)} {what} are refused and none was stored"
+    return batch_refusal(said, bad)
 
 
 def _recorded(

@@ -94,7 +94,7 @@ const PERIOD_NOUNS = { D: "day", W: "week", M: "month" };
 function drawForecast(actuals, forecast, freq) {
   const chart = $("fc-chart");
   chart.replaceChildren();
-  const W = 640, H = 260, left = 44, right = 10, top = 10, bottom = 28;
+  const W = 640, H = 260, left = 44, right = 10, top = 24, bottom = 28;
   const dates = [...actuals.map((a) => a.period_end), ...forecast.map((f) => f.period_end)];
   const values = [...actuals.map((a) => a.units), ...forecast.map((f) => f.p90), ...forecast.map((f) => f.mean)];
   // Gridlines at round steps (1, 2 or 5 times a power of ten), labelled as precisely as needed.
@@ -124,8 +124,9 @@ function drawForecast(actuals, forecast, freq) {
     const anchor = i === 0 ? "start" : "end";
     svg("text", { x: x(i), y: H - 8, "text-anchor": anchor, "font-size": 11, fill: "#5b6b7c" }, chart).textContent = dates[i];
   });
-  // What the numbers count, and that the dates are each period's last day.
-  svg("text", { id: "y-unit", x: left + 4, y: top + 10, "font-size": 11, fill: "#5b6b7c" }, chart).textContent =
+  // What the numbers count (above the plot, clear of the data), and that the dates are each
+  // period's last day.
+  svg("text", { id: "y-unit", x: left - 6, y: 12, "font-size": 11, fill: "#5b6b7c" }, chart).textContent =
     "units per " + (PERIOD_NOUNS[freq] || "period");
   svg("text", { x: W / 2, y: H - 8, "text-anchor": "middle", "font-size": 11, fill: "#5b6b7c" }, chart).textContent = "period ending";
 }
