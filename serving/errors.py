@@ -224,7 +224,8 @@ class RequestIds:
                 if refused:
                     chunks.append(message.get("body", b""))
                     if not message.get("more_body"):
-                        _log_refusal(path, start["status"], request_id, b"".join(chunks))
+                        said = _said(b"".join(chunks))
+                        _log_refusal(path, start["status"], request_id, said)
                 await send(message)
                 return
             chunks.append(message.get("body", b""))
@@ -234,8 +235,8 @@ class RequestIds:
                 status, body = _as_refusal(b"".join(chunks), BATCHES.get(scope["path"]))
             else:
                 status, body = start["status"], {"error": _no_route(scope, start["headers"])}
+            _log_refusal(path, status, request_id, body["error"])
             encoded = json.dumps(body).encode()
-            _log_refusal(path, status, request_id, encoded)
             headers = [(k, v) for k, v in start["headers"]
                        if k.lower() not in (b"content-length", b"content-type")]  # fmt: skip
             headers += [(b"content-type", b"application/json"),
@@ -246,16 +247,20 @@ class RequestIds:
         await self.app(scope, receive, reply)
 
 
-def _log_refusal(path: str, status: int, request_id: str, body: bytes) -> None:
-    """One line for a refusal: its status, request id and sentence (the answer's ``error``)."""
+def _log_refusal(path: str, status: int, request_id: str, sentence: str) -> None:
+    """One line for a refusal: its status, request id and sentence."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, sentence[:1000])
+
+
+def _said(body: bytes) -> str:
+    """A refusal's sentence: the answer's ``error``, else the start of its body."""
     try:
         answer = json.loads(body)
     except ValueError:
         answer = None
     said = answer.get("error") if isinstance(answer, dict) else None
-    sentence = said if isinstance(said, str) else body[:200].decode("utf-8", "replace")
-    level = logging.WARNING if status >= 500 else logging.INFO
-    log.log(level, "%s refused %d (request %s): %s", path, status, request_id, sentence[:1000])
+    return said if isinstance(said, str) else body[:200].decode("utf-8", "replace")
 
 
 def _no_route(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:

@@ -896,11 +896,6 @@ class OmnichannelService:
         state = await run_in_threadpool(self._state)
         if r.node_id not in state.network:
             raise NotFound(f"Unknown node_id {r.node_id!r}.")
-        if not await run_in_threadpool(state.knows_item, r.item_id):
-            raise NotFound(
-                f"Unknown item_id {r.item_id!r}: the catalogue does not list it and no node "
-                "stocks it."
-            )
         new = await run_in_threadpool(
             state.reserve, self.log, r.reservation_id, r.node_id, r.item_id,
             float(r.quantity), r.hold_minutes * 60.0,

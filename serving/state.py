@@ -33,7 +33,7 @@ from features.customers import build_habits
 from features.eventlog import MOVEMENT_COLUMNS, EventLog
 from features.identity import IdentityConfig, customers_of_keys, salt_check
 from features.interactions import InteractionWeights, event_weights
-from features.stock import RESERVATION_PREFIX, Pair, StockLedger, dc_ids
+from features.stock import RESERVATION_PREFIX, Pair, StockLedger, StockRefusal, dc_ids
 from models.forecast import LightGBMForecaster
 from models.probe import probe_forecast, probe_recommender
 from models.recommenders import Recommender
@@ -176,8 +176,7 @@ class ServingState:
             if not self._past_sales_counted:
                 past = log.read(upto=self.log_seq) if self.log_seq else None
                 if past is not None and len(past):
-                    with self._stock_lock:
-                        self._restock(self.stock.apply_sales(self._in_network(past)))
+                    self._move_stock(past)
                 self._past_sales_counted = True
 
     def _apply_movements(self, movements: pd.DataFrame, upto: int) -> None:
@@ -214,9 +213,16 @@ class ServingState:
             quantity is held already (a retry: it is not made again).
 
         Raises:
-            StockRefusal: 409, not enough available, the id used for another reservation, or
-                for this one after it was released, fulfilled or expired.
+            StockRefusal: 404, an item nobody lists or stocks; 409, not enough available, the
+                id used for another reservation, or for this one after it was released,
+                fulfilled or expired.
         """
+        if not self.knows_item(item_id):
+            raise StockRefusal(
+                404,
+                f"Unknown item_id {item_id!r}: the catalogue does not list it and no node "
+                "stocks it.",
+            )
 
         def decision() -> dict | None:
             problem = self.stock.reservation_refusal(reservation_id, node_id, item_id, quantity)
@@ -409,13 +415,10 @@ class ServingState:
 
     def _move_stock(self, events: pd.DataFrame) -> None:
         """Purchases take stock from their store or node, returns put it back (any customer,
-        anonymous ones included)."""
+        anonymous ones included); a store outside the stock network has no stock to move."""
+        counted = events["store_id"].isna() | events["store_id"].isin(self.network)
         with self._stock_lock:
-            self._restock(self.stock.apply_sales(self._in_network(events)))
-
-    def _in_network(self, events: pd.DataFrame) -> pd.DataFrame:
-        """The events whose store is a stock node (or that name none)."""
-        return events[events["store_id"].isna() | events["store_id"].isin(self.network)]
+            self._restock(self.stock.apply_sales(events[counted]))
 
     def knows_item(self, item_id: str) -> bool:
         """Whether the catalogue the champions learned lists an item, or a node stocks it."""

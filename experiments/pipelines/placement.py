@@ -116,9 +116,7 @@ class SimulationResult:
             return {}
         worth = self.economics.unit_margin + self.economics.unit_holding
         out = {}
-        for ratio, blocks in self.by_supply.items():
-            if WITH_TRANSFERS not in blocks:
-                continue
+        for ratio, blocks in self.by_supply.items():  # (played: in every supply's blocks)
             moved = blocks[WITH_TRANSFERS]["units_moved"]
             fewer = blocks["policy"]["lost_units"] - blocks[WITH_TRANSFERS]["lost_units"]
             out[ratio] = {
@@ -258,6 +256,11 @@ def simulate(
                 true_distribution = stores[["store_id", "true_mean", "true_dispersion"]].set_axis(
                     STORE_COLUMNS, axis=1
                 )
+            if mid:  # what the first part sold and the forecast of the rest: any supply's
+                early_demand = stores["early_demand"].to_numpy()
+                rest = stores[["store_id", "rest_mean", "rest_dispersion"]].set_axis(
+                    STORE_COLUMNS, axis=1
+                )
             for ratio in supply:
                 total = int(np.rint(demand.sum() * ratio))
                 stock = {
@@ -277,10 +280,6 @@ def simulate(
                     )["send"].to_numpy()
                 sales = {policy: np.minimum(demand, units) for policy, units in stock.items()}
                 if mid:
-                    early_demand = stores["early_demand"].to_numpy()
-                    rest = stores[["store_id", "rest_mean", "rest_dispersion"]].set_axis(
-                        STORE_COLUMNS, axis=1
-                    )
                     left, moved = with_transfers(
                         stock["policy"], early_demand, rest, transfer_cost, economics
                     )
